@@ -1,0 +1,153 @@
+"""Differentiable PyTorch reference of the per-pixel equations around the network.
+
+This module is the single place where the math of the C++/CUDA kernels (``csrc/``) is written in PyTorch.
+Training uses it (it is differentiable) and the kernel tests compare the kernels against it.
+
+Conventions shared with the kernels (see ``docs/kernels.md``):
+
+* images are float ``(N, 3, H, W)`` in [0, 1]; LDR input is clamped to [0, 1] and NaN becomes 0;
+* ``guide`` is ``(N, 2, H, W)``: channel 0 is ``L_down = max(R, G, B)`` (ADEM), channel 1 is
+  ``L_up = 1 - min(R, G, B)`` (AUEM), Sec. 3.2 of the paper;
+* ``masks`` is ``(N, 3, H, W)``: channels ``M_up, M_mid, M_down`` of Eq. 7;
+* ``coef`` is ``(N, 4)`` (one curve per image) or ``(N, 3, 4)`` (one per image and channel), with
+  ``coef[..., i] = a_i`` of Eq. 8;
+* padding is reflect padding at the bottom and right edges up to a multiple of ``stride``; a pad wider
+  than the image keeps reflecting (period ``2 * (size - 1)``), and a size of 1 repeats its only pixel.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "PreOutputs",
+    "normalize_frame",
+    "guide_maps",
+    "padded_size",
+    "reflect_index",
+    "pad_reflect",
+    "pre",
+    "fuse",
+    "curve",
+    "post",
+    "mu_law",
+]
+
+
+class PreOutputs(NamedTuple):
+    """The network inputs that the pre pass produces, all padded to a multiple of the stride."""
+
+    image: torch.Tensor  # (N, 3, Hp, Wp)  I
+    image_down: torch.Tensor  # (N, 3, Hp, Wp)  I * L_down  (ADEM's first LGC multiply)
+    image_up: torch.Tensor  # (N, 3, Hp, Wp)  I * L_up    (AUEM's first LGC multiply)
+    guide: torch.Tensor  # (N, 2, Hp, Wp)  L_down, L_up
+
+
+def normalize_frame(frame: torch.Tensor) -> torch.Tensor:
+    """Any accepted frame -> float32 ``(N, 3, H, W)`` in [0, 1] (NaN -> 0).
+
+    Accepts float ``(N, 3, H, W)``, or uint8/uint16 ``(H, W, 3)`` / ``(N, H, W, 3)``.
+    """
+    if frame.dtype in (torch.uint8, torch.uint16):
+        scale = 255.0 if frame.dtype == torch.uint8 else 65535.0
+        x = frame if frame.dim() == 4 else frame.unsqueeze(0)
+        x = x.permute(0, 3, 1, 2).to(torch.float32) / scale
+    else:
+        x = frame.to(torch.float32)
+    return torch.nan_to_num(x, nan=0.0).clamp(0.0, 1.0)
+
+
+def guide_maps(image: torch.Tensor) -> torch.Tensor:
+    """``(N, 3, H, W)`` -> ``(N, 2, H, W)``: ``max(R, G, B)`` and ``1 - min(R, G, B)``."""
+    l_down = image.amax(dim=1, keepdim=True)
+    l_up = 1.0 - image.amin(dim=1, keepdim=True)
+    return torch.cat([l_down, l_up], dim=1)
+
+
+def padded_size(size: int, stride: int) -> int:
+    """The smallest multiple of ``stride`` that is >= ``size``."""
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    return -(-size // stride) * stride
+
+
+def reflect_index(i: torch.Tensor, size: int) -> torch.Tensor:
+    """Reflect (without repeating the edge) an index into ``[0, size)``; periodic for wide pads."""
+    if size == 1:
+        return torch.zeros_like(i)
+    period = 2 * (size - 1)
+    j = torch.remainder(i, period)
+    return torch.where(j >= size, period - j, j)
+
+
+def pad_reflect(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """Reflect-pad the last two dims at the bottom/right up to multiples of ``stride``."""
+    h, w = x.shape[-2:]
+    hp, wp = padded_size(h, stride), padded_size(w, stride)
+    if (hp, wp) == (h, w):
+        return x
+    rows = reflect_index(torch.arange(hp, device=x.device), h)
+    cols = reflect_index(torch.arange(wp, device=x.device), w)
+    return x.index_select(-2, rows).index_select(-1, cols)
+
+
+def pre(frame: torch.Tensor, stride: int = 1, dtype: torch.dtype = torch.float32) -> PreOutputs:
+    """Reference of the pre kernel: normalize, pad, guide maps and the first LGC multiply."""
+    image = pad_reflect(normalize_frame(frame), stride)
+    guide = guide_maps(image)
+    outs = PreOutputs(image, image * guide[:, 0:1], image * guide[:, 1:2], guide)
+    return PreOutputs(*(t.to(dtype) for t in outs))
+
+
+def fuse(masks: torch.Tensor, image: torch.Tensor, image_up: torch.Tensor, image_down: torch.Tensor) -> torch.Tensor:
+    """Eq. 7: ``I_fuse = M_up * I_up + M_mid * I + M_down * I_down`` (masks broadcast over RGB)."""
+    return masks[:, 0:1] * image_up + masks[:, 1:2] * image + masks[:, 2:3] * image_down
+
+
+def _coef_planes(coef: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+    """``(N, 4)`` or ``(N, 3, 4)`` -> four tensors that broadcast against ``(N, 3, H, W)``."""
+    if coef.dim() == 2 and coef.shape == (n, 4):
+        c = coef[:, None, None, None, :]
+    elif coef.dim() == 3 and coef.shape == (n, 3, 4):
+        c = coef[:, :, None, None, :]
+    else:
+        raise ValueError(f"curve: coef must have shape ({n}, 4) or ({n}, 3, 4), got {tuple(coef.shape)}")
+    return tuple(c[..., i] for i in range(4))
+
+
+def curve(x: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """Eq. 8: ``H = a3 x^3 + a2 x^2 + a1 x + a0`` per image (or per image and channel)."""
+    a0, a1, a2, a3 = _coef_planes(coef, x.shape[0])
+    return ((a3 * x + a2) * x + a1) * x + a0
+
+
+def post(
+    masks: torch.Tensor,
+    image: torch.Tensor,
+    image_up: torch.Tensor,
+    image_down: torch.Tensor,
+    coef: torch.Tensor,
+    height: int | None = None,
+    width: int | None = None,
+    layout: str = "nchw",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Reference of the post kernel: fuse (Eq. 7), curve (Eq. 8), crop to ``height x width``, cast, lay out."""
+    f32 = [t.to(torch.float32) for t in (masks, image, image_up, image_down)]
+    hdr = curve(fuse(*f32), coef.to(torch.float32))
+    h = hdr.shape[-2] if height is None else height
+    w = hdr.shape[-1] if width is None else width
+    hdr = hdr[..., :h, :w]
+    if layout == "nhwc":
+        hdr = hdr.permute(0, 2, 3, 1)
+    elif layout != "nchw":
+        raise ValueError(f"post: layout must be 'nchw' or 'nhwc', got {layout!r}")
+    return hdr.contiguous().to(dtype)
+
+
+def mu_law(hdr: torch.Tensor, mu: float = 5000.0) -> torch.Tensor:
+    """Eq. 15's tone mapper ``log(1 + mu H) / log(1 + mu)`` (negative radiance is clamped to 0)."""
+    return torch.log1p(mu * hdr.clamp_min(0.0)) / torch.log1p(torch.tensor(mu, dtype=hdr.dtype, device=hdr.device))
