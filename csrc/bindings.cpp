@@ -1,0 +1,299 @@
+// Python bindings of the sitm-trt kernels (module sitm_trt._C). Arrays arrive as DLPack capsules (the Python
+// wrapper in sitm_trt/kernels.py calls __dlpack__); every argument is checked here, where it enters C++,
+// and errors name the op, the argument, what was expected and what came.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "dlpack_bridge.h"
+#include "sitm/ops.h"
+#include "sitm/pixel_math.h"
+
+namespace py = pybind11;
+using namespace sitm;
+
+namespace {
+
+[[noreturn]] void bad(const std::string& op, const std::string& msg) { throw std::invalid_argument(op + ": " + msg); }
+
+DType parse_float_dtype(const std::string& op, const std::string& s) {
+  if (s == "float32") return DType::F32;
+  if (s == "float16") return DType::F16;
+  bad(op, "dtype must be 'float32' or 'float16', got '" + s + "'");
+}
+
+bool is_float(DType t) { return t == DType::F32 || t == DType::F16; }
+
+// Checks a float tensor of exactly `shape` (entries < 0 are free and filled in from the tensor).
+void expect_float(const std::string& op, const char* arg, const TensorView& v, std::vector<int64_t> shape,
+                  const char* pattern) {
+  bool ok = is_float(v.dtype) && v.shape.size() == shape.size();
+  for (size_t i = 0; ok && i < shape.size(); ++i) ok = shape[i] < 0 || shape[i] == v.shape[i];
+  if (!ok) {
+    for (size_t i = 0; i < shape.size() && i < v.shape.size(); ++i)
+      if (shape[i] < 0) shape[i] = v.shape[i];
+    const bool dims_known = shape.size() == v.shape.size();
+    bad(op, std::string(arg) + " must be float32 or float16 with shape " +
+                (dims_known ? shape_str(shape) + " " : std::string()) + pattern + ", got " + v.describe());
+  }
+}
+
+void same_device(const std::string& op, const char* arg, const TensorView& v, const char* ref_arg,
+                 const TensorView& ref) {
+  if (!(v.device == ref.device))
+    bad(op, std::string(arg) + " is on " + v.device.str() + " but " + ref_arg + " is on " + ref.device.str());
+}
+
+// An output: given by the caller (checked: shape, dtype, device, writable) or allocated here.
+struct Output {
+  TensorView view;
+  std::shared_ptr<Buffer> buffer;  // set when allocated here
+  void* data() const { return buffer ? buffer->data() : view.data; }
+};
+
+Output make_output(const std::string& op, const char* arg, const py::object& given, DType dtype,
+                   const std::vector<int64_t>& shape, const TensorView& ref, const char* ref_arg, uintptr_t stream) {
+  Output o;
+  if (given.is_none()) {
+    o.buffer = std::make_shared<Buffer>(dtype, shape, ref.device, stream);
+    return o;
+  }
+  o.view = view_from_capsule(given.cast<py::capsule>(), op.c_str(), arg);
+  if (o.view.dtype != dtype || o.view.shape != shape)
+    bad(op, std::string(arg) + " must be " + dtype_name(dtype) + " " + shape_str(shape) + ", got " + o.view.describe());
+  same_device(op, arg, o.view, ref_arg, ref);
+  if (o.view.read_only) bad(op, std::string(arg) + " is read-only");
+  return o;
+}
+
+py::object result(const Output& o) { return o.buffer ? py::cast(o.buffer) : py::none(); }
+
+struct Coef {
+  TensorView view;
+  bool per_channel = false;
+};
+
+Coef check_coef(const std::string& op, const py::capsule& cap, int64_t n, const TensorView& ref, const char* ref_arg) {
+  Coef c{view_from_capsule(cap, op.c_str(), "coef")};
+  const auto& s = c.view.shape;
+  const bool per_image = s.size() == 2 && s[0] == n && s[1] == 4;
+  c.per_channel = s.size() == 3 && s[0] == n && s[1] == 3 && s[2] == 4;
+  if (!is_float(c.view.dtype) || !(per_image || c.per_channel))
+    bad(op, "coef must be float32 or float16 with shape (" + std::to_string(n) + ", 4) or (" + std::to_string(n) +
+                ", 3, 4) (a0..a3 per image, or per image and channel), got " + c.view.describe());
+  same_device(op, "coef", c.view, ref_arg, ref);
+  return c;
+}
+
+// Runs `cpu` or `cuda` by the device of `ref`, with the GIL released.
+template <typename Args>
+void run(const TensorView& ref, const Args& a, void (*cpu)(const Args&), void (*cuda)(const Args&, uintptr_t),
+         uintptr_t stream) {
+  py::gil_scoped_release release;
+  if (ref.device.is_cuda())
+    cuda(a, stream);
+  else
+    cpu(a);
+}
+
+// ------------------------------------------------------------------------------------------------------
+
+py::tuple pre(const py::capsule& frame_cap, int64_t stride, const std::string& dtype, const py::object& outs,
+              uintptr_t stream) {
+  const std::string op = "pre";
+  const DType out_type = parse_float_dtype(op, dtype);
+  if (stride < 1) bad(op, "stride must be >= 1, got " + std::to_string(stride));
+  TensorView f = view_from_capsule(frame_cap, "pre", "frame");
+  PreArgs a{};
+  a.src = f.data;
+  a.src_type = f.dtype;
+  a.out_type = out_type;
+  const auto& s = f.shape;
+  if (is_float(f.dtype)) {
+    if (s.size() != 4 || s[1] != 3)
+      bad(op, "frame must be float (N, 3, H, W) or uint8/uint16 (H, W, 3) or (N, H, W, 3), got " + f.describe());
+    a.src_hwc = false;
+    a.n = s[0], a.h = s[2], a.w = s[3];
+  } else {
+    const bool hwc3 = s.size() == 3 && s[2] == 3, nhwc = s.size() == 4 && s[3] == 3;
+    if (!hwc3 && !nhwc)
+      bad(op, "frame must be float (N, 3, H, W) or uint8/uint16 (H, W, 3) or (N, H, W, 3), got " + f.describe());
+    a.src_hwc = true;
+    a.n = hwc3 ? 1 : s[0];
+    a.h = hwc3 ? s[0] : s[1];
+    a.w = hwc3 ? s[1] : s[2];
+  }
+  a.hp = padded_size(a.h, stride);
+  a.wp = padded_size(a.w, stride);
+  std::array<py::object, 4> given{py::none(), py::none(), py::none(), py::none()};
+  if (!outs.is_none()) {
+    auto t = outs.cast<py::tuple>();
+    if (t.size() != 4) bad(op, "out must be a tuple of 4 arrays (image, image_down, image_up, guide), got " + std::to_string(t.size()));
+    for (int i = 0; i < 4; ++i) given[i] = t[i];
+  }
+  const std::vector<int64_t> s3{a.n, 3, a.hp, a.wp}, s2{a.n, 2, a.hp, a.wp};
+  Output image = make_output(op, "out[0] (image)", given[0], out_type, s3, f, "frame", stream);
+  Output down = make_output(op, "out[1] (image_down)", given[1], out_type, s3, f, "frame", stream);
+  Output up = make_output(op, "out[2] (image_up)", given[2], out_type, s3, f, "frame", stream);
+  Output guide = make_output(op, "out[3] (guide)", given[3], out_type, s2, f, "frame", stream);
+  a.image = image.data();
+  a.image_down = down.data();
+  a.image_up = up.data();
+  a.guide = guide.data();
+  run(f, a, &pre_cpu, &pre_cuda, stream);
+  return py::make_tuple(result(image), result(down), result(up), result(guide));
+}
+
+py::object fuse(const py::capsule& masks_cap, const py::capsule& image_cap, const py::capsule& up_cap,
+                const py::capsule& down_cap, const std::string& dtype, const py::object& out, uintptr_t stream) {
+  const std::string op = "fuse";
+  const DType out_type = parse_float_dtype(op, dtype);
+  TensorView m = view_from_capsule(masks_cap, "fuse", "masks");
+  expect_float(op, "masks", m, {-1, 3, -1, -1}, "(N, 3, H, W) (M_up, M_mid, M_down)");
+  const std::vector<int64_t> shape = m.shape;
+  TensorView img = view_from_capsule(image_cap, "fuse", "image");
+  TensorView up = view_from_capsule(up_cap, "fuse", "image_up");
+  TensorView down = view_from_capsule(down_cap, "fuse", "image_down");
+  for (auto [arg, v] : {std::pair<const char*, TensorView*>{"image", &img}, {"image_up", &up}, {"image_down", &down}}) {
+    expect_float(op, arg, *v, shape, "(N, 3, H, W) like masks");
+    if (v->dtype != m.dtype) bad(op, std::string(arg) + " is " + dtype_name(v->dtype) + " but masks is " + dtype_name(m.dtype) + " (inputs must share a dtype)");
+    same_device(op, arg, *v, "masks", m);
+  }
+  Output o = make_output(op, "out", out, out_type, shape, m, "masks", stream);
+  FuseArgs a{m.data, img.data, up.data, down.data, m.dtype, shape[0], shape[2], shape[3], o.data(), out_type};
+  run(m, a, &fuse_cpu, &fuse_cuda, stream);
+  return result(o);
+}
+
+py::object curve(const py::capsule& x_cap, const py::capsule& coef_cap, const std::string& dtype,
+                 const py::object& out, uintptr_t stream) {
+  const std::string op = "curve";
+  const DType out_type = parse_float_dtype(op, dtype);
+  TensorView x = view_from_capsule(x_cap, "curve", "x");
+  expect_float(op, "x", x, {-1, 3, -1, -1}, "(N, 3, H, W)");
+  Coef c = check_coef(op, coef_cap, x.shape[0], x, "x");
+  Output o = make_output(op, "out", out, out_type, x.shape, x, "x", stream);
+  CurveArgs a{x.data, x.dtype, c.view.data, c.view.dtype, c.per_channel, x.shape[0], x.shape[2], x.shape[3], o.data(), out_type};
+  run(x, a, &curve_cpu, &curve_cuda, stream);
+  return result(o);
+}
+
+py::object post(const py::capsule& masks_cap, const py::capsule& image_cap, const py::capsule& up_cap,
+                const py::capsule& down_cap, const py::capsule& coef_cap, int64_t height, int64_t width,
+                const std::string& layout, const std::string& dtype, const py::object& out, uintptr_t stream) {
+  const std::string op = "post";
+  const DType out_type = parse_float_dtype(op, dtype);
+  if (layout != "nchw" && layout != "nhwc") bad(op, "layout must be 'nchw' or 'nhwc', got '" + layout + "'");
+  TensorView m = view_from_capsule(masks_cap, "post", "masks");
+  expect_float(op, "masks", m, {-1, 3, -1, -1}, "(N, 3, Hp, Wp) (M_up, M_mid, M_down)");
+  const std::vector<int64_t> shape = m.shape;
+  TensorView img = view_from_capsule(image_cap, "post", "image");
+  TensorView up = view_from_capsule(up_cap, "post", "image_up");
+  TensorView down = view_from_capsule(down_cap, "post", "image_down");
+  for (auto [arg, v] : {std::pair<const char*, TensorView*>{"image", &img}, {"image_up", &up}, {"image_down", &down}}) {
+    expect_float(op, arg, *v, shape, "(N, 3, Hp, Wp) like masks");
+    if (v->dtype != m.dtype) bad(op, std::string(arg) + " is " + dtype_name(v->dtype) + " but masks is " + dtype_name(m.dtype) + " (inputs must share a dtype)");
+    same_device(op, arg, *v, "masks", m);
+  }
+  Coef c = check_coef(op, coef_cap, shape[0], m, "masks");
+  const int64_t n = shape[0], hp = shape[2], wp = shape[3];
+  const int64_t h = height < 0 ? hp : height, w = width < 0 ? wp : width;
+  if (h > hp || w > wp)
+    bad(op, "crop " + std::to_string(h) + "x" + std::to_string(w) + " is larger than the padded input " +
+                std::to_string(hp) + "x" + std::to_string(wp));
+  const bool hwc = layout == "nhwc";
+  const std::vector<int64_t> oshape = hwc ? std::vector<int64_t>{n, h, w, 3} : std::vector<int64_t>{n, 3, h, w};
+  Output o = make_output(op, "out", out, out_type, oshape, m, "masks", stream);
+  PostArgs a{m.data, img.data, up.data, down.data, m.dtype, c.view.data, c.view.dtype, c.per_channel,
+             n, hp, wp, h, w, o.data(), out_type, hwc};
+  run(m, a, &post_cpu, &post_cuda, stream);
+  return result(o);
+}
+
+py::dict build_info() {
+  py::dict d;
+  d["version"] = SITM_VERSION;
+  d["cuda"] = cuda_compiled();
+  d["cuda_architectures"] = std::string(SITM_CUDA_ARCHITECTURES);
+  d["cuda_runtime"] = cuda_runtime_version();
+  d["cuda_compiler"] = std::string(SITM_CUDA_COMPILER);
+  d["cxx_compiler"] = std::string(SITM_CXX_COMPILER);
+  d["build_type"] = std::string(SITM_BUILD_TYPE);
+  d["cpu_threads"] = get_cpu_threads();
+  return d;
+}
+
+py::tuple cuda_devices() {
+  std::string err;
+  const int n = cuda_device_count(&err);
+  return py::make_tuple(n, err);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "sitm-trt C++/CUDA kernels (pre, fuse, curve, post); use the wrappers in sitm_trt.kernels";
+
+  py::class_<Buffer, std::shared_ptr<Buffer>>(m, "Buffer",
+                                               "Memory allocated by sitm-trt (host or CUDA), exported via DLPack.")
+      .def_property_readonly("shape", [](const Buffer& b) { return py::tuple(py::cast(b.shape())); })
+      .def_property_readonly("dtype", [](const Buffer& b) { return std::string(dtype_name(b.dtype())); })
+      .def_property_readonly("device", [](const Buffer& b) { return b.device().str(); })
+      .def_property_readonly("data_ptr", [](const Buffer& b) { return reinterpret_cast<uintptr_t>(b.data()); })
+      .def_property_readonly("nbytes", &Buffer::nbytes)
+      .def(
+          "__dlpack__",
+          [](const std::shared_ptr<Buffer>& self, py::object stream, py::object max_version, py::object dl_device,
+             py::object copy) {
+            if (!copy.is_none() && copy.cast<bool>())
+              throw py::value_error("Buffer.__dlpack__: copy=True is not supported (the buffer is exported as is)");
+            if (!dl_device.is_none()) {
+              auto t = dl_device.cast<std::pair<int, int>>();
+              const bool cpu_req = t.first == kDLCPU, cuda_req = t.first == kDLCUDA;
+              if (!((cpu_req && !self->device().is_cuda()) ||
+                    (cuda_req && self->device().is_cuda() && t.second == self->device().id)))
+                throw py::buffer_error("Buffer.__dlpack__: cannot export " + self->device().str() +
+                                       " memory to another device without a copy");
+            }
+            std::optional<int64_t> s;
+            if (!stream.is_none()) s = stream.cast<int64_t>();
+            bool versioned = false;
+            if (!max_version.is_none()) versioned = max_version.cast<std::pair<int, int>>().first >= 1;
+            return Buffer::to_dlpack(self, s, versioned);
+          },
+          py::kw_only(), py::arg("stream") = py::none(), py::arg("max_version") = py::none(),
+          py::arg("dl_device") = py::none(), py::arg("copy") = py::none())
+      .def("__dlpack_device__",
+           [](const Buffer& b) { return py::make_tuple(b.device().is_cuda() ? int(kDLCUDA) : int(kDLCPU), b.device().id); })
+      .def("__repr__", [](const Buffer& b) {
+        return "Buffer(" + std::string(dtype_name(b.dtype())) + " " + shape_str(b.shape()) + " on " + b.device().str() + ")";
+      });
+
+  m.def("pre", &pre, py::arg("frame"), py::arg("stride"), py::arg("dtype"), py::arg("out"), py::arg("stream"));
+  m.def("fuse", &fuse, py::arg("masks"), py::arg("image"), py::arg("image_up"), py::arg("image_down"),
+        py::arg("dtype"), py::arg("out"), py::arg("stream"));
+  m.def("curve", &curve, py::arg("x"), py::arg("coef"), py::arg("dtype"), py::arg("out"), py::arg("stream"));
+  m.def("post", &post, py::arg("masks"), py::arg("image"), py::arg("image_up"), py::arg("image_down"),
+        py::arg("coef"), py::arg("height"), py::arg("width"), py::arg("layout"), py::arg("dtype"), py::arg("out"),
+        py::arg("stream"));
+  m.def("view_info", [](const py::capsule& cap) {
+    TensorView v = view_from_capsule(cap, "view_info", "tensor");
+    py::dict d;
+    d["data_ptr"] = reinterpret_cast<uintptr_t>(v.data);
+    d["shape"] = py::tuple(py::cast(v.shape));
+    d["dtype"] = std::string(dtype_name(v.dtype));
+    d["device"] = v.device.str();
+    d["read_only"] = v.read_only;
+    return d;
+  }, "Consumes a DLPack capsule and describes the view the kernels would see (for tests and debugging).");
+  m.def("build_info", &build_info);
+  m.def("cuda_devices", &cuda_devices, "(count, error): usable CUDA devices, or 0 and the reason");
+  m.def("set_num_threads", &set_cpu_threads, py::arg("n"), "CPU kernel threads; 0 = all hardware threads");
+  m.def("get_num_threads", &get_cpu_threads);
+  m.def("cpu_triad_bandwidth", &cpu_triad_bandwidth, py::arg("floats"), py::arg("repeats"),
+        "STREAM-triad bandwidth (GB/s, 12 bytes per element) with the kernels' threads");
+}

@@ -1,0 +1,30 @@
+// Linked instead of csrc/cuda in a CPU-only build: the module still loads and reports how it was built;
+// CUDA entry points raise "built without CUDA".
+#include <stdexcept>
+#include <string>
+
+#include "sitm/ops.h"
+
+namespace sitm {
+namespace {
+[[noreturn]] void no_cuda(const char* op) {
+  throw std::runtime_error(std::string(op) +
+                           ": sitm-trt was built without CUDA; reinstall with a CUDA compiler on PATH "
+                           "(SITM_WITH_CUDA=ON pip install sitm-trt)");
+}
+}  // namespace
+
+bool cuda_compiled() { return false; }
+void pre_cuda(const PreArgs&, uintptr_t) { no_cuda("pre"); }
+void fuse_cuda(const FuseArgs&, uintptr_t) { no_cuda("fuse"); }
+void curve_cuda(const CurveArgs&, uintptr_t) { no_cuda("curve"); }
+void post_cuda(const PostArgs&, uintptr_t) { no_cuda("post"); }
+int cuda_device_count(std::string* error) {
+  if (error) *error = "sitm-trt was built without CUDA";
+  return 0;
+}
+void* cuda_alloc(int64_t, int, uintptr_t) { no_cuda("allocation"); }
+void cuda_free(void*, int, uintptr_t) {}
+void cuda_stream_wait(uintptr_t, uintptr_t, int) { no_cuda("stream wait"); }
+std::string cuda_runtime_version() { return ""; }
+}  // namespace sitm

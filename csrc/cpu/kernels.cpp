@@ -1,0 +1,277 @@
+// CPU loops of the sitm-trt kernels: the per-pixel math is sitm/pixel_math.h, shared with csrc/cuda.
+// Work is split by rows over std::threads; the inner loops run over contiguous pixels of a row with no
+// branches in the common (unpadded) part, so the compiler can vectorize them.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "sitm/ops.h"
+#include "sitm/pixel_math.h"
+
+namespace sitm {
+namespace {
+
+std::atomic<int> g_threads{0};
+
+int resolved_threads() {
+  const int n = g_threads.load();
+  if (n > 0) return n;
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw == 0 ? 1 : static_cast<int>(hw);
+}
+
+// Runs fn(begin, end) over [0, count) split into contiguous chunks, one per thread. Threads are started per
+// call (no pool to survive fork() in data-loader workers); below `min_per_thread` items it runs inline.
+template <typename Fn>
+void parallel_for(int64_t count, int64_t min_per_thread, Fn&& fn) {
+  if (count <= 0) return;
+  const int64_t want = std::max<int64_t>(1, count / std::max<int64_t>(1, min_per_thread));
+  const int threads = static_cast<int>(std::min<int64_t>(resolved_threads(), want));
+  if (threads <= 1) {
+    fn(int64_t{0}, count);
+    return;
+  }
+  std::vector<std::thread> pool;
+  pool.reserve(threads - 1);
+  const int64_t chunk = (count + threads - 1) / threads;
+  std::exception_ptr error;
+  std::atomic<bool> failed{false};
+  auto run = [&](int64_t b, int64_t e) {
+    try {
+      fn(b, e);
+    } catch (...) {
+      if (!failed.exchange(true)) error = std::current_exception();
+    }
+  };
+  for (int t = 1; t < threads; ++t) {
+    const int64_t b = t * chunk, e = std::min(count, b + chunk);
+    if (b < e) pool.emplace_back(run, b, e);
+  }
+  run(0, std::min(count, chunk));
+  for (auto& th : pool) th.join();
+  if (error) std::rethrow_exception(error);
+}
+
+// Rows are the unit of work; keep at least ~16k pixels per thread so thread start-up stays negligible.
+int64_t rows_per_thread(int64_t width) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, width)); }
+
+template <typename TI, typename TO, bool HWC>
+void pre_impl(const PreArgs& a) {
+  const TI* src = static_cast<const TI*>(a.src);
+  TO* image = static_cast<TO*>(a.image);
+  TO* down = static_cast<TO*>(a.image_down);
+  TO* up = static_cast<TO*>(a.image_up);
+  TO* guide = static_cast<TO*>(a.guide);
+  const int64_t h = a.h, w = a.w, hp = a.hp, wp = a.wp, plane = hp * wp;
+  parallel_for(a.n * hp, rows_per_thread(wp), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / hp, y = row % hp, sy = reflect_index(y, h);
+      const int64_t o = n * 3 * plane + y * wp;  // offset of this row in channel 0 of an (N,3,hp,wp) tensor
+      const int64_t og = n * 2 * plane + y * wp;
+      auto pixel = [&](int64_t x, int64_t sx) {
+        float r, g, b;
+        if constexpr (HWC) {
+          const int64_t s = ((n * h + sy) * w + sx) * 3;
+          r = Scalar<TI>::load(src, s);
+          g = Scalar<TI>::load(src, s + 1);
+          b = Scalar<TI>::load(src, s + 2);
+        } else {
+          const int64_t s = (n * 3 * h + sy) * w + sx, cs = h * w;
+          r = clamp01(Scalar<TI>::load(src, s));
+          g = clamp01(Scalar<TI>::load(src, s + cs));
+          b = clamp01(Scalar<TI>::load(src, s + 2 * cs));
+        }
+        const PrePixel p = pre_pixel(r, g, b);
+        const int64_t i = o + x;
+        Scalar<TO>::store(image, i, r);
+        Scalar<TO>::store(image, i + plane, g);
+        Scalar<TO>::store(image, i + 2 * plane, b);
+        Scalar<TO>::store(down, i, r * p.l_down);
+        Scalar<TO>::store(down, i + plane, g * p.l_down);
+        Scalar<TO>::store(down, i + 2 * plane, b * p.l_down);
+        Scalar<TO>::store(up, i, r * p.l_up);
+        Scalar<TO>::store(up, i + plane, g * p.l_up);
+        Scalar<TO>::store(up, i + 2 * plane, b * p.l_up);
+        Scalar<TO>::store(guide, og + x, p.l_down);
+        Scalar<TO>::store(guide, og + x + plane, p.l_up);
+      };
+      for (int64_t x = 0; x < w; ++x) pixel(x, x);
+      for (int64_t x = w; x < wp; ++x) pixel(x, reflect_index(x, w));
+    }
+  });
+}
+
+template <typename TI, typename TO>
+void fuse_impl(const FuseArgs& a) {
+  const TI* m = static_cast<const TI*>(a.masks);
+  const TI* img = static_cast<const TI*>(a.image);
+  const TI* iu = static_cast<const TI*>(a.image_up);
+  const TI* id = static_cast<const TI*>(a.image_down);
+  TO* out = static_cast<TO*>(a.out);
+  const int64_t plane = a.h * a.w;
+  parallel_for(a.n * a.h, rows_per_thread(a.w), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / a.h, y = row % a.h;
+      const int64_t base = n * 3 * plane + y * a.w;
+      for (int c = 0; c < 3; ++c) {
+        const int64_t ch = base + c * plane;
+        for (int64_t x = 0; x < a.w; ++x) {
+          const int64_t mi = base + x;
+          const float v = fuse_pixel(Scalar<TI>::load(m, mi), Scalar<TI>::load(m, mi + plane),
+                                     Scalar<TI>::load(m, mi + 2 * plane), Scalar<TI>::load(img, ch + x),
+                                     Scalar<TI>::load(iu, ch + x), Scalar<TI>::load(id, ch + x));
+          Scalar<TO>::store(out, ch + x, v);
+        }
+      }
+    }
+  });
+}
+
+template <typename TC>
+void load_coef(const void* coef, bool per_channel, int64_t n, int c, float k[4]) {
+  const TC* p = static_cast<const TC*>(coef);
+  const int64_t base = per_channel ? (n * 3 + c) * 4 : n * 4;
+  for (int i = 0; i < 4; ++i) k[i] = Scalar<TC>::load(p, base + i);
+}
+
+inline void load_coef_any(const void* coef, DType t, bool per_channel, int64_t n, int c, float k[4]) {
+  if (t == DType::F32)
+    load_coef<float>(coef, per_channel, n, c, k);
+  else
+    load_coef<half_t>(coef, per_channel, n, c, k);
+}
+
+template <typename TI, typename TO>
+void curve_impl(const CurveArgs& a) {
+  const TI* x = static_cast<const TI*>(a.x);
+  TO* out = static_cast<TO*>(a.out);
+  const int64_t plane = a.h * a.w;
+  parallel_for(a.n * a.h, rows_per_thread(a.w), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / a.h, y = row % a.h;
+      for (int c = 0; c < 3; ++c) {
+        float k[4];
+        load_coef_any(a.coef, a.coef_type, a.coef_per_channel, n, c, k);
+        const int64_t o = (n * 3 + c) * plane + y * a.w;
+        for (int64_t i = 0; i < a.w; ++i)
+          Scalar<TO>::store(out, o + i, curve_eval(Scalar<TI>::load(x, o + i), k[0], k[1], k[2], k[3]));
+      }
+    }
+  });
+}
+
+template <typename TI, typename TO, bool HWC>
+void post_impl(const PostArgs& a) {
+  const TI* m = static_cast<const TI*>(a.masks);
+  const TI* img = static_cast<const TI*>(a.image);
+  const TI* iu = static_cast<const TI*>(a.image_up);
+  const TI* id = static_cast<const TI*>(a.image_down);
+  TO* out = static_cast<TO*>(a.out);
+  const int64_t hp = a.hp, wp = a.wp, h = a.h, w = a.w, plane = hp * wp, oplane = h * w;
+  parallel_for(a.n * h, rows_per_thread(w), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / h, y = row % h;
+      const int64_t base = n * 3 * plane + y * wp;  // input row, channel 0
+      for (int c = 0; c < 3; ++c) {
+        float k[4];
+        load_coef_any(a.coef, a.coef_type, a.coef_per_channel, n, c, k);
+        const int64_t ch = base + c * plane;
+        for (int64_t x = 0; x < w; ++x) {
+          const int64_t mi = base + x;
+          const float f = fuse_pixel(Scalar<TI>::load(m, mi), Scalar<TI>::load(m, mi + plane),
+                                     Scalar<TI>::load(m, mi + 2 * plane), Scalar<TI>::load(img, ch + x),
+                                     Scalar<TI>::load(iu, ch + x), Scalar<TI>::load(id, ch + x));
+          const float v = curve_eval(f, k[0], k[1], k[2], k[3]);
+          if constexpr (HWC)
+            Scalar<TO>::store(out, ((n * h + y) * w + x) * 3 + c, v);
+          else
+            Scalar<TO>::store(out, (n * 3 + c) * oplane + y * w + x, v);
+        }
+      }
+    }
+  });
+}
+
+[[noreturn]] void unsupported(const char* op, DType t) {
+  throw std::invalid_argument(std::string(op) + ": unsupported dtype " + dtype_name(t));
+}
+
+// Dispatch helpers: call F<TI, TO> for the runtime float types.
+template <template <typename, typename> class F, typename Args>
+void dispatch_float2(const char* op, DType ti, DType to, const Args& a) {
+  if (ti == DType::F32 && to == DType::F32) return F<float, float>::run(a);
+  if (ti == DType::F32 && to == DType::F16) return F<float, half_t>::run(a);
+  if (ti == DType::F16 && to == DType::F32) return F<half_t, float>::run(a);
+  if (ti == DType::F16 && to == DType::F16) return F<half_t, half_t>::run(a);
+  unsupported(op, ti == DType::F32 || ti == DType::F16 ? to : ti);
+}
+
+template <typename TI, typename TO>
+struct Fuse {
+  static void run(const FuseArgs& a) { fuse_impl<TI, TO>(a); }
+};
+template <typename TI, typename TO>
+struct Curve {
+  static void run(const CurveArgs& a) { curve_impl<TI, TO>(a); }
+};
+template <typename TI, typename TO>
+struct Post {
+  static void run(const PostArgs& a) {
+    if (a.out_hwc)
+      post_impl<TI, TO, true>(a);
+    else
+      post_impl<TI, TO, false>(a);
+  }
+};
+template <typename TO>
+void pre_dispatch_in(const PreArgs& a) {
+  switch (a.src_type) {
+    case DType::F32: return pre_impl<float, TO, false>(a);
+    case DType::F16: return pre_impl<half_t, TO, false>(a);
+    case DType::U8: return pre_impl<uint8_t, TO, true>(a);
+    case DType::U16: return pre_impl<uint16_t, TO, true>(a);
+  }
+  unsupported("pre", a.src_type);
+}
+
+}  // namespace
+
+void pre_cpu(const PreArgs& a) {
+  if (a.out_type == DType::F32) return pre_dispatch_in<float>(a);
+  if (a.out_type == DType::F16) return pre_dispatch_in<half_t>(a);
+  unsupported("pre", a.out_type);
+}
+void fuse_cpu(const FuseArgs& a) { dispatch_float2<Fuse>("fuse", a.in_type, a.out_type, a); }
+void curve_cpu(const CurveArgs& a) { dispatch_float2<Curve>("curve", a.in_type, a.out_type, a); }
+void post_cpu(const PostArgs& a) { dispatch_float2<Post>("post", a.in_type, a.out_type, a); }
+
+void set_cpu_threads(int n) {
+  if (n < 0) throw std::invalid_argument("set_num_threads: n must be >= 0 (0 = all hardware threads), got " +
+                                         std::to_string(n));
+  g_threads.store(n);
+}
+int get_cpu_threads() { return resolved_threads(); }
+
+double cpu_triad_bandwidth(int64_t floats, int repeats) {
+  if (floats <= 0 || repeats <= 0) throw std::invalid_argument("triad: floats and repeats must be positive");
+  std::vector<float> a(floats), b(floats, 1.0f), c(floats, 2.0f);
+  double best = 0.0;
+  for (int r = 0; r < repeats; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    parallel_for(floats, 1 << 16, [&](int64_t begin, int64_t end) {
+      float* __restrict pa = a.data();
+      const float* __restrict pb = b.data();
+      const float* __restrict pc = c.data();
+      for (int64_t i = begin; i < end; ++i) pa[i] = pb[i] + 3.0f * pc[i];
+    });
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, 12.0 * static_cast<double>(floats) / s / 1e9);
+  }
+  if (a[floats / 2] != 7.0f) throw std::runtime_error("triad: wrong result");
+  return best;
+}
+
+}  // namespace sitm

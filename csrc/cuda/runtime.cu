@@ -1,0 +1,79 @@
+// Device queries, stream-ordered device memory and cross-stream ordering for the bindings.
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "sitm/ops.h"
+
+namespace sitm {
+namespace {
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
+}
+
+// Makes `device` current for the scope and restores the caller's device afterwards.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    check(cudaGetDevice(&previous_), "cudaGetDevice");
+    if (previous_ != device) check(cudaSetDevice(device), "cudaSetDevice");
+  }
+  ~DeviceGuard() {
+    int now = -1;
+    if (cudaGetDevice(&now) == cudaSuccess && now != previous_) cudaSetDevice(previous_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = 0;
+};
+
+cudaStream_t as_stream(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
+
+}  // namespace
+
+int cuda_device_count(std::string* error) {
+  int n = 0;
+  const cudaError_t err = cudaGetDeviceCount(&n);
+  if (err != cudaSuccess) {
+    if (error) *error = cudaGetErrorString(err);
+    cudaGetLastError();  // clear the sticky-free error so later queries start clean
+    return 0;
+  }
+  return n;
+}
+
+void* cuda_alloc(int64_t bytes, int device, uintptr_t stream) {
+  DeviceGuard guard(device);
+  void* ptr = nullptr;
+  check(cudaMallocAsync(&ptr, static_cast<size_t>(bytes > 0 ? bytes : 1), as_stream(stream)), "cudaMallocAsync");
+  return ptr;
+}
+
+void cuda_free(void* ptr, int device, uintptr_t stream) {
+  if (ptr == nullptr) return;
+  DeviceGuard guard(device);
+  // Called from deleters, which must not throw: a failure here can only leak.
+  if (cudaFreeAsync(ptr, as_stream(stream)) != cudaSuccess) cudaGetLastError();
+}
+
+void cuda_stream_wait(uintptr_t consumer, uintptr_t producer, int device) {
+  if (consumer == producer) return;
+  DeviceGuard guard(device);
+  cudaEvent_t ev;
+  check(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "cudaEventCreate");
+  const cudaError_t rec = cudaEventRecord(ev, as_stream(producer));
+  const cudaError_t wait = rec == cudaSuccess ? cudaStreamWaitEvent(as_stream(consumer), ev, 0) : rec;
+  cudaEventDestroy(ev);
+  check(wait, "cudaStreamWaitEvent");
+}
+
+std::string cuda_runtime_version() {
+  const int v = CUDART_VERSION;
+  return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10);
+}
+
+}  // namespace sitm

@@ -1,0 +1,105 @@
+// The ops' parameter blocks and the two implementations of each (csrc/cpu/*.cpp, csrc/cuda/*.cu).
+// Arguments reach these functions already checked by bindings.cpp: shapes agree, buffers are compact
+// row-major, dtypes are the supported ones. Element counts may be zero (then nothing runs).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace sitm {
+
+enum class DType : int { F32 = 0, F16 = 1, U8 = 2, U16 = 3 };
+
+inline const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::F32: return "float32";
+    case DType::F16: return "float16";
+    case DType::U8: return "uint8";
+    case DType::U16: return "uint16";
+  }
+  return "?";
+}
+
+// Frame -> network inputs, padded to (hp, wp) with reflect padding at the bottom/right.
+//   src: float (N, 3, H, W) when !src_hwc, or uint8/uint16 (N, H, W, 3) when src_hwc.
+//   image, image_down, image_up: (N, 3, hp, wp); guide: (N, 2, hp, wp) = (max RGB, 1 - min RGB).
+struct PreArgs {
+  const void* src;
+  DType src_type;
+  bool src_hwc;
+  int64_t n, h, w, hp, wp;
+  void* image;
+  void* image_down;
+  void* image_up;
+  void* guide;
+  DType out_type;
+};
+
+// Eq. 7: out = masks[:,0]*image_up + masks[:,1]*image + masks[:,2]*image_down. All (N, 3, H, W).
+struct FuseArgs {
+  const void* masks;
+  const void* image;
+  const void* image_up;
+  const void* image_down;
+  DType in_type;
+  int64_t n, h, w;
+  void* out;
+  DType out_type;
+};
+
+// Eq. 8 on x (N, 3, H, W); coef (N, 4) or (N, 3, 4) as a0..a3.
+struct CurveArgs {
+  const void* x;
+  DType in_type;
+  const void* coef;
+  DType coef_type;
+  bool coef_per_channel;
+  int64_t n, h, w;
+  void* out;
+  DType out_type;
+};
+
+// Fuse + curve in one pass over padded (N, 3, hp, wp) inputs, cropped to (h, w), written as
+// (N, 3, h, w) or (N, h, w, 3) when out_hwc.
+struct PostArgs {
+  const void* masks;
+  const void* image;
+  const void* image_up;
+  const void* image_down;
+  DType in_type;
+  const void* coef;
+  DType coef_type;
+  bool coef_per_channel;
+  int64_t n, hp, wp, h, w;
+  void* out;
+  DType out_type;
+  bool out_hwc;
+};
+
+// CPU implementations (csrc/cpu). Multithreaded over rows; set_cpu_threads(0) means all hardware threads.
+void pre_cpu(const PreArgs& a);
+void fuse_cpu(const FuseArgs& a);
+void curve_cpu(const CurveArgs& a);
+void post_cpu(const PostArgs& a);
+void set_cpu_threads(int n);
+int get_cpu_threads();
+// STREAM-triad style bandwidth probe (a[i] = b[i] + s * c[i] over `floats` floats), in GB/s counting
+// 12 bytes per element; the best of `repeats` runs, with the same threads the kernels use.
+double cpu_triad_bandwidth(int64_t floats, int repeats);
+
+// CUDA implementations (csrc/cuda), launched on `stream` (a cudaStream_t as an integer; 0 is the legacy
+// default stream). In a build without CUDA they throw std::runtime_error("built without CUDA").
+bool cuda_compiled();
+void pre_cuda(const PreArgs& a, uintptr_t stream);
+void fuse_cuda(const FuseArgs& a, uintptr_t stream);
+void curve_cuda(const CurveArgs& a, uintptr_t stream);
+void post_cuda(const PostArgs& a, uintptr_t stream);
+
+// Device memory and devices (csrc/cuda/runtime.cu, or the stubs).
+int cuda_device_count(std::string* error);  // 0 and a reason when there is no usable device
+void* cuda_alloc(int64_t bytes, int device, uintptr_t stream);
+void cuda_free(void* ptr, int device, uintptr_t stream);
+void cuda_stream_wait(uintptr_t consumer, uintptr_t producer, int device);  // consumer waits for producer's work
+std::string cuda_runtime_version();
+
+}  // namespace sitm
