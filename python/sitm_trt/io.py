@@ -1,0 +1,433 @@
+"""Image files in and out: LDR (PNG/JPEG/TIFF) and HDR (OpenEXR, Radiance .hdr), plus a preview tone mapper.
+
+Conventions (the whole project relies on them):
+
+* LDR images are ``numpy.ndarray`` of dtype ``uint8`` or ``uint16``, shape ``(H, W, 3)``, channel order RGB.
+  Grayscale files are replicated to three channels; an alpha channel is dropped (not composited). EXIF
+  orientation is *not* applied: pixels come back in the order they are stored in the file.
+* HDR images are ``float32`` ``(H, W, 3)`` linear RGB, as stored in the file (no colour conversion).
+  OpenEXR files must have ``R``, ``G``, ``B`` channels (a ``Y``-only file is replicated to RGB); the data
+  window is returned. Radiance files are divided by their ``EXPOSURE=`` header values, so the result is the
+  radiance before the writer scaled it.
+* Every file that cannot be used raises :class:`ImageReadError` (a ``ValueError``) whose message names the
+  file and what is wrong. Nothing is silently repaired, except what is documented above.
+* Writers are atomic: the data goes to a temporary file in the same folder, which then replaces the target
+  (``os.replace``), so a reader never sees a partial file, even when the writer is killed.
+
+OpenCV (``pip install opencv-python-headless``) is needed for PNG/JPEG/TIFF, and the OpenEXR bindings
+(``pip install openexr``) for ``.exr``; both are imported on first use. Radiance ``.hdr`` is handled here
+in plain NumPy.
+"""
+
+from __future__ import annotations
+
+import io as _io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ImageReadError",
+    "LDR_EXTENSIONS",
+    "HDR_EXTENSIONS",
+    "read_ldr",
+    "read_hdr",
+    "read_image",
+    "to_float",
+    "write_png",
+    "write_exr",
+    "write_hdr",
+    "write_hdr_image",
+    "srgb_oetf",
+    "srgb_eotf",
+    "tonemap_preview",
+]
+
+LDR_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+HDR_EXTENSIONS = (".exr", ".hdr", ".rgbe", ".pic")
+
+
+class ImageReadError(ValueError):
+    """A file that is not a usable image: unreadable, truncated, wrong channels, wrong type, empty."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+# --------------------------------------------------------------------------------------------- imports
+
+
+def _cv2() -> Any:
+    try:
+        import cv2
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "reading/writing PNG, JPEG and TIFF needs OpenCV: pip install opencv-python-headless"
+        ) from err
+    return cv2
+
+
+def _openexr() -> Any:
+    try:
+        import OpenEXR
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("reading/writing .exr needs the OpenEXR bindings: pip install openexr") from err
+    return OpenEXR
+
+
+def _read_bytes(path: str | os.PathLike[str]) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise ImageReadError(path, f"cannot open file ({err.strerror or err})") from err
+
+
+def _atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+# ------------------------------------------------------------------------------------------------- LDR
+
+
+def read_ldr(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a PNG/JPEG/TIFF as ``uint8`` or ``uint16`` ``(H, W, 3)`` RGB (bit depth of the file kept).
+
+    Grayscale is replicated to RGB, alpha is dropped, EXIF orientation is ignored. Raises
+    :class:`ImageReadError` for missing, truncated or undecodable files, float or 32-bit integer
+    images, and images with zero pixels.
+    """
+    cv2 = _cv2()
+    data = _read_bytes(path)
+    if not data:
+        raise ImageReadError(path, "empty file (0 bytes)")
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as err:
+        raise ImageReadError(path, f"cannot decode image ({err})") from err
+    if img is None:
+        raise ImageReadError(path, "cannot decode image (truncated, corrupt, or not a PNG/JPEG/TIFF file)")
+    if img.dtype not in (np.uint8, np.uint16):
+        raise ImageReadError(path, f"pixel type {img.dtype} is not an 8/16-bit LDR image (use read_hdr)")
+    if img.size == 0:
+        raise ImageReadError(path, f"image has no pixels (shape {img.shape})")
+    if img.ndim == 2:
+        img = img[:, :, None]
+    channels = img.shape[2]
+    if channels in (1, 2):  # gray, gray + alpha
+        return np.ascontiguousarray(np.repeat(img[:, :, :1], 3, axis=2))
+    if channels in (3, 4):  # BGR, BGRA
+        return np.ascontiguousarray(img[:, :, 2::-1])
+    raise ImageReadError(path, f"unsupported channel count {channels} (expected 1 to 4)")
+
+
+def to_float(img: np.ndarray) -> np.ndarray:
+    """``uint8``/``uint16`` image -> ``float32`` in [0, 1] (float input is returned as float32 unchanged)."""
+    if img.dtype == np.uint8:
+        return img.astype(np.float32) / np.float32(255.0)
+    if img.dtype == np.uint16:
+        return img.astype(np.float32) / np.float32(65535.0)
+    return img.astype(np.float32, copy=False)
+
+
+def _quantize(img: np.ndarray, bits: int) -> np.ndarray:
+    if bits not in (8, 16):
+        raise ValueError(f"bits must be 8 or 16, got {bits}")
+    dtype = np.uint8 if bits == 8 else np.uint16
+    if img.dtype in (np.uint8, np.uint16):
+        if img.dtype != dtype:
+            raise ValueError(f"an image of dtype {img.dtype} cannot be written with bits={bits}")
+        return img
+    if not np.issubdtype(img.dtype, np.floating):
+        raise ValueError(f"image must be uint8, uint16 or float in [0, 1], got {img.dtype}")
+    top = float(np.iinfo(dtype).max)
+    x = np.nan_to_num(img.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    return np.rint(np.clip(x, 0.0, 1.0) * top).astype(dtype)
+
+
+def write_png(path: str | os.PathLike[str], img: np.ndarray, bits: int | None = None) -> None:
+    """Write an RGB (or gray ``(H, W)``) image as PNG, atomically.
+
+    ``uint8``/``uint16`` arrays are written as they are (``bits`` defaults to their depth). Float arrays are
+    taken as [0, 1] (clipped, NaN -> 0) and rounded to ``bits`` (default 8).
+    """
+    cv2 = _cv2()
+    img = np.asarray(img)
+    if bits is None:
+        bits = 16 if img.dtype == np.uint16 else 8
+    q = _quantize(img, bits)
+    if q.ndim == 3 and q.shape[2] == 3:
+        q = q[:, :, ::-1]
+    elif not (q.ndim == 2 or (q.ndim == 3 and q.shape[2] == 1)):
+        raise ValueError(f"image must be (H, W, 3) or (H, W), got shape {img.shape}")
+    if q.size == 0:
+        raise ValueError(f"cannot write an image with no pixels (shape {img.shape})")
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(q))
+    if not ok:  # pragma: no cover - OpenCV failure
+        raise OSError(f"{path}: PNG encoding failed")
+    _atomic_write(path, buf.tobytes())
+
+
+# ------------------------------------------------------------------------------------------------- HDR
+
+
+def read_hdr(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an HDR image (``.exr`` or Radiance ``.hdr``/``.rgbe``/``.pic``) as float32 ``(H, W, 3)`` linear RGB.
+
+    Values are returned as stored (NaN, Inf or negative values included: validating them is the caller's
+    job). Raises :class:`ImageReadError` for unreadable, truncated, empty or wrong-channel files.
+    """
+    ext = Path(path).suffix.lower()
+    if ext == ".exr":
+        return _read_exr(path)
+    if ext in (".hdr", ".rgbe", ".pic"):
+        return _read_rgbe(path)
+    raise ImageReadError(path, f"unknown HDR extension {ext!r} (expected one of {', '.join(HDR_EXTENSIONS)})")
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read any supported image by extension: HDR files as float32, LDR files as uint8/uint16 (RGB, HWC)."""
+    if Path(path).suffix.lower() in HDR_EXTENSIONS:
+        return read_hdr(path)
+    return read_ldr(path)
+
+
+def _read_exr(path: str | os.PathLike[str]) -> np.ndarray:
+    exr = _openexr()
+    data = _read_bytes(path)
+    if not data:
+        raise ImageReadError(path, "empty file (0 bytes)")
+    try:
+        f = exr.File(_io.BytesIO(data), separate_channels=True)
+        channels = f.channels()
+    except Exception as err:  # the bindings raise RuntimeError/ValueError for corrupt/truncated files
+        raise ImageReadError(path, f"cannot read OpenEXR file (truncated or corrupt?): {err}") from err
+    names = sorted(channels)
+    if all(c in channels for c in "RGB"):
+        planes = [channels[c].pixels for c in "RGB"]
+    elif "Y" in channels and not any(c in channels for c in "RGB"):
+        planes = [channels["Y"].pixels] * 3
+    else:
+        raise ImageReadError(path, f"needs R, G, B (or Y) channels, found {names}")
+    shapes = {p.shape for p in planes}
+    if len(shapes) != 1 or len(planes[0].shape) != 2:
+        raise ImageReadError(path, f"channels have different sizes (subsampled?): {sorted(shapes)}")
+    img = np.stack([p.astype(np.float32) for p in planes], axis=-1)
+    if img.size == 0:
+        raise ImageReadError(path, f"image has no pixels (shape {img.shape})")
+    return img
+
+
+def _read_rgbe(path: str | os.PathLike[str]) -> np.ndarray:
+    data = _read_bytes(path)
+    if not data.startswith(b"#?"):
+        raise ImageReadError(path, "not a Radiance file (missing '#?' signature)")
+    pos, exposure, fmt = 0, 1.0, None
+    while True:  # header: lines up to an empty line
+        end = data.find(b"\n", pos)
+        if end < 0:
+            raise ImageReadError(path, "truncated Radiance header")
+        line = data[pos:end].strip()
+        pos = end + 1
+        if not line:
+            break
+        if line.startswith(b"FORMAT="):
+            fmt = line[7:].decode("ascii", "replace")
+        elif line.startswith(b"EXPOSURE="):
+            try:
+                exposure *= float(line[9:])
+            except ValueError as err:
+                raise ImageReadError(path, f"bad EXPOSURE line {line!r}") from err
+    if fmt not in (None, "32-bit_rle_rgbe"):
+        raise ImageReadError(path, f"unsupported Radiance format {fmt!r} (only 32-bit_rle_rgbe)")
+    end = data.find(b"\n", pos)
+    if end < 0:
+        raise ImageReadError(path, "truncated Radiance file (no resolution line)")
+    res = data[pos:end].split()
+    pos = end + 1
+    if len(res) != 4 or res[0] not in (b"-Y", b"+Y") or res[2] != b"+X":
+        raise ImageReadError(path, f"unsupported resolution line {b' '.join(res)!r} (expected '-Y H +X W')")
+    try:
+        height, width = int(res[1]), int(res[3])
+    except ValueError as err:
+        raise ImageReadError(path, f"bad resolution line {b' '.join(res)!r}") from err
+    if height <= 0 or width <= 0:
+        raise ImageReadError(path, f"image has no pixels ({height}x{width})")
+    rgbe = _decode_rgbe_scanlines(path, data, pos, height, width)
+    img = _rgbe_to_float(rgbe)
+    if res[0] == b"+Y":
+        img = img[::-1]
+    if exposure != 1.0:
+        if not exposure > 0.0:
+            raise ImageReadError(path, f"EXPOSURE product must be positive, got {exposure}")
+        img = img / np.float32(exposure)
+    return np.ascontiguousarray(img)
+
+
+def _decode_rgbe_scanlines(path: Any, data: bytes, pos: int, height: int, width: int) -> np.ndarray:
+    out = np.empty((height, width, 4), np.uint8)
+    n = len(data)
+    for y in range(height):
+        if pos + 4 > n:
+            raise ImageReadError(path, f"truncated pixel data at scanline {y} of {height}")
+        b0, b1, b2, b3 = data[pos], data[pos + 1], data[pos + 2], data[pos + 3]
+        if not (8 <= width < 32768 and b0 == 2 and b1 == 2 and not (b2 & 0x80)):
+            # flat scanline (old-style RLE is not supported and is reported as corrupt below)
+            if b0 == 1 and b1 == 1 and b2 == 1:
+                raise ImageReadError(path, "old-style run-length encoding is not supported")
+            if pos + 4 * width > n:
+                raise ImageReadError(path, f"truncated pixel data at scanline {y} of {height}")
+            out[y] = np.frombuffer(data, np.uint8, 4 * width, pos).reshape(width, 4)
+            pos += 4 * width
+            continue
+        if (b2 << 8 | b3) != width:
+            raise ImageReadError(path, f"corrupt scanline {y}: width {b2 << 8 | b3} != {width}")
+        pos += 4
+        for c in range(4):
+            line = bytearray()
+            while len(line) < width:
+                if pos >= n:
+                    raise ImageReadError(path, f"truncated pixel data at scanline {y} of {height}")
+                count = data[pos]
+                if count > 128:
+                    count -= 128
+                    if pos + 1 >= n:
+                        raise ImageReadError(path, f"truncated pixel data at scanline {y} of {height}")
+                    line += bytes((data[pos + 1],)) * count
+                    pos += 2
+                else:
+                    if count == 0 or pos + 1 + count > n:
+                        raise ImageReadError(path, f"corrupt or truncated run at scanline {y} of {height}")
+                    line += data[pos + 1 : pos + 1 + count]
+                    pos += 1 + count
+            if len(line) != width:
+                raise ImageReadError(path, f"corrupt scanline {y}: run overflows the width")
+            out[y, :, c] = np.frombuffer(bytes(line), np.uint8)
+    return out
+
+
+def _rgbe_to_float(rgbe: np.ndarray) -> np.ndarray:
+    e = rgbe[..., 3].astype(np.int32)
+    scale = np.where(e > 0, np.ldexp(np.float32(1.0), e - 136), 0.0).astype(np.float32)
+    return rgbe[..., :3].astype(np.float32) * scale[..., None]
+
+
+def _float_to_rgbe(img: np.ndarray) -> np.ndarray:
+    v = img.max(axis=2).astype(np.float64)
+    mant, expo = np.frexp(v)  # v = mant * 2**expo, mant in [0.5, 1)
+    small = v < 1e-32
+    scale = np.where(small, 0.0, mant * 256.0 / np.where(small, 1.0, v))
+    rgb = np.floor(img.astype(np.float64) * scale[..., None])
+    out = np.empty(img.shape[:2] + (4,), np.uint8)
+    out[..., :3] = np.clip(rgb, 0, 255).astype(np.uint8)
+    out[..., 3] = np.where(small, 0, np.clip(expo + 128, 0, 255)).astype(np.uint8)
+    return out
+
+
+def _check_hdr_array(img: np.ndarray) -> np.ndarray:
+    img = np.asarray(img)
+    if img.ndim != 3 or img.shape[2] != 3 or img.size == 0:
+        raise ValueError(f"HDR image must be a non-empty (H, W, 3) array, got shape {img.shape}")
+    if not np.issubdtype(img.dtype, np.floating):
+        raise ValueError(f"HDR image must be float, got {img.dtype}")
+    return img
+
+
+def write_hdr(path: str | os.PathLike[str], img: np.ndarray) -> None:
+    """Write float ``(H, W, 3)`` linear RGB as a Radiance ``.hdr`` (flat RGBE scanlines), atomically.
+
+    RGBE keeps 8 bits of mantissa per channel with a shared exponent: the largest channel of each pixel is
+    stored to within 1/128 relative error; negative and NaN values are written as 0.
+    """
+    img = _check_hdr_array(img)
+    h, w = img.shape[:2]
+    clean = np.nan_to_num(img.astype(np.float32), nan=0.0, posinf=np.finfo(np.float32).max, neginf=0.0)
+    rgbe = _float_to_rgbe(np.maximum(clean, 0.0))
+    header = f"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y {h} +X {w}\n".encode("ascii")
+    _atomic_write(path, header + rgbe.tobytes())
+
+
+def write_exr(path: str | os.PathLike[str], img: np.ndarray, half: bool = True) -> None:
+    """Write float ``(H, W, 3)`` linear RGB as OpenEXR (ZIP compression), atomically.
+
+    ``half=True`` stores float16 (values above 65504 become Inf: use ``half=False`` for such images).
+    """
+    exr = _openexr()
+    img = _check_hdr_array(img)
+    dtype = np.float16 if half else np.float32
+    channels = {c: np.ascontiguousarray(img[:, :, i].astype(dtype)) for i, c in enumerate("RGB")}
+    header = {"compression": exr.ZIP_COMPRESSION, "type": exr.scanlineimage}
+    buf = _io.BytesIO()
+    exr.File(header, channels).write(buf)
+    _atomic_write(path, buf.getvalue())
+
+
+def write_hdr_image(path: str | os.PathLike[str], img: np.ndarray, half: bool = False) -> None:
+    """Write an HDR image by extension: ``.exr`` (float32 unless ``half``) or ``.hdr`` (RGBE)."""
+    ext = Path(path).suffix.lower()
+    if ext == ".exr":
+        write_exr(path, img, half=half)
+    elif ext in (".hdr", ".rgbe", ".pic"):
+        write_hdr(path, img)
+    else:
+        raise ValueError(f"{path}: unknown HDR extension {ext!r} (use .exr or .hdr)")
+
+
+# ------------------------------------------------------------------------------------------ tone mapping
+
+
+def srgb_oetf(x: np.ndarray) -> np.ndarray:
+    """Linear [0, 1] -> sRGB-encoded [0, 1] (IEC 61966-2-1), float32; input clipped to [0, 1]."""
+    x = np.clip(np.asarray(x, np.float32), 0.0, 1.0)
+    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1.0 / 2.4) - 0.055).astype(np.float32)
+
+
+def srgb_eotf(v: np.ndarray) -> np.ndarray:
+    """sRGB-encoded [0, 1] -> linear [0, 1], float32; input clipped to [0, 1]."""
+    v = np.clip(np.asarray(v, np.float32), 0.0, 1.0)
+    return np.where(v <= 0.04045, v / 12.92, np.power((v + 0.055) / 1.055, 2.4)).astype(np.float32)
+
+
+def tonemap_preview(hdr: np.ndarray, ev: float | None = None, white: float = 4.0) -> np.ndarray:
+    """Fixed preview tone mapper: exposure, extended Reinhard per channel, sRGB OETF -> ``uint8`` (H, W, 3).
+
+    ``ev=None`` picks the exposure that maps the log-average luminance to 0.18 (Reinhard's key value; the
+    average uses a floor of 1e-6 times the maximum so black pixels count but cannot dominate);
+    otherwise the image is multiplied by ``2**ev``. The curve ``y = x (1 + x / white**2) / (1 + x)`` maps
+    ``white`` (after exposure) to 1. NaN, negative values and black images are safe (they map to 0).
+    """
+    x = _check_hdr_array(hdr).astype(np.float32)
+    x = np.nan_to_num(x, nan=0.0, posinf=np.finfo(np.float32).max, neginf=0.0)
+    x = np.maximum(x, 0.0)
+    if ev is None:
+        lum = (0.2126 * x[..., 0] + 0.7152 * x[..., 1] + 0.0722 * x[..., 2]).astype(np.float64)
+        top = float(lum.max())
+        if top > 0.0 and np.isfinite(top):
+            key = float(np.exp(np.mean(np.log(lum + 1e-6 * top))))  # black pixels count, relative floor
+            scale = 0.18 / key
+        else:
+            scale = 1.0
+    else:
+        scale = float(2.0**ev)
+    x = np.minimum(x.astype(np.float64) * scale, 1e30)
+    y = x * (1.0 + x / (white * white)) / (1.0 + x)
+    return np.rint(srgb_oetf(y.astype(np.float32)) * 255.0).astype(np.uint8)
