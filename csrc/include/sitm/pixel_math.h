@@ -101,12 +101,12 @@ struct Scalar<half_t> {
 };
 template <>
 struct Scalar<uint8_t> {
-  static SITM_HD float load(const uint8_t* p, int64_t i) { return static_cast<float>(p[i]) * (1.0f / 255.0f); }
+  static SITM_HD float load(const uint8_t* p, int64_t i) { return static_cast<float>(p[i]) / 255.0f; }
 };
 template <>
 struct Scalar<uint16_t> {
   static SITM_HD float load(const uint16_t* p, int64_t i) {
-    return static_cast<float>(p[i]) * (1.0f / 65535.0f);
+    return static_cast<float>(p[i]) / 65535.0f;  // a true division: bit-exact with the reference
   }
 };
 

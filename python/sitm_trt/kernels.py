@@ -1,0 +1,207 @@
+"""The C++/CUDA kernels around the network, callable on any DLPack array (torch, NumPy, CuPy, ...).
+
+Arrays cross into the extension without copies through DLPack; results are allocated on the input's device
+and returned as the input's array type (``torch.Tensor`` for torch, ``numpy.ndarray`` for NumPy, the
+producer's ``from_dlpack`` where it has one, else an ``sitm_trt._C.Buffer``), or written into ``out=``.
+
+CUDA work runs on ``stream`` (a ``torch.cuda.Stream``, a CuPy stream, or a raw ``cudaStream_t`` integer); by
+default on the caller's current torch (or CuPy) stream, so calls are ordered like torch ops and never
+synchronize the host. The math is ``sitm_trt.ops`` (the PyTorch reference); see ``docs/kernels.md``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, NamedTuple
+
+__all__ = ["PreOutputs", "pre", "fuse", "curve", "post", "extension", "build_info", "set_num_threads",
+           "get_num_threads"]
+
+_DL_CPU, _DL_CUDA, _DL_CUDA_HOST, _DL_CUDA_MANAGED = 1, 2, 3, 13
+_FLOAT_DTYPES = ("float32", "float16")
+
+
+class PreOutputs(NamedTuple):
+    """Network inputs from :func:`pre`, each padded to a multiple of the stride."""
+
+    image: Any  # (N, 3, Hp, Wp)  I
+    image_down: Any  # (N, 3, Hp, Wp)  I * max(R, G, B)
+    image_up: Any  # (N, 3, Hp, Wp)  I * (1 - min(R, G, B))
+    guide: Any  # (N, 2, Hp, Wp)  max(R, G, B), 1 - min(R, G, B)
+
+
+_EXT = None
+
+
+def extension():
+    """The compiled module ``sitm_trt._C``; raises ImportError saying how to build it (cause attached)."""
+    global _EXT
+    if _EXT is None:
+        try:
+            from sitm_trt import _C
+        except ImportError as err:
+            raise ImportError(
+                "sitm_trt's compiled kernels (sitm_trt._C) are not available: install the package with "
+                "`pip install .` from a source checkout (a C++17 compiler and CMake >= 3.24 are needed; nvcc "
+                "is optional). If you run from the source tree, import it from an installed copy instead."
+            ) from err
+        _EXT = _C
+    return _EXT
+
+
+def build_info() -> dict:
+    """How the extension was built: CUDA on/off, architectures, compilers, version, CPU threads."""
+    return dict(extension().build_info())
+
+
+def set_num_threads(n: int) -> None:
+    """Threads of the CPU kernels (0 = all hardware threads, the default)."""
+    extension().set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    return int(extension().get_num_threads())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# DLPack plumbing
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _device(x: Any, op: str, arg: str) -> tuple[int, int]:
+    if not hasattr(x, "__dlpack__") or not hasattr(x, "__dlpack_device__"):
+        raise TypeError(
+            f"{op}: {arg} must be an array that supports DLPack (torch.Tensor, numpy.ndarray, CuPy, ...), "
+            f"got {type(x).__name__}"
+        )
+    dev_type, dev_id = x.__dlpack_device__()
+    return int(dev_type), int(dev_id)
+
+
+def _is_cuda(dev: tuple[int, int]) -> bool:
+    return dev[0] in (_DL_CUDA, _DL_CUDA_MANAGED)
+
+
+def _stream_handle(x: Any, dev: tuple[int, int], stream: Any) -> int:
+    """The cudaStream_t (as int) to run on: ``stream`` if given, else the producer's current stream."""
+    if not _is_cuda(dev):
+        return 0
+    if stream is not None:
+        for attr in ("cuda_stream", "ptr"):  # torch.cuda.Stream, cupy.cuda.Stream
+            if hasattr(stream, attr):
+                return int(getattr(stream, attr))
+        return int(stream)
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return int(torch.cuda.current_stream(x.device).cuda_stream)
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and isinstance(x, cupy.ndarray):
+        return int(cupy.cuda.get_current_stream().ptr)
+    return 0
+
+
+def _capsule(x: Any, op: str, arg: str, stream: int) -> Any:
+    """``x.__dlpack__`` for our stream: DLPack 1.x when the producer speaks it (read-only flag), else legacy.
+
+    A device mismatch is not judged here: the extension reports it with both devices named."""
+    kwargs = {}
+    if _is_cuda(_device(x, op, arg)):
+        kwargs["stream"] = stream if stream != 0 else 1  # DLPack: 1 = the legacy default stream
+    try:
+        return x.__dlpack__(max_version=(1, 0), **kwargs)
+    except TypeError:
+        return x.__dlpack__(**kwargs)
+    except BufferError as err:
+        raise ValueError(f"{op}: {arg} cannot be exported through DLPack: {err}") from err
+
+
+def _wrap(buf: Any, like: Any) -> Any:
+    """An extension Buffer as the array type of ``like`` (zero-copy)."""
+    if buf is None:
+        return None
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(like, torch.Tensor):
+        return torch.from_dlpack(buf)
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(like, np.ndarray):
+        return np.from_dlpack(buf)
+    mod = sys.modules.get(type(like).__module__.split(".")[0])
+    from_dlpack = getattr(mod, "from_dlpack", None)
+    return from_dlpack(buf) if callable(from_dlpack) else buf
+
+
+def _dtype_name(op: str, dtype: Any) -> str:
+    name = str(dtype).replace("torch.", "").replace("numpy.", "")
+    if name not in _FLOAT_DTYPES:
+        raise ValueError(f"{op}: dtype must be float32 or float16, got {dtype!r}")
+    return name
+
+
+class _Call:
+    """Collects the capsules of one kernel call; all arrays must share the first one's device."""
+
+    def __init__(self, op: str, first: Any, first_arg: str, stream: Any):
+        self.op = op
+        self.dev = _device(first, op, first_arg)
+        self.stream = _stream_handle(first, self.dev, stream)
+
+    def cap(self, x: Any, arg: str) -> Any:
+        return _capsule(x, self.op, arg, self.stream)
+
+    def out(self, x: Any, arg: str) -> Any:
+        return None if x is None else self.cap(x, arg)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The ops
+# ---------------------------------------------------------------------------------------------------------
+
+
+def pre(frame: Any, *, stride: int = 1, dtype: Any = "float32", out: tuple | None = None, stream: Any = None) -> PreOutputs:
+    """Frame -> network inputs in one pass (Sec. 3.2): normalize, NCHW, reflect-pad to ``stride``, guide maps.
+
+    ``frame``: float32/float16 ``(N, 3, H, W)`` in [0, 1] (clamped; NaN -> 0), or uint8/uint16 ``(H, W, 3)`` /
+    ``(N, H, W, 3)`` as decoders give them. Returns :class:`PreOutputs` in ``dtype``; ``out`` is a tuple of 4
+    arrays to write into instead.
+    """
+    call = _Call("pre", frame, "frame", stream)
+    if out is not None and (not isinstance(out, (tuple, list)) or len(out) != 4):
+        raise ValueError("pre: out must be a tuple of 4 arrays (image, image_down, image_up, guide)")
+    outs = None if out is None else tuple(call.cap(o, f"out[{i}]") for i, o in enumerate(out))
+    res = extension().pre(call.cap(frame, "frame"), int(stride), _dtype_name("pre", dtype), outs, call.stream)
+    if out is not None:
+        return PreOutputs(*out)
+    return PreOutputs(*(_wrap(b, frame) for b in res))
+
+
+def fuse(masks: Any, image: Any, image_up: Any, image_down: Any, *, dtype: Any = "float32", out: Any = None,
+         stream: Any = None) -> Any:
+    """Eq. 7: ``M_up * I_up + M_mid * I + M_down * I_down``; masks ``(N, 3, H, W)``, images ``(N, 3, H, W)``."""
+    c = _Call("fuse", masks, "masks", stream)
+    res = extension().fuse(c.cap(masks, "masks"), c.cap(image, "image"), c.cap(image_up, "image_up"),
+                           c.cap(image_down, "image_down"), _dtype_name("fuse", dtype), c.out(out, "out"), c.stream)
+    return out if out is not None else _wrap(res, masks)
+
+
+def curve(x: Any, coef: Any, *, dtype: Any = "float32", out: Any = None, stream: Any = None) -> Any:
+    """Eq. 8: ``a3 x^3 + a2 x^2 + a1 x + a0``; ``coef`` ``(N, 4)`` or ``(N, 3, 4)`` holding a0..a3."""
+    c = _Call("curve", x, "x", stream)
+    res = extension().curve(c.cap(x, "x"), c.cap(coef, "coef"), _dtype_name("curve", dtype), c.out(out, "out"),
+                            c.stream)
+    return out if out is not None else _wrap(res, x)
+
+
+def post(masks: Any, image: Any, image_up: Any, image_down: Any, coef: Any, *, height: int | None = None,
+         width: int | None = None, layout: str = "nchw", dtype: Any = "float32", out: Any = None,
+         stream: Any = None) -> Any:
+    """Fuse (Eq. 7) and curve (Eq. 8) in one pass, cropped to ``height x width`` (default: no crop).
+
+    Inputs are the padded ``(N, 3, Hp, Wp)`` network outputs; the result is ``(N, 3, h, w)`` or, with
+    ``layout="nhwc"``, ``(N, h, w, 3)``, in ``dtype``.
+    """
+    c = _Call("post", masks, "masks", stream)
+    res = extension().post(c.cap(masks, "masks"), c.cap(image, "image"), c.cap(image_up, "image_up"),
+                           c.cap(image_down, "image_down"), c.cap(coef, "coef"),
+                           -1 if height is None else int(height), -1 if width is None else int(width), layout,
+                           _dtype_name("post", dtype), c.out(out, "out"), c.stream)
+    return out if out is not None else _wrap(res, masks)
