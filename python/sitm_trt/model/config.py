@@ -1,0 +1,175 @@
+"""Typed presets of the SITM network, serialized as JSON next to the weights.
+
+The paper (Sec. 3) gives the structure but no widths; every number here is our choice and
+``docs/model.md`` says why. Three presets ship:
+
+* ``paper``: the usual 5-level U-Net widths 32/64/128/256/512 for AUEM and ADEM, ExpandNet's 64 channels
+  for MEFM, a 64-channel two-block Swin stage (one W-MSA, one SW-MSA) in the EAB;
+* ``compact``: small enough to train on two CPU cores in a few hours (the shipped default weights);
+* ``fast``: for 4K video: narrow and shallow at the fine levels, no CMAB at the two finest levels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Preset", "PRESETS", "get_preset", "preset_names"]
+
+THUMB_SIZE = 256  # Sec. 3.4: the EAB input is the LDR image resized to 256 x 256
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Every width and depth of one SITM network.
+
+    Sequences run from the finest level (full resolution) to the coarsest (the bottleneck); the number of
+    U-Net levels is ``len(widths)`` (5 in the paper) and the network stride is ``2 ** (levels - 1)``.
+    """
+
+    name: str
+    widths: tuple[int, ...] = (32, 64, 128, 256, 512)
+    """Channels of AUEM/ADEM at each level (the decoder level j uses the width of its skip)."""
+    enc_convs: tuple[int, ...] = (2, 2, 2, 2, 2)
+    """3x3 convolutions per encoder level; the first one of each level is the LGC (Sec. 3.2)."""
+    dec_convs: tuple[int, ...] = (2, 2, 2, 2)
+    """3x3 convolutions per decoder level, finest first (``levels - 1`` entries)."""
+    cmab_levels: tuple[bool, ...] = (True, True, True, True, True)
+    """Which encoder levels exchange features through a CMAB (Sec. 3.3)."""
+    cmab_reduction: int = 4
+    """Eq. 1: the 1x1 reductions map C channels to ``max(cmab_min_channels, C // cmab_reduction)``."""
+    cmab_min_channels: int = 4
+    ca_reduction: int = 4
+    """Reduction of the CBAM channel-attention MLP inside the CMAB."""
+    eab_dim: int = 64
+    """Channels of the EAB stem and of its Swin blocks (F_glo)."""
+    eab_depth: int = 2
+    """Swin blocks in the EAB; odd ones (1, 3, ...) use the shifted window."""
+    eab_heads: int = 4
+    eab_window: int = 8
+    eab_mlp_ratio: float = 2.0
+    mefm_width: int = 64
+    """Channels of each MEFM branch (local, dilated, global)."""
+    mefm_local: int = 2
+    """3x3 convolutions of the MEFM local branch."""
+    mefm_dilated: int = 3
+    """3x3 dilated convolutions of the MEFM dilated branch."""
+    mefm_dilation: int = 2
+    negative_slope: float = 0.2
+    """LeakyReLU slope used everywhere."""
+    thumb_size: int = THUMB_SIZE
+    description: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        levels = len(self.widths)
+        if levels < 2:
+            raise ValueError(f"Preset {self.name!r}: need at least 2 levels, got widths={self.widths}")
+        checks = [
+            (len(self.enc_convs) == levels, f"enc_convs must have {levels} entries, got {self.enc_convs}"),
+            (len(self.dec_convs) == levels - 1, f"dec_convs must have {levels - 1} entries, got {self.dec_convs}"),
+            (len(self.cmab_levels) == levels, f"cmab_levels must have {levels} entries, got {self.cmab_levels}"),
+            (all(w >= 1 for w in self.widths), f"widths must be positive, got {self.widths}"),
+            (all(n >= 1 for n in self.enc_convs + self.dec_convs), "every level needs at least one convolution"),
+            (self.cmab_reduction >= 1 and self.ca_reduction >= 1, "reductions must be >= 1"),
+            (self.eab_dim % self.eab_heads == 0, f"eab_dim {self.eab_dim} not divisible by eab_heads {self.eab_heads}"),
+            (self.eab_depth >= 1, f"eab_depth must be >= 1, got {self.eab_depth}"),
+            (
+                self.thumb_size >= 64 and self.thumb_size & (self.thumb_size - 1) == 0,
+                f"thumb_size must be a power of two >= 64, got {self.thumb_size}",
+            ),
+            (
+                (self.thumb_size // 4) % self.eab_window == 0,
+                f"the EAB token grid {self.thumb_size // 4} must be a multiple of eab_window {self.eab_window}",
+            ),
+            (self.mefm_width >= 1 and self.mefm_local >= 1 and self.mefm_dilated >= 1, "MEFM sizes must be >= 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"Preset {self.name!r}: {msg}")
+
+    @property
+    def levels(self) -> int:
+        return len(self.widths)
+
+    @property
+    def stride(self) -> int:
+        """Inputs must be padded to a multiple of this (2 ** (levels - 1): 16 for 5 levels)."""
+        return 2 ** (self.levels - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preset:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"Preset: unknown keys {unknown}")
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**kwargs)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Preset:
+        return cls.from_dict(json.loads(text))
+
+
+PRESETS: dict[str, Preset] = {
+    "paper": Preset(
+        name="paper",
+        description="Paper-size network: 5-level U-Nets 32..512, ExpandNet-width MEFM (64).",
+    ),
+    "compact": Preset(
+        name="compact",
+        widths=(8, 12, 16, 24, 32),
+        enc_convs=(1, 1, 1, 2, 2),
+        dec_convs=(1, 1, 1, 2),
+        cmab_levels=(False, True, True, True, True),
+        cmab_reduction=2,
+        ca_reduction=2,
+        eab_dim=24,
+        eab_depth=2,
+        eab_heads=2,
+        eab_mlp_ratio=2.0,
+        mefm_width=8,
+        mefm_local=2,
+        mefm_dilated=1,
+        description="Trainable on 2 CPU cores in hours (~0.26M parameters); the shipped default weights.",
+    ),
+    "fast": Preset(
+        name="fast",
+        widths=(8, 12, 24, 48, 64),
+        enc_convs=(1, 1, 1, 2, 2),
+        dec_convs=(1, 1, 1, 2),
+        cmab_levels=(False, False, True, True, True),
+        cmab_reduction=4,
+        ca_reduction=4,
+        eab_dim=32,
+        eab_depth=2,
+        eab_heads=2,
+        eab_mlp_ratio=2.0,
+        mefm_width=8,
+        mefm_local=1,
+        mefm_dilated=1,
+        description="4K video: 8 channels and one 3x3 conv per stage at full resolution, no CMAB at the two "
+        "finest levels, capacity at the coarse levels where it is cheap.",
+    ),
+}
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def get_preset(name: str | Preset) -> Preset:
+    """A shipped preset by name (``paper``, ``compact``, ``fast``); a ``Preset`` is returned unchanged."""
+    if isinstance(name, Preset):
+        return name
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {preset_names()}") from None
