@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include <array>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <vector>
@@ -24,6 +25,13 @@ DType parse_float_dtype(const std::string& op, const std::string& s) {
   if (s == "float32") return DType::F32;
   if (s == "float16") return DType::F16;
   bad(op, "dtype must be 'float32' or 'float16', got '" + s + "'");
+}
+
+DType parse_any_dtype(const std::string& op, const std::string& s) {
+  if (s == "uint8") return DType::U8;
+  if (s == "uint16") return DType::U16;
+  if (s == "float32" || s == "float16") return parse_float_dtype(op, s);
+  bad(op, "dtype must be float32, float16, uint8 or uint16, got '" + s + "'");
 }
 
 bool is_float(DType t) { return t == DType::F32 || t == DType::F16; }
@@ -227,6 +235,48 @@ py::dict build_info() {
   return d;
 }
 
+std::shared_ptr<Buffer> empty(std::vector<int64_t> shape, const std::string& dtype, const std::string& device,
+                              uintptr_t stream, bool pinned) {
+  Device d;
+  if (device == "cpu") {
+    d = {kDLCPU, 0};
+  } else if (device.rfind("cuda", 0) == 0) {
+    d = {kDLCUDA, device.size() > 5 ? std::stoi(device.substr(5)) : 0};
+  } else {
+    bad("empty", "device must be 'cpu' or 'cuda[:N]', got '" + device + "'");
+  }
+  return std::make_shared<Buffer>(parse_any_dtype("empty", dtype), std::move(shape), d, stream, pinned);
+}
+
+// Copies src into dst (same byte size; host<->device or device<->device), stream-ordered.
+void copy(const py::capsule& dst_cap, const py::capsule& src_cap, uintptr_t stream) {
+  TensorView dst = view_from_capsule(dst_cap, "copy", "dst");
+  TensorView src = view_from_capsule(src_cap, "copy", "src");
+  const int64_t bytes = src.numel() * Buffer::itemsize(src.dtype);
+  if (dst.numel() * Buffer::itemsize(dst.dtype) != bytes)
+    bad("copy", "dst " + dst.describe() + " and src " + src.describe() + " differ in size");
+  if (dst.read_only) bad("copy", "dst is read-only");
+  if (!dst.device.is_cuda() && !src.device.is_cuda()) {
+    py::gil_scoped_release release;
+    std::memcpy(dst.data, src.data, static_cast<size_t>(bytes));
+    return;
+  }
+  const int kind = src.device.is_cuda() ? (dst.device.is_cuda() ? 2 : 1) : 0;
+  const int device = src.device.is_cuda() ? src.device.id : dst.device.id;
+  py::gil_scoped_release release;
+  cuda_memcpy_async(dst.data, src.data, bytes, kind, device, stream);
+}
+
+py::dict device_props(int device) {
+  const CudaDeviceProps p = cuda_device_props(device);
+  py::dict d;
+  d["name"] = p.name;
+  d["compute_capability"] = py::make_tuple(p.major, p.minor);
+  d["total_memory"] = p.total_memory;
+  d["driver_version"] = p.driver_version;
+  return d;
+}
+
 py::tuple cuda_devices() {
   std::string err;
   const int n = cuda_device_count(&err);
@@ -245,6 +295,14 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("device", [](const Buffer& b) { return b.device().str(); })
       .def_property_readonly("data_ptr", [](const Buffer& b) { return reinterpret_cast<uintptr_t>(b.data()); })
       .def_property_readonly("nbytes", &Buffer::nbytes)
+      .def_property_readonly("capacity", &Buffer::capacity)
+      .def("view",
+           [](const std::shared_ptr<Buffer>& self, std::vector<int64_t> shape, py::object dtype) {
+             const DType t = dtype.is_none() ? self->dtype() : parse_any_dtype("Buffer.view", dtype.cast<std::string>());
+             return std::make_shared<Buffer>(*self, t, std::move(shape));
+           },
+           py::arg("shape"), py::arg("dtype") = py::none(),
+           "The same memory with another shape (and dtype) that fits in the allocation; no copy.")
       .def(
           "__dlpack__",
           [](const std::shared_ptr<Buffer>& self, py::object stream, py::object max_version, py::object dl_device,
@@ -291,6 +349,13 @@ PYBIND11_MODULE(_C, m) {
     return d;
   }, "Consumes a DLPack capsule and describes the view the kernels would see (for tests and debugging).");
   m.def("build_info", &build_info);
+  m.def("empty", &empty, py::arg("shape"), py::arg("dtype"), py::arg("device") = "cpu", py::arg("stream") = 0,
+        py::arg("pinned") = false, "An uninitialized Buffer (host, pinned host, or CUDA stream-ordered memory)");
+  m.def("copy", &copy, py::arg("dst"), py::arg("src"), py::arg("stream") = 0,
+        "Copy between DLPack arrays of equal byte size (host<->device, device<->device), on `stream`");
+  m.def("synchronize", [](uintptr_t stream, int device) { cuda_stream_synchronize(stream, device); },
+        py::arg("stream") = 0, py::arg("device") = 0);
+  m.def("device_properties", &device_props, py::arg("device") = 0);
   m.def("cuda_devices", &cuda_devices, "(count, error): usable CUDA devices, or 0 and the reason");
   m.def("set_num_threads", &set_cpu_threads, py::arg("n"), "CPU kernel threads; 0 = all hardware threads");
   m.def("get_num_threads", &get_cpu_threads);

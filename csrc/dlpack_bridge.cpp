@@ -152,27 +152,38 @@ TensorView view_from_capsule(const py::capsule& capsule, const char* op, const c
 // Buffer
 // ------------------------------------------------------------------------------------------------------
 
-Buffer::Buffer(DType dtype, std::vector<int64_t> shape, Device device, uintptr_t stream)
-    : dtype_(dtype), shape_(std::move(shape)), device_(device), stream_(stream) {
-  const int64_t bytes = nbytes();
+Buffer::Buffer(DType dtype, std::vector<int64_t> shape, Device device, uintptr_t stream, bool pinned)
+    : pinned_(pinned && !device.is_cuda()), dtype_(dtype), shape_(std::move(shape)), device_(device), stream_(stream) {
+  for (int64_t s : shape_)
+    if (s < 0) throw std::invalid_argument("Buffer: negative dimension in " + shape_str(shape_));
+  capacity_ = nbytes();
   if (device_.is_cuda()) {
-    data_ = cuda_alloc(bytes, device_.id, stream_);
+    const int id = device_.id;
+    storage_ = std::shared_ptr<void>(cuda_alloc(capacity_, id, stream), [id, stream](void* p) { cuda_free(p, id, stream); });
+  } else if (pinned_) {
+    storage_ = std::shared_ptr<void>(cuda_alloc_host(capacity_), [](void* p) { cuda_free_host(p); });
   } else {
-    const size_t rounded = static_cast<size_t>((bytes + 63) / 64 * 64);
-    data_ = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
-    if (data_ == nullptr) throw std::bad_alloc();
+    const size_t rounded = static_cast<size_t>((capacity_ + 63) / 64 * 64);
+    void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+    if (p == nullptr) throw std::bad_alloc();
+    storage_ = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
   }
 }
 
-Buffer::~Buffer() {
-  if (device_.is_cuda())
-    cuda_free(data_, device_.id, stream_);
-  else
-    std::free(data_);
+Buffer::Buffer(const Buffer& base, DType dtype, std::vector<int64_t> shape)
+    : storage_(base.storage_), capacity_(base.capacity_), pinned_(base.pinned_), dtype_(dtype),
+      shape_(std::move(shape)), device_(base.device_), stream_(base.stream_) {
+  for (int64_t s : shape_)
+    if (s < 0) throw std::invalid_argument("Buffer.view: negative dimension in " + shape_str(shape_));
+  if (nbytes() > capacity_)
+    throw std::invalid_argument("Buffer.view: " + std::string(dtype_name(dtype)) + " " + shape_str(shape_) + " needs " +
+                                std::to_string(nbytes()) + " bytes, the buffer has " + std::to_string(capacity_));
 }
 
+int64_t Buffer::itemsize(DType t) { return sitm::itemsize(t); }
+
 int64_t Buffer::nbytes() const {
-  int64_t n = itemsize(dtype_);
+  int64_t n = sitm::itemsize(dtype_);
   for (int64_t s : shape_) n *= s;
   return n;
 }
@@ -191,7 +202,7 @@ template <typename Managed>
 void fill_tensor(Export<Managed>* e) {
   DLTensor& t = e->managed.dl_tensor;
   t.data = e->keep->data();
-  t.device = {e->keep->device().is_cuda() ? kDLCUDA : kDLCPU, e->keep->device().id};
+  t.device = {e->keep->device().is_cuda() ? kDLCUDA : (e->keep->pinned() ? kDLCUDAHost : kDLCPU), e->keep->device().id};
   t.ndim = static_cast<int32_t>(e->shape.size());
   t.dtype = to_dl(e->keep->dtype());
   t.shape = e->shape.data();

@@ -46,17 +46,24 @@ std::string shape_str(const std::vector<int64_t>& shape);
 
 class Buffer {
  public:
-  Buffer(DType dtype, std::vector<int64_t> shape, Device device, uintptr_t stream);
-  ~Buffer();
+  // Allocates numel(shape) elements (host: 64-byte aligned; CUDA: cudaMallocAsync on `stream`). `pinned`
+  // host memory (cudaMallocHost) makes host<->device copies asynchronous.
+  Buffer(DType dtype, std::vector<int64_t> shape, Device device, uintptr_t stream, bool pinned = false);
+  // A view of `base`'s memory with another dtype/shape that must fit in base's capacity (reusing a buffer
+  // for a smaller frame); it keeps the memory alive.
+  Buffer(const Buffer& base, DType dtype, std::vector<int64_t> shape);
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
 
-  void* data() const { return data_; }
+  void* data() const { return storage_.get(); }
+  int64_t capacity() const { return capacity_; }
+  bool pinned() const { return pinned_; }
   DType dtype() const { return dtype_; }
   const std::vector<int64_t>& shape() const { return shape_; }
   const Device& device() const { return device_; }
   uintptr_t stream() const { return stream_; }
   int64_t nbytes() const;
+  static int64_t itemsize(DType t);
 
   // Exports a capsule that keeps `self` alive until the consumer calls the deleter. `consumer_stream` is the
   // DLPack stream argument (None, -1, 1 = legacy default, 2 = per-thread default, or a cudaStream_t).
@@ -64,7 +71,9 @@ class Buffer {
                                      bool versioned);
 
  private:
-  void* data_ = nullptr;
+  std::shared_ptr<void> storage_;  // frees the allocation when the last Buffer/export using it is gone
+  int64_t capacity_ = 0;           // bytes
+  bool pinned_ = false;
   DType dtype_;
   std::vector<int64_t> shape_;
   Device device_;

@@ -122,3 +122,41 @@ def test_results_follow_the_input_type():
 
     res = K.pre(Producer(f)).image
     assert isinstance(res, ext().Buffer) and np.from_dlpack(res).shape == (1, 3, 2, 2)
+
+
+def test_buffer_view_reuses_memory_and_checks_capacity():
+    C = ext()
+    b = C.empty([2, 3, 4], "float32")
+    assert b.capacity == 96 and b.nbytes == 96
+    v = b.view([1, 3, 2, 2])
+    assert v.data_ptr == b.data_ptr and v.nbytes == 48 and v.capacity == 96
+    np.from_dlpack(b)[...] = 3.0
+    assert np.all(np.from_dlpack(v) == 3.0)
+    assert b.view([96], "uint8").nbytes == 96
+    with pytest.raises(ValueError, match="needs 400 bytes, the buffer has 96"):
+        b.view([100])
+    del b
+    gc.collect()
+    assert np.all(np.from_dlpack(v) == 3.0)  # the view keeps the allocation alive
+
+
+def test_copy_between_host_arrays():
+    C = ext()
+    src = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    dst = C.empty([24], "float32")
+    C.copy(dst.__dlpack__(), src.__dlpack__())
+    np.testing.assert_array_equal(np.from_dlpack(dst), src.ravel())
+    with pytest.raises(ValueError, match="differ in size"):
+        C.copy(np.zeros(3, np.float32).__dlpack__(), src.__dlpack__())
+
+
+@pytest.mark.gpu
+def test_copy_host_device_round_trip():
+    C = ext()
+    src = np.arange(24, dtype=np.float32)
+    dev = C.empty([24], "float32", "cuda:0")
+    back = np.zeros(24, np.float32)
+    C.copy(dev.__dlpack__(), src.__dlpack__())
+    C.copy(back.__dlpack__(), dev.__dlpack__(stream=1))
+    C.synchronize()
+    np.testing.assert_array_equal(back, src)

@@ -27,4 +27,9 @@ void* cuda_alloc(int64_t, int, uintptr_t) { no_cuda("allocation"); }
 void cuda_free(void*, int, uintptr_t) {}
 void cuda_stream_wait(uintptr_t, uintptr_t, int) { no_cuda("stream wait"); }
 std::string cuda_runtime_version() { return ""; }
+void* cuda_alloc_host(int64_t) { no_cuda("pinned allocation"); }
+void cuda_free_host(void*) {}
+void cuda_memcpy_async(void*, const void*, int64_t, int, int, uintptr_t) { no_cuda("memcpy"); }
+void cuda_stream_synchronize(uintptr_t, int) { no_cuda("stream synchronize"); }
+CudaDeviceProps cuda_device_props(int) { no_cuda("device properties"); }
 }  // namespace sitm

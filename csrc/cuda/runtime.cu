@@ -71,6 +71,42 @@ void cuda_stream_wait(uintptr_t consumer, uintptr_t producer, int device) {
   check(wait, "cudaStreamWaitEvent");
 }
 
+void* cuda_alloc_host(int64_t bytes) {
+  void* ptr = nullptr;
+  check(cudaMallocHost(&ptr, static_cast<size_t>(bytes > 0 ? bytes : 1)), "cudaMallocHost");
+  return ptr;
+}
+
+void cuda_free_host(void* ptr) {
+  if (ptr != nullptr && cudaFreeHost(ptr) != cudaSuccess) cudaGetLastError();
+}
+
+void cuda_memcpy_async(void* dst, const void* src, int64_t bytes, int kind, int device, uintptr_t stream) {
+  if (bytes <= 0) return;
+  static const cudaMemcpyKind kinds[] = {cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice,
+                                         cudaMemcpyHostToHost};
+  if (kind < 0 || kind > 3) throw std::invalid_argument("memcpy: kind must be 0..3");
+  DeviceGuard guard(device);
+  check(cudaMemcpyAsync(dst, src, static_cast<size_t>(bytes), kinds[kind], as_stream(stream)), "cudaMemcpyAsync");
+}
+
+void cuda_stream_synchronize(uintptr_t stream, int device) {
+  DeviceGuard guard(device);
+  check(cudaStreamSynchronize(as_stream(stream)), "cudaStreamSynchronize");
+}
+
+CudaDeviceProps cuda_device_props(int device) {
+  cudaDeviceProp p{};
+  check(cudaGetDeviceProperties(&p, device), "cudaGetDeviceProperties");
+  CudaDeviceProps out;
+  out.name = p.name;
+  out.major = p.major;
+  out.minor = p.minor;
+  out.total_memory = static_cast<int64_t>(p.totalGlobalMem);
+  cudaDriverGetVersion(&out.driver_version);
+  return out;
+}
+
 std::string cuda_runtime_version() {
   const int v = CUDART_VERSION;
   return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10);

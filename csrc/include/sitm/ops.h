@@ -101,5 +101,17 @@ void* cuda_alloc(int64_t bytes, int device, uintptr_t stream);
 void cuda_free(void* ptr, int device, uintptr_t stream);
 void cuda_stream_wait(uintptr_t consumer, uintptr_t producer, int device);  // consumer waits for producer's work
 std::string cuda_runtime_version();
+void* cuda_alloc_host(int64_t bytes);  // pinned host memory
+void cuda_free_host(void* ptr);
+// kind: 0 host->device, 1 device->host, 2 device->device, 3 host->host (cudaMemcpyKind order + 1 shift)
+void cuda_memcpy_async(void* dst, const void* src, int64_t bytes, int kind, int device, uintptr_t stream);
+void cuda_stream_synchronize(uintptr_t stream, int device);
+struct CudaDeviceProps {
+  std::string name;
+  int major = 0, minor = 0;
+  int64_t total_memory = 0;
+  int driver_version = 0;
+};
+CudaDeviceProps cuda_device_props(int device);
 
 }  // namespace sitm

@@ -1,0 +1,247 @@
+"""TensorRT engines: the flavour (classic TensorRT or TensorRT-RTX), the build from ONNX, the on-disk cache.
+
+Classic TensorRT (``import tensorrt``) is used when importable, otherwise TensorRT-RTX (``tensorrt_rtx``, or
+``tensorrt_rtx_bindings`` as the PyPI wheels ``tensorrt-rtx-cu13-bindings`` + ``-libs`` name it). Both build
+a strongly typed network from the ONNX graph, so the graph's dtypes decide the precision: an FP16 engine
+comes from the FP16 export (normalization kept in FP32 by explicit casts), an FP32 engine from the FP32
+export. TensorRT-RTX builds ahead of time without a GPU; its engines run on Ampere and later *RTX-class*
+GPUs (compute capability 8.0, 8.6, 8.9, 12.x) and not on Hopper (sm_90: H100/H200), which need classic
+TensorRT.
+
+Engines are cached under ``$SITM_TRT_CACHE`` (default ``~/.cache/sitm-trt/engines``), keyed by everything
+that makes an engine differ (weights sha256, preset, flavour and version, precision, shape profile, target
+GPU). Files are written atomically, a lock file serializes builders of the same key across processes, and a
+file whose checksum or deserialization fails is rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import importlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Callable, Iterator
+
+__all__ = ["Flavour", "find_flavour", "Profile", "EngineKey", "build_serialized", "EngineCache", "default_cache_dir",
+           "TensorRTUnavailable"]
+
+INPUTS = ("image", "image_down", "image_up", "guide")
+OUTPUTS = ("image_up", "image_down", "masks", "coef")
+INPUT_CHANNELS = {"image": 3, "image_down": 3, "image_up": 3, "guide": 2}
+
+
+class TensorRTUnavailable(ImportError):
+    """No TensorRT flavour can be imported."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Flavour:
+    name: str  # "tensorrt" or "tensorrt-rtx"
+    module: ModuleType
+    version: str
+
+    @property
+    def is_rtx(self) -> bool:
+        return self.name == "tensorrt-rtx"
+
+    def supports_compute_capability(self, major: int, minor: int) -> bool:
+        """Whether engines of this flavour can run on a GPU of that compute capability."""
+        if not self.is_rtx:
+            return (major, minor) >= (7, 5)
+        # TensorRT-RTX's default AOT targets: 8.0, 8.6, 8.9 and 12.x (RTX Blackwell); no 9.0 (Hopper) or 10.x.
+        return (major, minor) in ((8, 0), (8, 6), (8, 7), (8, 9)) or major >= 12
+
+
+_FLAVOURS = (("tensorrt", "tensorrt"), ("tensorrt-rtx", "tensorrt_rtx"), ("tensorrt-rtx", "tensorrt_rtx_bindings"))
+
+
+def find_flavour(prefer: str | None = None) -> Flavour:
+    """Classic TensorRT first, then TensorRT-RTX; ``prefer`` ("tensorrt" / "tensorrt-rtx") restricts the search."""
+    errors = []
+    for name, mod in _FLAVOURS:
+        if prefer is not None and name != prefer:
+            continue
+        try:
+            m = importlib.import_module(mod)
+        except Exception as err:  # ImportError, or a broken install raising something else at import
+            errors.append(f"{mod}: {err}")
+            continue
+        return Flavour(name, m, str(getattr(m, "__version__", "unknown")))
+    raise TensorRTUnavailable(
+        "no TensorRT is importable (" + "; ".join(errors) + "). Install classic TensorRT for datacenter GPUs "
+        "(pip install tensorrt-cu13) or TensorRT-RTX for RTX GPUs (pip install tensorrt-rtx-cu13-bindings "
+        "tensorrt-rtx-cu13-libs)"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """The dynamic shape range of one optimization profile (frame sizes before padding are fine: they are
+    rounded up to the stride). Defaults: 64x64 to 3840x2160, optimum 1920x1080, batch 1."""
+
+    min_hw: tuple[int, int] = (64, 64)
+    opt_hw: tuple[int, int] = (1080, 1920)
+    max_hw: tuple[int, int] = (2160, 3840)
+    min_batch: int = 1
+    opt_batch: int = 1
+    max_batch: int = 1
+
+    def padded(self, stride: int) -> "Profile":
+        up = lambda hw: tuple(-(-v // stride) * stride for v in hw)  # noqa: E731
+        return dataclasses.replace(self, min_hw=up(self.min_hw), opt_hw=up(self.opt_hw), max_hw=up(self.max_hw))
+
+    def contains(self, n: int, h: int, w: int) -> bool:
+        return (self.min_batch <= n <= self.max_batch and self.min_hw[0] <= h <= self.max_hw[0]
+                and self.min_hw[1] <= w <= self.max_hw[1])
+
+    def describe(self) -> str:
+        return (f"batch {self.min_batch}..{self.max_batch}, {self.min_hw[1]}x{self.min_hw[0]} .. "
+                f"{self.max_hw[1]}x{self.max_hw[0]} (opt {self.opt_hw[1]}x{self.opt_hw[0]})")
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineKey:
+    weights_sha256: str
+    preset: str
+    flavour: str
+    flavour_version: str
+    precision: str  # "fp16" | "fp32"
+    profile: Profile
+    target: str  # the GPU ("NVIDIA H100 80GB HBM3 sm_90") or, for AOT builds without one, "aot-portable"
+
+    def digest(self) -> str:
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def build_serialized(flavour: Flavour, onnx_path: str | Path, profile: Profile, *, log: Callable[[str], None] | None = None) -> bytes:
+    """Parse the ONNX graph and build a serialized engine (strongly typed; AOT, no GPU needed for RTX)."""
+    trt = flavour.module
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if not flavour.is_rtx and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    data = Path(onnx_path).read_bytes()
+    if not parser.parse(data):
+        errs = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT ({flavour.name} {flavour.version}) cannot parse {onnx_path}: {errs}")
+    names = {network.get_input(i).name for i in range(network.num_inputs)}
+    if names != set(INPUTS):
+        raise RuntimeError(f"{onnx_path}: expected network inputs {sorted(INPUTS)}, found {sorted(names)}")
+    config = builder.create_builder_config()
+    prof = builder.create_optimization_profile()
+    for name in INPUTS:
+        c = INPUT_CHANNELS[name]
+        prof.set_shape(name, (profile.min_batch, c, *profile.min_hw), (profile.opt_batch, c, *profile.opt_hw),
+                       (profile.max_batch, c, *profile.max_hw))
+    config.add_optimization_profile(prof)
+    t0 = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT ({flavour.name} {flavour.version}) failed to build an engine from {onnx_path}")
+    if log:
+        log(f"built {flavour.name} engine from {Path(onnx_path).name} in {time.perf_counter() - t0:.1f} s "
+            f"({profile.describe()})")
+    return bytes(memoryview(serialized))
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("SITM_TRT_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sitm-trt" / "engines"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (fcntl) held across processes; a no-op where fcntl does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: atomic replace still keeps files whole
+        yield
+        return
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class EngineCache:
+    """Serialized engines on disk: ``<digest>.engine`` with a ``<digest>.json`` sidecar (key, sha256, size)."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else default_cache_dir()
+
+    def paths(self, key: EngineKey) -> tuple[Path, Path, Path]:
+        d = key.digest()
+        return self.root / f"{d}.engine", self.root / f"{d}.json", self.root / f"{d}.lock"
+
+    def load(self, key: EngineKey) -> bytes | None:
+        """The cached engine, or None when it is missing or fails its checksum (then it is removed)."""
+        engine, meta, _ = self.paths(key)
+        try:
+            info = json.loads(meta.read_text())
+            data = engine.read_bytes()
+        except (FileNotFoundError, json.JSONDecodeError, OSError):
+            return None
+        if info.get("sha256") != hashlib.sha256(data).hexdigest() or info.get("key") != dataclasses.asdict(key):
+            self.invalidate(key)
+            return None
+        return data
+
+    def store(self, key: EngineKey, data: bytes) -> Path:
+        engine, meta, _ = self.paths(key)
+        self.root.mkdir(parents=True, exist_ok=True)
+        _atomic_write(engine, data)
+        info = {"key": dataclasses.asdict(key), "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        _atomic_write(meta, json.dumps(info, indent=2).encode())
+        return engine
+
+    def invalidate(self, key: EngineKey) -> None:
+        for p in self.paths(key)[:2]:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+    def get_or_build(self, key: EngineKey, build: Callable[[], bytes],
+                     validate: Callable[[bytes], bool] | None = None) -> tuple[bytes, bool]:
+        """(engine bytes, built?) - built only when no valid cached file exists; builders of the same key in
+        other processes wait on the lock and then reuse the file. ``validate`` (e.g. a deserialization on
+        the GPU) rejects an incompatible file, which is then rebuilt."""
+        data = self.load(key)
+        if data is not None and (validate is None or validate(data)):
+            return data, False
+        self.root.mkdir(parents=True, exist_ok=True)
+        with _file_lock(self.paths(key)[2]):
+            data = self.load(key)  # another process may have built it while we waited
+            if data is not None and (validate is None or validate(data)):
+                return data, False
+            data = build()
+            self.store(key, data)
+            return data, True
