@@ -214,13 +214,15 @@ void fill_tensor(Export<Managed>* e) {
 
 template <typename Managed>
 void capsule_destructor(PyObject* cap, const char* live_name) {
+  // Runs whenever the capsule dies, possibly while an exception is propagating: keep that exception.
+  PyObject *type, *value, *traceback;
+  PyErr_Fetch(&type, &value, &traceback);
   // Only an unconsumed capsule still owns its tensor; a consumer renamed it and calls the deleter itself.
   if (PyCapsule_IsValid(cap, live_name)) {
     auto* m = static_cast<Managed*>(PyCapsule_GetPointer(cap, live_name));
     if (m && m->deleter) m->deleter(m);
-  } else {
-    PyErr_Clear();
   }
+  PyErr_Restore(type, value, traceback);
 }
 
 }  // namespace

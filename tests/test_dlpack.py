@@ -160,3 +160,11 @@ def test_copy_host_device_round_trip():
     C.copy(back.__dlpack__(), dev.__dlpack__(stream=1))
     C.synchronize()
     np.testing.assert_array_equal(back, src)
+
+
+def test_error_after_consuming_an_exported_buffer_keeps_its_message():
+    """A Buffer's capsule dies while the kernel's ValueError propagates: the error must survive."""
+    b = ext().empty([1, 3, 8, 8], "float32")
+    m = torch.rand(1, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"post: out must be float32 \(1, 3, 8, 8\)"):
+        K.post(m, b, m, m, torch.rand(1, 4), out=torch.empty(1, 3, 8, 9))

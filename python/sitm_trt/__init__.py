@@ -11,9 +11,15 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "build_info", "kernels", "ops", "model"]
+__all__ = ["__version__", "infer", "Pipeline", "load", "info", "build_info", "kernels", "ops", "model"]
 
-_LAZY_FUNCS = {"build_info": "sitm_trt.kernels"}
+_LAZY_FUNCS = {
+    "build_info": "sitm_trt.kernels",
+    "infer": "sitm_trt.pipeline",
+    "Pipeline": "sitm_trt.pipeline",
+    "info": "sitm_trt.pipeline",
+    "load": "sitm_trt.weights",
+}
 _EXTRAS = {
     "torch": "pip install 'sitm-trt[torch]' (or see https://pytorch.org for a CUDA build)",
     "cv2": "pip install opencv-python-headless",

@@ -32,7 +32,7 @@ __all__ = ["Flavour", "find_flavour", "Profile", "EngineKey", "build_serialized"
            "TensorRTUnavailable"]
 
 INPUTS = ("image", "image_down", "image_up", "guide")
-OUTPUTS = ("image_up", "image_down", "masks", "coef")
+OUTPUTS = ("exposure_up", "exposure_down", "masks", "coef")  # sitm_trt.model.export.OUTPUT_NAMES
 INPUT_CHANNELS = {"image": 3, "image_down": 3, "image_up": 3, "guide": 2}
 
 

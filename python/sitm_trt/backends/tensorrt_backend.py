@@ -1,0 +1,131 @@
+"""The TensorRT backend: an engine from the cache (built on first use), run with ``execute_async_v3``.
+
+No torch at run time: device memory, copies and device queries come from the sitm-trt extension, the engine
+from the weights' shipped ONNX. Inputs are bound by their device pointers (``set_tensor_address``), the
+outputs are reusable extension buffers, the work is enqueued on the caller's stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from sitm_trt.backends.trt_engine import (INPUTS, OUTPUTS, EngineCache, EngineKey, Flavour, Profile,
+                                          build_serialized, find_flavour)
+from sitm_trt.weights import Weights
+
+_RTX_PORTABLE = "rtx-portable (sm_80, 86, 89, 120)"
+
+
+def engine_target(flavour: Flavour, device_props: dict | None) -> str:
+    """What an engine is specific to: TensorRT-RTX engines are portable across its supported GPUs (and can
+    be built without one); classic engines belong to one GPU model."""
+    if flavour.is_rtx:
+        return _RTX_PORTABLE
+    if device_props is None:
+        raise RuntimeError("classic TensorRT builds engines for the GPU it runs on: no CUDA device is visible")
+    major, minor = device_props["compute_capability"]
+    return f"{device_props['name']} sm_{major}{minor}"
+
+
+def engine_key(weights: Weights, flavour: Flavour, precision: str, profile: Profile, target: str) -> EngineKey:
+    return EngineKey(weights.sha256, weights.preset_name, flavour.name, flavour.version, precision,
+                     profile.padded(weights.stride), target)
+
+
+def prepare_engine(weights: Weights, *, precision: str = "fp16", profile: Profile | None = None,
+                   flavour: Flavour | None = None, cache: EngineCache | None = None, device_props: dict | None = None,
+                   validate=None, log=None) -> tuple[bytes, bool, EngineKey]:
+    """The serialized engine for these weights (from the cache, or built now): ``(bytes, built, key)``.
+    Needs no GPU with TensorRT-RTX (ahead-of-time build)."""
+    flavour = flavour or find_flavour()
+    profile = profile or Profile()
+    cache = cache or EngineCache()
+    key = engine_key(weights, flavour, precision, profile, engine_target(flavour, device_props))
+    padded = profile.padded(weights.stride)
+    data, built = cache.get_or_build(key, lambda: build_serialized(flavour, weights.onnx(precision), padded, log=log),
+                                     validate=validate)
+    return data, built, key
+
+
+class TensorRTBackend:
+    name = "tensorrt"
+
+    def __init__(self, weights: Weights, *, device: int = 0, precision: str = "fp16", profile: Profile | None = None,
+                 cache: EngineCache | None = None, flavour: Flavour | None = None, log=None):
+        from sitm_trt import kernels
+
+        if precision not in ("fp32", "fp16"):
+            raise ValueError(f"tensorrt backend: precision must be 'fp16' or 'fp32', got {precision!r}")
+        self._C = kernels.extension()
+        count, err = self._C.cuda_devices()
+        if count == 0:
+            raise RuntimeError(f"tensorrt backend needs a CUDA device: {err}")
+        self.flavour = flavour or find_flavour()
+        props = dict(self._C.device_properties(device))
+        major, minor = props["compute_capability"]
+        if not self.flavour.supports_compute_capability(major, minor):
+            raise RuntimeError(
+                f"{self.flavour.name} {self.flavour.version} cannot run on {props['name']} (sm_{major}{minor}): "
+                "TensorRT-RTX serves RTX-class GPUs (sm_80/86/89/120) and not Hopper (H100/H200) or datacenter "
+                "Blackwell; install classic TensorRT (pip install tensorrt-cu13) for this GPU")
+        self.device = f"cuda:{device}"
+        self._device_index = device
+        self.precision = precision
+        self.dtype = "float16" if precision == "fp16" else "float32"
+        self.weights = weights
+        self.stride = weights.stride
+        self.profile = (profile or Profile()).padded(self.stride)
+        trt = self.flavour.module
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self._engine = None
+
+        def deserialize(data: bytes) -> bool:
+            self._engine = self._runtime.deserialize_cuda_engine(data)
+            return self._engine is not None
+
+        _, self.built, self.key = prepare_engine(weights, precision=precision, profile=profile, flavour=self.flavour,
+                                                 cache=cache, device_props=props, validate=deserialize, log=log)
+        self._context = self._engine.create_execution_context()
+        self._out_dtypes = {name: self._dtype_name(self._engine.get_tensor_dtype(name)) for name in OUTPUTS}
+        self._outputs: dict[str, Any] = {}
+
+    def describe(self) -> str:
+        return f"{self.flavour.name} {self.flavour.version} on {self.device} ({self.precision}; {self.profile.describe()})"
+
+    def _dtype_name(self, dt) -> str:
+        trt = self.flavour.module
+        return {trt.float32: "float32", trt.float16: "float16"}[dt]
+
+    def _output(self, name: str, shape: tuple[int, ...], stream: int) -> Any:
+        """A reusable output buffer: reallocated only when a frame needs more memory than the last one."""
+        dtype = self._out_dtypes[name]
+        buf = self._outputs.get(name)
+        need = 1
+        for s in shape:
+            need *= s
+        need *= 2 if dtype == "float16" else 4
+        if buf is None or buf.capacity < need:
+            buf = self._C.empty(list(shape), dtype, self.device, stream)
+            self._outputs[name] = buf
+        return buf.view(list(shape))
+
+    def run(self, inputs: Sequence[Any], stream: int = 0) -> tuple[Any, Any, Any, Any]:
+        n, _, h, w = inputs[0].shape
+        if not self.profile.contains(n, h, w):
+            raise ValueError(f"tensorrt backend: a padded batch of {n} x {w}x{h} is outside the engine's profile "
+                             f"({self.profile.describe()}); build an engine with a larger profile "
+                             "(sitm-trt build-engine --max WxH) or use backend='torch'")
+        ctx = self._context
+        for name, x in zip(INPUTS, inputs):
+            ctx.set_input_shape(name, tuple(x.shape))
+            ctx.set_tensor_address(name, x.data_ptr)
+        outs = []
+        for name in OUTPUTS:
+            shape = (n, 4) if name == "coef" else (n, 3, h, w)
+            buf = self._output(name, shape, stream)
+            ctx.set_tensor_address(name, buf.data_ptr)
+            outs.append(buf)
+        if not ctx.execute_async_v3(stream):
+            raise RuntimeError("tensorrt backend: execute_async_v3 failed (see the TensorRT log above)")
+        return tuple(outs)

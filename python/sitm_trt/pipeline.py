@@ -1,0 +1,219 @@
+"""The whole pipeline of one frame: pre kernel -> network backend -> post kernel (ARCHITECTURE.md).
+
+``Pipeline`` holds the weights, one backend per device and reusable buffers; ``infer`` runs a default,
+cached ``Pipeline``. The pipeline runs where the input lives: a CPU array on the CPU (torch backend), a CUDA
+array on its GPU (TensorRT when it can run there, else torch). On CUDA a call is stream-ordered like a torch
+op: everything is enqueued on the caller's stream (``stream=``, default the current torch/CuPy stream) and
+the host never waits.
+
+Inputs: float32/float16 ``(N, 3, H, W)`` in [0, 1], or uint8/uint16 ``(H, W, 3)`` / ``(N, H, W, 3)``, as torch
+tensors, NumPy arrays or any DLPack array. LDR values outside [0, 1] are clamped and NaN becomes 0 (the pre
+kernel sanitizes; documented, not an error). Output: linear HDR (1.0 = the input's clipping level), float32
+(or ``dtype="float16"``) ``(N, 3, H, W)``, or ``layout="hwc"``: ``(N, H, W, 3)`` - ``(H, W, 3)`` for an
+``(H, W, 3)`` input - on the input's device, as the input's array type, or written into ``out=``.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from sitm_trt import kernels
+from sitm_trt.backends.trt_engine import EngineCache, Profile, TensorRTUnavailable, find_flavour
+from sitm_trt.weights import Weights, WeightsError, load
+
+__all__ = ["Pipeline", "infer", "info", "load"]
+
+_BACKENDS = ("auto", "torch", "tensorrt")
+
+
+class Pipeline:
+    """pre -> network -> post with fixed weights, backend choice and precision.
+
+    ``backend``: "auto" (TensorRT on a GPU where it can run, else torch), "torch" or "tensorrt".
+    ``precision``: "fp16" or "fp32"; default fp16 for TensorRT, fp32 for torch (the reference).
+    ``profile``: the TensorRT shape range (:class:`~sitm_trt.backends.trt_engine.Profile`).
+    ``cache_dir``: where TensorRT engines are cached (default ``~/.cache/sitm-trt/engines``).
+    """
+
+    def __init__(self, weights: str | Weights = "default", *, backend: str = "auto", precision: str | None = None,
+                 profile: Profile | None = None, cache_dir: str | None = None, compile: bool = False,
+                 channels_last: bool | None = None, log=None):
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        if precision not in (None, "fp16", "fp32"):
+            raise ValueError(f"precision must be 'fp16', 'fp32' or None, got {precision!r}")
+        self.weights = load(weights)
+        self.backend_choice = backend
+        self.precision = precision
+        self.profile = profile or Profile()
+        self.cache = EngineCache(cache_dir)
+        self.compile = compile
+        self.channels_last = channels_last
+        self.log = log
+        self._backends: dict[str, Any] = {}
+        self._buffers: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+
+    # -- backends ------------------------------------------------------------------------------------------
+    def backend_for(self, device: str):
+        """The backend serving ``device`` ("cpu" or "cuda:N"), created on first use."""
+        with self._lock:
+            if device not in self._backends:
+                self._backends[device] = self._make_backend(device)
+            return self._backends[device]
+
+    def _make_backend(self, device: str):
+        choice = self.backend_choice
+        if device == "cpu":
+            if choice == "tensorrt":
+                raise ValueError("backend='tensorrt' needs the input on a CUDA device; this input is on the CPU "
+                                 "(move it to the GPU, or use backend='torch' / 'auto')")
+            return self._torch(device)
+        if choice in ("auto", "tensorrt"):
+            try:
+                from sitm_trt.backends.tensorrt_backend import TensorRTBackend
+
+                return TensorRTBackend(self.weights, device=int(device.split(":")[1]), precision=self.precision or "fp16",
+                                       profile=self.profile, cache=self.cache, log=self.log)
+            except (TensorRTUnavailable, RuntimeError) as err:
+                if choice == "tensorrt":
+                    raise
+                self.auto_reason = f"TensorRT not used: {err}"
+        return self._torch(device)
+
+    def _torch(self, device: str):
+        try:
+            from sitm_trt.backends.torch_backend import TorchBackend
+        except ImportError as err:
+            raise ImportError("the torch backend needs PyTorch: pip install 'sitm-trt[torch]'") from err
+        return TorchBackend(self.weights, device=device, precision=self.precision or "fp32", compile=self.compile,
+                            channels_last=self.channels_last)
+
+    # -- buffers -------------------------------------------------------------------------------------------
+    def _buffer(self, role: str, device: str, shape: list[int], dtype: str, stream: int):
+        """A reusable buffer for ``role``: grown when a frame needs more, else a view of the same memory."""
+        size = {"float32": 4, "float16": 2}[dtype]
+        for s in shape:
+            size *= s
+        key = (role, device)
+        buf = self._buffers.get(key)
+        if buf is None or buf.capacity < size:
+            buf = kernels.extension().empty(shape, dtype, device, stream)
+            self._buffers[key] = buf
+        return buf.view(shape, dtype)
+
+    # -- the call ------------------------------------------------------------------------------------------
+    def __call__(self, x: Any, *, out: Any = None, stream: Any = None, layout: str = "nchw", dtype: str = "float32") -> Any:
+        if layout not in ("nchw", "hwc", "nhwc"):
+            raise ValueError(f"infer: layout must be 'nchw' or 'hwc', got {layout!r}")
+        if dtype not in ("float32", "float16"):
+            raise ValueError(f"infer: dtype must be 'float32' or 'float16', got {dtype!r}")
+        dev_type, dev_id = kernels._device(x, "infer", "x")
+        device = "cpu" if dev_type in (kernels._DL_CPU, kernels._DL_CUDA_HOST) else f"cuda:{dev_id}"
+        shape = tuple(int(s) for s in getattr(x, "shape", ()))
+        n, h, w, unbatched = _frame_geometry(shape, getattr(x, "dtype", None))
+        handle = kernels._stream_handle(x, (dev_type, dev_id), stream)
+        hwc = layout != "nchw"
+        if n == 0 or h == 0 or w == 0:  # nothing to compute: an empty result of the right shape
+            kernels.pre(x)  # still validates dtype, channels and layout
+            empty = kernels._wrap(kernels.extension().empty([n, h, w, 3] if hwc else [n, 3, h, w], dtype, device,
+                                                            handle), x)
+            return out if out is not None else (empty[0] if (hwc and unbatched) else empty)
+        backend = self.backend_for(device)
+        s = backend.stride
+        hp, wp = -(-h // s) * s, -(-w // s) * s
+        pre_out = tuple(self._buffer(f"pre{i}", device, [n, c, hp, wp], backend.dtype, handle)
+                        for i, c in enumerate((3, 3, 3, 2)))
+        kernels.pre(x, stride=s, dtype=backend.dtype, out=pre_out, stream=handle)
+        up, down, masks, coef = backend.run(pre_out, handle)
+        if out is None:
+            oshape = [n, h, w, 3] if hwc else [n, 3, h, w]
+            result = kernels.extension().empty(oshape, dtype, device, handle)
+            kernels.post(masks, pre_out[0], up, down, coef, height=h, width=w, layout="nhwc" if hwc else "nchw",
+                         dtype=dtype, out=result, stream=handle)
+            result = kernels._wrap(result, x)
+            return result[0] if (hwc and unbatched) else result
+        target = out[None] if (hwc and unbatched and len(getattr(out, "shape", ())) == 3) else out
+        kernels.post(masks, pre_out[0], up, down, coef, height=h, width=w, layout="nhwc" if hwc else "nchw",
+                     dtype=dtype, out=target, stream=handle)
+        return out
+
+    def describe(self) -> dict:
+        return {"weights": str(self.weights.path), "preset": self.weights.preset_name,
+                "backends": {d: b.describe() for d, b in self._backends.items()}}
+
+
+def _frame_geometry(shape: tuple[int, ...], dtype: Any) -> tuple[int, int, int, bool]:
+    """(N, H, W, unbatched) of a frame; the pre kernel then checks dtype, channels and layout in detail."""
+    name = str(dtype).replace("torch.", "")
+    if name in ("uint8", "uint16") and len(shape) == 3:
+        return 1, shape[0], shape[1], True
+    if name in ("uint8", "uint16") and len(shape) == 4:
+        return shape[0], shape[1], shape[2], False
+    if len(shape) == 4:
+        return shape[0], shape[2], shape[3], False
+    raise ValueError(f"infer: x must be float (N, 3, H, W) or uint8/uint16 (H, W, 3) or (N, H, W, 3), got {name} {shape}")
+
+
+_DEFAULT: dict[tuple, Pipeline] = {}
+_DEFAULT_LOCK = threading.Lock()
+
+
+def infer(x: Any, *, out: Any = None, stream: Any = None, backend: str = "auto", precision: str | None = None,
+          weights: str | Weights | None = None, layout: str = "nchw", dtype: str = "float32") -> Any:
+    """LDR frame(s) -> linear HDR with a default, cached :class:`Pipeline` (see the module docstring)."""
+    w = load(weights if weights is not None else "default")
+    key = (w.sha256, str(w.path), backend, precision)
+    with _DEFAULT_LOCK:
+        pipe = _DEFAULT.get(key)
+        if pipe is None:
+            pipe = _DEFAULT[key] = Pipeline(w, backend=backend, precision=precision)
+    return pipe(x, out=out, stream=stream, layout=layout, dtype=dtype)
+
+
+def info() -> dict:
+    """What is available here and what ``backend="auto"`` picks, with the reasons."""
+    out: dict[str, Any] = {}
+    try:
+        out["extension"] = kernels.build_info()
+        count, err = kernels.extension().cuda_devices()
+        out["cuda_devices"] = [dict(kernels.extension().device_properties(i)) for i in range(count)]
+        if not count:
+            out["cuda_devices_reason"] = err
+    except ImportError as e:
+        out["extension"] = f"unavailable: {e}"
+        count = 0
+    try:
+        import torch
+        out["torch"] = {"version": torch.__version__, "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available()}
+    except ImportError:
+        out["torch"] = "not installed (pip install 'sitm-trt[torch]')"
+    try:
+        fl = find_flavour()
+        out["tensorrt"] = {"flavour": fl.name, "version": fl.version,
+                           "note": "TensorRT-RTX runs on RTX-class GPUs (sm_80/86/89/120), not on Hopper (sm_90: "
+                                   "H100/H200); use classic TensorRT there" if fl.is_rtx else ""}
+    except TensorRTUnavailable as e:
+        fl = None
+        out["tensorrt"] = f"unavailable: {e}"
+    try:
+        wt = load("default")
+        out["weights"] = {"path": str(wt.path), "preset": wt.preset_name, "sha256": wt.sha256}
+    except WeightsError as e:
+        out["weights"] = f"unavailable: {e}"
+    reasons = []
+    if count and fl is not None:
+        props = kernels.extension().device_properties(0)
+        if fl.supports_compute_capability(*props["compute_capability"]):
+            out["auto"] = f"tensorrt ({fl.name}) on cuda:0 for CUDA inputs; torch on the CPU for CPU inputs"
+        else:
+            reasons.append(f"{fl.name} cannot run on {props['name']} (sm_{''.join(map(str, props['compute_capability']))})")
+    if "auto" not in out:
+        if not count:
+            reasons.append("no CUDA device")
+        elif fl is None:
+            reasons.append("no TensorRT")
+        out["auto"] = "torch (CUDA inputs on the GPU, CPU inputs on the CPU)"
+        out["auto_reason"] = "TensorRT not used: " + "; ".join(reasons)
+    return out

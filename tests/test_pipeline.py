@@ -1,0 +1,184 @@
+"""sitm_trt.infer / Pipeline end to end on the CPU with the torch backend."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import sitm_trt
+from sitm_trt import pipeline as P
+from sitm_trt.model import SITMNet, predict_hdr, save_weights
+from sitm_trt.weights import WeightsError, load
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    torch.manual_seed(0)
+    net = SITMNet("compact").eval()
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    save_weights(net, path)
+    return load(path), net
+
+
+def reference(net, frame: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return predict_hdr(net, frame)
+
+
+def test_every_input_form_gives_the_same_result(weights):
+    w, net = weights
+    pipe = P.Pipeline(w)
+    rng = np.random.default_rng(0)
+    u8 = rng.integers(0, 256, size=(2, 21, 35, 3), dtype=np.uint8)
+    want = reference(net, torch.from_numpy(u8))  # (2, 3, 21, 35)
+    f32 = np.ascontiguousarray(u8.transpose(0, 3, 1, 2).astype(np.float32) / 255)
+    forms = {
+        "numpy uint8 NHWC": (u8, "nchw"),
+        "torch uint8 NHWC": (torch.from_numpy(u8), "nchw"),
+        "numpy float32 NCHW": (f32, "nchw"),
+        "torch float32 NCHW": (torch.from_numpy(f32), "nchw"),
+        "torch float16 NCHW": (torch.from_numpy(f32).half(), None),
+        "numpy uint16 NHWC": ((u8.astype(np.uint16) * 257), "nchw"),
+    }
+    for name, (x, layout) in forms.items():
+        got = pipe(x, layout=layout or "nchw")
+        assert type(got) is type(x), name
+        got = torch.as_tensor(np.asarray(got)) if isinstance(got, np.ndarray) else got
+        assert got.shape == want.shape and got.dtype == torch.float32, name
+        if layout is None:  # fp16 input: uint8 levels are not exact in fp16; compare with its own reference
+            torch.testing.assert_close(got, reference(net, x), rtol=1e-5, atol=1e-6, msg=name)
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_hwc_frame_and_layout(weights):
+    w, net = weights
+    frame = np.random.default_rng(1).integers(0, 256, size=(17, 30, 3), dtype=np.uint8)
+    hdr = P.Pipeline(w)(frame, layout="hwc")
+    assert isinstance(hdr, np.ndarray) and hdr.shape == (17, 30, 3)
+    want = reference(net, torch.from_numpy(frame))[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(hdr, want, rtol=1e-5, atol=1e-6)
+    hdr16 = P.Pipeline(w)(frame, layout="hwc", dtype="float16")
+    assert hdr16.dtype == np.float16
+    np.testing.assert_allclose(hdr16, want, rtol=2e-3, atol=1e-3)
+
+
+def test_out_is_honoured(weights):
+    w, _ = weights
+    pipe = P.Pipeline(w)
+    x = torch.rand(1, 3, 20, 24)
+    out = torch.empty(1, 3, 20, 24)
+    ptr = out.data_ptr()
+    res = pipe(x, out=out)
+    assert res is out and out.data_ptr() == ptr
+    torch.testing.assert_close(out, pipe(x))
+    frame = np.zeros((20, 24, 3), np.uint8)
+    out_hwc = np.empty((20, 24, 3), np.float32)
+    assert pipe(frame, out=out_hwc, layout="hwc") is out_hwc
+    np.testing.assert_allclose(out_hwc, pipe(frame, layout="hwc"))
+    with pytest.raises(ValueError, match=r"post: out must be float32 \(1, 3, 20, 24\)"):
+        pipe(x, out=torch.empty(1, 3, 20, 25))
+
+
+def test_buffers_are_reused_for_same_or_smaller_frames(weights):
+    w, _ = weights
+    pipe = P.Pipeline(w)
+    pipe(torch.rand(1, 3, 40, 40))
+    bufs = {k: (b.data_ptr, b.capacity) for k, b in pipe._buffers.items()}
+    pipe(torch.rand(1, 3, 40, 40))
+    pipe(torch.rand(1, 3, 17, 33))
+    assert {k: (b.data_ptr, b.capacity) for k, b in pipe._buffers.items()} == bufs
+    pipe(torch.rand(1, 3, 64, 64))  # larger: grows
+    assert all(b.capacity > bufs[k][1] for k, b in pipe._buffers.items())
+
+
+def test_nan_and_out_of_range_are_sanitized_as_documented(weights):
+    w, _ = weights
+    pipe = P.Pipeline(w)
+    x = torch.rand(1, 3, 16, 16)
+    dirty = x.clone()
+    dirty[0, 0, 0, 0] = float("nan")
+    dirty[0, 1, 0, 0] = float("inf")
+    dirty[0, 2, 0, 0] = -3.0
+    clean = x.clone()
+    clean[0, 0, 0, 0], clean[0, 1, 0, 0], clean[0, 2, 0, 0] = 0.0, 1.0, 0.0
+    got = pipe(dirty)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, pipe(clean))
+
+
+def test_empty_frames(weights):
+    w, _ = weights
+    pipe = P.Pipeline(w)
+    assert pipe(torch.rand(0, 3, 8, 8)).shape == (0, 3, 8, 8)
+    assert pipe(np.zeros((0, 5, 3), np.uint8), layout="hwc").shape == (0, 5, 3)
+
+
+@pytest.mark.parametrize("x, match", [
+    (torch.rand(3, 8, 8), r"infer: x must be .* got float32 \(3, 8, 8\)"),
+    (torch.rand(1, 4, 8, 8), r"pre: frame must be float \(N, 3, H, W\)"),
+    (np.zeros((8, 8, 3), np.int32), r"infer: x must be .* got int32"),
+    (torch.zeros(1, 3, 8, 8, dtype=torch.float64), r"unsupported dtype float64"),
+    ([[0.5]], r"must be an array that supports DLPack"),
+])
+def test_bad_input(weights, x, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        P.Pipeline(weights[0])(x)
+
+
+def test_bad_options(weights):
+    w, _ = weights
+    with pytest.raises(ValueError, match="backend must be one of"):
+        P.Pipeline(w, backend="onnx")
+    with pytest.raises(ValueError, match="precision must be"):
+        P.Pipeline(w, precision="int8")
+    with pytest.raises(ValueError, match="needs the input on a CUDA device"):
+        P.Pipeline(w, backend="tensorrt")(torch.rand(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        P.Pipeline(w, precision="fp16")(torch.rand(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="layout must be"):
+        P.Pipeline(w)(torch.rand(1, 3, 8, 8), layout="chw")
+
+
+def test_infer_uses_a_cached_pipeline(weights):
+    w, net = weights
+    x = torch.rand(1, 3, 16, 16)
+    a = sitm_trt.infer(x, weights=w.path)
+    b = sitm_trt.infer(x, weights=str(w.path))
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a, reference(net, x), rtol=1e-5, atol=1e-6)
+    assert len([k for k in P._DEFAULT if k[0] == w.sha256]) == 1
+
+
+def test_weights_checksum_is_verified(tmp_path, weights):
+    w, net = weights
+    path = tmp_path / "w.safetensors"
+    save_weights(net, path)
+    (tmp_path / "w.json").write_text(json.dumps({"sha256": "0" * 64}))
+    with pytest.raises(WeightsError, match="does not match its card"):
+        load(path)
+    with pytest.raises(WeightsError, match="no shipped weights named 'nope'"):
+        load("nope")
+    (tmp_path / "x.safetensors").write_bytes(b"\x01\x00\x00\x00\x00\x00\x00\x00{")
+    with pytest.raises(WeightsError, match="cannot read a safetensors header"):
+        load(tmp_path / "x.safetensors")
+
+
+def test_info_reports_the_auto_choice():
+    info = sitm_trt.info()
+    assert "extension" in info and "auto" in info
+    if not info["cuda_devices"]:
+        assert "no CUDA device" in info["auto_reason"]
+
+
+@pytest.mark.gpu
+def test_cuda_torch_backend_matches_cpu(weights):
+    w, _ = weights
+    x = torch.rand(1, 3, 64, 96)
+    cpu = P.Pipeline(w, backend="torch")(x)
+    gpu = P.Pipeline(w, backend="torch")(x.cuda())
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-4)
