@@ -1,0 +1,262 @@
+"""Training losses (Eq. 9-16), exposure masks and the mask-aware discriminator, against independent references."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sitm_trt import ops
+from sitm_trt.model import Preset, SITMNet
+from sitm_training.discriminator import MaskAwareDiscriminator, mix
+from sitm_training.losses import (
+    VGG16_POOL_INDICES,
+    GeneratorLoss,
+    LossWeights,
+    SITMLoss,
+    VGG16Features,
+    VGGPerceptual,
+    hdr_loss,
+    image_pyramid,
+    lsgan_d_loss,
+    lsgan_g_loss,
+    mask_aware_d_loss,
+    progressive_loss,
+    ssim,
+)
+from sitm_training.masks import OVER_TAU, UNDER_TAU, exposure_mask, over_exposure_mask, under_exposure_mask
+
+TINY = Preset(
+    name="tiny",
+    widths=(4, 4, 8, 8, 8),
+    enc_convs=(1, 1, 1, 1, 1),
+    dec_convs=(1, 1, 1, 1),
+    eab_dim=8,
+    eab_heads=2,
+    mefm_width=4,
+    mefm_local=1,
+    mefm_dilated=1,
+    thumb_size=64,
+)
+
+
+def rand(*shape, seed=0):
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def substitute_perceptual() -> VGGPerceptual:
+    with pytest.warns(UserWarning, match="REPLACED"):
+        return VGGPerceptual()
+
+
+# --- masks --------------------------------------------------------------------------------------------------
+
+
+def test_exposure_masks_match_the_formulas():
+    img = rand(2, 3, 9, 11)
+    img[0, :, 0, 0] = 1.0  # saturated
+    img[0, :, 0, 1] = 0.0  # black
+    x = img.double().numpy()
+    over = np.clip((x.max(axis=1, keepdims=True) - 0.95) / 0.05, 0, 1)
+    under = np.clip((0.12 - x.min(axis=1, keepdims=True)) / 0.12, 0, 1)
+    assert (OVER_TAU, UNDER_TAU) == (0.95, 0.12)
+    np.testing.assert_allclose(over_exposure_mask(img).double().numpy(), over, atol=1e-6)
+    np.testing.assert_allclose(under_exposure_mask(img).double().numpy(), under, atol=1e-6)
+    np.testing.assert_allclose(exposure_mask(img).double().numpy(), np.maximum(over, under), atol=1e-6)
+    assert over_exposure_mask(img)[0, 0, 0, 0] == 1 and under_exposure_mask(img)[0, 0, 0, 1] == 1
+    with pytest.raises(ValueError):
+        exposure_mask(img, "sideways")
+
+
+# --- discriminator and LSGAN (Eq. 13-14) --------------------------------------------------------------------
+
+
+def test_mix_and_discriminator_outputs():
+    fake, real, m = rand(2, 3, 32, 48, seed=1), rand(2, 3, 32, 48, seed=2), rand(2, 1, 32, 48, seed=3)
+    z, b = mix(fake, real, m)
+    torch.testing.assert_close(z, fake * m + real * (1 - m))
+    torch.testing.assert_close(b, 1 - m)
+    torch.manual_seed(0)
+    disc = MaskAwareDiscriminator(width=4, max_width=16)
+    out = disc(z)
+    assert out.global_score.shape == (2, 1) and out.pixel_score.shape == (2, 1, 32, 48)
+    (out.global_score.sum() + out.pixel_score.sum()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in disc.parameters())
+    # the per-pixel head responds where the image changed
+    z2 = z.clone()
+    z2[..., 24:, 40:] = 0.0
+    with torch.no_grad():
+        o1, o2 = disc.eval()(z), disc(z2)
+    assert not torch.allclose(o1.pixel_score[..., 24:, 40:], o2.pixel_score[..., 24:, 40:])
+    with pytest.raises(ValueError, match="multiples of 16"):
+        disc(z[..., :40])
+
+
+def test_lsgan_terms():
+    r, f, b = torch.tensor([0.5, 1.5]), torch.tensor([0.2, -0.4]), torch.tensor([1.0, 0.0])
+    assert lsgan_d_loss(r, f, b).item() == pytest.approx(0.5 * (0.25 + 0.25) / 2 + 0.5 * (0.64 + 0.16) / 2)
+    assert lsgan_g_loss(f).item() == pytest.approx(0.5 * (0.64 + 1.96) / 2)
+
+
+def test_mask_aware_d_loss_labels():
+    """Per-pixel label 1 - M on z, 1 on real; global label: the real fraction of z."""
+    torch.manual_seed(0)
+    disc = MaskAwareDiscriminator(width=4, max_width=8, use_spectral_norm=False).eval()
+    fake, real = rand(1, 3, 16, 16, seed=4), rand(1, 3, 16, 16, seed=5)
+    m = torch.zeros(1, 1, 16, 16)
+    m[..., :8, :] = 1.0
+    with torch.no_grad():
+        loss = mask_aware_d_loss(disc, fake, real, m)
+        r, zf = disc(real), disc(fake * m + real * (1 - m))
+    expected = (
+        0.5 * ((r.pixel_score - 1) ** 2).mean() + 0.5 * ((zf.pixel_score - (1 - m)) ** 2).mean()
+        + 0.5 * ((r.global_score - 1) ** 2).mean() + 0.5 * ((zf.global_score - 0.5) ** 2).mean()
+    )
+    torch.testing.assert_close(loss, expected)
+
+
+# --- progressive loss (Eq. 9-12) and HDR loss (Eq. 15) ------------------------------------------------------
+
+
+def test_image_pyramid_and_progressive_l1():
+    gt = rand(2, 3, 32, 16, seed=6)
+    pyr = image_pyramid(gt, 5)
+    assert [p.shape[-2:] for p in pyr] == [(2, 1), (4, 2), (8, 4), (16, 8), (32, 16)]
+    torch.testing.assert_close(pyr[0], gt.reshape(2, 3, 2, 16, 1, 16).mean(dim=(3, 5)))
+    pred = tuple(p + 0.1 * rand(*p.shape, seed=10 + i) for i, p in enumerate(pyr))
+    expected = sum((p - t).abs().mean() for p, t in zip(pred, pyr))
+    torch.testing.assert_close(progressive_loss(pred, gt), expected)
+    assert progressive_loss(pyr, gt).item() == 0.0
+
+    class Const(torch.nn.Module):
+        def forward(self, a, b):
+            return torch.tensor(2.0)
+
+    torch.testing.assert_close(progressive_loss(pred, gt, Const(), lambda_per=0.5), expected + 5 * 0.5 * 2.0)
+    with pytest.raises(ValueError, match="prediction"):
+        progressive_loss(pred[:4] + (pred[3],), gt)
+
+
+def test_hdr_loss_is_mu_law_l1():
+    h, g = rand(2, 3, 5, 4, seed=7) * 4, rand(2, 3, 5, 4, seed=8) * 4
+    tau = lambda x: np.log1p(5000 * x) / np.log1p(5000)  # noqa: E731
+    expected = np.abs(tau(h.double().numpy()) - tau(g.double().numpy())).mean()
+    assert hdr_loss(h, g).item() == pytest.approx(expected, rel=1e-5)
+    assert LossWeights() == LossWeights(lambda_per=0.5, lambda_gan=0.1, lambda_h=1.0, mu=5000.0)
+
+
+# --- perceptual loss (Eq. 10) -------------------------------------------------------------------------------
+
+
+def _vgg_reference(state: dict[str, torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
+    """VGG-16 with torchvision's indices written out: 13 convs, pools after 2, 4, 7, 10, 13."""
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    y = (x - mean) / std
+    conv_idx = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
+    pool_after = {2: 4, 4: 9, 7: 16, 10: 23, 13: 30}
+    outs = []
+    for n, i in enumerate(conv_idx, start=1):
+        y = F.relu(F.conv2d(y, state[f"features.{i}.weight"], state[f"features.{i}.bias"], padding=1))
+        if n in pool_after:
+            y = F.max_pool2d(y, 2)
+            if pool_after[n] in VGG16_POOL_INDICES:
+                outs.append(y)
+    return outs
+
+
+@pytest.mark.parametrize("fmt", ["pth", "safetensors"])
+def test_vgg_loads_torchvision_layout_and_computes_pool3_to_5(tmp_path, fmt):
+    torch.manual_seed(0)
+    state = {k: v * 0.5 for k, v in VGG16Features().state_dict().items()}
+    state["classifier.0.weight"] = torch.zeros(2, 2)  # ignored, as in torchvision's full checkpoint
+    path = tmp_path / f"vgg16.{fmt}"
+    if fmt == "pth":
+        torch.save(state, path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    perc = VGGPerceptual(path)
+    assert perc.kind == "vgg16-pool3-5"
+    a, b = rand(1, 3, 32, 32, seed=1), rand(1, 3, 32, 32, seed=2)
+    fa, fb = _vgg_reference(state, a), _vgg_reference(state, b)
+    assert [f.shape[-1] for f in fa] == [4, 2, 1]
+    expected = sum((x - y).abs().mean() for x, y in zip(fa, fb))
+    torch.testing.assert_close(perc(a, b), expected, rtol=1e-4, atol=1e-6)
+    small = perc(a[..., :8, :8], b[..., :8, :8])  # upscaled to 32 so pool5 exists
+    assert torch.isfinite(small)
+    assert all(not p.requires_grad for p in perc.parameters())
+    bad = tmp_path / "bad.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, bad)
+    with pytest.raises(ValueError, match="features"):
+        VGGPerceptual(bad)
+
+
+def _ssim_reference(a: np.ndarray, b: np.ndarray, window: int = 7, sigma: float = 1.5) -> float:
+    x = np.arange(window) - (window - 1) / 2
+    g = np.exp(-(x**2) / (2 * sigma**2))
+    g /= g.sum()
+    p = window // 2
+
+    def blur(img):  # separable Gaussian, edge padding, per channel
+        out = np.pad(img, ((0, 0), (0, 0), (p, p), (p, p)), mode="edge")
+        out = sum(g[i] * out[:, :, i : i + img.shape[2], :] for i in range(window))
+        return sum(g[i] * out[:, :, :, i : i + img.shape[3]] for i in range(window))
+
+    c1, c2 = 0.01**2, 0.03**2
+    ma, mb = blur(a), blur(b)
+    va, vb, cov = blur(a * a) - ma**2, blur(b * b) - mb**2, blur(a * b) - ma * mb
+    return float((((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma**2 + mb**2 + c1) * (va + vb + c2))).mean())
+
+
+def test_perceptual_substitute_warns_and_is_one_minus_ssim():
+    perc = substitute_perceptual()
+    assert perc.kind == "ssim-substitute"
+    a, b = rand(2, 3, 20, 13, seed=1), rand(2, 3, 20, 13, seed=2)
+    expected = 1 - _ssim_reference(a.double().numpy(), b.double().numpy())
+    assert perc(a, b).item() == pytest.approx(expected, rel=1e-4)
+    assert perc(a, a).item() == pytest.approx(0.0, abs=1e-6)
+    assert ssim(a, a.clone()).item() == pytest.approx(1.0, abs=1e-6)
+
+
+# --- Eq. 16 on the network ----------------------------------------------------------------------------------
+
+
+def test_total_loss_on_the_network_and_the_two_players():
+    torch.manual_seed(0)
+    net = SITMNet(TINY).train()
+    disc = MaskAwareDiscriminator(width=4, max_width=8)
+    loss = SITMLoss(substitute_perceptual())
+    image = rand(2, 3, 32, 32, seed=1)
+    image[:, :, :8] = 1.0  # a saturated band, so the over-exposure mask is not empty
+    gt_up, gt_down, gt_hdr = rand(2, 3, 32, 32, seed=2), rand(2, 3, 32, 32, seed=3), rand(2, 3, 32, 32, seed=4)
+    out = net.forward_train(*ops.pre(image))
+    terms = loss.generator(out, image, gt_up, gt_down, gt_hdr, disc)
+    assert isinstance(terms, GeneratorLoss)
+    torch.testing.assert_close(terms.total, terms.prog + 0.1 * terms.gan + 1.0 * terms.hdr)
+    hdr = ops.post(out.masks, image, out.image_up, out.image_down, out.coef)
+    torch.testing.assert_close(terms.hdr, hdr_loss(hdr, gt_hdr))
+    torch.testing.assert_close(terms.prog, loss.exposure(out.pyramid_up, out.pyramid_down, gt_up, gt_down))
+    assert terms.gan > 0
+    terms.total.backward()
+    assert all(p.grad is not None for p in net.parameters())
+    net.zero_grad()
+    disc.zero_grad()
+    d_loss = loss.discriminator(disc, out, image, gt_up, gt_down)
+    d_loss.backward()
+    assert all(p.grad is None for p in net.parameters())  # fakes are detached
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in disc.parameters())
+    assert math.isfinite(d_loss.item())
+
+
+def test_no_warning_with_weights(tmp_path):
+    path = tmp_path / "vgg.pth"
+    torch.save(VGG16Features().state_dict(), path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert VGGPerceptual(path).kind == "vgg16-pool3-5"

@@ -1,0 +1,334 @@
+"""Training losses of Sec. 3.7 (Eq. 9-16).
+
+* progressive reconstruction loss (Eq. 9-12): at each of the 5 scales of AUEM/ADEM's Eq. 11 outputs,
+  ``L1 + lambda_per * L_per`` against the area-downsampled ground truth;
+* perceptual loss (Eq. 10): L1 between VGG-16 pool3, pool4 and pool5 features, with ImageNet weights loaded
+  from a file the user names (:class:`VGGPerceptual`); without one, a documented substitute (``1 - SSIM``)
+  that warns loudly and says so in :attr:`VGGPerceptual.kind`;
+* mask-aware LSGAN terms (Eq. 13-14) with the discriminator of :mod:`sitm_training.discriminator`;
+* the mu-law HDR loss (Eq. 15, ``mu = 5000``) on ``ops.post``'s output;
+* the total (Eq. 16) with ``lambda_per = 0.5``, ``lambda_gan = 0.1``, ``lambda_H = 1``.
+
+Eq. 16 writes ``L_prog + lambda_gan (L_G + L_D) + lambda_H L_H`` as one sum; with two players it is two
+objectives: the generator minimises ``L_prog + lambda_gan L_G + lambda_H L_H``
+(:meth:`SITMLoss.generator`), the discriminator ``lambda_gan L_D`` (:meth:`SITMLoss.discriminator`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sitm_trt import ops
+
+from .discriminator import MaskAwareDiscriminator, mix
+from .masks import over_exposure_mask, under_exposure_mask
+
+__all__ = [
+    "VGG16_CFG",
+    "VGG16_POOL_INDICES",
+    "VGG16Features",
+    "VGGPerceptual",
+    "ssim",
+    "image_pyramid",
+    "l1_loss",
+    "progressive_loss",
+    "hdr_loss",
+    "lsgan_d_loss",
+    "lsgan_g_loss",
+    "mask_aware_d_loss",
+    "mask_aware_g_loss",
+    "LossWeights",
+    "GeneratorLoss",
+    "SITMLoss",
+]
+
+log = logging.getLogger(__name__)
+
+# torchvision's vgg16 "features" (configuration D): numbers are 3x3 conv widths (each followed by a ReLU),
+# "M" a 2x2 max-pool. Module indices therefore match torchvision's state_dict keys "features.<i>.weight".
+VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+VGG16_POOL_INDICES = (16, 23, 30)  # pool3, pool4, pool5 in torchvision's numbering
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class VGG16Features(nn.Module):
+    """VGG-16 convolutional part, laid out as torchvision's ``vgg16().features`` (same state_dict keys).
+
+    ``forward(x)`` takes RGB in [0, 1] (ImageNet normalisation is applied inside) and returns the outputs of
+    pool3, pool4 and pool5.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 3
+        for v in VGG16_CFG:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(cin, int(v), 3, padding=1), nn.ReLU(inplace=False)]
+                cin = int(v)
+        self.features = nn.Sequential(*layers)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        y = (x - self.mean) / self.std
+        out = []
+        for i, layer in enumerate(self.features):
+            y = layer(y)
+            if i in VGG16_POOL_INDICES:
+                out.append(y)
+        return out
+
+    def load_torchvision_state(self, path: str | os.PathLike) -> None:
+        """Load torchvision's ``vgg16`` weights (``IMAGENET1K_V1``: ``vgg16-397923af.pth``) or any file with the
+        same keys: a ``.safetensors`` file or a plain ``torch.save``d state_dict (read with
+        ``weights_only=True``, no arbitrary pickle). ``classifier.*`` keys are ignored; every ``features.*``
+        key must be there with the right shape."""
+        path = os.fspath(path)
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise ValueError(f"{path}: expected a state_dict (a mapping of tensors), got {type(state).__name__}")
+        feats = {k: v for k, v in state.items() if k.startswith("features.")}
+        if not feats:
+            raise ValueError(f"{path}: no 'features.*' keys; expected torchvision's vgg16 state_dict layout")
+        self.load_state_dict(feats, strict=True)
+
+
+def _gaussian_window(size: int, sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    x = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7, sigma: float = 1.5) -> torch.Tensor:
+    """Mean SSIM (Wang et al. 2004) of images in [0, 1], Gaussian window, replicate padding (any size)."""
+    c = a.shape[1]
+    win = _gaussian_window(window, sigma, a.device, a.dtype).expand(c, 1, window, window)
+    p = window // 2
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(x, (p, p, p, p), mode="replicate"), win, groups=c)
+
+    c1, c2 = 0.01**2, 0.03**2
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return s.mean()
+
+
+class VGGPerceptual(nn.Module):
+    """Eq. 10: ``sum_{l=3..5} mean |phi_l(a) - phi_l(b)|`` with VGG-16 pool3..pool5 features.
+
+    ``weights_path`` names torchvision's ImageNet VGG-16 weights (see :meth:`VGG16Features.load_torchvision_state`;
+    e.g. ``vgg16-397923af.pth`` fetched once by the user on a machine with network access). Images smaller than
+    ``min_size`` on a side are bilinearly upscaled (both alike) so that pool5 is at least 1x1.
+
+    Without ``weights_path`` nothing can be downloaded here, so the loss is a **substitute**: ``1 - SSIM``
+    (Gaussian window 7, sigma 1.5) on the same images, a structure term that needs no learned weights
+    (Zhao et al. 2017 showed L1 + (MS-)SSIM to be a strong restoration loss). It warns (``UserWarning`` and a
+    log line) and :attr:`kind` says which loss runs, for the run card.
+    """
+
+    KIND_VGG = "vgg16-pool3-5"
+    KIND_SUBSTITUTE = "ssim-substitute"
+
+    def __init__(self, weights_path: str | os.PathLike | None = None, *, min_size: int = 32) -> None:
+        super().__init__()
+        self.min_size = min_size
+        if weights_path is None:
+            self.vgg = None
+            self.kind = self.KIND_SUBSTITUTE
+            msg = (
+                "VGGPerceptual: no VGG-16 weights given, so the perceptual loss of Eq. 10 is REPLACED by "
+                "1 - SSIM (substitute, kind='ssim-substitute'). Pass weights_path= torchvision's vgg16 ImageNet "
+                "state_dict (e.g. vgg16-397923af.pth) to train as in the paper."
+            )
+            log.warning(msg)
+            warnings.warn(msg, UserWarning, stacklevel=2)
+        else:
+            self.vgg = VGG16Features()
+            self.vgg.load_torchvision_state(weights_path)
+            self.vgg.requires_grad_(False)
+            self.vgg.eval()
+            self.kind = self.KIND_VGG
+            log.info("VGGPerceptual: VGG-16 weights from %s", os.fspath(weights_path))
+
+    def train(self, mode: bool = True) -> VGGPerceptual:
+        super().train(mode)
+        if self.vgg is not None:
+            self.vgg.eval()  # frozen feature extractor
+        return self
+
+    def _upscale(self, x: torch.Tensor) -> torch.Tensor:
+        short = min(x.shape[-2:])
+        if short >= self.min_size:
+            return x
+        f = math.ceil(self.min_size / short)
+        return F.interpolate(x, scale_factor=float(f), mode="bilinear", align_corners=False)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.vgg is None:
+            return 1.0 - ssim(pred, target)
+        fp = self.vgg(self._upscale(pred))
+        with torch.no_grad():
+            ft = self.vgg(self._upscale(target))
+        return sum((a - b).abs().mean() for a, b in zip(fp, ft))
+
+
+def image_pyramid(image: torch.Tensor, levels: int) -> tuple[torch.Tensor, ...]:
+    """Area-downsampled copies (2x2 means) of ``image`` at ``levels`` scales, coarsest first, matching the
+    progressive outputs of Eq. 11 (the last one is ``image`` itself)."""
+    out = [image]
+    for _ in range(levels - 1):
+        out.append(F.avg_pool2d(out[-1], 2))
+    return tuple(reversed(out))
+
+
+def l1_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Eq. 9, averaged over elements."""
+    return (a - b).abs().mean()
+
+
+def progressive_loss(
+    pyramid: tuple[torch.Tensor, ...] | list[torch.Tensor],
+    target: torch.Tensor,
+    perceptual: nn.Module | None = None,
+    lambda_per: float = 0.5,
+) -> torch.Tensor:
+    """Eq. 12: ``sum_j L1(I_gj, T_j) + lambda_per * L_per(I_gj, T_j)`` over the Eq. 11 ``pyramid`` (coarsest
+    first) and the area-downsampled ``target``; without ``perceptual`` only the L1 terms."""
+    targets = image_pyramid(target, len(pyramid))
+    total = target.new_zeros(())
+    for p, t in zip(pyramid, targets):
+        if p.shape != t.shape:
+            raise ValueError(f"progressive_loss: prediction {tuple(p.shape)} vs target {tuple(t.shape)}")
+        total = total + l1_loss(p, t)
+        if perceptual is not None and lambda_per:
+            total = total + lambda_per * perceptual(p, t)
+    return total
+
+
+def hdr_loss(hdr: torch.Tensor, target: torch.Tensor, mu: float = 5000.0) -> torch.Tensor:
+    """Eq. 15: ``mean |tau(H) - tau(H_gt)|``, ``tau(H) = log(1 + mu H) / log(1 + mu)`` (``ops.mu_law``).
+
+    Radiance is expected normalised so that the range of interest is [0, 1] (the data pipeline's job)."""
+    return (ops.mu_law(hdr, mu) - ops.mu_law(target, mu)).abs().mean()
+
+
+def lsgan_d_loss(real_score: torch.Tensor, fake_score: torch.Tensor, fake_label: torch.Tensor | float) -> torch.Tensor:
+    """Eq. 13: ``1/2 mean (D(real) - 1)^2 + 1/2 mean (D(fake) - b)^2``."""
+    return 0.5 * ((real_score - 1.0) ** 2).mean() + 0.5 * ((fake_score - fake_label) ** 2).mean()
+
+
+def lsgan_g_loss(fake_score: torch.Tensor) -> torch.Tensor:
+    """Eq. 14: ``1/2 mean (D(z) - 1)^2``."""
+    return 0.5 * ((fake_score - 1.0) ** 2).mean()
+
+
+def mask_aware_d_loss(
+    disc: MaskAwareDiscriminator, fake: torch.Tensor, real: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Discriminator side of Eq. 13 on both heads; ``fake`` is detached.
+
+    Per-pixel head: real -> 1, ``z`` -> ``b = 1 - M_exp``. Global head (our choice; the paper states the
+    per-pixel one): real -> 1, ``z`` -> the mean of ``b`` over the image (the fraction of real pixels), so two
+    identical inputs never get different labels (``M_exp = 0`` makes ``z`` the real image).
+    """
+    z, b = mix(fake.detach(), real, mask)
+    r, f = disc(real), disc(z)
+    b_global = b.mean(dim=(1, 2, 3))[:, None]
+    return lsgan_d_loss(r.pixel_score, f.pixel_score, b) + lsgan_d_loss(r.global_score, f.global_score, b_global)
+
+
+def mask_aware_g_loss(
+    disc: MaskAwareDiscriminator, fake: torch.Tensor, real: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Generator side, Eq. 14, on both heads: ``1/2 mean (D(z) - 1)^2``."""
+    z, _ = mix(fake, real, mask)
+    f = disc(z)
+    return lsgan_g_loss(f.pixel_score) + lsgan_g_loss(f.global_score)
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    lambda_per: float = 0.5
+    lambda_gan: float = 0.1
+    lambda_h: float = 1.0
+    mu: float = 5000.0
+
+
+class GeneratorLoss(NamedTuple):
+    total: torch.Tensor  # L_prog + lambda_gan L_G + lambda_H L_H
+    prog: torch.Tensor  # Eq. 12 summed over AUEM and ADEM
+    gan: torch.Tensor  # Eq. 14 summed over AUEM and ADEM (0 without a discriminator)
+    hdr: torch.Tensor  # Eq. 15
+
+
+class SITMLoss(nn.Module):
+    """Eq. 16 for :class:`sitm_trt.model.SITMNet` outputs (``forward_train``).
+
+    One discriminator judges both exposure images: ``I_up`` with the under-exposure mask of the input ``I``
+    (AUEM recovers shadows), ``I_down`` with the over-exposure mask (ADEM recovers highlights).
+    """
+
+    def __init__(self, perceptual: nn.Module | None, weights: LossWeights = LossWeights()) -> None:
+        super().__init__()
+        self.perceptual = perceptual
+        self.weights = weights
+
+    def exposure(self, pyramid_up, pyramid_down, gt_up: torch.Tensor, gt_down: torch.Tensor) -> torch.Tensor:
+        """``L_prog`` of both exposure models (also the whole stage-1 loss)."""
+        lp = self.weights.lambda_per
+        return progressive_loss(pyramid_up, gt_up, self.perceptual, lp) + progressive_loss(
+            pyramid_down, gt_down, self.perceptual, lp
+        )
+
+    def generator(
+        self,
+        out,
+        image: torch.Tensor,
+        gt_up: torch.Tensor,
+        gt_down: torch.Tensor,
+        gt_hdr: torch.Tensor,
+        disc: MaskAwareDiscriminator | None = None,
+    ) -> GeneratorLoss:
+        """``out``: a ``SITMTrainOutput``; ``image`` the network's input ``I``; ground truths at its size."""
+        w = self.weights
+        prog = self.exposure(out.pyramid_up, out.pyramid_down, gt_up, gt_down)
+        hdr = ops.post(out.masks, image, out.image_up, out.image_down, out.coef)
+        l_h = hdr_loss(hdr, gt_hdr, w.mu)
+        gan = prog.new_zeros(())
+        if disc is not None:
+            gan = mask_aware_g_loss(disc, out.image_up, gt_up, under_exposure_mask(image)) + mask_aware_g_loss(
+                disc, out.image_down, gt_down, over_exposure_mask(image)
+            )
+        return GeneratorLoss(prog + w.lambda_gan * gan + w.lambda_h * l_h, prog, gan, l_h)
+
+    def discriminator(
+        self, disc: MaskAwareDiscriminator, out, image: torch.Tensor, gt_up: torch.Tensor, gt_down: torch.Tensor
+    ) -> torch.Tensor:
+        """``lambda_gan * L_D`` (Eq. 13) for both exposure images; generator outputs are detached."""
+        d = mask_aware_d_loss(disc, out.image_up, gt_up, under_exposure_mask(image)) + mask_aware_d_loss(
+            disc, out.image_down, gt_down, over_exposure_mask(image)
+        )
+        return self.weights.lambda_gan * d
