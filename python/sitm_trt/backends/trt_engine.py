@@ -192,6 +192,10 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def _jsonable(key: EngineKey) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(key)))
+
+
 class EngineCache:
     """Serialized engines on disk: ``<digest>.engine`` with a ``<digest>.json`` sidecar (key, sha256, size)."""
 
@@ -210,7 +214,7 @@ class EngineCache:
             data = engine.read_bytes()
         except (FileNotFoundError, json.JSONDecodeError, OSError):
             return None
-        if info.get("sha256") != hashlib.sha256(data).hexdigest() or info.get("key") != dataclasses.asdict(key):
+        if info.get("sha256") != hashlib.sha256(data).hexdigest() or info.get("key") != _jsonable(key):
             self.invalidate(key)
             return None
         return data
@@ -219,7 +223,7 @@ class EngineCache:
         engine, meta, _ = self.paths(key)
         self.root.mkdir(parents=True, exist_ok=True)
         _atomic_write(engine, data)
-        info = {"key": dataclasses.asdict(key), "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+        info = {"key": _jsonable(key), "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         _atomic_write(meta, json.dumps(info, indent=2).encode())
         return engine
@@ -237,11 +241,16 @@ class EngineCache:
         data = self.load(key)
         if data is not None and (validate is None or validate(data)):
             return data, False
+        rejected = None if data is None else hashlib.sha256(data).digest()
         self.root.mkdir(parents=True, exist_ok=True)
         with _file_lock(self.paths(key)[2]):
             data = self.load(key)  # another process may have built it while we waited
-            if data is not None and (validate is None or validate(data)):
+            if (data is not None and hashlib.sha256(data).digest() != rejected
+                    and (validate is None or validate(data))):
                 return data, False
             data = build()
+            if validate is not None and not validate(data):
+                raise RuntimeError(f"a freshly built engine for {key.preset} ({key.flavour} {key.flavour_version}, "
+                                   f"{key.precision}) does not load here")
             self.store(key, data)
             return data, True

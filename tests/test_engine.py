@@ -1,0 +1,109 @@
+"""TensorRT engines built ahead of time with TensorRT-RTX (no GPU needed), and the on-disk engine cache."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from pathlib import Path
+
+import pytest
+import torch
+
+from sitm_trt.backends.trt_engine import EngineCache, EngineKey, Profile, find_flavour
+from sitm_trt.model import SITMNet, save_weights
+from sitm_trt.weights import load
+
+pytestmark = pytest.mark.slow
+
+SMALL = Profile(min_hw=(64, 64), opt_hw=(128, 128), max_hw=(256, 256))
+
+
+@pytest.fixture(scope="module")
+def rtx():
+    pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX is not installed (pip install '.[test]')")
+    return find_flavour("tensorrt-rtx")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    save_weights(SITMNet("compact"), path)
+    return load(path)
+
+
+def test_build_cache_reuse_and_rebuild_after_corruption(rtx, weights, tmp_path):
+    from sitm_trt.backends.tensorrt_backend import prepare_engine
+
+    cache = EngineCache(tmp_path / "engines")
+    kw = dict(precision="fp16", profile=SMALL, flavour=rtx, cache=cache)
+    data, built, key = prepare_engine(weights, **kw)
+    assert built and len(data) > 10_000
+    engine, meta, _ = cache.paths(key)
+    assert engine.read_bytes() == data
+    info = json.loads(meta.read_text())
+    assert info["key"]["weights_sha256"] == weights.sha256 and info["key"]["precision"] == "fp16"
+    assert info["key"]["flavour"] == "tensorrt-rtx" and info["key"]["target"].startswith("rtx-portable")
+    # the padded profile is in the key
+    assert info["key"]["profile"]["max_hw"] == [256, 256]
+
+    data2, built2, _ = prepare_engine(weights, **kw)
+    assert not built2 and data2 == data
+
+    # corrupt the cached engine: detected by its checksum, rebuilt
+    raw = bytearray(engine.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    engine.write_bytes(bytes(raw))
+    data3, built3, _ = prepare_engine(weights, **kw)
+    assert built3 and engine.read_bytes() == data3
+
+    # a truncated sidecar is also a miss
+    meta.write_text("{")
+    assert prepare_engine(weights, **kw)[1]
+
+    # a different precision or profile is a different engine
+    _, built4, key4 = prepare_engine(weights, precision="fp32", profile=SMALL, flavour=rtx, cache=cache)
+    assert built4 and key4.digest() != key.digest()
+
+
+def test_validate_rejects_incompatible_file(rtx, weights, tmp_path):
+    from sitm_trt.backends.tensorrt_backend import prepare_engine
+
+    cache = EngineCache(tmp_path)
+    prepare_engine(weights, profile=SMALL, flavour=rtx, cache=cache)
+    calls = []
+
+    def validate(data):  # e.g. deserialization fails on this GPU / TensorRT version
+        calls.append(len(data))
+        return len(calls) > 1
+
+    _, built, _ = prepare_engine(weights, profile=SMALL, flavour=rtx, cache=cache, validate=validate)
+    assert built and len(calls) == 2  # the cached file was refused, the fresh build accepted
+
+
+def _build_in_process(args):
+    root, path = args
+    from sitm_trt.backends.tensorrt_backend import prepare_engine
+
+    data, built, _ = prepare_engine(load(path), profile=SMALL, flavour=find_flavour("tensorrt-rtx"),
+                                    cache=EngineCache(root))
+    return built, len(data)
+
+
+def test_two_processes_building_the_same_engine(rtx, weights, tmp_path):
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        results = pool.map(_build_in_process, [(str(tmp_path), str(weights.path))] * 2)
+    assert sorted(b for b, _ in results) == [False, True]  # one built, the other waited and reused it
+    assert len({n for _, n in results}) == 1
+    assert not list(Path(tmp_path).glob("*.tmp"))
+
+
+def test_engine_key_digest_changes_with_every_field():
+    base = EngineKey("a" * 64, "compact", "tensorrt-rtx", "1.7", "fp16", Profile(), "t")
+    fields = {"weights_sha256": "b" * 64, "preset": "fast", "flavour": "tensorrt", "flavour_version": "1.8",
+              "precision": "fp32", "profile": Profile(max_hw=(1080, 1920)), "target": "u"}
+    import dataclasses
+
+    digests = {dataclasses.replace(base, **{k: v}).digest() for k, v in fields.items()}
+    assert len(digests | {base.digest()}) == len(fields) + 1
