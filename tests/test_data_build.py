@@ -1,0 +1,175 @@
+"""The data set builder: splits by source, manifest and checksums, determinism, resuming, consistency, export."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("cv2")
+pytest.importorskip("OpenEXR")
+
+from sitm_trt import io  # noqa: E402
+from sitm_training.data import sources as S  # noqa: E402
+from sitm_training.data.build import BuildError, Recipe, build, export_split, load_manifest, load_sample, make_plan, verify  # noqa: E402
+from sitm_training.data.camera import Camera, CameraConfig  # noqa: E402
+
+RECIPE = Recipe(seed=3, n=10, n_test=3, size=32, val_fraction=0.2, real_fraction=0.5, camera=CameraConfig(jpeg_prob=0.0))
+
+
+@pytest.fixture(scope="module")
+def hdr_sources(tmp_path_factory: pytest.TempPathFactory) -> list[S.HDRSource]:
+    root = tmp_path_factory.mktemp("hdr")
+    rng = np.random.default_rng(0)
+    for name in ("train", "held"):
+        (root / name).mkdir()
+    y, x = np.mgrid[0:40, 0:60] / 40.0
+    for k in range(2):
+        img = np.exp(rng.normal(0, 1.5, (40, 60, 3))) * (1 + 50 * (x > 1.0))[..., None]
+        io.write_exr(root / "train" / f"t{k}.exr", img.astype(np.float32), half=False)
+    io.write_exr(root / "held" / "h0.exr", (np.exp(rng.normal(0, 2, (40, 60, 3))) * (1 + y)[..., None]).astype(np.float32), half=False)
+    train, _ = S.scan_hdr_dir(root / "train")
+    held, _ = S.scan_hdr_dir(root / "held")
+    return train + [dataclasses.replace(s, id="test/" + s.id) for s in held]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, hdr_sources: list[S.HDRSource]) -> Path:
+    out = tmp_path_factory.mktemp("ds") / "a"
+    build(out, RECIPE, hdr_sources, progress=False)
+    return out
+
+
+def _shas(root: Path) -> dict[str, str]:
+    return {r["id"]: r["sha256"] for r in load_manifest(root)["samples"]}
+
+
+def test_manifest_splits_by_source_and_checksums(built: Path, hdr_sources: list[S.HDRSource]) -> None:
+    m = load_manifest(built)
+    assert m["complete"] and m["test_is_real"] and m["train_has_real"]
+    assert m["counts"] == {"train": 8, "val": 2, "test": 3}
+    assert Recipe.from_dict(m["recipe"]) == RECIPE
+    train_ids = {s.id for s in hdr_sources if not s.id.startswith("test/")}
+    by_split: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for r in m["samples"]:
+        by_split[r["split"]].append(r["source"])
+        data = (built / r["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == r["sha256"] and len(data) == r["bytes"]
+        assert r["file"] == f"{r['split']}/{r['id']}.npz"
+        assert r["ev_up"] > 0 > r["ev_down"]
+    assert all(s.startswith("test/") for s in by_split["test"])
+    assert all(s.startswith("procedural/") for s in by_split["val"])
+    assert all(s.startswith("procedural/") or s in train_ids for s in by_split["train"])
+    assert sum(s in train_ids for s in by_split["train"]) == 4  # real_fraction 0.5 of 8, exactly
+    assert verify(built) == []
+
+
+def test_sample_contract_and_camera_consistency(built: Path) -> None:
+    m = load_manifest(built)
+    checked = 0
+    for r in m["samples"]:
+        s = load_sample(built / r["file"])
+        for a in (s.ldr, s.up, s.down):
+            assert a.dtype == np.uint8 and a.shape == (32, 32, 3)
+        assert s.hdr.dtype == np.float32 and np.isfinite(s.hdr).all() and s.hdr.min() >= 0
+        assert (s.ev_up, s.ev_down, s.source) == (r["ev_up"], r["ev_down"], r["source"])
+        cam = Camera.from_dict(s.meta["camera"])
+        # 1.0 = clipping at the input's exposure: well-exposed codes invert to the radiance, clipped ones are 255
+        mid = (s.ldr > 80) & (s.ldr < 220)  # away from clipping, and bright enough that noise is small
+        if mid.sum() > 50:
+            lin = cam.response.inverse(s.ldr[mid] / 255.0)
+            assert np.median(np.abs(lin - s.hdr[mid]) / s.hdr[mid]) < 0.05
+            checked += 1
+        bright = s.hdr >= 1.2
+        if bright.any():
+            assert np.mean(s.ldr[bright] == 255) > 0.99
+        up_mid = (s.up > 80) & (s.up < 220)
+        if up_mid.sum() > 50:
+            lin = cam.response.inverse(s.up[up_mid] / 255.0)
+            assert np.median(np.abs(lin - s.hdr[up_mid] * 2**s.ev_up) / (s.hdr[up_mid] * 2**s.ev_up)) < 0.05
+    assert checked >= 5
+
+
+def test_deterministic_for_a_seed_and_worker_count(tmp_path: Path, built: Path, hdr_sources: list[S.HDRSource]) -> None:
+    build(tmp_path / "b", RECIPE, hdr_sources, progress=False, workers=2)
+    assert _shas(tmp_path / "b") == _shas(built)
+    other = dataclasses.replace(RECIPE, seed=4, n=4, n_test=1)
+    build(tmp_path / "c", other, hdr_sources, progress=False)
+    assert not set(_shas(tmp_path / "c").values()) & set(_shas(built).values())
+
+
+def test_resume_regenerates_only_what_is_missing_or_corrupt(tmp_path: Path, built: Path, hdr_sources: list[S.HDRSource]) -> None:
+    out = tmp_path / "r"
+    build(out, RECIPE, hdr_sources, progress=False)
+    (out / "train" / "000001.npz").unlink()
+    data = (out / "val" / "000008.npz").read_bytes()
+    (out / "val" / "000008.npz").write_bytes(data[: len(data) // 2])
+    redone: list[str] = []
+    build(out, RECIPE, hdr_sources, progress=False, on_sample=lambda r: redone.append(r["id"]))
+    assert sorted(redone) == ["000001", "000008"]
+    assert _shas(out) == _shas(built)
+    # a crash after writing files but before the manifest: complete files are kept, not regenerated
+    (out / "manifest.json").unlink()
+    redone.clear()
+    build(out, RECIPE, hdr_sources, progress=False, on_sample=lambda r: redone.append(r["id"]))
+    assert redone == [] and _shas(out) == _shas(built) and verify(out) == []
+
+
+def test_refuses_another_recipe_in_the_same_folder(built: Path, hdr_sources: list[S.HDRSource]) -> None:
+    with pytest.raises(BuildError, match="another recipe"):
+        build(built, dataclasses.replace(RECIPE, size=48), hdr_sources, progress=False)
+
+
+def test_verify_finds_tampering(tmp_path: Path, hdr_sources: list[S.HDRSource]) -> None:
+    out = tmp_path / "v"
+    build(out, dataclasses.replace(RECIPE, n=3, n_test=1), hdr_sources, progress=False)
+    f = out / "train" / "000000.npz"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    (out / "test" / "000003.npz").unlink()
+    problems = verify(out)
+    assert any("000000.npz: checksum mismatch" in p for p in problems)
+    assert any("000003.npz: missing" in p for p in problems)
+    with pytest.raises(ValueError, match="000000.npz"):
+        load_sample(f)
+
+
+def test_procedural_only_build_is_loud(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        m = build(tmp_path / "p", dataclasses.replace(RECIPE, n=3, n_test=1), (), progress=False)
+    assert "NO REAL HDR SOURCES" in caplog.text and "NO HELD-OUT REAL HDR SOURCES" in caplog.text
+    assert not m["test_is_real"] and not m["train_has_real"]
+    assert all(r["source"].startswith("procedural/") for r in m["samples"])
+
+
+def test_plan_counts() -> None:
+    src = [S.HDRSource("a", Path("a"), "image", weight=1.0), S.HDRSource("b", Path("b"), "image", weight=3.0)]
+    held = [S.HDRSource("t1", Path("t1"), "image"), S.HDRSource("t2", Path("t2"), "image")]
+    plan = make_plan(Recipe(n=400, n_test=5, real_fraction=0.25, val_fraction=0.1), src, held)
+    train = [p for p in plan if p.split == "train"]
+    assert len(train) == 360 and sum(p.source != "procedural" for p in train) == 90
+    draws = [p.source for seed in range(10) for p in make_plan(Recipe(seed=seed, n=400, real_fraction=0.25, val_fraction=0.1), src, held)]
+    b_share = draws.count("b") / (draws.count("a") + draws.count("b"))
+    assert 0.70 < b_share < 0.80  # weight 3 of 4 (900 draws: sigma 0.015)
+    assert [p.source for p in plan if p.split == "test"] == ["t1", "t2", "t1", "t2", "t1"]
+    assert [p.index for p in plan] == list(range(405))
+
+
+def test_export_split_as_pairs(tmp_path: Path, built: Path) -> None:
+    out = tmp_path / "pairs"
+    pairs = export_split(built, out, "test")
+    assert len(pairs) == 3
+    meta = json.loads((out / "pairs.json").read_text())
+    assert meta["split"] == "test" and len(meta["pairs"]) == 3
+    for p in pairs:
+        s = load_sample(built / "test" / f"{p['id']}.npz")
+        np.testing.assert_array_equal(io.read_ldr(out / p["ldr"]), s.ldr)
+        np.testing.assert_array_equal(io.read_hdr(out / p["hdr"]), s.hdr)
+        np.testing.assert_array_equal(io.read_ldr(out / p["up"]), s.up)
+        assert p["ev_up"] == s.ev_up and p["source"].startswith("test/")

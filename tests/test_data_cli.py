@@ -1,0 +1,58 @@
+"""``python -m sitm_training.data``: build, verify, export, fetch errors, sources, on tiny inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("cv2")
+pytest.importorskip("OpenEXR")
+
+from sitm_trt import io  # noqa: E402
+from sitm_training.data import sources as S  # noqa: E402
+from sitm_training.data.__main__ import main  # noqa: E402
+
+
+def test_build_verify_export(tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    user = tmp_path / "mine"
+    user.mkdir()
+    io.write_exr(user / "ok.exr", np.exp(np.random.default_rng(0).normal(0, 2, (30, 40, 3))).astype(np.float32), half=False)
+    (user / "broken.exr").write_bytes(b"\x76\x2f\x31\x01garbage")
+    out = tmp_path / "ds"
+    args = ["build", "--out", str(out), "--n", "4", "--n-test", "1", "--size", "24", "--no-debian", "--no-progress", "--hdr-dir", str(user)]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["counts"] == {"train": 4, "val": 0, "test": 1} and report["test_is_real"] is False
+    assert "broken.exr" in caplog.text and "NO HELD-OUT REAL HDR SOURCES" in caplog.text
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {r["source"] for r in manifest["samples"] if r["split"] == "train"} & {"user/mine/ok.exr"}
+    assert main(["build", *args[1:]]) == 0  # resuming a finished build generates nothing
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["generated"] == 0
+
+    assert main(["verify", "--root", str(out)]) == 0
+    assert capsys.readouterr().out.strip().endswith("ok")
+    assert main(["export", "--root", str(out), "--out", str(tmp_path / "pairs")]) == 0
+    assert sorted(p.name for p in (tmp_path / "pairs").iterdir()) == ["000004.exr", "000004.png", "labels", "pairs.json"]
+
+    other = ["build", "--out", str(out), "--n", "5", "--n-test", "1", "--size", "24", "--no-debian", "--no-progress"]
+    assert main(other) == 1  # another recipe in the same folder
+    assert "another recipe" in caplog.text
+
+
+def test_fetch_error_and_sources_listing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(S.shutil, "which", lambda name: None)
+    assert main(["fetch", "--cache", str(tmp_path)]) == 1
+    assert "apt-get not found" in caplog.text
+    assert main(["sources", "--cache", str(tmp_path)]) == 0
+    assert "missing: blender/city" in capsys.readouterr().out
+
+
+def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert all(cmd in text for cmd in ("fetch", "build", "export", "verify", "sources"))

@@ -1,0 +1,115 @@
+"""PyTorch Datasets over built and on-the-fly samples: contract, augmentation, determinism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("cv2")
+torch = pytest.importorskip("torch")
+
+from sitm_training.data import ProceduralDataset, SampleDataset  # noqa: E402
+from sitm_training.data.build import PlanItem, Recipe, build, generate_item, load_manifest, load_sample  # noqa: E402
+from sitm_training.data.camera import CameraConfig  # noqa: E402
+from sitm_training.data.dataset import augment  # noqa: E402
+
+RECIPE = Recipe(seed=1, n=6, n_test=2, size=24, val_fraction=0.2, camera=CameraConfig(jpeg_prob=0.5))
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ds") / "d"
+    build(out, RECIPE, (), progress=False)
+    return out
+
+
+def _stored(root: Path, split: str, i: int) -> dict[str, np.ndarray]:
+    rec = [r for r in load_manifest(root)["samples"] if r["split"] == split][i]
+    s = load_sample(root / rec["file"])
+    return {"ldr": s.ldr / 255.0, "up": s.up / 255.0, "down": s.down / 255.0, "hdr": s.hdr}
+
+
+def _chw(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a.transpose(2, 0, 1))
+
+
+def test_items_follow_the_contract(root: Path) -> None:
+    ds = SampleDataset(root, "train", crop=16, augment=True, seed=0)
+    assert len(ds) == 5 and len(SampleDataset(root, "val", crop=None)) == 1 and len(SampleDataset(root, "test", crop=None)) == 2
+    item = ds[0]
+    for k in ("ldr", "up", "down", "hdr"):
+        assert item[k].dtype == torch.float32 and item[k].shape == (3, 16, 16)
+    for k in ("ldr", "up", "down"):
+        assert 0.0 <= float(item[k].min()) and float(item[k].max()) <= 1.0
+    assert torch.isfinite(item["hdr"]).all() and float(item["hdr"].min()) >= 0.0
+    assert item["ev_up"].dtype == torch.float32 and item["ev_up"].ndim == 0 and float(item["ev_up"]) > 0 > float(item["ev_down"])
+    assert isinstance(item["source"], str) and item["id"] == "000000"
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=3)))
+    assert batch["ldr"].shape == (3, 3, 16, 16) and batch["ev_down"].shape == (3,) and len(batch["source"]) == 3
+
+
+def test_no_augmentation_is_a_centred_crop(root: Path) -> None:
+    stored = _stored(root, "test", 1)
+    item = SampleDataset(root, "test", crop=10, augment=False)[1]
+    for k, a in stored.items():
+        np.testing.assert_allclose(item[k].numpy(), _chw(a[7:17, 7:17]), rtol=1e-6)
+
+
+def test_augmentation_moves_all_images_alike(root: Path) -> None:
+    stored = _stored(root, "train", 2)
+    ds = SampleDataset(root, "train", crop=None, augment=True, seed=5)
+    seen = set()
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        item = ds[2]
+        matches = []
+        for flip in (False, True):
+            for k in range(4):
+                t = {n: np.rot90(a[:, ::-1] if flip else a, k) for n, a in stored.items()}
+                if all(np.allclose(item[n].numpy(), _chw(t[n]), rtol=1e-6) for n in t):
+                    matches.append((flip, k))
+        assert matches, "the four images were not transformed by one common flip/rotation"
+        seen.add(matches[0])
+    assert len(seen) > 1  # the transform changes with the epoch
+
+
+def test_seeded_augmentation_is_deterministic(root: Path) -> None:
+    a = SampleDataset(root, "train", crop=12, seed=3)[4]
+    b = SampleDataset(root, "train", crop=12, seed=3)[4]
+    c = SampleDataset(root, "train", crop=12, seed=4)[4]
+    assert torch.equal(a["hdr"], b["hdr"]) and torch.equal(a["ldr"], b["ldr"])
+    assert not all(torch.equal(a[k], c[k]) for k in ("ldr", "hdr"))
+    torch.manual_seed(0)
+    d = SampleDataset(root, "train", crop=12)[4]
+    torch.manual_seed(0)
+    e = SampleDataset(root, "train", crop=12)[4]
+    assert torch.equal(d["ldr"], e["ldr"])  # unseeded: follows torch's generator
+
+
+def test_bad_arguments(root: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="crop 32 is larger"):
+        SampleDataset(root, "train", crop=32)
+    with pytest.raises(ValueError, match="split"):
+        SampleDataset(root, "training")
+    with pytest.raises(FileNotFoundError, match="build the data set first"):
+        SampleDataset(tmp_path)
+    with pytest.raises(ValueError, match="larger than the images"):
+        augment({"a": np.zeros((4, 4, 3))}, np.random.default_rng(0), 5)
+
+
+def test_procedural_dataset_matches_a_build() -> None:
+    ds = ProceduralDataset(3, size=24, seed=1, recipe=RECIPE)
+    item = ds[1]
+    ref = generate_item(PlanItem(1, "train", "procedural"), Recipe(**{**RECIPE.__dict__, "n": 3, "n_test": 0}))
+    np.testing.assert_allclose(item["ldr"].numpy(), _chw(ref.ldr / 255.0), rtol=1e-6)
+    np.testing.assert_array_equal(item["hdr"].numpy(), _chw(ref.hdr))
+    assert float(item["ev_up"]) == ref.ev_up and item["source"] == ref.source
+    again = ProceduralDataset(3, size=24, seed=1, recipe=RECIPE)[1]
+    assert torch.equal(again["hdr"], item["hdr"])
+    assert not torch.equal(ds[0]["hdr"], item["hdr"])
+    with pytest.raises(IndexError):
+        ds[3]
+    crops = ProceduralDataset(2, size=24, seed=0, crop=16, augment=True)
+    assert crops[0]["ldr"].shape == (3, 16, 16)

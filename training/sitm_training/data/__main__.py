@@ -1,0 +1,133 @@
+"""``python -m sitm_training.data {fetch,build,export,verify,sources}``: the training data commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("sitm_training.data")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sitm_training.data", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser("fetch", help="download the Debian packages and extract the HDR files (checksummed) into the cache")
+    f.add_argument("--cache", type=Path, default=None, help="cache folder (default $SITM_TRT_CACHE or ~/.cache/sitm-trt)")
+    f.add_argument("--update", action="store_true", help="run `apt-get update` first (needs root)")
+    f.add_argument("--keep-debs", action="store_true", help="keep the downloaded .deb files in CACHE/debs")
+    f.add_argument("--allow-unverified", action="store_true", help="use files whose checksum differs from the recorded one")
+
+    b = sub.add_parser("build", help="build a training data set (deterministic for a seed, resumable)")
+    b.add_argument("--out", type=Path, required=True, help="output folder (manifest.json, train/, val/, test/)")
+    b.add_argument("--n", type=int, default=3000, help="train + val samples (default 3000)")
+    b.add_argument("--n-test", type=int, default=96, help="test samples from the held-out real sources (default 96)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--size", type=int, default=320, help="stored side length in pixels (default 320, for random 256 crops; the paper uses 512)")
+    b.add_argument("--real-fraction", type=float, default=0.5, help="share of train samples cut from real HDR sources (default 0.5)")
+    b.add_argument("--val-fraction", type=float, default=0.05, help="share of --n in the (procedural) val split (default 0.05)")
+    b.add_argument("--ev-max", type=float, default=4.0, help="stack from -EV_MAX to +EV_MAX (default 4)")
+    b.add_argument("--ev-step", type=float, default=1.0, help="stack step in EV (default 1)")
+    b.add_argument("--jpeg-prob", type=float, default=0.3, help="probability that a simulated camera saves JPEG (default 0.3)")
+    b.add_argument("--cache", type=Path, default=None, help="where `fetch` put the Debian sources")
+    b.add_argument("--no-debian", action="store_true", help="do not use the fetched Debian sources")
+    b.add_argument("--hdr-dir", type=Path, action="append", default=[], help="a folder of .exr/.hdr photos (flat images; repeatable)")
+    b.add_argument("--pano-dir", type=Path, action="append", default=[], help="a folder of equirectangular .exr/.hdr panoramas (repeatable)")
+    b.add_argument("--test-dir", type=Path, action="append", default=[], help="a folder of .exr/.hdr photos held out for the test split (repeatable)")
+    b.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    b.add_argument("--allow-unverified", action="store_true", help="use Debian files whose checksum differs")
+    b.add_argument("--no-progress", action="store_true")
+
+    e = sub.add_parser("export", help="write a split as (LDR png, HDR exr) pairs for the evaluation")
+    e.add_argument("--root", type=Path, required=True, help="a built data set")
+    e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--split", default="test", choices=("train", "val", "test"))
+
+    v = sub.add_parser("verify", help="check a built data set's files against its manifest")
+    v.add_argument("--root", type=Path, required=True)
+
+    s = sub.add_parser("sources", help="list the real HDR sources found in the cache")
+    s.add_argument("--cache", type=Path, default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import importlib
+
+    B = importlib.import_module(".build", __package__)  # the package's `build` attribute is the function
+    S = importlib.import_module(".sources", __package__)
+
+    if args.command == "fetch":
+        try:
+            got = S.fetch(args.cache, update=args.update, keep_debs=args.keep_debs, allow_unverified=args.allow_unverified)
+        except S.FetchError as err:
+            log.error("%s", err)
+            return 1
+        for sid, path in sorted(got.items()):
+            print(f"{sid:32s} {path}")
+        print(f"{len(got)} of {len(S.DEBIAN_FILES)} HDR files in {(args.cache or S.default_cache_dir()) / 'hdr'}")
+        return 0
+
+    if args.command == "sources":
+        found, missing = S.find_debian_sources(args.cache)
+        for src in found:
+            split = "test" if src.id in S.TEST_SOURCE_IDS else "train"
+            print(f"{src.id:32s} {split:5s} {src.kind:9s} {src.license}")
+        if missing:
+            print(f"missing: {', '.join(missing)} (run: python -m sitm_training.data fetch)")
+        return 0
+
+    if args.command == "build":
+        from .camera import CameraConfig
+        from .stack import stack_evs
+
+        sources: list[S.HDRSource] = []
+        if not args.no_debian:
+            found, missing = S.find_debian_sources(args.cache, allow_unverified=args.allow_unverified)
+            sources += found
+            if missing:
+                log.warning("Debian HDR sources missing: %s (run: python -m sitm_training.data fetch)", ", ".join(missing))
+        for kind, dirs, prefix in (("image", args.hdr_dir, ""), ("panorama", args.pano_dir, ""), ("image", args.test_dir, "test/")):
+            for d in dirs:
+                found_user, rejected = S.scan_hdr_dir(d, kind)
+                if rejected:
+                    log.warning("%d files rejected in %s", len(rejected), d)
+                sources += [S.HDRSource(prefix + u.id, u.path, u.kind, u.license, u.weight, u.sha256) for u in found_user]
+        recipe = B.Recipe(
+            seed=args.seed, n=args.n, n_test=args.n_test, size=args.size, val_fraction=args.val_fraction,
+            real_fraction=args.real_fraction, evs=stack_evs(args.ev_max, args.ev_step), camera=CameraConfig(jpeg_prob=args.jpeg_prob),
+        )
+        try:
+            manifest = B.build(args.out, recipe, sources, workers=args.workers, progress=not args.no_progress)
+        except B.BuildError as err:
+            log.error("%s", err)
+            return 1
+        n = len(manifest["samples"])
+        info = manifest["build"]
+        rate = info["generated"] / info["seconds"] if info["seconds"] > 0 else float("nan")
+        print(json.dumps({"out": str(args.out), "counts": manifest["counts"], "MiB": round(manifest["bytes"] / 2**20, 1),
+                          "KiB_per_sample": round(manifest["bytes"] / max(n, 1) / 1024, 1), "generated": info["generated"],
+                          "seconds": info["seconds"], "samples_per_s": round(rate, 2), "test_is_real": manifest["test_is_real"]}))
+        return 0
+
+    if args.command == "export":
+        pairs = B.export_split(args.root, args.out, args.split)
+        print(f"{len(pairs)} {args.split} pairs written to {args.out}")
+        return 0
+
+    if args.command == "verify":
+        problems = B.verify(args.root)
+        for p in problems:
+            print(p)
+        print("ok" if not problems else f"{len(problems)} problems")
+        return 0 if not problems else 1
+    return 2  # pragma: no cover
+
+
+if __name__ == "__main__":
+    sys.exit(main())

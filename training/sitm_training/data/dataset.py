@@ -1,0 +1,265 @@
+"""PyTorch Datasets over built data sets, on-the-fly procedural samples, and the real layouts.
+
+Every Dataset returns a dict of tensors:
+
+* ``ldr``, ``up``, ``down``: float32 ``(3, h, w)`` in [0, 1] (``up``/``down`` absent where a layout has none);
+* ``hdr``: float32 ``(3, h, w)``, linear, 1.0 = clipping point of the input's exposure, >= 0;
+* ``ev_up``, ``ev_down``: float32 0-dim tensors (EV of each label relative to the input; batches to ``(N,)``);
+* ``source``, ``id``: strings.
+
+Augmentation (Sec. 4.1 of the paper: random crops, flips, rotations) applies one random crop, horizontal
+flip, vertical flip and rotation by a multiple of 90 degrees to all images of a sample. With ``seed`` set,
+item ``i`` at epoch ``e`` (:meth:`set_epoch`) always gets the same augmentation, whatever the worker;
+without it, the generator is seeded from ``torch`` (so ``torch.manual_seed`` and DataLoader worker seeding
+apply).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from sitm_trt.io import ImageReadError, read_hdr, read_ldr, to_float
+
+from .build import PlanItem, Recipe, Sample, generate_item, load_manifest, load_sample, make_sample
+from .real import SICEStack, debevec_response, estimate_exposures, find_pairs, find_sice_stacks, load_stack, merge_debevec, scan_hdr_files, stack_sample
+from .sources import validate_radiance
+from .stack import LabelCriterion
+
+__all__ = ["augment", "SampleDataset", "ProceduralDataset", "SICEDataset", "PairFolderDataset", "HDRFolderDataset"]
+
+log = logging.getLogger(__name__)
+
+
+def augment(arrays: dict[str, np.ndarray], rng: np.random.Generator, crop: int | None, random: bool = True) -> dict[str, np.ndarray]:
+    """Crop (random or centred) and, when ``random``, flip and rotate all ``(H, W, C)`` arrays alike."""
+    h, w = next(iter(arrays.values())).shape[:2]
+    if crop is not None and (crop > h or crop > w):
+        raise ValueError(f"crop {crop} is larger than the images ({h}x{w})")
+    if crop is not None:
+        y0 = int(rng.integers(0, h - crop + 1)) if random else (h - crop) // 2
+        x0 = int(rng.integers(0, w - crop + 1)) if random else (w - crop) // 2
+        arrays = {k: a[y0 : y0 + crop, x0 : x0 + crop] for k, a in arrays.items()}
+    if random:
+        hflip, vflip, k = rng.random() < 0.5, rng.random() < 0.5, int(rng.integers(4))
+        out = {}
+        for name, a in arrays.items():
+            if hflip:
+                a = a[:, ::-1]
+            if vflip:
+                a = a[::-1]
+            out[name] = np.rot90(a, k)
+        arrays = out
+    return {k: np.ascontiguousarray(a) for k, a in arrays.items()}
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(to_float(a).transpose(2, 0, 1)))
+
+
+def _to_item(arrays: dict[str, np.ndarray], ev_up: float | None, ev_down: float | None, source: str, sid: str) -> dict[str, Any]:
+    item: dict[str, Any] = {k: _tensor(a) for k, a in arrays.items()}
+    if ev_up is not None:
+        item["ev_up"] = torch.tensor(ev_up, dtype=torch.float32)
+    if ev_down is not None:
+        item["ev_down"] = torch.tensor(ev_down, dtype=torch.float32)
+    item["source"] = source
+    item["id"] = sid
+    return item
+
+
+class _Augmented(Dataset):
+    def __init__(self, crop: int | None, augment: bool, seed: int | None) -> None:
+        self.crop = crop
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Vary the augmentation by epoch when a ``seed`` is set."""
+        self.epoch = int(epoch)
+
+    def _rng(self, index: int) -> np.random.Generator:
+        if self.seed is not None:
+            return np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, index]))
+        return np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+
+    def _finish(self, index: int, s: Sample, sid: str) -> dict[str, Any]:
+        arrays = {"ldr": s.ldr, "up": s.up, "down": s.down, "hdr": s.hdr}
+        arrays = augment(arrays, self._rng(index), self.crop, self.augment)
+        return _to_item(arrays, s.ev_up, s.ev_down, s.source, sid)
+
+
+class SampleDataset(_Augmented):
+    """A data set built by ``python -m sitm_training.data build`` (one split of it).
+
+    ``crop=None`` returns whole images; otherwise ``crop x crop`` (random when ``augment``, centred
+    otherwise). A corrupt sample file raises ``ValueError`` naming the file.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], split: str = "train", crop: int | None = 256, augment: bool = True, seed: int | None = None) -> None:
+        super().__init__(crop, augment, seed)
+        self.root = Path(root)
+        self.manifest = load_manifest(self.root)
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be train, val or test, got {split!r}")
+        self.split = split
+        self.records = [r for r in self.manifest["samples"] if r["split"] == split]
+        size = int(self.manifest["recipe"]["size"])
+        if crop is not None and crop > size:
+            raise ValueError(f"crop {crop} is larger than the stored size {size} of {self.root}")
+        if not self.manifest.get("complete"):
+            log.warning("%s: the build is incomplete; using the %d finished %s samples", self.root, len(self.records), split)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rec = self.records[index]
+        return self._finish(index, load_sample(self.root / rec["file"]), rec["id"])
+
+
+class ProceduralDataset(_Augmented):
+    """``n`` samples generated on the fly from procedural scenes with the data set recipe (no files).
+
+    Item ``i`` is the same as sample ``i`` of a procedural build with the same seed and recipe.
+    """
+
+    def __init__(self, n: int, size: int = 256, seed: int = 0, crop: int | None = None, augment: bool = False, recipe: Recipe | None = None) -> None:
+        super().__init__(crop, augment, None if seed is None else seed)
+        base = recipe or Recipe()
+        self.recipe = Recipe(**{**base.__dict__, "seed": seed, "size": size, "n": n, "n_test": 0})
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < self.n:
+            raise IndexError(index)
+        s = generate_item(PlanItem(index, "train", "procedural"), self.recipe)
+        return self._finish(index, s, f"{index:06d}")
+
+
+class SICEDataset(_Augmented):
+    """SICE-style bracketed stacks: one item per (stack, input image with darker and brighter neighbours).
+
+    Images are resized to ``size x size`` (paper: 512). The stack's HDR is merged (Debevec) on first use
+    and kept in memory. A stack with an unreadable image is skipped with a logged error naming the file.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], size: int = 512, crop: int | None = 384, augment: bool = True, seed: int | None = None, criterion: LabelCriterion = LabelCriterion()) -> None:
+        super().__init__(crop, augment, seed)
+        self.size = size
+        self.criterion = criterion
+        self.stacks: list[SICEStack] = find_sice_stacks(root)
+        self.items = [(k, i) for k, st in enumerate(self.stacks) for i in range(1, len(st.images) - 1)]
+        self._merged: dict[int, tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray] | None] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _stack(self, k: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray] | None:
+        if k not in self._merged:
+            st = self.stacks[k]
+            try:
+                images, paths = load_stack(st, self.size)
+            except ImageReadError as err:
+                log.error("SICE stack %s skipped: %s", st.name, err)
+                self._merged[k] = None
+                return None
+            if st.exposure_times:
+                log2_t = np.log2([st.exposure_times[p.name] for p in paths])
+                log2_t = log2_t - log2_t[0]
+            else:
+                log2_t = estimate_exposures(images)
+            g = debevec_response(images, log2_t * math.log(2.0))
+            radiance = merge_debevec(images, log2_t * math.log(2.0), g)
+            self._merged[k] = (images, log2_t, radiance, g)
+        return self._merged[k]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        k, i = self.items[index]
+        data = self._stack(k)
+        if data is None:
+            raise ImageReadError(self.stacks[k].images[0], "this SICE stack has an unreadable image (see the log)")
+        images, log2_t, radiance, g = data
+        s = stack_sample(images, log2_t, i, radiance, g, self.criterion, f"sice/{self.stacks[k].name}")
+        return self._finish(index, s, f"{self.stacks[k].name}/{i}")
+
+
+class PairFolderDataset(Dataset):
+    """``(ldr, hdr)`` pairs from a folder (``X.png`` + ``X.exr``, or ``LDR/`` + ``HDR/``), whole images.
+
+    The HDR is returned as stored: its scale is the folder's, not necessarily 1.0 at clipping (our own
+    test export does follow that convention). Broken or NaN files raise ``ImageReadError`` naming the file.
+    A ``pairs.json`` from :func:`export_split` adds ``up``/``down`` labels and the EVs.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.pairs = find_pairs(self.root)
+        self.labels: dict[str, dict[str, Any]] = {}
+        if (self.root / "pairs.json").is_file():
+            with open(self.root / "pairs.json") as f:
+                self.labels = {p["id"]: p for p in json.load(f)["pairs"]}
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        ldr_path, hdr_path = self.pairs[index]
+        ldr = read_ldr(ldr_path)
+        hdr = validate_radiance(read_hdr(hdr_path), hdr_path)
+        if hdr.shape[:2] != ldr.shape[:2]:
+            raise ImageReadError(hdr_path, f"size {hdr.shape[:2]} differs from its LDR {ldr_path.name} {ldr.shape[:2]}")
+        arrays = {"ldr": ldr, "hdr": hdr}
+        meta = self.labels.get(ldr_path.stem)
+        ev_up = ev_down = None
+        if meta is not None:
+            arrays["up"] = read_ldr(self.root / meta["up"])
+            arrays["down"] = read_ldr(self.root / meta["down"])
+            ev_up, ev_down = float(meta["ev_up"]), float(meta["ev_down"])
+        source = meta["source"] if meta else f"pairs/{ldr_path.stem}"
+        return _to_item(arrays, ev_up, ev_down, source, ldr_path.stem)
+
+
+class HDRFolderDataset(_Augmented):
+    """HDR-only folders (HDR-Eye, Fairchild): the LDR input and labels are simulated, deterministically.
+
+    Each valid file gives one item: the centred square crop, resized to ``size x size``, through a camera
+    drawn from ``recipe`` with the seed sequence ``(seed, file index)``. Invalid files are skipped (logged
+    by name, listed in ``rejected``).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], size: int = 512, seed: int = 0, crop: int | None = None, augment: bool = False, recipe: Recipe | None = None) -> None:
+        super().__init__(crop, augment, seed)
+        self.paths, self.rejected = scan_hdr_files(root)
+        self.size = size
+        self.recipe = recipe or Recipe()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        import cv2
+
+        path = self.paths[index]
+        img = validate_radiance(read_hdr(path), path)
+        h, w = img.shape[:2]
+        side = min(h, w)
+        y0, x0 = (h - side) // 2, (w - side) // 2
+        sq = np.ascontiguousarray(img[y0 : y0 + side, x0 : x0 + side])
+        interp = cv2.INTER_AREA if side > self.size else cv2.INTER_LINEAR
+        view = np.maximum(cv2.resize(sq, (self.size, self.size), interpolation=interp), 0.0)
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed if self.seed is not None else 0, 0xF01D, index]))
+        s = make_sample(view, rng, self.recipe, f"hdr/{path.name}")
+        return self._finish(index, s, path.stem)
