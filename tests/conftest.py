@@ -29,3 +29,9 @@ def cpu_and_cuda():
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("gpu") is not None and not cuda_available():
         pytest.skip("needs a CUDA device and a CUDA build of sitm-trt")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Engines and ONNX exports made by tests go to a temporary cache, never the user's ~/.cache."""
+    monkeypatch.setenv("SITM_TRT_CACHE", str(tmp_path_factory.getbasetemp() / "sitm-trt-cache" / "engines"))

@@ -1,0 +1,416 @@
+"""The trainer: ``python -m sitm_training.train --data DIR --out RUN [...]`` (or ``torchrun ... -m sitm_training.train``).
+
+Two stages (Sec. 3.7, 4.1): stage 1 trains EAB + AUEM + ADEM (CMAB-linked) on the optimal exposure labels
+with the progressive loss (Eq. 12) and the mask-aware adversarial loss (Eq. 13-14); stage 2 trains the whole
+network end to end with the HDR loss added (Eq. 16). Adam, lr 2e-4 as in the paper; our other choices are
+the defaults below and are written to the run card.
+
+A run folder holds: ``card.json`` (the run card: preset, data recipe, seed, git commit, perceptual loss
+kind, the options, the latest losses and validation), ``log.csv`` (one row per logged step), ``ckpt/``
+(``model.safetensors`` + ``disc.safetensors`` weights, ``optim.pt`` optimizer states, ``state.json`` step and
+stage; all written atomically) and ``val/`` (contact sheets: input | result | ground truth, tone mapped alike).
+Re-running the same command resumes from the checkpoint. SIGINT/SIGTERM save a checkpoint before exiting.
+Several GPUs: ``torchrun --nproc_per_node N -m sitm_training.train ...`` (DistributedDataParallel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+
+from sitm_trt import ops
+from sitm_trt.io import tonemap_preview, write_png
+from sitm_trt.model import SITMNet, get_preset, save_weights
+from sitm_trt.model.serialization import load_weights
+
+from .discriminator import MaskAwareDiscriminator
+from .losses import SITMLoss, VGGPerceptual, mask_aware_d_loss, mask_aware_g_loss
+from .masks import over_exposure_mask, under_exposure_mask
+
+__all__ = ["TrainConfig", "train", "main"]
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    data: str
+    out: str
+    preset: str = "compact"
+    stage1_steps: int = 2000
+    stage2_steps: int = 4000
+    batch: int = 8
+    crop: int = 128
+    lr: float = 2e-4  # Sec. 4.1
+    lr_min: float = 1e-5  # cosine decay over stage 2 (our choice)
+    betas: tuple[float, float] = (0.9, 0.999)
+    gan: bool = True
+    disc_width: int = 16
+    disc_max_width: int = 64
+    vgg: str | None = None  # torchvision VGG-16 ImageNet state_dict; None = SSIM substitute (warned)
+    device: str = "cpu"
+    amp: bool = True  # bf16/fp16 autocast on CUDA only
+    workers: int = 2
+    seed: int = 0
+    log_every: int = 10
+    val_every: int = 250
+    ckpt_every: int = 100
+    val_images: int = 8
+    threads: int = 0  # torch intra-op threads on the CPU (0 = torch default)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _atomic_torch_save(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_weights(path: Path, module: torch.nn.Module, **kw: Any) -> None:
+    tmp = path.with_name(path.stem + ".tmp.safetensors")
+    save_weights(module, tmp, **kw) if isinstance(module, SITMNet) else _save_plain(module, tmp)
+    os.replace(tmp, path)
+
+
+def _save_plain(module: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(path))
+
+
+class _Dist:
+    """DistributedDataParallel set-up from torchrun's environment (a no-op for one process)."""
+
+    def __init__(self, device: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = torch.device(device)
+        if self.world > 1:
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            dist.init_process_group(backend)
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", self.local_rank)
+                torch.cuda.set_device(self.device)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        if self.world == 1:
+            return module
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DDP(module, device_ids=ids, find_unused_parameters=True)
+
+    def close(self) -> None:
+        if self.world > 1:
+            dist.destroy_process_group()
+
+
+class _Stages(torch.nn.Module):
+    """The network's two training passes behind one forward(), so DistributedDataParallel sees every call."""
+
+    def __init__(self, net: SITMNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, stage: int, *pre: torch.Tensor):
+        return self.net.forward_exposure(*pre) if stage == 1 else self.net.forward_train(*pre)
+
+
+def _batches(loader: DataLoader, start_epoch: int) -> Iterator[dict[str, Any]]:
+    epoch = start_epoch
+    while True:
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(epoch)
+        if hasattr(loader.dataset, "set_epoch"):
+            loader.dataset.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def _lr_at(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.stage1_steps:
+        return cfg.lr
+    t = (step - cfg.stage1_steps) / max(1, cfg.stage2_steps)
+    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+@torch.no_grad()
+def validate(net: SITMNet, dataset, device: torch.device, n: int, sheet: Path | None = None) -> dict[str, float]:
+    """Mean mu-law L1 (Eq. 15) and mu-law PSNR of the HDR, and PSNR of the exposure images, on ``n`` images."""
+    net.eval()
+    stats = {"val_hdr_l1": 0.0, "val_mu_psnr": 0.0, "val_up_psnr": 0.0, "val_down_psnr": 0.0}
+    rows = []
+    count = min(n, len(dataset))
+    for i in range(count):
+        item = dataset[i]
+        ldr = item["ldr"][None].to(device)
+        h, w = ldr.shape[-2:]
+        pre = ops.pre(ldr, stride=net.stride)
+        out = net(*pre)
+        hdr = ops.post(out.masks, pre.image, out.image_up, out.image_down, out.coef, h, w)
+        gt = item["hdr"][None].to(device)
+        tm, tg = ops.mu_law(hdr), ops.mu_law(gt)
+        stats["val_hdr_l1"] += float((tm - tg).abs().mean())
+        stats["val_mu_psnr"] += float(-10 * torch.log10(((tm - tg) ** 2).mean().clamp_min(1e-12)))
+        for key, pred in (("up", out.image_up), ("down", out.image_down)):
+            ref = item[key][None].to(device)
+            mse = ((pred[..., :h, :w] - ref) ** 2).mean().clamp_min(1e-12)
+            stats[f"val_{key}_psnr"] += float(-10 * torch.log10(mse))
+        if sheet is not None and i < 4:
+            to_np = lambda t: t[0].permute(1, 2, 0).float().cpu().numpy()  # noqa: E731
+            rows.append(np.concatenate([to_np(ldr), tonemap_preview(to_np(hdr)), tonemap_preview(to_np(gt))], axis=1))
+    net.train()
+    if sheet is not None and rows:
+        width = max(r.shape[1] for r in rows)
+        rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
+        write_png(sheet, np.clip(np.concatenate(rows, axis=0), 0, 1), bits=8)
+    return {k: v / max(1, count) for k, v in stats.items()}
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    from sitm_training.data import SampleDataset, load_manifest
+
+    d = _Dist(cfg.device)
+    device = d.device
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed + d.rank)
+    if cfg.crop % get_preset(cfg.preset).stride:
+        raise ValueError(f"--crop must be a multiple of the network stride {get_preset(cfg.preset).stride}")
+    run_dir = Path(cfg.out)
+    ckpt = run_dir / "ckpt"
+    if d.main:
+        ckpt.mkdir(parents=True, exist_ok=True)
+        (run_dir / "val").mkdir(exist_ok=True)
+
+    manifest = load_manifest(cfg.data)
+    train_set = SampleDataset(cfg.data, "train", crop=cfg.crop, augment=True, seed=cfg.seed)
+    val_set = SampleDataset(cfg.data, "val", crop=None, augment=False)
+    if len(train_set) == 0:
+        raise ValueError(f"{cfg.data}: the train split is empty")
+    sampler = DistributedSampler(train_set, d.world, d.rank, shuffle=True, seed=cfg.seed) if d.world > 1 else None
+    loader = DataLoader(train_set, batch_size=cfg.batch, shuffle=sampler is None, sampler=sampler,
+                        num_workers=cfg.workers, drop_last=True, persistent_workers=cfg.workers > 0,
+                        generator=torch.Generator().manual_seed(cfg.seed))
+
+    net = SITMNet(cfg.preset).to(device)
+    disc = MaskAwareDiscriminator(width=cfg.disc_width, max_width=cfg.disc_max_width).to(device) if cfg.gan else None
+    perceptual = VGGPerceptual(cfg.vgg).to(device)
+    criterion = SITMLoss(perceptual)
+    opt_g = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=cfg.betas)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=cfg.betas) if disc is not None else None
+
+    step, epoch = 0, 0
+    state_path = ckpt / "state.json"
+    if state_path.exists():  # resume
+        state = json.loads(state_path.read_text())
+        if state.get("config", {}).get("preset") != cfg.preset:
+            raise ValueError(f"{run_dir}: the checkpoint is of preset {state['config'].get('preset')!r}, not {cfg.preset!r}")
+        net.load_state_dict(load_weights(ckpt / "model.safetensors").state_dict())
+        optim = torch.load(ckpt / "optim.pt", map_location=device, weights_only=True)
+        opt_g.load_state_dict(optim["g"])
+        if disc is not None and (ckpt / "disc.safetensors").exists():
+            from safetensors.torch import load_file
+
+            disc.load_state_dict(load_file(str(ckpt / "disc.safetensors"), device=str(device)))
+            if optim.get("d") is not None:
+                opt_d.load_state_dict(optim["d"])
+        step, epoch = int(state["step"]), int(state.get("epoch", 0))
+        if d.main:
+            print(f"resuming {run_dir} at step {step}", file=sys.stderr)
+
+    gmodel = d.wrap(_Stages(net))
+    gdisc = d.wrap(disc) if disc is not None else None
+    use_amp = cfg.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    total = cfg.stage1_steps + cfg.stage2_steps
+    card_path = run_dir / "card.json"
+    card: dict[str, Any] = {
+        "preset": get_preset(cfg.preset).to_dict(), "config": cfg.to_dict(), "seed": cfg.seed,
+        "git_commit": _git_commit(), "data": {"root": os.path.abspath(cfg.data), "recipe": manifest.get("recipe"),
+                                               "recipe_hash": manifest.get("recipe_hash")},
+        "perceptual": perceptual.kind, "torch": torch.__version__, "device": str(device), "world_size": d.world,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if card_path.exists():
+        old = json.loads(card_path.read_text())
+        card["train_seconds"] = old.get("train_seconds", 0.0)
+        card["started"] = old.get("started", card["started"])
+        for k in ("losses", "validation", "step"):
+            if k in old:
+                card[k] = old[k]
+    else:
+        card["train_seconds"] = 0.0
+
+    stop = {"now": False}
+
+    def _on_signal(signum, _frame):
+        stop["now"] = True
+
+    old_handlers = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if d.main else {}
+
+    def save() -> None:
+        if not d.main:
+            return
+        _atomic_weights(ckpt / "model.safetensors", net, metadata={"step": str(step)})
+        if disc is not None:
+            _atomic_weights(ckpt / "disc.safetensors", disc)
+        _atomic_torch_save(ckpt / "optim.pt", {"g": opt_g.state_dict(), "d": opt_d.state_dict() if opt_d else None})
+        _atomic_json(state_path, {"step": step, "epoch": epoch, "stage": 1 if step < cfg.stage1_steps else 2,
+                                  "config": cfg.to_dict()})
+        _atomic_json(card_path, card)
+
+    log_file = open(run_dir / "log.csv", "a", newline="") if d.main else None
+    writer = csv.writer(log_file) if log_file else None
+    if log_file and log_file.tell() == 0:
+        writer.writerow(["step", "stage", "lr", "loss", "prog", "gan", "hdr", "d_loss", "samples_per_s", "elapsed_s"])
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=step, disable=not d.main, dynamic_ncols=True, desc=f"train {cfg.preset}")
+    batches = _batches(loader, epoch)
+    t_last, n_last, t_start = time.perf_counter(), 0, time.perf_counter()
+    avg: dict[str, float] = {}
+    try:
+        while step < total and not stop["now"]:
+            stage = 1 if step < cfg.stage1_steps else 2
+            for g in opt_g.param_groups:
+                g["lr"] = _lr_at(cfg, step)
+            batch = next(batches)
+            ldr, gt_up, gt_down, gt_hdr = (batch[k].to(device, non_blocking=True) for k in ("ldr", "up", "down", "hdr"))
+            pre = ops.pre(ldr, stride=1)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                if stage == 1:  # EAB + AUEM + ADEM on the exposure labels
+                    pyr_up, pyr_down = gmodel(1, *pre)
+                    up, down = pyr_up[-1].clamp(0, 1), pyr_down[-1].clamp(0, 1)
+                    prog = criterion.exposure(pyr_up, pyr_down, gt_up, gt_down)
+                    gan = prog.new_zeros(())
+                    if gdisc is not None:
+                        gan = (mask_aware_g_loss(gdisc, up, gt_up, under_exposure_mask(pre.image))
+                               + mask_aware_g_loss(gdisc, down, gt_down, over_exposure_mask(pre.image)))
+                    hdr_l = prog.new_zeros(())
+                    loss = prog + criterion.weights.lambda_gan * gan
+                else:  # end to end, Eq. 16
+                    out = gmodel(2, *pre)
+                    up, down = out.image_up, out.image_down
+                    loss, prog, gan, hdr_l = criterion.generator(out, pre.image, gt_up, gt_down, gt_hdr, gdisc)
+            opt_g.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt_g)
+            scaler.update()
+            d_loss = 0.0
+            if gdisc is not None:
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    dl = criterion.weights.lambda_gan * (
+                        mask_aware_d_loss(gdisc, up, gt_up, under_exposure_mask(pre.image))
+                        + mask_aware_d_loss(gdisc, down, gt_down, over_exposure_mask(pre.image)))
+                opt_d.zero_grad(set_to_none=True)
+                dl.backward()
+                opt_d.step()
+                d_loss = float(dl.detach())
+            step += 1
+            n_last += ldr.shape[0] * d.world
+            vals = {"loss": float(loss.detach()), "prog": float(prog.detach()), "gan": float(gan.detach()),
+                    "hdr": float(hdr_l.detach()), "d_loss": d_loss}
+            for k, v in vals.items():
+                avg[k] = v if k not in avg else 0.95 * avg[k] + 0.05 * v
+            bar.update(1)
+            if step % cfg.log_every == 0 and d.main:
+                now = time.perf_counter()
+                sps = n_last / (now - t_last)
+                card["train_seconds"] += now - t_last
+                t_last, n_last = now, 0
+                bar.set_postfix(stage=stage, loss=f"{avg['loss']:.4f}", hdr=f"{avg['hdr']:.4f}", sps=f"{sps:.1f}")
+                writer.writerow([step, stage, f"{_lr_at(cfg, step):.3g}"] + [f"{vals[k]:.6g}" for k in
+                                 ("loss", "prog", "gan", "hdr", "d_loss")] + [f"{sps:.2f}", f"{now - t_start:.1f}"])
+                log_file.flush()
+                card["losses"] = {k: round(v, 6) for k, v in avg.items()}
+                card["step"] = step
+            if step % cfg.val_every == 0 and d.main and len(val_set):
+                card["validation"] = {"step": step, **validate(net, val_set, device, cfg.val_images,
+                                                               run_dir / "val" / f"step{step:07d}.png")}
+            if step % cfg.ckpt_every == 0:
+                save()
+            if step % len(loader) == 0:
+                epoch += 1
+    finally:
+        bar.close()
+        if d.main:
+            card["train_seconds"] += time.perf_counter() - t_last
+            card["step"] = step
+            save()
+            if log_file:
+                log_file.close()
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        d.close()
+    return card
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sitm_training.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = TrainConfig(data="", out="")
+    p.add_argument("--data", required=True, help="a data set built by `python -m sitm_training.data build`")
+    p.add_argument("--out", required=True, help="the run folder (resumed when it holds a checkpoint)")
+    p.add_argument("--preset", default=defaults.preset, choices=["paper", "compact", "fast"])
+    for name in ("stage1_steps", "stage2_steps", "batch", "crop", "disc_width", "disc_max_width", "workers", "seed",
+                 "log_every", "val_every", "ckpt_every", "val_images", "threads"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--lr-min", type=float, default=defaults.lr_min)
+    p.add_argument("--no-gan", action="store_true", help="train without the mask-aware discriminator")
+    p.add_argument("--vgg", default=None, help="torchvision VGG-16 ImageNet weights (.pth) for the perceptual loss; "
+                                               "without it a 1-SSIM substitute is used (and the run card says so)")
+    p.add_argument("--device", default=defaults.device, help="cpu, cuda or cuda:N")
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    kw = {k: v for k, v in vars(args).items() if k not in ("no_gan", "no_amp")}
+    cfg = TrainConfig(**kw, gan=not args.no_gan, amp=not args.no_amp)
+    card = train(cfg)
+    print(json.dumps({k: card.get(k) for k in ("step", "losses", "validation", "train_seconds", "perceptual")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
