@@ -86,6 +86,7 @@ def test_preset_costs_and_summary_command(capsys):
     paper = {r.subnet: r for r in count_costs("paper")}
     fast = {r.subnet: r for r in count_costs("fast")}
     assert fast["total"].gflops_per_mp < paper["total"].gflops_per_mp / 10
+    assert fast["total"].gflops_per_mp < {r.subnet: r for r in count_costs("compact")}["total"].gflops_per_mp
     assert summary_main(["--preset", "fast", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert {r["subnet"] for r in out} == {"eab", "auem", "adem", "mefm", "total"}

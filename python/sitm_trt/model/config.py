@@ -142,9 +142,9 @@ PRESETS: dict[str, Preset] = {
     ),
     "fast": Preset(
         name="fast",
-        widths=(8, 12, 24, 48, 64),
+        widths=(8, 12, 16, 32, 64),
         enc_convs=(1, 1, 1, 2, 2),
-        dec_convs=(1, 1, 1, 2),
+        dec_convs=(1, 1, 1, 1),
         cmab_levels=(False, False, True, True, True),
         cmab_reduction=4,
         ca_reduction=4,
@@ -156,7 +156,7 @@ PRESETS: dict[str, Preset] = {
         mefm_local=1,
         mefm_dilated=1,
         description="4K video: 8 channels and one 3x3 conv per stage at full resolution, no CMAB at the two "
-        "finest levels, capacity at the coarse levels where it is cheap.",
+        "finest levels, one-conv MEFM branches, most parameters at the coarse levels where they are cheap.",
     ),
 }
 
