@@ -104,8 +104,9 @@ def test_lgc_uses_max_for_adem_and_one_minus_min_for_auem():
         model = getattr(net, role)
         for k in range(model.levels):
             first_conv = model.enc[k][0][0]
-            hooks.append(first_conv.register_forward_pre_hook(lambda m, a, key=(role, "in", k): seen.__setitem__(key, a[0])))
-            hooks.append(model.cmab[k].register_forward_hook(lambda m, a, o, key=(role, "out", k): seen.__setitem__(key, o)))
+            key_in, key_out = (role, "in", k), (role, "out", k)
+            hooks.append(first_conv.register_forward_pre_hook(lambda m, a, key=key_in: seen.__setitem__(key, a[0])))
+            hooks.append(model.cmab[k].register_forward_hook(lambda m, a, o, key=key_out: seen.__setitem__(key, o)))
     with torch.no_grad():
         net(*x)
     for h in hooks:
@@ -205,7 +206,8 @@ def test_decoder_features_are_remapped_and_images_progressive():
     seen: dict = {}
     hooks = [model.codes.register_forward_hook(lambda m, a, o: seen.__setitem__("codes", (a, o)))]
     for k in range(model.levels):
-        hooks.append(model.to_rgb[k].register_forward_hook(lambda m, a, o, k=k: seen.__setitem__(("rgb", k), (a[0], o))))
+        hook = model.to_rgb[k].register_forward_hook(lambda m, a, o, k=k: seen.__setitem__(("rgb", k), (a[0], o)))
+        hooks.append(hook)
     with torch.no_grad():
         pyr_up, _ = net.forward_exposure(*inputs())
     for h in hooks:

@@ -3,7 +3,8 @@ window attention, the EAB, the GFFB and the Eq. 4-6 remap.
 
 Precision rule (for FP16 engines): every reduction over pixels (means, maxima), LayerNorm and softmax is
 computed in float32 through explicit casts, and the result is cast back to the activation dtype. In a
-float32 model the casts are skipped (:func:`f32`, :func:`cast`), so the float32 graph has no ``Cast`` nodes; in a float16 export they become ONNX ``Cast`` nodes that a strongly typed TensorRT network keeps.
+float32 model the casts are skipped (:func:`f32`, :func:`cast`), so the float32 graph has no extra ``Cast``
+nodes; in a float16 export they become ONNX ``Cast`` nodes that a strongly typed TensorRT network keeps.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """ONNX export of the network alone (the pre and post passes stay in the kernels).
 
 The graph has inputs ``image, image_down, image_up, guide`` (the fields of :class:`sitm_trt.ops.PreOutputs`)
-and outputs ``exposure_up, exposure_down, masks, coef`` (see :data:`OUTPUT_NAMES`) with dynamic batch, height and width (heights and widths must be multiples of the network stride; the pre
-kernel pads). We use the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``): on torch 2.13
-it still works, needs no ``onnxscript``, and takes ``dynamic_axes`` directly; it warns that it is deprecated,
-which we silence here (narrowly) since the choice is deliberate.
+and outputs ``exposure_up, exposure_down, masks, coef`` (see :data:`OUTPUT_NAMES`) with dynamic batch,
+height and width (heights and widths must be multiples of the network stride; the pre kernel pads).
+
+We use the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``): on torch 2.13 it still
+works, needs no ``onnxscript``, and takes ``dynamic_axes`` directly; it warns that it is deprecated, which we
+silence here (narrowly) since the choice is deliberate.
 
 ``fp16=True`` exports a float16 model (a strongly typed graph for TensorRT-RTX, which has no FP16 builder
 flag): inputs and the three image outputs are float16, ``coef`` stays float32, and the normalization-like
@@ -69,8 +71,8 @@ def export_onnx(
     path = Path(path)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
-        warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message=r"The feature will be removed", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", r".*legacy TorchScript-based ONNX export", DeprecationWarning)
+        warnings.filterwarnings("ignore", r"The feature will be removed", DeprecationWarning)
         with torch.no_grad():
             torch.onnx.export(
                 net,

@@ -50,7 +50,9 @@ class SITMNet(nn.Module):
         super().__init__()
         self.preset = get_preset(preset)
         p = self.preset
-        self.eab = EAB(p.eab_dim, p.eab_depth, p.eab_heads, p.eab_window, p.eab_mlp_ratio, p.thumb_size, p.negative_slope)
+        self.eab = EAB(
+            p.eab_dim, p.eab_depth, p.eab_heads, p.eab_window, p.eab_mlp_ratio, p.thumb_size, p.negative_slope
+        )
         self.auem = ExposureUNet(p)
         self.adem = ExposureUNet(p)
         self.mefm = MEFM(p)

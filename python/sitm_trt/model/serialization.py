@@ -25,7 +25,11 @@ def _require_safetensors():
 
 
 def save_weights(
-    model: SITMNet, path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, metadata: dict[str, str] | None = None
+    model: SITMNet,
+    path: str | os.PathLike,
+    *,
+    dtype: torch.dtype = torch.float32,
+    metadata: dict[str, str] | None = None,
 ) -> None:
     """Write ``model``'s parameters and persistent buffers to ``path`` (safetensors), the preset in the metadata.
 
