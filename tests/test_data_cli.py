@@ -56,3 +56,17 @@ def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
     assert info.value.code == 0
     text = capsys.readouterr().out
     assert all(cmd in text for cmd in ("fetch", "build", "export", "verify", "sources"))
+
+
+def test_import_sice_command_errors_and_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main(["import-sice", "--root", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--no-progress"]) == 1
+    assert "no stacks" in caplog.text
+    stack = tmp_path / "sice" / "Dataset_Part2" / "7"
+    stack.mkdir(parents=True)
+    ramp = np.linspace(0.02, 1.0, 24 * 24, dtype=np.float32).reshape(24, 24, 1).repeat(3, axis=2)
+    for j in range(3):
+        io.write_png(stack / f"{j + 1}.png", io.srgb_oetf(ramp * 2.0 ** (j - 1)))
+    assert main(["import-sice", "--root", str(tmp_path / "sice"), "--out", str(tmp_path / "o"), "--size", "16", "--test-fraction", "0", "--no-progress"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["counts"] == {"train": 1, "val": 0, "test": 0} and report["rejected"] == 0

@@ -16,13 +16,14 @@ torch = pytest.importorskip("torch")
 
 from sitm_trt import io  # noqa: E402
 from sitm_trt.io import ImageReadError  # noqa: E402
-from sitm_training.data import HDRFolderDataset, PairFolderDataset, SICEDataset  # noqa: E402
+from sitm_training.data import HDRFolderDataset, PairFolderDataset, SampleDataset, SICEDataset, verify  # noqa: E402
 from sitm_training.data.camera import Camera, Response, capture  # noqa: E402
 from sitm_training.data.real import (  # noqa: E402
     debevec_response,
     estimate_exposures,
     find_pairs,
     find_sice_stacks,
+    import_sice,
     load_stack,
     merge_debevec,
     scan_hdr_files,
@@ -114,6 +115,25 @@ def test_stack_sample_labels_and_hdr_scale(sice: tuple[Path, np.ndarray, list[np
         stack_sample(shots, log2_t, 0, merged, g)
 
 
+def test_import_sice_into_a_built_data_set(sice: tuple[Path, np.ndarray, list[np.ndarray]], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root, _, _ = sice
+    out = tmp_path / "imported"
+    with caplog.at_level(logging.ERROR):
+        m = import_sice(root, out, size=32, test_fraction=0.0, val_fraction=0.0, progress=False)
+    assert "4.png" in caplog.text and len(m["rejected"]) == 1 and m["rejected"][0][0].endswith("4.png")
+    assert m["counts"] == {"train": 3, "val": 0, "test": 0}
+    assert [r["id"] for r in m["samples"]] == ["0000_01", "0000_02", "0000_03"]
+    assert verify(out) == []
+    ds = SampleDataset(out, "train", crop=16, seed=0, check=True)
+    assert len(ds) == 3 and ds[0]["hdr"].shape == (3, 16, 16) and ds[0]["source"] == "sice/Dataset_Part1/1"
+    before = (out / "train" / "0000_02.npz").stat().st_mtime_ns
+    import_sice(root, out, size=32, test_fraction=0.0, val_fraction=0.0, progress=False)  # resume: nothing redone
+    assert (out / "train" / "0000_02.npz").stat().st_mtime_ns == before
+    (out / "train" / "0000_02.npz").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="0000_02.npz: checksum mismatch"):
+        SampleDataset(out, "train", crop=16, check=True)
+
+
 def test_sice_dataset_items_and_broken_stack(sice: tuple[Path, np.ndarray, list[np.ndarray]], caplog: pytest.LogCaptureFixture) -> None:
     root, _, _ = sice
     (root / "Dataset_Part1" / "1" / "exposures.json").write_text(json.dumps({f"{n}.png": 2.0**j / 100 for j, n in enumerate([3, 1, 5, 2, 4])}))
@@ -123,7 +143,7 @@ def test_sice_dataset_items_and_broken_stack(sice: tuple[Path, np.ndarray, list[
     assert item["ldr"].shape == (3, 24, 24) and item["hdr"].shape == (3, 24, 24)
     assert float(item["ev_up"]) > 0 > float(item["ev_down"]) and item["id"] == "Dataset_Part1/1/2"
     assert float(item["ev_up"]) == round(float(item["ev_up"]))  # exact EVs from exposures.json
-    with caplog.at_level(logging.ERROR), pytest.raises(ImageReadError, match="unreadable"):
+    with caplog.at_level(logging.ERROR), pytest.raises(ImageReadError, match=r"4\.png.*unusable"):
         ds[4]
     assert "4.png" in caplog.text
 
@@ -158,16 +178,20 @@ def test_pair_folders(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     io.write_exr(split / "HDR" / "x.exr", bad, half=False)
     io.write_png(split / "LDR" / "y.png", ldr)
     io.write_exr(split / "HDR" / "y.exr", hdr[:5], half=False)
+    io.write_png(split / "LDR" / "z.png", ldr)
+    io.write_exr(split / "HDR" / "z.exr", hdr, half=False)
     ds = PairFolderDataset(split)
-    assert len(ds) == 2
+    assert [p[0].name for p in ds.pairs] == ["z.png"]
+    assert sorted((Path(p).name, r.split(" ")[0]) for p, r in ds.rejected) == [("x.exr", "radiance"), ("y.exr", "size")]
+    lazy = PairFolderDataset(split, skip_invalid=False)
+    assert len(lazy) == 3
     with pytest.raises(ImageReadError, match=r"x\.exr.*NaN/Inf"):
-        ds[0]
+        lazy[0]
     with pytest.raises(ImageReadError, match=r"y\.exr.*differs"):
-        ds[1]
+        lazy[1]
 
 
 def test_hdr_folder_dataset_skips_broken_files(tmp_path: Path) -> None:
-    rng = np.random.default_rng(2)
     io.write_exr(tmp_path / "good1.exr", _radiance(1, 30, 50), half=False)
     io.write_hdr(tmp_path / "good2.hdr", _radiance(2, 40, 40))
     nan = _radiance(3)
@@ -183,4 +207,3 @@ def test_hdr_folder_dataset_skips_broken_files(tmp_path: Path) -> None:
     a, b = ds[0], HDRFolderDataset(tmp_path, size=32, seed=0)[0]
     assert a["ldr"].shape == (3, 32, 32) and torch.equal(a["ldr"], b["ldr"]) and torch.equal(a["hdr"], b["hdr"])
     assert a["source"] == "hdr/good1.exr"
-    del rng

@@ -1,4 +1,4 @@
-"""``python -m sitm_training.data {fetch,build,export,verify,sources}``: the training data commands."""
+"""``python -m sitm_training.data {fetch,build,export,import-sice,verify,sources}``: the training data commands."""
 
 from __future__ import annotations
 
@@ -45,6 +45,15 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--root", type=Path, required=True, help="a built data set")
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--split", default="test", choices=("train", "val", "test"))
+
+    i = sub.add_parser("import-sice", help="convert SICE-style bracketed stacks (Debevec-merged HDR) into a built data set")
+    i.add_argument("--root", type=Path, required=True, help="SICE folder (Dataset_Part1/<n>/<k>.JPG, Dataset_Part1/Label/<n>.JPG)")
+    i.add_argument("--out", type=Path, required=True)
+    i.add_argument("--size", type=int, default=512, help="images resized to SIZE x SIZE (default 512, as the paper)")
+    i.add_argument("--test-fraction", type=float, default=0.2, help="share of stacks (scenes) in the test split")
+    i.add_argument("--val-fraction", type=float, default=0.05, help="share of stacks in the val split")
+    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--no-progress", action="store_true")
 
     v = sub.add_parser("verify", help="check a built data set's files against its manifest")
     v.add_argument("--root", type=Path, required=True)
@@ -118,6 +127,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "export":
         pairs = B.export_split(args.root, args.out, args.split)
         print(f"{len(pairs)} {args.split} pairs written to {args.out}")
+        return 0
+
+    if args.command == "import-sice":
+        from .real import import_sice
+
+        try:
+            manifest = import_sice(args.root, args.out, args.size, args.test_fraction, args.val_fraction, args.seed, progress=not args.no_progress)
+        except (FileNotFoundError, ValueError) as err:
+            log.error("%s", err)
+            return 1
+        print(json.dumps({"out": str(args.out), "counts": manifest["counts"], "rejected": len(manifest["rejected"]), "MiB": round(manifest["bytes"] / 2**20, 1)}))
         return 0
 
     if args.command == "verify":

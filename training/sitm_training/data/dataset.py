@@ -16,9 +16,9 @@ apply).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from sitm_trt.io import ImageReadError, read_hdr, read_ldr, to_float
 
 from .build import PlanItem, Recipe, Sample, generate_item, load_manifest, load_sample, make_sample
-from .real import SICEStack, debevec_response, estimate_exposures, find_pairs, find_sice_stacks, load_stack, merge_debevec, scan_hdr_files, stack_sample
+from .real import MergedStack, SICEStack, find_pairs, find_sice_stacks, merge_stack, scan_hdr_files, stack_sample
 from .sources import validate_radiance
 from .stack import LabelCriterion
 
@@ -102,10 +102,14 @@ class SampleDataset(_Augmented):
     """A data set built by ``python -m sitm_training.data build`` (one split of it).
 
     ``crop=None`` returns whole images; otherwise ``crop x crop`` (random when ``augment``, centred
-    otherwise). A corrupt sample file raises ``ValueError`` naming the file.
+    otherwise). ``check=True`` verifies every file's checksum at construction (raising ``ValueError`` with
+    the broken files' names before any training step); otherwise a corrupt file raises ``ValueError`` naming
+    it when read.
     """
 
-    def __init__(self, root: str | os.PathLike[str], split: str = "train", crop: int | None = 256, augment: bool = True, seed: int | None = None) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], split: str = "train", crop: int | None = 256, augment: bool = True, seed: int | None = None, check: bool = False
+    ) -> None:
         super().__init__(crop, augment, seed)
         self.root = Path(root)
         self.manifest = load_manifest(self.root)
@@ -118,6 +122,16 @@ class SampleDataset(_Augmented):
             raise ValueError(f"crop {crop} is larger than the stored size {size} of {self.root}")
         if not self.manifest.get("complete"):
             log.warning("%s: the build is incomplete; using the %d finished %s samples", self.root, len(self.records), split)
+        if check:  # before training starts, rather than at some step deep inside it
+            bad = []
+            for r in self.records:
+                path = self.root / r["file"]
+                if not path.is_file():
+                    bad.append(f"{path}: missing")
+                elif hashlib.sha256(path.read_bytes()).hexdigest() != r["sha256"]:
+                    bad.append(f"{path}: checksum mismatch")
+            if bad:
+                raise ValueError(f"{len(bad)} broken sample files in {self.root} (first: {bad[0]}); rebuild with the same command to repair")
 
     def __len__(self) -> int:
         return len(self.records)
@@ -153,7 +167,9 @@ class SICEDataset(_Augmented):
     """SICE-style bracketed stacks: one item per (stack, input image with darker and brighter neighbours).
 
     Images are resized to ``size x size`` (paper: 512). The stack's HDR is merged (Debevec) on first use
-    and kept in memory. A stack with an unreadable image is skipped with a logged error naming the file.
+    and kept in memory, so this suits small sets; for SICE itself, convert once with
+    ``python -m sitm_training.data import-sice`` (broken stacks reported and left out) and train on
+    :class:`SampleDataset`. Here, the items of an unusable stack raise ``ImageReadError`` naming the file.
     """
 
     def __init__(self, root: str | os.PathLike[str], size: int = 512, crop: int | None = 384, augment: bool = True, seed: int | None = None, criterion: LabelCriterion = LabelCriterion()) -> None:
@@ -162,65 +178,74 @@ class SICEDataset(_Augmented):
         self.criterion = criterion
         self.stacks: list[SICEStack] = find_sice_stacks(root)
         self.items = [(k, i) for k, st in enumerate(self.stacks) for i in range(1, len(st.images) - 1)]
-        self._merged: dict[int, tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray] | None] = {}
+        self._merged: dict[int, MergedStack | ImageReadError] = {}
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def _stack(self, k: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray] | None:
+    def _stack(self, k: int) -> MergedStack:
         if k not in self._merged:
-            st = self.stacks[k]
             try:
-                images, paths = load_stack(st, self.size)
+                self._merged[k] = merge_stack(self.stacks[k], self.size)
             except ImageReadError as err:
-                log.error("SICE stack %s skipped: %s", st.name, err)
-                self._merged[k] = None
-                return None
-            if st.exposure_times:
-                log2_t = np.log2([st.exposure_times[p.name] for p in paths])
-                log2_t = log2_t - log2_t[0]
-            else:
-                log2_t = estimate_exposures(images)
-            g = debevec_response(images, log2_t * math.log(2.0))
-            radiance = merge_debevec(images, log2_t * math.log(2.0), g)
-            self._merged[k] = (images, log2_t, radiance, g)
-        return self._merged[k]
+                log.error("SICE stack %s is unusable: %s", self.stacks[k].name, err)
+                self._merged[k] = err
+        merged = self._merged[k]
+        if isinstance(merged, ImageReadError):
+            raise ImageReadError(merged.path, f"SICE stack {self.stacks[k].name} is unusable: {merged.reason}")
+        return merged
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         k, i = self.items[index]
-        data = self._stack(k)
-        if data is None:
-            raise ImageReadError(self.stacks[k].images[0], "this SICE stack has an unreadable image (see the log)")
-        images, log2_t, radiance, g = data
-        s = stack_sample(images, log2_t, i, radiance, g, self.criterion, f"sice/{self.stacks[k].name}")
-        return self._finish(index, s, f"{self.stacks[k].name}/{i}")
+        m = self._stack(k)
+        s = stack_sample(m.images, m.log2_exposures, i, m.radiance, m.response, self.criterion, f"sice/{m.name}")
+        return self._finish(index, s, f"{m.name}/{i}")
 
 
 class PairFolderDataset(Dataset):
     """``(ldr, hdr)`` pairs from a folder (``X.png`` + ``X.exr``, or ``LDR/`` + ``HDR/``), whole images.
 
     The HDR is returned as stored: its scale is the folder's, not necessarily 1.0 at clipping (our own
-    test export does follow that convention). Broken or NaN files raise ``ImageReadError`` naming the file.
-    A ``pairs.json`` from :func:`export_split` adds ``up``/``down`` labels and the EVs.
+    test export does follow that convention). A ``pairs.json`` from :func:`export_split` adds
+    ``up``/``down`` labels and the EVs. With ``skip_invalid`` (default) every pair is read once at
+    construction and unusable ones (unreadable, NaN/Inf, sizes that differ) are logged by file name, listed
+    in ``rejected`` and left out; otherwise they raise ``ImageReadError`` when read.
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], skip_invalid: bool = True) -> None:
         self.root = Path(root)
         self.pairs = find_pairs(self.root)
         self.labels: dict[str, dict[str, Any]] = {}
         if (self.root / "pairs.json").is_file():
             with open(self.root / "pairs.json") as f:
                 self.labels = {p["id"]: p for p in json.load(f)["pairs"]}
+        self.rejected: list[tuple[str, str]] = []
+        if skip_invalid:
+            good = []
+            for pair in self.pairs:
+                try:
+                    self._read(*pair)
+                except ImageReadError as err:
+                    log.warning("skipping pair %s: %s", pair[0].stem, err)
+                    self.rejected.append((err.path, err.reason))
+                else:
+                    good.append(pair)
+            self.pairs = good
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        ldr_path, hdr_path = self.pairs[index]
+    @staticmethod
+    def _read(ldr_path: Path, hdr_path: Path) -> tuple[np.ndarray, np.ndarray]:
         ldr = read_ldr(ldr_path)
         hdr = validate_radiance(read_hdr(hdr_path), hdr_path)
         if hdr.shape[:2] != ldr.shape[:2]:
             raise ImageReadError(hdr_path, f"size {hdr.shape[:2]} differs from its LDR {ldr_path.name} {ldr.shape[:2]}")
+        return ldr, hdr
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        ldr_path, hdr_path = self.pairs[index]
+        ldr, hdr = self._read(ldr_path, hdr_path)
         arrays = {"ldr": ldr, "hdr": hdr}
         meta = self.labels.get(ldr_path.stem)
         ev_up = ev_down = None

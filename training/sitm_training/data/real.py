@@ -42,6 +42,10 @@ __all__ = [
     "debevec_response",
     "merge_debevec",
     "stack_sample",
+    "MergedStack",
+    "merge_stack",
+    "sice_samples",
+    "import_sice",
     "find_pairs",
     "scan_hdr_files",
 ]
@@ -172,8 +176,11 @@ def debevec_response(images: list[np.ndarray], log_times: np.ndarray, n_samples:
         a[rr, k - 1] = wk
         a[rr, k] = -2 * wk
         a[rr, k + 1] = wk
-        sol = np.linalg.lstsq(a, b, rcond=None)[0]
-        g[:, c] = np.maximum.accumulate(sol[:256])  # a response is monotone
+        ata = a.T @ a  # normal equations: 10x faster than an SVD here, and the system is well posed
+        ata[np.diag_indices_from(ata)] += 1e-12 * np.trace(ata) / ata.shape[0]
+        sol = np.linalg.solve(ata, a.T @ b)[:256]
+        sol -= sol[128]  # the scale is free (g + k, ln E + k fit the same): pin g(128) = 0 exactly
+        g[:, c] = np.maximum.accumulate(sol)  # a response is monotone
     return g
 
 
@@ -225,6 +232,52 @@ def stack_sample(images: list[np.ndarray], log2_exposures: np.ndarray, index: in
     )
 
 
+@dataclass
+class MergedStack:
+    """A loaded stack, darkest first, with its EVs, the Debevec response and the merged radiance."""
+
+    name: str
+    images: list[np.ndarray]
+    paths: list[Path]
+    log2_exposures: np.ndarray  # relative to the darkest image
+    response: np.ndarray  # g, (256, 3), natural log
+    radiance: np.ndarray  # float32 (H, W, 3)
+
+
+def merge_stack(stack: SICEStack, size: int | None = None) -> MergedStack:
+    """Load a stack, get its EVs (``exposures.json`` or estimated), recover the response and merge it.
+
+    Raises :class:`ImageReadError` naming the file or folder for anything unusable (unreadable image,
+    mismatched sizes, missing exposure time, exposures that cannot be told apart).
+    """
+    images, paths = load_stack(stack, size)
+    folder = stack.images[0].parent
+    if stack.exposure_times:
+        missing = [p.name for p in paths if p.name not in stack.exposure_times]
+        if missing:
+            raise ImageReadError(folder / "exposures.json", f"no exposure time for {missing}")
+        log2_t = np.log2([stack.exposure_times[p.name] for p in paths])
+        log2_t = log2_t - log2_t[0]
+    else:
+        try:
+            log2_t = estimate_exposures(images)
+        except ValueError as err:
+            raise ImageReadError(folder, f"cannot estimate the exposures: {err}") from err
+    if np.any(np.diff(log2_t) <= 0.05):
+        raise ImageReadError(folder, f"exposures are not distinct: log2 {np.round(log2_t, 3).tolist()}")
+    g = debevec_response(images, log2_t * math.log(2.0))
+    radiance = merge_debevec(images, log2_t * math.log(2.0), g)
+    return MergedStack(stack.name, images, paths, log2_t, g, radiance)
+
+
+def sice_samples(merged: MergedStack, criterion: LabelCriterion = LabelCriterion()) -> list[Sample]:
+    """One sample per input that has a darker and a brighter image in the stack."""
+    return [
+        stack_sample(merged.images, merged.log2_exposures, i, merged.radiance, merged.response, criterion, f"sice/{merged.name}")
+        for i in range(1, len(merged.images) - 1)
+    ]
+
+
 def find_pairs(root: str | os.PathLike[str]) -> list[tuple[Path, Path]]:
     """``(ldr, hdr)`` pairs of a folder: same stem side by side, or ``LDR/`` and ``HDR/`` subfolders.
 
@@ -260,3 +313,89 @@ def scan_hdr_files(root: str | os.PathLike[str]) -> tuple[list[Path], list[tuple
             continue
         good.append(path)
     return good, rejected
+
+
+def import_sice(
+    root: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    size: int = 512,
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.05,
+    seed: int = 0,
+    criterion: LabelCriterion = LabelCriterion(),
+    progress: bool = True,
+) -> dict:
+    """Convert SICE-style stacks into a built data set (same files and manifest as ``build``).
+
+    Splits are by stack (scene), drawn with ``seed``. Sample ids are ``<stack number>_<input index>``.
+    Unusable stacks are logged by file name, listed in the manifest's ``rejected`` and left out. Stacks
+    whose sample files all exist with the manifest's checksums are not merged again (resumable).
+    """
+    import hashlib
+
+    from .build import FORMAT, _npz_bytes, _write_atomic, _write_manifest, load_manifest
+
+    root, out = Path(root), Path(out)
+    stacks = find_sice_stacks(root)
+    if not stacks:
+        raise FileNotFoundError(f"no stacks (folders of 2+ images) under {root}")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x51CE]))
+    order = rng.permutation(len(stacks))
+    n_test = int(round(len(stacks) * test_fraction))
+    n_val = int(round(len(stacks) * val_fraction))
+    split_of = {int(k): ("test" if r < n_test else "val" if r < n_test + n_val else "train") for r, k in enumerate(order)}
+    recipe = {
+        "kind": "sice", "root": str(root), "size": size, "test_fraction": test_fraction, "val_fraction": val_fraction,
+        "seed": seed, "criterion": criterion.to_dict(), "stacks": [s.name for s in stacks],
+    }
+    rhash = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    out.mkdir(parents=True, exist_ok=True)
+    done: dict[str, dict] = {}
+    if (out / "manifest.json").exists():
+        old = load_manifest(out)
+        if old.get("recipe_hash") != rhash:
+            raise ValueError(f"{out} holds another data set (recipe hash {old.get('recipe_hash')} != {rhash})")
+        done = {r["id"]: r for r in old["samples"]}
+    for split in ("train", "val", "test"):
+        (out / split).mkdir(exist_ok=True)
+    records: list[dict] = []
+    rejected: list[tuple[str, str]] = []
+    iterator = range(len(stacks))
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(iterator, unit="stack")
+    for k in iterator:
+        st, split = stacks[k], split_of[k]
+        ids = [f"{k:04d}_{i:02d}" for i in range(1, len(st.images) - 1)]
+        kept = []
+        for sid in ids:
+            rec = done.get(sid)
+            path = out / split / f"{sid}.npz"
+            if rec and path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == rec["sha256"]:
+                kept.append(rec)
+        if len(kept) == len(ids):
+            records += kept
+            continue
+        try:
+            merged = merge_stack(st, size)
+        except ImageReadError as err:
+            log.error("SICE stack %s left out: %s", st.name, err)
+            rejected.append((err.path, err.reason))
+            continue
+        for sid, sample in zip(ids, sice_samples(merged, criterion)):
+            data = _npz_bytes(sample)
+            _write_atomic(out / split / f"{sid}.npz", data)
+            records.append({
+                "id": sid, "split": split, "file": f"{split}/{sid}.npz", "source": sample.source, "ev_up": sample.ev_up,
+                "ev_down": sample.ev_down, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+            })
+    manifest = {
+        "format": FORMAT, "recipe_hash": rhash, "recipe": recipe, "seed": seed, "sources": [], "test_is_real": True,
+        "train_has_real": True, "complete": True, "rejected": rejected, "samples": records,
+        "counts": {sp: sum(r["split"] == sp for r in records) for sp in ("train", "val", "test")},
+        "bytes": sum(r["bytes"] for r in records),
+        "hdr_note": "HDR merged from each full stack with Debevec & Malik (Photomatix substitute)",
+    }
+    _write_manifest(out, manifest)
+    return manifest

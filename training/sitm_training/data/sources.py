@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -384,6 +383,3 @@ def sample_view(rng: np.random.Generator, radiance: np.ndarray, kind: str, size:
         return view, {"yaw": round(math.degrees(yaw), 3), "pitch": round(math.degrees(pitch), 3), "fov": round(math.degrees(fov), 3)}
     return _crop_view(rng, radiance, size), {}
 
-
-def source_ids(sources: Iterable[HDRSource]) -> list[str]:
-    return [s.id for s in sources]
