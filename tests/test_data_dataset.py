@@ -88,6 +88,18 @@ def test_seeded_augmentation_is_deterministic(root: Path) -> None:
     assert torch.equal(d["ldr"], e["ldr"])  # unseeded: follows torch's generator
 
 
+def test_set_epoch_reaches_persistent_workers(root: Path) -> None:
+    ds = SampleDataset(root, "train", crop=8, seed=11)
+    loader = torch.utils.data.DataLoader(ds, batch_size=5, num_workers=1, persistent_workers=True)
+    first = next(iter(loader))["ldr"]
+    ds.set_epoch(1)
+    second = next(iter(loader))["ldr"]
+    ref = SampleDataset(root, "train", crop=8, seed=11)
+    ref.set_epoch(1)
+    assert not torch.equal(first, second)
+    assert torch.equal(second, torch.stack([ref[i]["ldr"] for i in range(5)]))
+
+
 def test_bad_arguments(root: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="crop 32 is larger"):
         SampleDataset(root, "train", crop=32)

@@ -81,11 +81,16 @@ class _Augmented(Dataset):
         self.crop = crop
         self.augment = augment
         self.seed = seed
-        self.epoch = 0
+        # in shared memory, so that set_epoch() also reaches DataLoader workers (persistent_workers=True)
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        """Vary the augmentation by epoch when a ``seed`` is set."""
-        self.epoch = int(epoch)
+        """Vary the augmentation by epoch when a ``seed`` is set (seen by running DataLoader workers too)."""
+        self._epoch.fill_(int(epoch))
 
     def _rng(self, index: int) -> np.random.Generator:
         if self.seed is not None:
