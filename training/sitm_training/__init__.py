@@ -1,4 +1,3 @@
-"""Training-only parts of sitm-trt: losses (Eq. 9-16), the mask-aware discriminator and exposure masks.
-
-Not imported by the runtime (``sitm_trt``); depends on it.
+"""Training-only parts of sitm-trt: data, losses (Eq. 9-16), the mask-aware discriminator, exposure masks and
+the trainer. Not imported by the runtime (``sitm_trt``); depends on it.
 """
