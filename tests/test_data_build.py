@@ -16,10 +16,21 @@ pytest.importorskip("OpenEXR")
 
 from sitm_trt import io  # noqa: E402
 from sitm_training.data import sources as S  # noqa: E402
-from sitm_training.data.build import BuildError, Recipe, build, export_split, load_manifest, load_sample, make_plan, verify  # noqa: E402
+from sitm_training.data.build import (
+    BuildError,
+    Recipe,
+    build,
+    export_split,
+    load_manifest,
+    load_sample,
+    make_plan,
+    verify,
+)  # noqa: E402
 from sitm_training.data.camera import Camera, CameraConfig  # noqa: E402
 
-RECIPE = Recipe(seed=3, n=10, n_test=3, size=32, val_fraction=0.2, real_fraction=0.5, camera=CameraConfig(jpeg_prob=0.0))
+RECIPE = Recipe(
+    seed=3, n=10, n_test=3, size=32, val_fraction=0.2, real_fraction=0.5, camera=CameraConfig(jpeg_prob=0.0)
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +43,11 @@ def hdr_sources(tmp_path_factory: pytest.TempPathFactory) -> list[S.HDRSource]:
     for k in range(2):
         img = np.exp(rng.normal(0, 1.5, (40, 60, 3))) * (1 + 50 * (x > 1.0))[..., None]
         io.write_exr(root / "train" / f"t{k}.exr", img.astype(np.float32), half=False)
-    io.write_exr(root / "held" / "h0.exr", (np.exp(rng.normal(0, 2, (40, 60, 3))) * (1 + y)[..., None]).astype(np.float32), half=False)
+    io.write_exr(
+        root / "held" / "h0.exr",
+        (np.exp(rng.normal(0, 2, (40, 60, 3))) * (1 + y)[..., None]).astype(np.float32),
+        half=False,
+    )
     train, _ = S.scan_hdr_dir(root / "train")
     held, _ = S.scan_hdr_dir(root / "held")
     return train + [dataclasses.replace(s, id="test/" + s.id) for s in held]
@@ -103,7 +118,9 @@ def test_deterministic_for_a_seed_and_worker_count(tmp_path: Path, built: Path, 
     assert not set(_shas(tmp_path / "c").values()) & set(_shas(built).values())
 
 
-def test_resume_regenerates_only_what_is_missing_or_corrupt(tmp_path: Path, built: Path, hdr_sources: list[S.HDRSource]) -> None:
+def test_resume_regenerates_only_what_is_missing_or_corrupt(
+    tmp_path: Path, built: Path, hdr_sources: list[S.HDRSource]
+) -> None:
     out = tmp_path / "r"
     build(out, RECIPE, hdr_sources, progress=False)
     (out / "train" / "000001.npz").unlink()
@@ -154,7 +171,11 @@ def test_plan_counts() -> None:
     plan = make_plan(Recipe(n=400, n_test=5, real_fraction=0.25, val_fraction=0.1), src, held)
     train = [p for p in plan if p.split == "train"]
     assert len(train) == 360 and sum(p.source != "procedural" for p in train) == 90
-    draws = [p.source for seed in range(10) for p in make_plan(Recipe(seed=seed, n=400, real_fraction=0.25, val_fraction=0.1), src, held)]
+    draws = [
+        p.source
+        for seed in range(10)
+        for p in make_plan(Recipe(seed=seed, n=400, real_fraction=0.25, val_fraction=0.1), src, held)
+    ]
     b_share = draws.count("b") / (draws.count("a") + draws.count("b"))
     assert 0.70 < b_share < 0.80  # weight 3 of 4 (900 draws: sigma 0.015)
     assert [p.source for p in plan if p.split == "test"] == ["t1", "t2", "t1", "t2", "t1"]

@@ -25,18 +25,28 @@ from sitm_training.data.camera import (  # noqa: E402
 
 def test_response_hand_values() -> None:
     x = np.array([0.0, 0.0031308, 0.18, 1.0], np.float32)
-    np.testing.assert_allclose(Response("srgb")(x), [0.0, 0.04045, 1.055 * 0.18 ** (1 / 2.4) - 0.055, 1.0], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        Response("srgb")(x), [0.0, 0.04045, 1.055 * 0.18 ** (1 / 2.4) - 0.055, 1.0], rtol=1e-4, atol=1e-6
+    )
     np.testing.assert_allclose(Response("gamma", (2.0,))(np.array([0.16, 0.25])), [0.4, 0.5], rtol=1e-6)
     # filmic n=1, c=1: f(x) = 2x / (x + 1): f(1/3) = 0.5, f(1) = 1
     np.testing.assert_allclose(Response("filmic", (1.0, 1.0))(np.array([1 / 3, 1.0])), [0.5, 1.0], rtol=1e-6)
     # emor g=1, c1=0.5: f(x) = x + 0.5 sin(pi x) / pi: f(0.5) = 0.5 + 0.5 / pi
-    np.testing.assert_allclose(Response("emor", (1.0, 0.5, 0.0, 0.0))(np.array([0.5])), [0.5 + 0.5 / math.pi], rtol=1e-6)
+    np.testing.assert_allclose(
+        Response("emor", (1.0, 0.5, 0.0, 0.0))(np.array([0.5])), [0.5 + 0.5 / math.pi], rtol=1e-6
+    )
     assert float(Response("linear")(np.array([2.0]))[0]) == 1.0  # clipped
 
 
 @pytest.mark.parametrize(
     "resp",
-    [Response("srgb"), Response("gamma", (2.4,)), Response("filmic", (0.6, 0.4)), Response("emor", (2.2, 0.3, -0.3, 0.19)), Response("linear")],
+    [
+        Response("srgb"),
+        Response("gamma", (2.4,)),
+        Response("filmic", (0.6, 0.4)),
+        Response("emor", (2.2, 0.3, -0.3, 0.19)),
+        Response("linear"),
+    ],
 )
 def test_response_monotone_endpoints_and_inverse(resp: Response) -> None:
     x = np.linspace(0.0, 1.0, 20001, dtype=np.float32)

@@ -16,13 +16,31 @@ from sitm_training.data import sources as S  # noqa: E402
 from sitm_training.data.__main__ import main  # noqa: E402
 
 
-def test_build_verify_export(tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+def test_build_verify_export(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     user = tmp_path / "mine"
     user.mkdir()
-    io.write_exr(user / "ok.exr", np.exp(np.random.default_rng(0).normal(0, 2, (30, 40, 3))).astype(np.float32), half=False)
+    io.write_exr(
+        user / "ok.exr", np.exp(np.random.default_rng(0).normal(0, 2, (30, 40, 3))).astype(np.float32), half=False
+    )
     (user / "broken.exr").write_bytes(b"\x76\x2f\x31\x01garbage")
     out = tmp_path / "ds"
-    args = ["build", "--out", str(out), "--n", "4", "--n-test", "1", "--size", "24", "--no-debian", "--no-progress", "--hdr-dir", str(user)]
+    args = [
+        "build",
+        "--out",
+        str(out),
+        "--n",
+        "4",
+        "--n-test",
+        "1",
+        "--size",
+        "24",
+        "--no-debian",
+        "--no-progress",
+        "--hdr-dir",
+        str(user),
+    ]
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["counts"] == {"train": 4, "val": 0, "test": 1} and report["test_is_real"] is False
@@ -35,14 +53,24 @@ def test_build_verify_export(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert main(["verify", "--root", str(out)]) == 0
     assert capsys.readouterr().out.strip().endswith("ok")
     assert main(["export", "--root", str(out), "--out", str(tmp_path / "pairs")]) == 0
-    assert sorted(p.name for p in (tmp_path / "pairs").iterdir()) == ["000004.exr", "000004.png", "labels", "pairs.json"]
+    assert sorted(p.name for p in (tmp_path / "pairs").iterdir()) == [
+        "000004.exr",
+        "000004.png",
+        "labels",
+        "pairs.json",
+    ]
 
     other = ["build", "--out", str(out), "--n", "5", "--n-test", "1", "--size", "24", "--no-debian", "--no-progress"]
     assert main(other) == 1  # another recipe in the same folder
     assert "another recipe" in caplog.text
 
 
-def test_fetch_error_and_sources_listing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+def test_fetch_error_and_sources_listing(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     monkeypatch.setattr(S.shutil, "which", lambda name: None)
     assert main(["fetch", "--cache", str(tmp_path)]) == 1
     assert "apt-get not found" in caplog.text
@@ -58,7 +86,9 @@ def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
     assert all(cmd in text for cmd in ("fetch", "build", "export", "verify", "sources"))
 
 
-def test_import_sice_command_errors_and_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+def test_import_sice_command_errors_and_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     (tmp_path / "empty").mkdir()
     assert main(["import-sice", "--root", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--no-progress"]) == 1
     assert "no stacks" in caplog.text
@@ -67,6 +97,22 @@ def test_import_sice_command_errors_and_runs(tmp_path: Path, capsys: pytest.Capt
     ramp = np.linspace(0.02, 1.0, 24 * 24, dtype=np.float32).reshape(24, 24, 1).repeat(3, axis=2)
     for j in range(3):
         io.write_png(stack / f"{j + 1}.png", io.srgb_oetf(ramp * 2.0 ** (j - 1)))
-    assert main(["import-sice", "--root", str(tmp_path / "sice"), "--out", str(tmp_path / "o"), "--size", "16", "--test-fraction", "0", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "import-sice",
+                "--root",
+                str(tmp_path / "sice"),
+                "--out",
+                str(tmp_path / "o"),
+                "--size",
+                "16",
+                "--test-fraction",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["counts"] == {"train": 1, "val": 0, "test": 0} and report["rejected"] == 0

@@ -37,14 +37,22 @@ def _chw(a: np.ndarray) -> np.ndarray:
 
 def test_items_follow_the_contract(root: Path) -> None:
     ds = SampleDataset(root, "train", crop=16, augment=True, seed=0)
-    assert len(ds) == 5 and len(SampleDataset(root, "val", crop=None)) == 1 and len(SampleDataset(root, "test", crop=None)) == 2
+    assert (
+        len(ds) == 5
+        and len(SampleDataset(root, "val", crop=None)) == 1
+        and len(SampleDataset(root, "test", crop=None)) == 2
+    )
     item = ds[0]
     for k in ("ldr", "up", "down", "hdr"):
         assert item[k].dtype == torch.float32 and item[k].shape == (3, 16, 16)
     for k in ("ldr", "up", "down"):
         assert 0.0 <= float(item[k].min()) and float(item[k].max()) <= 1.0
     assert torch.isfinite(item["hdr"]).all() and float(item["hdr"].min()) >= 0.0
-    assert item["ev_up"].dtype == torch.float32 and item["ev_up"].ndim == 0 and float(item["ev_up"]) > 0 > float(item["ev_down"])
+    assert (
+        item["ev_up"].dtype == torch.float32
+        and item["ev_up"].ndim == 0
+        and float(item["ev_up"]) > 0 > float(item["ev_down"])
+    )
     assert isinstance(item["source"], str) and item["id"] == "000000"
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=3)))
     assert batch["ldr"].shape == (3, 3, 16, 16) and batch["ev_down"].shape == (3,) and len(batch["source"]) == 3

@@ -26,8 +26,14 @@ def test_scene_is_finite_positive_and_has_the_target_range(kind: str) -> None:
 
 
 def test_dynamic_range_follows_the_target() -> None:
-    low = [generate_scene(np.random.default_rng(s), 48, kind="day", dynamic_range=(1e3, 1e3))[1]["dynamic_range"] for s in range(4)]
-    high = [generate_scene(np.random.default_rng(s), 48, kind="day", dynamic_range=(1e7, 1e7))[1]["dynamic_range"] for s in range(4)]
+    low = [
+        generate_scene(np.random.default_rng(s), 48, kind="day", dynamic_range=(1e3, 1e3))[1]["dynamic_range"]
+        for s in range(4)
+    ]
+    high = [
+        generate_scene(np.random.default_rng(s), 48, kind="day", dynamic_range=(1e7, 1e7))[1]["dynamic_range"]
+        for s in range(4)
+    ]
     assert np.median(high) > 100 * np.median(low)
 
 

@@ -115,7 +115,9 @@ def test_stack_sample_labels_and_hdr_scale(sice: tuple[Path, np.ndarray, list[np
         stack_sample(shots, log2_t, 0, merged, g)
 
 
-def test_import_sice_into_a_built_data_set(sice: tuple[Path, np.ndarray, list[np.ndarray]], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_import_sice_into_a_built_data_set(
+    sice: tuple[Path, np.ndarray, list[np.ndarray]], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     root, _, _ = sice
     out = tmp_path / "imported"
     with caplog.at_level(logging.ERROR):
@@ -134,9 +136,13 @@ def test_import_sice_into_a_built_data_set(sice: tuple[Path, np.ndarray, list[np
         SampleDataset(out, "train", crop=16, check=True)
 
 
-def test_sice_dataset_items_and_broken_stack(sice: tuple[Path, np.ndarray, list[np.ndarray]], caplog: pytest.LogCaptureFixture) -> None:
+def test_sice_dataset_items_and_broken_stack(
+    sice: tuple[Path, np.ndarray, list[np.ndarray]], caplog: pytest.LogCaptureFixture
+) -> None:
     root, _, _ = sice
-    (root / "Dataset_Part1" / "1" / "exposures.json").write_text(json.dumps({f"{n}.png": 2.0**j / 100 for j, n in enumerate([3, 1, 5, 2, 4])}))
+    (root / "Dataset_Part1" / "1" / "exposures.json").write_text(
+        json.dumps({f"{n}.png": 2.0**j / 100 for j, n in enumerate([3, 1, 5, 2, 4])})
+    )
     ds = SICEDataset(root, size=32, crop=24, augment=True, seed=0)
     assert len(ds) == 6  # inputs 1..3 of each 5-image stack
     item = ds[1]

@@ -135,7 +135,9 @@ def test_fetch_extracts_and_checks_a_fake_package(tmp_path: Path, monkeypatch: p
     # a tiny package with one EXR inside, served by a fake apt-get that copies it
     pkg = tmp_path / "pkg"
     (pkg / "DEBIAN").mkdir(parents=True)
-    (pkg / "DEBIAN" / "control").write_text("Package: fakehdr\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@t>\nDescription: test\n")
+    (pkg / "DEBIAN" / "control").write_text(
+        "Package: fakehdr\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@t>\nDescription: test\n"
+    )
     (pkg / "usr/share/fake").mkdir(parents=True)
     _exr(pkg / "usr/share/fake/x.exr", np.full((4, 4, 3), 2.0))
     payload = (pkg / "usr/share/fake/x.exr").read_bytes()
@@ -143,11 +145,15 @@ def test_fetch_extracts_and_checks_a_fake_package(tmp_path: Path, monkeypatch: p
     subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(pkg), str(deb)], check=True, capture_output=True)
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    (bindir / "apt-get").write_text(f'#!/bin/sh\n[ "$1" = download ] && [ "$2" = fakehdr ] && cp "{deb}" ./fakehdr_1.0_all.deb\n')
+    (bindir / "apt-get").write_text(
+        f'#!/bin/sh\n[ "$1" = download ] && [ "$2" = fakehdr ] && cp "{deb}" ./fakehdr_1.0_all.deb\n'
+    )
     (bindir / "apt-get").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
 
-    good = S.DebianFile("fake/x", "fakehdr", "./usr/share/fake/x.exr", hashlib.sha256(payload).hexdigest(), "image", "test")
+    good = S.DebianFile(
+        "fake/x", "fakehdr", "./usr/share/fake/x.exr", hashlib.sha256(payload).hexdigest(), "image", "test"
+    )
     monkeypatch.setattr(S, "DEBIAN_FILES", (good,))
     cache = tmp_path / "cache"
     got = S.fetch(cache)

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from sitm_training.data.camera import Camera, Response
-from sitm_training.data.stack import DEFAULT_EVS, LabelCriterion, choose_labels, exposure_classes, render_stack, stack_evs
+from sitm_training.data.stack import (
+    DEFAULT_EVS,
+    LabelCriterion,
+    choose_labels,
+    exposure_classes,
+    render_stack,
+    stack_evs,
+)
 
 LINEAR = Camera(Response("linear"))
 

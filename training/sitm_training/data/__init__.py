@@ -30,7 +30,10 @@ __all__ = [
     "verify",
 ]
 
-_TORCH_NAMES = {name: "dataset" for name in ("SampleDataset", "ProceduralDataset", "SICEDataset", "PairFolderDataset", "HDRFolderDataset")}
+_TORCH_NAMES = {
+    name: "dataset"
+    for name in ("SampleDataset", "ProceduralDataset", "SICEDataset", "PairFolderDataset", "HDRFolderDataset")
+}
 
 
 def __getattr__(name: str) -> object:

@@ -15,28 +15,66 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sitm_training.data", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    f = sub.add_parser("fetch", help="download the Debian packages and extract the HDR files (checksummed) into the cache")
-    f.add_argument("--cache", type=Path, default=None, help="cache folder (default $SITM_TRT_CACHE or ~/.cache/sitm-trt)")
+    f = sub.add_parser(
+        "fetch", help="download the Debian packages and extract the HDR files (checksummed) into the cache"
+    )
+    f.add_argument(
+        "--cache", type=Path, default=None, help="cache folder (default $SITM_TRT_CACHE or ~/.cache/sitm-trt)"
+    )
     f.add_argument("--update", action="store_true", help="run `apt-get update` first (needs root)")
     f.add_argument("--keep-debs", action="store_true", help="keep the downloaded .deb files in CACHE/debs")
-    f.add_argument("--allow-unverified", action="store_true", help="use files whose checksum differs from the recorded one")
+    f.add_argument(
+        "--allow-unverified", action="store_true", help="use files whose checksum differs from the recorded one"
+    )
 
     b = sub.add_parser("build", help="build a training data set (deterministic for a seed, resumable)")
     b.add_argument("--out", type=Path, required=True, help="output folder (manifest.json, train/, val/, test/)")
     b.add_argument("--n", type=int, default=3000, help="train + val samples (default 3000)")
     b.add_argument("--n-test", type=int, default=96, help="test samples from the held-out real sources (default 96)")
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--size", type=int, default=320, help="stored side length in pixels (default 320, for random 256 crops; the paper uses 512)")
-    b.add_argument("--real-fraction", type=float, default=0.5, help="share of train samples cut from real HDR sources (default 0.5)")
-    b.add_argument("--val-fraction", type=float, default=0.05, help="share of --n in the (procedural) val split (default 0.05)")
+    b.add_argument(
+        "--size",
+        type=int,
+        default=320,
+        help="stored side length in pixels (default 320, for random 256 crops; the paper uses 512)",
+    )
+    b.add_argument(
+        "--real-fraction",
+        type=float,
+        default=0.5,
+        help="share of train samples cut from real HDR sources (default 0.5)",
+    )
+    b.add_argument(
+        "--val-fraction", type=float, default=0.05, help="share of --n in the (procedural) val split (default 0.05)"
+    )
     b.add_argument("--ev-max", type=float, default=4.0, help="stack from -EV_MAX to +EV_MAX (default 4)")
     b.add_argument("--ev-step", type=float, default=1.0, help="stack step in EV (default 1)")
-    b.add_argument("--jpeg-prob", type=float, default=0.3, help="probability that a simulated camera saves JPEG (default 0.3)")
+    b.add_argument(
+        "--jpeg-prob", type=float, default=0.3, help="probability that a simulated camera saves JPEG (default 0.3)"
+    )
     b.add_argument("--cache", type=Path, default=None, help="where `fetch` put the Debian sources")
     b.add_argument("--no-debian", action="store_true", help="do not use the fetched Debian sources")
-    b.add_argument("--hdr-dir", type=Path, action="append", default=[], help="a folder of .exr/.hdr photos (flat images; repeatable)")
-    b.add_argument("--pano-dir", type=Path, action="append", default=[], help="a folder of equirectangular .exr/.hdr panoramas (repeatable)")
-    b.add_argument("--test-dir", type=Path, action="append", default=[], help="a folder of .exr/.hdr photos held out for the test split (repeatable)")
+    b.add_argument(
+        "--hdr-dir",
+        type=Path,
+        action="append",
+        default=[],
+        help="a folder of .exr/.hdr photos (flat images; repeatable)",
+    )
+    b.add_argument(
+        "--pano-dir",
+        type=Path,
+        action="append",
+        default=[],
+        help="a folder of equirectangular .exr/.hdr panoramas (repeatable)",
+    )
+    b.add_argument(
+        "--test-dir",
+        type=Path,
+        action="append",
+        default=[],
+        help="a folder of .exr/.hdr photos held out for the test split (repeatable)",
+    )
     b.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     b.add_argument("--allow-unverified", action="store_true", help="use Debian files whose checksum differs")
     b.add_argument("--no-progress", action="store_true")
@@ -46,8 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--split", default="test", choices=("train", "val", "test"))
 
-    i = sub.add_parser("import-sice", help="convert SICE-style bracketed stacks (Debevec-merged HDR) into a built data set")
-    i.add_argument("--root", type=Path, required=True, help="SICE folder (Dataset_Part1/<n>/<k>.JPG, Dataset_Part1/Label/<n>.JPG)")
+    i = sub.add_parser(
+        "import-sice", help="convert SICE-style bracketed stacks (Debevec-merged HDR) into a built data set"
+    )
+    i.add_argument(
+        "--root", type=Path, required=True, help="SICE folder (Dataset_Part1/<n>/<k>.JPG, Dataset_Part1/Label/<n>.JPG)"
+    )
     i.add_argument("--out", type=Path, required=True)
     i.add_argument("--size", type=int, default=512, help="images resized to SIZE x SIZE (default 512, as the paper)")
     i.add_argument("--test-fraction", type=float, default=0.2, help="share of stacks (scenes) in the test split")
@@ -73,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "fetch":
         try:
-            got = S.fetch(args.cache, update=args.update, keep_debs=args.keep_debs, allow_unverified=args.allow_unverified)
+            got = S.fetch(
+                args.cache, update=args.update, keep_debs=args.keep_debs, allow_unverified=args.allow_unverified
+            )
         except S.FetchError as err:
             log.error("%s", err)
             return 1
@@ -100,16 +144,30 @@ def main(argv: list[str] | None = None) -> int:
             found, missing = S.find_debian_sources(args.cache, allow_unverified=args.allow_unverified)
             sources += found
             if missing:
-                log.warning("Debian HDR sources missing: %s (run: python -m sitm_training.data fetch)", ", ".join(missing))
-        for kind, dirs, prefix in (("image", args.hdr_dir, ""), ("panorama", args.pano_dir, ""), ("image", args.test_dir, "test/")):
+                log.warning(
+                    "Debian HDR sources missing: %s (run: python -m sitm_training.data fetch)", ", ".join(missing)
+                )
+        for kind, dirs, prefix in (
+            ("image", args.hdr_dir, ""),
+            ("panorama", args.pano_dir, ""),
+            ("image", args.test_dir, "test/"),
+        ):
             for d in dirs:
                 found_user, rejected = S.scan_hdr_dir(d, kind)
                 if rejected:
                     log.warning("%d files rejected in %s", len(rejected), d)
-                sources += [S.HDRSource(prefix + u.id, u.path, u.kind, u.license, u.weight, u.sha256) for u in found_user]
+                sources += [
+                    S.HDRSource(prefix + u.id, u.path, u.kind, u.license, u.weight, u.sha256) for u in found_user
+                ]
         recipe = B.Recipe(
-            seed=args.seed, n=args.n, n_test=args.n_test, size=args.size, val_fraction=args.val_fraction,
-            real_fraction=args.real_fraction, evs=stack_evs(args.ev_max, args.ev_step), camera=CameraConfig(jpeg_prob=args.jpeg_prob),
+            seed=args.seed,
+            n=args.n,
+            n_test=args.n_test,
+            size=args.size,
+            val_fraction=args.val_fraction,
+            real_fraction=args.real_fraction,
+            evs=stack_evs(args.ev_max, args.ev_step),
+            camera=CameraConfig(jpeg_prob=args.jpeg_prob),
         )
         try:
             manifest = B.build(args.out, recipe, sources, workers=args.workers, progress=not args.no_progress)
@@ -119,9 +177,20 @@ def main(argv: list[str] | None = None) -> int:
         n = len(manifest["samples"])
         info = manifest["build"]
         rate = info["generated"] / info["seconds"] if info["seconds"] > 0 else float("nan")
-        print(json.dumps({"out": str(args.out), "counts": manifest["counts"], "MiB": round(manifest["bytes"] / 2**20, 1),
-                          "KiB_per_sample": round(manifest["bytes"] / max(n, 1) / 1024, 1), "generated": info["generated"],
-                          "seconds": info["seconds"], "samples_per_s": round(rate, 2), "test_is_real": manifest["test_is_real"]}))
+        print(
+            json.dumps(
+                {
+                    "out": str(args.out),
+                    "counts": manifest["counts"],
+                    "MiB": round(manifest["bytes"] / 2**20, 1),
+                    "KiB_per_sample": round(manifest["bytes"] / max(n, 1) / 1024, 1),
+                    "generated": info["generated"],
+                    "seconds": info["seconds"],
+                    "samples_per_s": round(rate, 2),
+                    "test_is_real": manifest["test_is_real"],
+                }
+            )
+        )
         return 0
 
     if args.command == "export":
@@ -133,11 +202,28 @@ def main(argv: list[str] | None = None) -> int:
         from .real import import_sice
 
         try:
-            manifest = import_sice(args.root, args.out, args.size, args.test_fraction, args.val_fraction, args.seed, progress=not args.no_progress)
+            manifest = import_sice(
+                args.root,
+                args.out,
+                args.size,
+                args.test_fraction,
+                args.val_fraction,
+                args.seed,
+                progress=not args.no_progress,
+            )
         except (FileNotFoundError, ValueError) as err:
             log.error("%s", err)
             return 1
-        print(json.dumps({"out": str(args.out), "counts": manifest["counts"], "rejected": len(manifest["rejected"]), "MiB": round(manifest["bytes"] / 2**20, 1)}))
+        print(
+            json.dumps(
+                {
+                    "out": str(args.out),
+                    "counts": manifest["counts"],
+                    "rejected": len(manifest["rejected"]),
+                    "MiB": round(manifest["bytes"] / 2**20, 1),
+                }
+            )
+        )
         return 0
 
     if args.command == "verify":

@@ -160,7 +160,12 @@ def make_sample(radiance: np.ndarray, rng: np.random.Generator, recipe: Recipe =
     ldr = capture(hdr, camera, 0.0, rng)
     up = capture(hdr, camera, choice.ev_up, rng)
     down = capture(hdr, camera, choice.ev_down, rng)
-    meta = {"camera": camera.to_dict(), "exposure": exposure, "labels": choice.to_dict(), "clipped_fraction": float((hdr.max(axis=-1) >= 1.0).mean())}
+    meta = {
+        "camera": camera.to_dict(),
+        "exposure": exposure,
+        "labels": choice.to_dict(),
+        "clipped_fraction": float((hdr.max(axis=-1) >= 1.0).mean()),
+    }
     return Sample(ldr, up, down, hdr, choice.ev_up, choice.ev_down, source, meta)
 
 
@@ -278,7 +283,12 @@ def _npz_bytes(sample: Sample) -> bytes:
         for name, value in arrays.items():
             member = io.BytesIO()
             np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
-            zf.writestr(zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0)), member.getvalue(), compress_type=zipfile.ZIP_DEFLATED, compresslevel=1)
+            zf.writestr(
+                zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0)),
+                member.getvalue(),
+                compress_type=zipfile.ZIP_DEFLATED,
+                compresslevel=1,
+            )
     return buf.getvalue()
 
 
@@ -294,9 +304,14 @@ def load_sample(path: str | os.PathLike[str]) -> Sample:
     try:
         with np.load(path, allow_pickle=False) as z:
             s = Sample(
-                ldr=z["ldr"], up=z["up"], down=z["down"], hdr=z["hdr"].astype(np.float32),
-                ev_up=float(z["ev_up"]), ev_down=float(z["ev_down"]),
-                source=str(z["source"]), meta=json.loads(str(z["meta"])),
+                ldr=z["ldr"],
+                up=z["up"],
+                down=z["down"],
+                hdr=z["hdr"].astype(np.float32),
+                ev_up=float(z["ev_up"]),
+                ev_down=float(z["ev_down"]),
+                source=str(z["source"]),
+                meta=json.loads(str(z["meta"])),
             )
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise ValueError(f"{path}: corrupt sample file ({type(err).__name__}: {err})") from err
@@ -337,7 +352,9 @@ def load_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
         with open(path) as f:
             manifest = json.load(f)
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"{path} not found: build the data set first (python -m sitm_training.data build)") from err
+        raise FileNotFoundError(
+            f"{path} not found: build the data set first (python -m sitm_training.data build)"
+        ) from err
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path}: unknown format {manifest.get('format')!r}, expected {FORMAT!r}")
     return manifest
@@ -394,7 +411,10 @@ def build(
     test_sources = [s for s in sources if s.id in TEST_SOURCE_IDS or s.id.startswith("test/")]
     train_sources = [s for s in sources if s not in test_sources]
     if not train_sources and recipe.real_fraction > 0:
-        log.warning("NO REAL HDR SOURCES for training: the train split is procedural only (run `python -m sitm_training.data fetch`)")
+        log.warning(
+            "NO REAL HDR SOURCES for training: the train split is procedural only "
+            "(run `python -m sitm_training.data fetch`)"
+        )
     if not test_sources and recipe.n_test > 0:
         log.warning("NO HELD-OUT REAL HDR SOURCES: the test split is procedural, not real images")
     recipe_dict = recipe.to_dict()
@@ -408,7 +428,8 @@ def build(
         old = load_manifest(out)
         if old.get("recipe_hash") != rhash:
             raise BuildError(
-                f"{out} holds a data set with another recipe or other sources (hash {old.get('recipe_hash')} != {rhash}); "
+                f"{out} holds a data set with another recipe or other sources "
+                f"(hash {old.get('recipe_hash')} != {rhash}); "
                 "use a new --out folder or delete this one"
             )
         done = {s["id"]: s for s in old.get("samples", [])}
@@ -444,7 +465,12 @@ def build(
         "test_source_ids": sorted(s.id for s in test_sources),
         "test_is_real": bool(test_sources),
         "train_has_real": bool(train_sources),
-        "software": {"python": sys.version.split()[0], "numpy": np.__version__, "opencv": _cv2_version(), "platform": platform.platform()},
+        "software": {
+            "python": sys.version.split()[0],
+            "numpy": np.__version__,
+            "opencv": _cv2_version(),
+            "platform": platform.platform(),
+        },
         "complete": False,
         "samples": [],
     }
@@ -483,7 +509,9 @@ def build(
         manifest["failures"] = failures
     checkpoint(complete=not failures)
     if failures:
-        raise BuildError(f"{len(failures)} samples failed (see manifest 'failures'); the others are written. First: {failures[0]}")
+        raise BuildError(
+            f"{len(failures)} samples failed (see manifest 'failures'); the others are written. First: {failures[0]}"
+        )
     return manifest
 
 
@@ -512,7 +540,9 @@ def _progress(total: int, enabled: bool) -> Any:
     return tqdm(total=total, unit="sample", dynamic_ncols=True)
 
 
-def _run_items(todo: list[PlanItem], recipe_dict: dict[str, Any], sources: list[HDRSource], workers: int) -> Iterator[tuple[PlanItem, bytes | str, dict[str, Any]]]:
+def _run_items(
+    todo: list[PlanItem], recipe_dict: dict[str, Any], sources: list[HDRSource], workers: int
+) -> Iterator[tuple[PlanItem, bytes | str, dict[str, Any]]]:
     if workers <= 1 or len(todo) < 2:
         _worker_init(recipe_dict, sources)
         for item in todo:
@@ -544,7 +574,9 @@ def verify(root: str | os.PathLike[str]) -> list[str]:
     return problems
 
 
-def export_split(root: str | os.PathLike[str], out: str | os.PathLike[str], split: str = "test") -> list[dict[str, Any]]:
+def export_split(
+    root: str | os.PathLike[str], out: str | os.PathLike[str], split: str = "test"
+) -> list[dict[str, Any]]:
     """Write a split as evaluation pairs: ``out/<id>.png`` (LDR input), ``out/<id>.exr`` (float32 HDR),
     ``out/labels/<id>_up.png`` / ``<id>_down.png``, and ``out/pairs.json`` (ids, files, EVs, sources).
     """
@@ -562,10 +594,22 @@ def export_split(root: str | os.PathLike[str], out: str | os.PathLike[str], spli
         write_exr(out / f"{sid}.exr", s.hdr, half=False)
         write_png(out / "labels" / f"{sid}_up.png", s.up)
         write_png(out / "labels" / f"{sid}_down.png", s.down)
-        pairs.append({
-            "id": sid, "ldr": f"{sid}.png", "hdr": f"{sid}.exr", "up": f"labels/{sid}_up.png", "down": f"labels/{sid}_down.png",
-            "ev_up": s.ev_up, "ev_down": s.ev_down, "source": s.source,
-        })
-    _write_atomic(out / "pairs.json", json.dumps({"split": split, "from": str(root), "recipe_hash": manifest["recipe_hash"], "pairs": pairs}, indent=1).encode())
+        pairs.append(
+            {
+                "id": sid,
+                "ldr": f"{sid}.png",
+                "hdr": f"{sid}.exr",
+                "up": f"labels/{sid}_up.png",
+                "down": f"labels/{sid}_down.png",
+                "ev_up": s.ev_up,
+                "ev_down": s.ev_down,
+                "source": s.source,
+            }
+        )
+    _write_atomic(
+        out / "pairs.json",
+        json.dumps(
+            {"split": split, "from": str(root), "recipe_hash": manifest["recipe_hash"], "pairs": pairs}, indent=1
+        ).encode(),
+    )
     return pairs
-

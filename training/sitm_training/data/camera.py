@@ -185,7 +185,11 @@ def sample_camera(rng: np.random.Generator, config: CameraConfig = CameraConfig(
     saturation = float(rng.uniform(*config.saturation))
     shot = _log_uniform(rng, *config.shot_noise)
     read = _log_uniform(rng, *config.read_noise)
-    jpeg = int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1)) if rng.random() < config.jpeg_prob else None
+    jpeg = (
+        int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1))
+        if rng.random() < config.jpeg_prob
+        else None
+    )
     return Camera(response, wb, saturation, shot, read, jpeg)
 
 
@@ -218,7 +222,9 @@ def exposure_scale(radiance: np.ndarray, clip_fraction: float) -> float:
     return 1.0 / q
 
 
-def sample_exposure(rng: np.random.Generator, radiance: np.ndarray, config: CameraConfig = CameraConfig()) -> tuple[float, dict[str, Any]]:
+def sample_exposure(
+    rng: np.random.Generator, radiance: np.ndarray, config: CameraConfig = CameraConfig()
+) -> tuple[float, dict[str, Any]]:
     """Choose the input exposure; returns ``(scale, info)`` with ``hdr = scale * radiance``.
 
     With probability ``1 - under_prob`` the target clipped fraction is drawn log-uniformly from

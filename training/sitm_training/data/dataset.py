@@ -39,7 +39,9 @@ __all__ = ["augment", "SampleDataset", "ProceduralDataset", "SICEDataset", "Pair
 log = logging.getLogger(__name__)
 
 
-def augment(arrays: dict[str, np.ndarray], rng: np.random.Generator, crop: int | None, random: bool = True) -> dict[str, np.ndarray]:
+def augment(
+    arrays: dict[str, np.ndarray], rng: np.random.Generator, crop: int | None, random: bool = True
+) -> dict[str, np.ndarray]:
     """Crop (random or centred) and, when ``random``, flip and rotate all ``(H, W, C)`` arrays alike."""
     h, w = next(iter(arrays.values())).shape[:2]
     if crop is not None and (crop > h or crop > w):
@@ -65,7 +67,9 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(to_float(a).transpose(2, 0, 1)))
 
 
-def _to_item(arrays: dict[str, np.ndarray], ev_up: float | None, ev_down: float | None, source: str, sid: str) -> dict[str, Any]:
+def _to_item(
+    arrays: dict[str, np.ndarray], ev_up: float | None, ev_down: float | None, source: str, sid: str
+) -> dict[str, Any]:
     item: dict[str, Any] = {k: _tensor(a) for k, a in arrays.items()}
     if ev_up is not None:
         item["ev_up"] = torch.tensor(ev_up, dtype=torch.float32)
@@ -113,7 +117,13 @@ class SampleDataset(_Augmented):
     """
 
     def __init__(
-        self, root: str | os.PathLike[str], split: str = "train", crop: int | None = 256, augment: bool = True, seed: int | None = None, check: bool = False
+        self,
+        root: str | os.PathLike[str],
+        split: str = "train",
+        crop: int | None = 256,
+        augment: bool = True,
+        seed: int | None = None,
+        check: bool = False,
     ) -> None:
         super().__init__(crop, augment, seed)
         self.root = Path(root)
@@ -126,7 +136,9 @@ class SampleDataset(_Augmented):
         if crop is not None and crop > size:
             raise ValueError(f"crop {crop} is larger than the stored size {size} of {self.root}")
         if not self.manifest.get("complete"):
-            log.warning("%s: the build is incomplete; using the %d finished %s samples", self.root, len(self.records), split)
+            log.warning(
+                "%s: the build is incomplete; using the %d finished %s samples", self.root, len(self.records), split
+            )
         if check:  # before training starts, rather than at some step deep inside it
             bad = []
             for r in self.records:
@@ -136,7 +148,10 @@ class SampleDataset(_Augmented):
                 elif hashlib.sha256(path.read_bytes()).hexdigest() != r["sha256"]:
                     bad.append(f"{path}: checksum mismatch")
             if bad:
-                raise ValueError(f"{len(bad)} broken sample files in {self.root} (first: {bad[0]}); rebuild with the same command to repair")
+                raise ValueError(
+                    f"{len(bad)} broken sample files in {self.root} (first: {bad[0]}); "
+                    "rebuild with the same command to repair"
+                )
 
     def __len__(self) -> int:
         return len(self.records)
@@ -152,7 +167,15 @@ class ProceduralDataset(_Augmented):
     Item ``i`` is the same as sample ``i`` of a procedural build with the same seed and recipe.
     """
 
-    def __init__(self, n: int, size: int = 256, seed: int = 0, crop: int | None = None, augment: bool = False, recipe: Recipe | None = None) -> None:
+    def __init__(
+        self,
+        n: int,
+        size: int = 256,
+        seed: int = 0,
+        crop: int | None = None,
+        augment: bool = False,
+        recipe: Recipe | None = None,
+    ) -> None:
         super().__init__(crop, augment, None if seed is None else seed)
         base = recipe or Recipe()
         self.recipe = Recipe(**{**base.__dict__, "seed": seed, "size": size, "n": n, "n_test": 0})
@@ -177,7 +200,15 @@ class SICEDataset(_Augmented):
     :class:`SampleDataset`. Here, the items of an unusable stack raise ``ImageReadError`` naming the file.
     """
 
-    def __init__(self, root: str | os.PathLike[str], size: int = 512, crop: int | None = 384, augment: bool = True, seed: int | None = None, criterion: LabelCriterion = LabelCriterion()) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        size: int = 512,
+        crop: int | None = 384,
+        augment: bool = True,
+        seed: int | None = None,
+        criterion: LabelCriterion = LabelCriterion(),
+    ) -> None:
         super().__init__(crop, augment, seed)
         self.size = size
         self.criterion = criterion
@@ -270,7 +301,15 @@ class HDRFolderDataset(_Augmented):
     by name, listed in ``rejected``).
     """
 
-    def __init__(self, root: str | os.PathLike[str], size: int = 512, seed: int = 0, crop: int | None = None, augment: bool = False, recipe: Recipe | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        size: int = 512,
+        seed: int = 0,
+        crop: int | None = None,
+        augment: bool = False,
+        recipe: Recipe | None = None,
+    ) -> None:
         super().__init__(crop, augment, seed)
         self.paths, self.rejected = scan_hdr_files(root)
         self.size = size

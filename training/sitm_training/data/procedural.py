@@ -34,7 +34,9 @@ def _cv2() -> Any:
     return cv2
 
 
-def fractal_noise(rng: np.random.Generator, h: int, w: int, octaves: int = 5, base: int = 3, persistence: float = 0.5) -> np.ndarray:
+def fractal_noise(
+    rng: np.random.Generator, h: int, w: int, octaves: int = 5, base: int = 3, persistence: float = 0.5
+) -> np.ndarray:
     """Sum of upsampled random grids (value noise), normalized to [0, 1]; float32 ``(h, w)``."""
     cv2 = _cv2()
     total = np.zeros((h, w), np.float32)
@@ -48,7 +50,9 @@ def fractal_noise(rng: np.random.Generator, h: int, w: int, octaves: int = 5, ba
     return (total - lo) / np.float32(max(hi - lo, 1e-6))
 
 
-def _random_color(rng: np.random.Generator, lo: float = 0.03, hi: float = 0.85, sat: tuple[float, float] = (0.0, 0.8)) -> np.ndarray:
+def _random_color(
+    rng: np.random.Generator, lo: float = 0.03, hi: float = 0.85, sat: tuple[float, float] = (0.0, 0.8)
+) -> np.ndarray:
     """An RGB albedo from a random hue, saturation and value."""
     hue = rng.random()
     s = rng.uniform(*sat)
@@ -87,7 +91,9 @@ def _texture(rng: np.random.Generator, cv: _Canvas) -> np.ndarray:
     else:  # grain: high-frequency noise on a base colour
         t = fractal_noise(rng, cv.h, cv.w, octaves=2, base=int(cv.size // 4))
     tex = c1 + (c2 - c1) * t[..., None]
-    grain = 1.0 + np.float32(rng.uniform(0.0, 0.3)) * (fractal_noise(rng, cv.h, cv.w, octaves=2, base=int(cv.size // 8)) - 0.5)
+    grain = 1.0 + np.float32(rng.uniform(0.0, 0.3)) * (
+        fractal_noise(rng, cv.h, cv.w, octaves=2, base=int(cv.size // 8)) - 0.5
+    )
     return np.clip(tex * grain[..., None], 0.02, 0.95).astype(np.float32)
 
 
@@ -128,7 +134,9 @@ def _disc(cv: _Canvas, cx: float, cy: float, radius: float) -> tuple[np.ndarray,
 def _emitter(rng: np.random.Generator, cv: _Canvas, cx: float, cy: float, radius: float) -> np.ndarray:
     """A unit-peak emitter ``(h, w)``: a disc plus an exponential glow (glare) around it."""
     disc, r = _disc(cv, cx, cy, radius)
-    glow = np.float32(10 ** rng.uniform(-5.0, -2.5)) * np.exp(-np.maximum(r - radius, 0.0) / np.float32(radius * rng.uniform(1.0, 4.0)))
+    glow = np.float32(10 ** rng.uniform(-5.0, -2.5)) * np.exp(
+        -np.maximum(r - radius, 0.0) / np.float32(radius * rng.uniform(1.0, 4.0))
+    )
     return np.maximum(disc, glow.astype(np.float32))
 
 
@@ -138,7 +146,15 @@ def _paint(img: np.ndarray, cover: np.ndarray, value: np.ndarray) -> None:
     img += cover[..., None] * value
 
 
-def _objects(rng: np.random.Generator, cv: _Canvas, img: np.ndarray, n: int, light: float, region: tuple[float, float], glints: list[tuple[float, float, float, float]]) -> None:
+def _objects(
+    rng: np.random.Generator,
+    cv: _Canvas,
+    img: np.ndarray,
+    n: int,
+    light: float,
+    region: tuple[float, float],
+    glints: list[tuple[float, float, float, float]],
+) -> None:
     """Paint ``n`` textured shapes lit at ``light`` or in shadow; remember places for specular glints."""
     for _ in range(n):
         cx = rng.uniform(0, cv.w)
@@ -172,7 +188,9 @@ def _day(rng: np.random.Generator, cv: _Canvas, emit: np.ndarray, glints: list) 
     img = sky * (1 - g[..., None]) + ground * g[..., None]
     _objects(rng, cv, img, int(rng.integers(2, 9)), 1.0, (horizon - 0.1, 1.0), glints)
     if rng.random() < 0.7:  # the sun
-        emit += _emitter(rng, cv, rng.uniform(0, cv.w), rng.uniform(0.02, horizon) * cv.h * 0.95, cv.size * rng.uniform(0.008, 0.03))
+        emit += _emitter(
+            rng, cv, rng.uniform(0, cv.w), rng.uniform(0.02, horizon) * cv.h * 0.95, cv.size * rng.uniform(0.008, 0.03)
+        )
     return img
 
 
@@ -183,15 +201,25 @@ def _backlit(rng: np.random.Generator, cv: _Canvas, emit: np.ndarray, glints: li
     dark = 10 ** -rng.uniform(1.0, 3.0)
     img = bg.astype(np.float32)
     # a frame / wall around the bright opening
-    frame = 1.0 - _shape(rng, cv, cv.w * rng.uniform(0.3, 0.7), cv.h * rng.uniform(0.3, 0.6), cv.size * rng.uniform(0.3, 0.6))
+    frame = 1.0 - _shape(
+        rng, cv, cv.w * rng.uniform(0.3, 0.7), cv.h * rng.uniform(0.3, 0.6), cv.size * rng.uniform(0.3, 0.6)
+    )
     _paint(img, frame.astype(np.float32), _texture(rng, cv) * np.float32(bg_level * dark * rng.uniform(1, 5)))
     _objects(rng, cv, img, int(rng.integers(2, 6)), bg_level * dark, (0.3, 1.0), glints)
     if rng.random() < 0.5:
-        emit += _emitter(rng, cv, rng.uniform(0, cv.w), rng.uniform(0.05, 0.5) * cv.h, cv.size * rng.uniform(0.01, 0.04))
+        emit += _emitter(
+            rng, cv, rng.uniform(0, cv.w), rng.uniform(0.05, 0.5) * cv.h, cv.size * rng.uniform(0.01, 0.04)
+        )
     return img
 
 
-def _lamp_light(rng: np.random.Generator, cv: _Canvas, lamps: list[tuple[float, float, float]], ambient: float, reach: tuple[float, float] = (0.05, 0.25)) -> np.ndarray:
+def _lamp_light(
+    rng: np.random.Generator,
+    cv: _Canvas,
+    lamps: list[tuple[float, float, float]],
+    ambient: float,
+    reach: tuple[float, float] = (0.05, 0.25),
+) -> np.ndarray:
     """Irradiance from point lamps, ``ambient + sum power / (1 + (d / r0)**2)``."""
     light = np.full((cv.h, cv.w), ambient, np.float32)
     for lx, ly, power in lamps:
@@ -205,8 +233,13 @@ def _night(rng: np.random.Generator, cv: _Canvas, emit: np.ndarray, glints: list
     horizon = rng.uniform(0.3, 0.7)
     t = np.clip(cv.y / np.float32(horizon * cv.h), 0.0, 1.0)[..., None]
     sky_level = 10 ** rng.uniform(-3.0, -1.5)
-    sky = (np.array([0.05, 0.07, 0.15], np.float32) + np.array([0.5, 0.35, 0.2], np.float32) * t**3) * np.float32(sky_level * 10)
-    lamps = [(rng.uniform(0, cv.w), rng.uniform(0.2, 1.0) * cv.h, sky_level * 10 ** rng.uniform(1.0, 2.5)) for _ in range(int(rng.integers(2, 9)))]
+    sky = (np.array([0.05, 0.07, 0.15], np.float32) + np.array([0.5, 0.35, 0.2], np.float32) * t**3) * np.float32(
+        sky_level * 10
+    )
+    lamps = [
+        (rng.uniform(0, cv.w), rng.uniform(0.2, 1.0) * cv.h, sky_level * 10 ** rng.uniform(1.0, 2.5))
+        for _ in range(int(rng.integers(2, 9)))
+    ]
     light = _lamp_light(rng, cv, lamps, ambient=sky_level * rng.uniform(0.3, 3.0), reach=(0.02, 0.12))
     ground = _texture(rng, cv) * light[..., None]
     g = np.clip((cv.y - horizon * cv.h) + 0.5, 0.0, 1.0)
@@ -215,7 +248,12 @@ def _night(rng: np.random.Generator, cv: _Canvas, emit: np.ndarray, glints: list
         cover = _shape(rng, cv, rng.uniform(0, cv.w), horizon * cv.h, cv.size * rng.uniform(0.1, 0.3))
         _paint(img, cover, _texture(rng, cv) * np.float32(sky_level * 0.5))
         for _ in range(int(rng.integers(1, 6))):
-            win = _shape(rng, cv, rng.uniform(0, cv.w), rng.uniform(0.1, horizon) * cv.h, cv.size * rng.uniform(0.01, 0.04)) * cover
+            win = (
+                _shape(
+                    rng, cv, rng.uniform(0, cv.w), rng.uniform(0.1, horizon) * cv.h, cv.size * rng.uniform(0.01, 0.04)
+                )
+                * cover
+            )
             _paint(img, win, np.float32(rng.uniform(0.3, 3.0)) * _random_color(rng, 0.5, 1.0, (0.2, 0.7)))
     _objects(rng, cv, img, int(rng.integers(0, 4)), float(sky_level * 3), (horizon, 1.0), glints)
     for lx, ly, _ in lamps:
@@ -224,7 +262,10 @@ def _night(rng: np.random.Generator, cv: _Canvas, emit: np.ndarray, glints: list
 
 
 def _indoor(rng: np.random.Generator, cv: _Canvas, emit: np.ndarray, glints: list) -> np.ndarray:
-    lamps = [(rng.uniform(0, cv.w), rng.uniform(0.0, 0.6) * cv.h, rng.uniform(0.5, 3.0)) for _ in range(int(rng.integers(1, 4)))]
+    lamps = [
+        (rng.uniform(0, cv.w), rng.uniform(0.0, 0.6) * cv.h, rng.uniform(0.5, 3.0))
+        for _ in range(int(rng.integers(1, 4)))
+    ]
     light = _lamp_light(rng, cv, lamps, ambient=rng.uniform(0.02, 0.3))
     img = _texture(rng, cv) * light[..., None]
     floor = np.clip((cv.y - rng.uniform(0.5, 0.8) * cv.h) + 0.5, 0.0, 1.0)
@@ -264,7 +305,7 @@ def generate_scene(
     emit = np.zeros((h, w), np.float32)
     glints: list[tuple[float, float, float, float]] = []
     img = builders[kind](rng, cv, emit, glints)
-    for gx, gy, lit, radius in glints:  # specular highlights: small bright blobs on objects
+    for gx, gy, _lit, radius in glints:  # specular highlights: small bright blobs on objects
         emit += _blob(cv, gx, gy, max(0.6, radius * rng.uniform(0.01, 0.06))) * np.float32(10 ** rng.uniform(-1.5, 0.0))
     if not glints and float(emit.max()) == 0.0:  # always something bright: a lone glint
         emit += _blob(cv, rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.6, 2.0))

@@ -79,7 +79,10 @@ def find_sice_stacks(root: str | os.PathLike[str]) -> list[SICEStack]:
     if not root.is_dir():
         raise FileNotFoundError(f"SICE folder {root} does not exist")
     stacks = []
-    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: tuple(_natural_key(q) for q in p.relative_to(root).parts)):
+    for folder in sorted(
+        (p for p in root.rglob("*") if p.is_dir()),
+        key=lambda p: tuple(_natural_key(q) for q in p.relative_to(root).parts),
+    ):
         if folder.name.lower() == "label":
             continue
         images = _images_in(folder)
@@ -112,7 +115,9 @@ def load_stack(stack: SICEStack, size: int | None = None) -> tuple[list[np.ndarr
         if img.dtype == np.uint16:
             img = (img >> 8).astype(np.uint8)
         if imgs and img.shape != imgs[0].shape:
-            raise ImageReadError(p, f"size {img.shape[:2]} differs from the stack's {imgs[0].shape[:2]} ({stack.images[0].name})")
+            raise ImageReadError(
+                p, f"size {img.shape[:2]} differs from the stack's {imgs[0].shape[:2]} ({stack.images[0].name})"
+            )
         imgs.append(img)
     if size is not None:
         imgs = [cv2.resize(i, (size, size), interpolation=cv2.INTER_AREA) for i in imgs]
@@ -142,7 +147,9 @@ def _hat(z: np.ndarray) -> np.ndarray:
     return np.where(z <= 127.5, z, 255.0 - z)
 
 
-def debevec_response(images: list[np.ndarray], log_times: np.ndarray, n_samples: int = 300, smoothness: float = 50.0, seed: int = 0) -> np.ndarray:
+def debevec_response(
+    images: list[np.ndarray], log_times: np.ndarray, n_samples: int = 300, smoothness: float = 50.0, seed: int = 0
+) -> np.ndarray:
     """Debevec & Malik (1997) response recovery: ``g[z, c] = ln(exposure)`` for code ``z``, shape (256, 3).
 
     ``log_times`` are natural logs of the exposure times. Samples ``n_samples`` pixels (seeded), stratified
@@ -197,13 +204,23 @@ def merge_debevec(images: list[np.ndarray], log_times: np.ndarray, g: np.ndarray
         num += wz * (np.take_along_axis(g[None, None, :, :], img[..., None, :].astype(int), axis=2)[..., 0, :] - lt)
         den += wz
     darkest = np.take_along_axis(g[None, None], images[0][..., None, :].astype(int), axis=2)[..., 0, :] - log_times[0]
-    brightest = np.take_along_axis(g[None, None], images[-1][..., None, :].astype(int), axis=2)[..., 0, :] - log_times[-1]
+    brightest = (
+        np.take_along_axis(g[None, None], images[-1][..., None, :].astype(int), axis=2)[..., 0, :] - log_times[-1]
+    )
     fallback = np.where(images[0] >= 128, darkest, brightest)
     ln_e = np.where(den > 0, num / np.maximum(den, 1e-12), fallback)
     return np.exp(ln_e).astype(np.float32)
 
 
-def stack_sample(images: list[np.ndarray], log2_exposures: np.ndarray, index: int, radiance: np.ndarray, g: np.ndarray, criterion: LabelCriterion = LabelCriterion(), source: str = "") -> Sample:
+def stack_sample(
+    images: list[np.ndarray],
+    log2_exposures: np.ndarray,
+    index: int,
+    radiance: np.ndarray,
+    g: np.ndarray,
+    criterion: LabelCriterion = LabelCriterion(),
+    source: str = "",
+) -> Sample:
     """A training sample with input ``images[index]`` of a real stack (darkest first).
 
     The labels are chosen by the same rule as for simulated stacks, on the real images, with the EVs
@@ -273,7 +290,9 @@ def merge_stack(stack: SICEStack, size: int | None = None) -> MergedStack:
 def sice_samples(merged: MergedStack, criterion: LabelCriterion = LabelCriterion()) -> list[Sample]:
     """One sample per input that has a darker and a brighter image in the stack."""
     return [
-        stack_sample(merged.images, merged.log2_exposures, i, merged.radiance, merged.response, criterion, f"sice/{merged.name}")
+        stack_sample(
+            merged.images, merged.log2_exposures, i, merged.radiance, merged.response, criterion, f"sice/{merged.name}"
+        )
         for i in range(1, len(merged.images) - 1)
     ]
 
@@ -304,7 +323,9 @@ def scan_hdr_files(root: str | os.PathLike[str]) -> tuple[list[Path], list[tuple
     if not root.is_dir():
         raise FileNotFoundError(f"HDR folder {root} does not exist")
     good, rejected = [], []
-    for path in sorted((p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in HDR_EXTENSIONS), key=_natural_key):
+    for path in sorted(
+        (p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in HDR_EXTENSIONS), key=_natural_key
+    ):
         try:
             validate_radiance(read_hdr(path), path)
         except ImageReadError as err:
@@ -343,10 +364,18 @@ def import_sice(
     order = rng.permutation(len(stacks))
     n_test = int(round(len(stacks) * test_fraction))
     n_val = int(round(len(stacks) * val_fraction))
-    split_of = {int(k): ("test" if r < n_test else "val" if r < n_test + n_val else "train") for r, k in enumerate(order)}
+    split_of = {
+        int(k): ("test" if r < n_test else "val" if r < n_test + n_val else "train") for r, k in enumerate(order)
+    }
     recipe = {
-        "kind": "sice", "root": str(root), "size": size, "test_fraction": test_fraction, "val_fraction": val_fraction,
-        "seed": seed, "criterion": criterion.to_dict(), "stacks": [s.name for s in stacks],
+        "kind": "sice",
+        "root": str(root),
+        "size": size,
+        "test_fraction": test_fraction,
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "criterion": criterion.to_dict(),
+        "stacks": [s.name for s in stacks],
     }
     rhash = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     out.mkdir(parents=True, exist_ok=True)
@@ -386,13 +415,29 @@ def import_sice(
         for sid, sample in zip(ids, sice_samples(merged, criterion)):
             data = _npz_bytes(sample)
             _write_atomic(out / split / f"{sid}.npz", data)
-            records.append({
-                "id": sid, "split": split, "file": f"{split}/{sid}.npz", "source": sample.source, "ev_up": sample.ev_up,
-                "ev_down": sample.ev_down, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
-            })
+            records.append(
+                {
+                    "id": sid,
+                    "split": split,
+                    "file": f"{split}/{sid}.npz",
+                    "source": sample.source,
+                    "ev_up": sample.ev_up,
+                    "ev_down": sample.ev_down,
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "bytes": len(data),
+                }
+            )
     manifest = {
-        "format": FORMAT, "recipe_hash": rhash, "recipe": recipe, "seed": seed, "sources": [], "test_is_real": True,
-        "train_has_real": True, "complete": True, "rejected": rejected, "samples": records,
+        "format": FORMAT,
+        "recipe_hash": rhash,
+        "recipe": recipe,
+        "seed": seed,
+        "sources": [],
+        "test_is_real": True,
+        "train_has_real": True,
+        "complete": True,
+        "rejected": rejected,
+        "samples": records,
         "counts": {sp: sum(r["split"] == sp for r in records) for sp in ("train", "val", "test")},
         "bytes": sum(r["bytes"] for r in records),
         "hdr_note": "HDR merged from each full stack with Debevec & Malik (Photomatix substitute)",

@@ -68,27 +68,95 @@ _QT = "./usr/share/qtcreator/qml/qmlpuppet/mockfiles/images/"
 _CC0 = "CC0-1.0 (Blender studio lights, from Poly Haven)"
 
 DEBIAN_FILES: tuple[DebianFile, ...] = (
-    DebianFile("blender/city", "blender-data", _BLENDER + "city.exr", "70940108df90c0721799d29f758ca79e67e509d9a2636487e639db7779561524", "panorama", _CC0),
-    DebianFile("blender/courtyard", "blender-data", _BLENDER + "courtyard.exr", "1518fa37da6a8a389810a7a70262c410553018a51f0be9e248155b9bb363ff3d", "panorama", _CC0),
-    DebianFile("blender/forest", "blender-data", _BLENDER + "forest.exr", "63ad3243d0f9c29bd1f51b9a3bbf5c0ad25ea39299698dba6cfc29d1660d6008", "panorama", _CC0),
-    DebianFile("blender/interior", "blender-data", _BLENDER + "interior.exr", "4f6810b182ade346eac6964bf02405adf430c321b8853a644316af4e05d0fdb5", "panorama", _CC0),
-    DebianFile("blender/night", "blender-data", _BLENDER + "night.exr", "a46488f5cb744f325abc9f5af3c3eeb5d9393df69b5178fbe727538522120045", "panorama", _CC0),
-    DebianFile("blender/studio", "blender-data", _BLENDER + "studio.exr", "e501dd8a1172bd0e03903ede7f452300f8368448fe74720600338304d79281d9", "panorama", _CC0),
-    DebianFile("blender/sunrise", "blender-data", _BLENDER + "sunrise.exr", "b97206217e29763d62d9a65ad2d7058460acfb4824659e7a59f5bde374f21937", "panorama", _CC0),
-    DebianFile("blender/sunset", "blender-data", _BLENDER + "sunset.exr", "a164f20b86bc43ba4afd66c988a20a9dd5f1a0a5d8e960aed57a33f78119c168", "panorama", _CC0),
     DebianFile(
-        "libjxl/hdr_room", "libjxl-testdata", "./usr/share/libjxl-testdata/jxl/hdr_room.png",
-        "df2efb86c6114dba264c849ac0ae3a073c663d5aa55890fa276b8bd3b0efb2ae", "hlg_png", "BSD-3-Clause (libjxl test data)",
+        "blender/city",
+        "blender-data",
+        _BLENDER + "city.exr",
+        "70940108df90c0721799d29f758ca79e67e509d9a2636487e639db7779561524",
+        "panorama",
+        _CC0,
     ),
     DebianFile(
-        "qtcreator/preview_landscape", "qtcreator-data", _QT + "preview_landscape.hdr",
-        "b7691521e8a3f683f55649a8022033be52d4fa4039707fee0a6817f297a3fe8e", "panorama",
-        "GPL-3.0 with Qt exception (Qt Creator data)", weight=0.25,
+        "blender/courtyard",
+        "blender-data",
+        _BLENDER + "courtyard.exr",
+        "1518fa37da6a8a389810a7a70262c410553018a51f0be9e248155b9bb363ff3d",
+        "panorama",
+        _CC0,
     ),
     DebianFile(
-        "qtcreator/preview_studio", "qtcreator-data", _QT + "preview_studio.hdr",
-        "51ea42f8d43370264cef1c89ad22b0cf308732f7fe92f4bee0af2fcb221aceae", "panorama",
-        "GPL-3.0 with Qt exception (Qt Creator data)", weight=0.25,
+        "blender/forest",
+        "blender-data",
+        _BLENDER + "forest.exr",
+        "63ad3243d0f9c29bd1f51b9a3bbf5c0ad25ea39299698dba6cfc29d1660d6008",
+        "panorama",
+        _CC0,
+    ),
+    DebianFile(
+        "blender/interior",
+        "blender-data",
+        _BLENDER + "interior.exr",
+        "4f6810b182ade346eac6964bf02405adf430c321b8853a644316af4e05d0fdb5",
+        "panorama",
+        _CC0,
+    ),
+    DebianFile(
+        "blender/night",
+        "blender-data",
+        _BLENDER + "night.exr",
+        "a46488f5cb744f325abc9f5af3c3eeb5d9393df69b5178fbe727538522120045",
+        "panorama",
+        _CC0,
+    ),
+    DebianFile(
+        "blender/studio",
+        "blender-data",
+        _BLENDER + "studio.exr",
+        "e501dd8a1172bd0e03903ede7f452300f8368448fe74720600338304d79281d9",
+        "panorama",
+        _CC0,
+    ),
+    DebianFile(
+        "blender/sunrise",
+        "blender-data",
+        _BLENDER + "sunrise.exr",
+        "b97206217e29763d62d9a65ad2d7058460acfb4824659e7a59f5bde374f21937",
+        "panorama",
+        _CC0,
+    ),
+    DebianFile(
+        "blender/sunset",
+        "blender-data",
+        _BLENDER + "sunset.exr",
+        "a164f20b86bc43ba4afd66c988a20a9dd5f1a0a5d8e960aed57a33f78119c168",
+        "panorama",
+        _CC0,
+    ),
+    DebianFile(
+        "libjxl/hdr_room",
+        "libjxl-testdata",
+        "./usr/share/libjxl-testdata/jxl/hdr_room.png",
+        "df2efb86c6114dba264c849ac0ae3a073c663d5aa55890fa276b8bd3b0efb2ae",
+        "hlg_png",
+        "BSD-3-Clause (libjxl test data)",
+    ),
+    DebianFile(
+        "qtcreator/preview_landscape",
+        "qtcreator-data",
+        _QT + "preview_landscape.hdr",
+        "b7691521e8a3f683f55649a8022033be52d4fa4039707fee0a6817f297a3fe8e",
+        "panorama",
+        "GPL-3.0 with Qt exception (Qt Creator data)",
+        weight=0.25,
+    ),
+    DebianFile(
+        "qtcreator/preview_studio",
+        "qtcreator-data",
+        _QT + "preview_studio.hdr",
+        "51ea42f8d43370264cef1c89ad22b0cf308732f7fe92f4bee0af2fcb221aceae",
+        "panorama",
+        "GPL-3.0 with Qt exception (Qt Creator data)",
+        weight=0.25,
     ),
 )
 
@@ -122,7 +190,9 @@ def _run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
 
 
-def fetch(cache: Path | None = None, *, update: bool = False, keep_debs: bool = False, allow_unverified: bool = False) -> dict[str, Path]:
+def fetch(
+    cache: Path | None = None, *, update: bool = False, keep_debs: bool = False, allow_unverified: bool = False
+) -> dict[str, Path]:
     """Fetch the Debian HDR files into ``cache/hdr`` (skipping verified ones); returns ``{id: path}``.
 
     Runs ``apt-get update`` first when ``update`` (needs root). Files whose SHA-256 differs from the
@@ -130,7 +200,11 @@ def fetch(cache: Path | None = None, *, update: bool = False, keep_debs: bool = 
     not written and :class:`FetchError` lists them after the others are extracted.
     """
     cache = Path(cache) if cache is not None else default_cache_dir()
-    done = {f.id: _cached(cache, f) for f in DEBIAN_FILES if _cached(cache, f).is_file() and (_sha256(_cached(cache, f)) == f.sha256 or allow_unverified)}
+    done = {
+        f.id: _cached(cache, f)
+        for f in DEBIAN_FILES
+        if _cached(cache, f).is_file() and (_sha256(_cached(cache, f)) == f.sha256 or allow_unverified)
+    }
     todo = [f for f in DEBIAN_FILES if f.id not in done]
     if not todo:
         return done
@@ -173,9 +247,13 @@ def fetch(cache: Path | None = None, *, update: bool = False, keep_debs: bool = 
     return done
 
 
-def _extract(deb: Path, wanted: dict[str, DebianFile], cache: Path, allow_unverified: bool, mismatched: list[str]) -> dict[str, Path]:
+def _extract(
+    deb: Path, wanted: dict[str, DebianFile], cache: Path, allow_unverified: bool, mismatched: list[str]
+) -> dict[str, Path]:
     out: dict[str, Path] = {}
-    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+    with subprocess.Popen(
+        ["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         with tarfile.open(fileobj=proc.stdout, mode="r|*") as tar:
             for member in tar:
@@ -223,10 +301,19 @@ class HDRSource:
         return load_radiance(self.path, self.kind)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "path": str(self.path), "kind": self.kind, "license": self.license, "weight": self.weight, "sha256": self.sha256}
+        return {
+            "id": self.id,
+            "path": str(self.path),
+            "kind": self.kind,
+            "license": self.license,
+            "weight": self.weight,
+            "sha256": self.sha256,
+        }
 
 
-def find_debian_sources(cache: Path | None = None, *, allow_unverified: bool = False) -> tuple[list[HDRSource], list[str]]:
+def find_debian_sources(
+    cache: Path | None = None, *, allow_unverified: bool = False
+) -> tuple[list[HDRSource], list[str]]:
     """The fetched Debian sources present in ``cache`` with a matching checksum; ``(sources, missing ids)``."""
     cache = Path(cache) if cache is not None else default_cache_dir()
     sources, missing = [], []
@@ -356,7 +443,9 @@ def equirect_view(pano: np.ndarray, yaw: float, pitch: float, fov: float, size: 
     return np.maximum(view, 0.0).astype(np.float32)
 
 
-def _crop_view(rng: np.random.Generator, img: np.ndarray, size: int, scale: tuple[float, float] = (0.4, 1.0)) -> np.ndarray:
+def _crop_view(
+    rng: np.random.Generator, img: np.ndarray, size: int, scale: tuple[float, float] = (0.4, 1.0)
+) -> np.ndarray:
     import cv2
 
     h, w = img.shape[:2]
@@ -371,7 +460,9 @@ def _crop_view(rng: np.random.Generator, img: np.ndarray, size: int, scale: tupl
     return np.ascontiguousarray(np.maximum(view, 0.0), dtype=np.float32)
 
 
-def sample_view(rng: np.random.Generator, radiance: np.ndarray, kind: str, size: int) -> tuple[np.ndarray, dict[str, Any]]:
+def sample_view(
+    rng: np.random.Generator, radiance: np.ndarray, kind: str, size: int
+) -> tuple[np.ndarray, dict[str, Any]]:
     """A random square view of a source: perspective crops of panoramas, scaled crops of flat images."""
     if kind == "panorama":
         yaw = rng.uniform(-math.pi, math.pi)
@@ -380,6 +471,9 @@ def sample_view(rng: np.random.Generator, radiance: np.ndarray, kind: str, size:
         view = equirect_view(radiance, yaw, pitch, fov, size)
         if rng.random() < 0.5:
             view = np.ascontiguousarray(view[:, ::-1])
-        return view, {"yaw": round(math.degrees(yaw), 3), "pitch": round(math.degrees(pitch), 3), "fov": round(math.degrees(fov), 3)}
+        return view, {
+            "yaw": round(math.degrees(yaw), 3),
+            "pitch": round(math.degrees(pitch), 3),
+            "fov": round(math.degrees(fov), 3),
+        }
     return _crop_view(rng, radiance, size), {}
-

@@ -34,7 +34,15 @@ import numpy as np
 
 from .camera import Camera, render
 
-__all__ = ["DEFAULT_EVS", "stack_evs", "LabelCriterion", "LabelChoice", "exposure_classes", "choose_labels", "render_stack"]
+__all__ = [
+    "DEFAULT_EVS",
+    "stack_evs",
+    "LabelCriterion",
+    "LabelChoice",
+    "exposure_classes",
+    "choose_labels",
+    "render_stack",
+]
 
 DEFAULT_EVS: tuple[float, ...] = (-4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0)
 
@@ -72,7 +80,13 @@ class LabelCriterion:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LabelCriterion:
-        return cls(float(d["under"]), float(d["over"]), (float(d["well"][0]), float(d["well"][1])), float(d["coverage"]), float(d["min_fraction"]))
+        return cls(
+            float(d["under"]),
+            float(d["over"]),
+            (float(d["well"][0]), float(d["well"][1])),
+            float(d["coverage"]),
+            float(d["min_fraction"]),
+        )
 
 
 @dataclass
@@ -112,7 +126,9 @@ def exposure_classes(code: np.ndarray, criterion: LabelCriterion = LabelCriterio
     return m < criterion.under, m > criterion.over
 
 
-def _pick(steps: list[float], bad: np.ndarray, codes: Mapping[float, np.ndarray], criterion: LabelCriterion) -> tuple[float, dict[float, float]]:
+def _pick(
+    steps: list[float], bad: np.ndarray, codes: Mapping[float, np.ndarray], criterion: LabelCriterion
+) -> tuple[float, dict[float, float]]:
     n_bad = int(bad.sum())
     coverage: dict[float, float] = {}
     if n_bad == 0 or n_bad < criterion.min_fraction * bad.size:
