@@ -78,6 +78,25 @@ def test_fetch_error_and_sources_listing(
     assert "missing: blender/city" in capsys.readouterr().out
 
 
+def test_exclude_drops_debian_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    cache = tmp_path / "cache"
+    rng = np.random.default_rng(3)
+    fakes = []
+    for sid in ("blender/city", "qtcreator/preview_studio"):
+        path = cache / "hdr" / f"{sid}.exr"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        io.write_exr(path, np.exp(rng.normal(0, 1, (20, 40, 3))).astype(np.float32), half=False)
+        digest = S._sha256(path)
+        fakes.append(S.DebianFile(sid, "pkg", f"./x/{sid}.exr", digest, "panorama", "test"))
+    monkeypatch.setattr(S, "DEBIAN_FILES", tuple(fakes))
+    out = tmp_path / "ds"
+    args = ["build", "--out", str(out), "--n", "6", "--n-test", "0", "--size", "16", "--real-fraction", "1"]
+    assert main([*args, "--cache", str(cache), "--exclude", "qtcreator/", "--no-progress"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [s["id"] for s in manifest["sources"]] == ["blender/city"]
+    assert {r["source"] for r in manifest["samples"] if r["split"] == "train"} == {"blender/city"}
+
+
 def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["--help"])

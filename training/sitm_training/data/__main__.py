@@ -55,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--cache", type=Path, default=None, help="where `fetch` put the Debian sources")
     b.add_argument("--no-debian", action="store_true", help="do not use the fetched Debian sources")
     b.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="leave out a Debian source by id or id prefix, e.g. qtcreator/ (repeatable)",
+    )
+    b.add_argument(
         "--hdr-dir",
         type=Path,
         action="append",
@@ -142,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         sources: list[S.HDRSource] = []
         if not args.no_debian:
             found, missing = S.find_debian_sources(args.cache, allow_unverified=args.allow_unverified)
-            sources += found
+            dropped = [f.id for f in found if any(f.id.startswith(x) for x in args.exclude)]
+            if dropped:
+                log.info("excluded: %s", ", ".join(dropped))
+            sources += [f for f in found if f.id not in dropped]
             if missing:
                 log.warning(
                     "Debian HDR sources missing: %s (run: python -m sitm_training.data fetch)", ", ".join(missing)
