@@ -78,7 +78,7 @@ def test_fetch_error_and_sources_listing(
     assert "missing: blender/city" in capsys.readouterr().out
 
 
-def test_exclude_drops_debian_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_exclude_drops_debian_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cache = tmp_path / "cache"
     rng = np.random.default_rng(3)
     fakes = []
