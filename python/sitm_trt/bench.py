@@ -151,6 +151,146 @@ def format_table(rows: list[Row], header: dict) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The pipeline: pre, network, post, end to end
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PipeRow:
+    backend: str
+    device: str
+    precision: str
+    preset: str
+    resolution: str
+    config: str
+    pre_ms: float
+    net_ms: float
+    post_ms: float
+    total_ms: float
+    total_min_ms: float
+    total_max_ms: float
+    fps: float
+    peak_mem_mb: float | None
+
+
+def _weights_for(preset: str, tmpdir: str, shipped: bool):
+    """Shipped default weights when they are of this preset, else random-init weights (same cost)."""
+    from sitm_trt.weights import WeightsError, load
+
+    if shipped:
+        try:
+            w = load("default")
+            if w.preset_name == preset:
+                return w
+        except WeightsError:
+            pass
+    import os
+
+    import torch
+
+    from sitm_trt.model import SITMNet, save_weights
+
+    path = os.path.join(tmpdir, f"{preset}.safetensors")
+    if not os.path.exists(path):
+        torch.manual_seed(0)
+        save_weights(SITMNet(preset), path)
+    return load(path)
+
+
+def bench_pipeline(backends: list[str], presets: list[str], resolutions: list[str], repeats: int, warmup: int,
+                   configs: list[dict] | None = None) -> tuple[list[PipeRow], dict]:
+    import resource
+    import tempfile
+
+    import torch
+
+    from sitm_trt import kernels as K
+    from sitm_trt.pipeline import Pipeline
+
+    header = {"python": platform.python_version(), "torch": torch.__version__,
+              "cpu": platform.processor() or platform.machine(), "build": K.build_info()}
+    if torch.cuda.is_available():
+        header["gpu"] = torch.cuda.get_device_name()
+        header["driver"] = K.extension().device_properties(0)["driver_version"]
+    try:
+        from sitm_trt.backends.trt_engine import find_flavour
+
+        fl = find_flavour()
+        header["tensorrt"] = f"{fl.name} {fl.version}"
+    except ImportError:
+        header["tensorrt"] = "none"
+    rows: list[PipeRow] = []
+    configs = configs or [{}]
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in backends:
+            backend, device, precision = spec.split(":")  # e.g. torch:cpu:fp32, tensorrt:cuda:fp16
+            for preset in presets:
+                weights = _weights_for(preset, tmp, shipped=True)
+                for cfg in configs:
+                    threads = cfg.get("threads")
+                    if threads:
+                        torch.set_num_threads(threads)
+                        K.set_num_threads(threads)
+                    pipe = Pipeline(weights, backend=backend, precision=precision,
+                                    channels_last=cfg.get("channels_last"))
+                    for res in resolutions:
+                        h, w = RESOLUTIONS[res]
+                        dev = "cuda:0" if device == "cuda" else "cpu"
+                        frame = torch.randint(0, 256, (1, h, w, 3), dtype=torch.uint8).to(dev)
+                        be = pipe.backend_for(dev)
+                        s = be.stride
+                        hp, wp = -(-h // s) * s, -(-w // s) * s
+                        pre_out = tuple(pipe._buffer(f"pre{i}", dev, [1, c, hp, wp], be.dtype, 0)
+                                        for i, c in enumerate((3, 3, 3, 2)))
+                        out = torch.empty(1, 3, h, w, device=dev)
+                        state = {}
+
+                        def pre():
+                            K.pre(frame, stride=s, dtype=be.dtype, out=pre_out)
+
+                        def net():
+                            state["o"] = be.run(pre_out, 0 if dev == "cpu" else torch.cuda.current_stream().cuda_stream)
+
+                        def post():
+                            up, down, masks, coef = state["o"]
+                            K.post(masks, pre_out[0], up, down, coef, height=h, width=w, out=out)
+
+                        def total():
+                            pipe(frame, out=out)
+
+                        if dev != "cpu":
+                            torch.cuda.reset_peak_memory_stats()
+                        pre()
+                        net()
+                        t_pre = statistics.median(_time(pre, repeats, warmup, device))
+                        t_net = statistics.median(_time(net, repeats, warmup, device))
+                        t_post = statistics.median(_time(post, repeats, warmup, device))
+                        t_all = _time(total, repeats, warmup, device)
+                        peak = (torch.cuda.max_memory_allocated() / 2**20 if dev != "cpu"
+                                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+                        med = statistics.median(t_all)
+                        label = ", ".join(f"{k}={v}" for k, v in cfg.items()) or "default"
+                        rows.append(PipeRow(backend, device, precision, preset, res, label, t_pre, t_net, t_post, med,
+                                            min(t_all), max(t_all), 1e3 / med, peak))
+    return rows, header
+
+
+def format_pipeline(rows: list[PipeRow], header: dict) -> str:
+    lines = ["# sitm-trt pipeline benchmark (ms per frame, median)", ""]
+    for k in ("cpu", "torch", "gpu", "driver", "tensorrt"):
+        if k in header:
+            lines.append(f"- {k}: {header[k]}")
+    lines += ["", "| backend | device | precision | preset | size | config | pre | network | post | end to end "
+              "(min-max) | frames/s | peak memory MB |", "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        mem = f"{r.peak_mem_mb:.0f}" + ("" if r.device == "cuda" else " (RSS)") if r.peak_mem_mb is not None else "-"
+        lines.append(f"| {r.backend} | {r.device} | {r.precision} | {r.preset} | {r.resolution} | {r.config} | "
+                     f"{r.pre_ms:.2f} | {r.net_ms:.1f} | {r.post_ms:.2f} | {r.total_ms:.1f} "
+                     f"({r.total_min_ms:.1f}-{r.total_max_ms:.1f}) | {r.fps:.2f} | {mem} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sitm-trt bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -163,7 +303,38 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--dtype", choices=["float32", "float16"], default="float32",
                    help="dtype of the network tensors (fp16 = the TensorRT FP16 engine's outputs)")
     k.add_argument("--json", metavar="FILE", help="also write the rows and header as JSON")
+    pp = sub.add_parser("pipeline", help="ms/frame per stage and end to end, per backend, precision and preset")
+    pp.add_argument("--backend", nargs="+", default=None, metavar="BACKEND:DEVICE:PRECISION",
+                    help="e.g. torch:cpu:fp32 torch:cuda:fp32 tensorrt:cuda:fp16 (default: all available)")
+    pp.add_argument("--preset", nargs="+", default=["compact", "fast", "paper"], choices=["compact", "fast", "paper"])
+    pp.add_argument("--resolution", nargs="+", choices=sorted(RESOLUTIONS), default=["512", "1080p", "4k"])
+    pp.add_argument("--repeats", type=int, default=10)
+    pp.add_argument("--warmup", type=int, default=2)
+    pp.add_argument("--cpu-configs", action="store_true",
+                    help="sweep the CPU configurations (threads 1/all, channels-last off/on) and report each")
+    pp.add_argument("--json", metavar="FILE")
     args = parser.parse_args(argv)
+
+    if args.what == "pipeline":
+        import os
+
+        import torch
+
+        backends = args.backend
+        if backends is None:
+            backends = ["torch:cpu:fp32"]
+            if torch.cuda.is_available():
+                backends += ["torch:cuda:fp32", "torch:cuda:fp16", "tensorrt:cuda:fp16", "tensorrt:cuda:fp32"]
+        configs = None
+        if args.cpu_configs:
+            n = os.cpu_count() or 1
+            configs = [{"threads": t, "channels_last": cl} for t in sorted({1, n}) for cl in (False, True)]
+        rows, header = bench_pipeline(backends, args.preset, args.resolution, args.repeats, args.warmup, configs)
+        print(format_pipeline(rows, header))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"header": header, "rows": [asdict(r) for r in rows]}, f, indent=2)
+        return 0
 
     if args.what == "kernels":
         import torch
