@@ -59,3 +59,20 @@ def test_two_stages_checkpoint_and_resume(tiny_data, tmp_path):
 def test_crop_must_fit_the_stride(tiny_data, tmp_path):
     with pytest.raises(ValueError, match="multiple of the network stride 16"):
         train(TrainConfig(data=str(tiny_data), out=str(tmp_path), crop=40, workers=0))
+
+
+def test_validation_sheet_is_not_blank(tiny_data, tmp_path):
+    """The contact sheet shows input | result | ground truth with the same exposure for the last two."""
+    from sitm_training.data import SampleDataset
+    from sitm_training.train import validate
+    from sitm_trt.io import read_ldr
+    from sitm_trt.model import SITMNet
+
+    sheet = tmp_path / "sheet.png"
+    stats = validate(SITMNet("compact"), SampleDataset(tiny_data, "val", crop=None, augment=False),
+                     torch.device("cpu"), 2, sheet)
+    img = read_ldr(sheet)
+    h, w = img.shape[:2]
+    gt = img[:, 2 * w // 3:]
+    assert 5 < gt.mean() < 250 and gt.std() > 1  # a picture, not a white or black block
+    assert set(stats) == {"val_hdr_l1", "val_mu_psnr", "val_up_psnr", "val_down_psnr"}

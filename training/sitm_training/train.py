@@ -192,7 +192,11 @@ def validate(net: SITMNet, dataset, device: torch.device, n: int, sheet: Path | 
             stats[f"val_{key}_psnr"] += float(-10 * torch.log10(mse))
         if sheet is not None and i < 4:
             to_np = lambda t: t[0].permute(1, 2, 0).float().cpu().numpy()  # noqa: E731
-            rows.append(np.concatenate([to_np(ldr), tonemap_preview(to_np(hdr)), tonemap_preview(to_np(gt))], axis=1))
+            g = to_np(gt)
+            lum = g @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+            ev = float(np.log2(0.18 / np.exp(np.mean(np.log(lum + 1e-6 * max(float(lum.max()), 1e-12))))))
+            tm = lambda a: tonemap_preview(a, ev=ev).astype(np.float32) / 255.0  # noqa: E731  same exposure for both
+            rows.append(np.concatenate([to_np(ldr), tm(to_np(hdr)), tm(g)], axis=1))
     net.train()
     if sheet is not None and rows:
         width = max(r.shape[1] for r in rows)
