@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include <array>
+#include <cmath>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -190,12 +191,72 @@ py::object curve(const py::capsule& x_cap, const py::capsule& coef_cap, const st
   return result(o);
 }
 
+// The output encoding of post, from the Python wrapper (sitm_trt.kernels.post fills it from sitm_trt.transfer).
+EncodeParams parse_encoding(const std::string& op, const std::string& transfer, const py::object& matrix,
+                            const py::object& luma, double ref_white, double peak, const std::string& code_range,
+                            int bits, bool quantized) {
+  EncodeParams e{};
+  if (transfer == "linear") e.transfer = static_cast<int>(Transfer::Linear);
+  else if (transfer == "pq") e.transfer = static_cast<int>(Transfer::PQ);
+  else if (transfer == "hlg") e.transfer = static_cast<int>(Transfer::HLG);
+  else bad(op, "transfer must be 'linear', 'pq' or 'hlg', got '" + transfer + "'");
+  if (!(ref_white > 0.0 && std::isfinite(ref_white))) bad(op, "ref_white must be a positive number of cd/m2, got " + std::to_string(ref_white));
+  if (!(peak > 0.0 && peak <= 10000.0)) bad(op, "peak must be in (0, 10000] cd/m2, got " + std::to_string(peak));
+  e.scale = static_cast<float>(ref_white);
+  e.peak = static_cast<float>(peak);
+  e.hlg_gamma = static_cast<float>(1.2 + 0.42 * std::log10(peak / 1000.0));
+  if (!matrix.is_none()) {
+    auto m = matrix.cast<std::vector<double>>();
+    if (m.size() != 9) bad(op, "matrix must hold 9 numbers (3x3, row-major), got " + std::to_string(m.size()));
+    for (int i = 0; i < 9; ++i) {
+      if (!std::isfinite(m[i])) bad(op, "matrix must be finite");
+      e.matrix[i] = static_cast<float>(m[i]);
+    }
+    e.convert = 1;
+  }
+  std::vector<double> k{0.2126, 0.7152, 0.0722};  // BT.709 until told otherwise
+  if (!luma.is_none()) {
+    k = luma.cast<std::vector<double>>();
+    if (k.size() != 3 || !(k[0] > 0 && k[0] < 1 && k[2] > 0 && k[2] < 1))
+      bad(op, "luma must be 3 coefficients Kr, Kg, Kb in (0, 1)");
+  }
+  for (int i = 0; i < 3; ++i) e.luma[i] = static_cast<float>(k[i]);
+  e.cb_scale = static_cast<float>(0.5 / (1.0 - k[2]));
+  e.cr_scale = static_cast<float>(0.5 / (1.0 - k[0]));
+  if (quantized) {
+    if (bits < 8 || bits > 16) bad(op, "bits must be 8..16, got " + std::to_string(bits));
+    const double top = std::ldexp(1.0, bits) - 1.0, unit = std::ldexp(1.0, bits - 8);
+    e.q_top = static_cast<float>(top);
+    if (code_range == "limited") {  // BT.2100 Table 9 "narrow": (219 E' + 16) 2^(n-8), (224 E' + 128) 2^(n-8)
+      e.q_mul = static_cast<float>(219.0 * unit), e.q_add = static_cast<float>(16.0 * unit);
+      e.qc_mul = static_cast<float>(224.0 * unit), e.qc_add = static_cast<float>(128.0 * unit);
+    } else if (code_range == "full") {  // (2^n - 1) E', (2^n - 1) E' + 2^(n-1)
+      e.q_mul = e.qc_mul = static_cast<float>(top);
+      e.q_add = 0.0f, e.qc_add = static_cast<float>(std::ldexp(1.0, bits - 1));
+    } else {
+      bad(op, "code_range must be 'limited' or 'full', got '" + code_range + "'");
+    }
+  }
+  return e;
+}
+
 py::object post(const py::capsule& masks_cap, const py::capsule& image_cap, const py::capsule& up_cap,
                 const py::capsule& down_cap, const py::capsule& coef_cap, int64_t height, int64_t width,
-                const std::string& layout, const std::string& dtype, const py::object& out, uintptr_t stream) {
+                const std::string& layout, const std::string& dtype, const py::object& out, uintptr_t stream,
+                const std::string& transfer, const py::object& matrix, const py::object& luma, double ref_white,
+                double peak, const std::string& code_range, int bits, const py::object& stats) {
   const std::string op = "post";
-  const DType out_type = parse_float_dtype(op, dtype);
-  if (layout != "nchw" && layout != "nhwc") bad(op, "layout must be 'nchw' or 'nhwc', got '" + layout + "'");
+  const bool quantized = dtype == "uint16";
+  const DType out_type = quantized ? DType::U16 : parse_float_dtype(op, dtype);
+  const bool yuv = layout == "yuv420p";
+  if (layout != "nchw" && layout != "nhwc" && !yuv)
+    bad(op, "layout must be 'nchw' or 'nhwc' (or 'yuv420p' with dtype uint16), got '" + layout + "'");
+  if (quantized && transfer == "linear")
+    bad(op, "dtype uint16 (integer code values) needs transfer 'pq' or 'hlg', got 'linear'");
+  if (yuv && !quantized) bad(op, "layout 'yuv420p' needs dtype uint16, got " + dtype);
+  const bool encode = transfer != "linear" || !matrix.is_none() || quantized || !stats.is_none();
+  EncodeParams enc{};
+  if (encode) enc = parse_encoding(op, transfer, matrix, luma, ref_white, peak, code_range, bits, quantized);
   TensorView m = view_from_capsule(masks_cap, "post", "masks");
   expect_float(op, "masks", m, {-1, 3, -1, -1}, "(N, 3, Hp, Wp) (M_up, M_mid, M_down)");
   const std::vector<int64_t> shape = m.shape;
@@ -214,10 +275,23 @@ py::object post(const py::capsule& masks_cap, const py::capsule& image_cap, cons
     bad(op, "crop " + std::to_string(h) + "x" + std::to_string(w) + " is larger than the padded input " +
                 std::to_string(hp) + "x" + std::to_string(wp));
   const bool hwc = layout == "nhwc";
-  const std::vector<int64_t> oshape = hwc ? std::vector<int64_t>{n, h, w, 3} : std::vector<int64_t>{n, 3, h, w};
+  std::vector<int64_t> oshape = hwc ? std::vector<int64_t>{n, h, w, 3} : std::vector<int64_t>{n, 3, h, w};
+  if (yuv) oshape = {n, h * w + 2 * ((h + 1) / 2) * ((w + 1) / 2)};
   Output o = make_output(op, "out", out, out_type, oshape, m, "masks", stream);
+  TensorView st;
+  if (!stats.is_none()) {
+    st = view_from_capsule(stats.cast<py::capsule>(), op.c_str(), "stats");
+    if (st.dtype != DType::F32 || st.shape != std::vector<int64_t>{n, 2})
+      bad(op, "stats must be float32 " + shape_str({n, 2}) + " (max and mean light per image), got " + st.describe());
+    same_device(op, "stats", st, "masks", m);
+    if (st.read_only) bad(op, "stats is read-only");
+  }
   PostArgs a{m.data, img.data, up.data, down.data, m.dtype, c.view.data, c.view.dtype, c.per_channel,
              n, hp, wp, h, w, o.data(), out_type, hwc};
+  a.encode = encode;
+  a.enc = enc;
+  a.out_yuv420 = yuv;
+  a.stats = stats.is_none() ? nullptr : static_cast<float*>(st.data);
   run(m, a, &post_cpu, &post_cuda, stream);
   return result(o);
 }
@@ -277,6 +351,26 @@ py::dict device_props(int device) {
   return d;
 }
 
+// A CUDA event owned by Python: record it on a stream, then wait for (or poll) the work before it.
+class Event {
+ public:
+  explicit Event(int device) : device_(device), event_(cuda_event_create(device)) {}
+  ~Event() { cuda_event_destroy(event_); }
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  void record(uintptr_t stream) { cuda_event_record(event_, stream, device_); }
+  void synchronize() {
+    py::gil_scoped_release release;
+    cuda_event_synchronize(event_);
+  }
+  bool query() { return cuda_event_query(event_); }
+  int device() const { return device_; }
+
+ private:
+  int device_;
+  uintptr_t event_;
+};
+
 py::tuple cuda_devices() {
   std::string err;
   const int n = cuda_device_count(&err);
@@ -331,13 +425,22 @@ PYBIND11_MODULE(_C, m) {
         return "Buffer(" + std::string(dtype_name(b.dtype())) + " " + shape_str(b.shape()) + " on " + b.device().str() + ")";
       });
 
+  py::class_<Event, std::shared_ptr<Event>>(m, "Event", "A CUDA event (no timing, blocking sync) on one device.")
+      .def(py::init<int>(), py::arg("device") = 0)
+      .def("record", &Event::record, py::arg("stream") = 0, "Record on `stream` (a cudaStream_t as an integer)")
+      .def("synchronize", &Event::synchronize, "Wait (GIL released) until the work before the last record is done")
+      .def("query", &Event::query, "True when the work before the last record is done")
+      .def_property_readonly("device", &Event::device);
+
   m.def("pre", &pre, py::arg("frame"), py::arg("stride"), py::arg("dtype"), py::arg("out"), py::arg("stream"));
   m.def("fuse", &fuse, py::arg("masks"), py::arg("image"), py::arg("image_up"), py::arg("image_down"),
         py::arg("dtype"), py::arg("out"), py::arg("stream"));
   m.def("curve", &curve, py::arg("x"), py::arg("coef"), py::arg("dtype"), py::arg("out"), py::arg("stream"));
   m.def("post", &post, py::arg("masks"), py::arg("image"), py::arg("image_up"), py::arg("image_down"),
         py::arg("coef"), py::arg("height"), py::arg("width"), py::arg("layout"), py::arg("dtype"), py::arg("out"),
-        py::arg("stream"));
+        py::arg("stream"), py::arg("transfer") = "linear", py::arg("matrix") = py::none(),
+        py::arg("luma") = py::none(), py::arg("ref_white") = 203.0, py::arg("peak") = 1000.0,
+        py::arg("code_range") = "limited", py::arg("bits") = 10, py::arg("stats") = py::none());
   m.def("view_info", [](const py::capsule& cap) {
     TensorView v = view_from_capsule(cap, "view_info", "tensor");
     py::dict d;

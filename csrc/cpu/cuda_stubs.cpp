@@ -32,4 +32,9 @@ void cuda_free_host(void*) {}
 void cuda_memcpy_async(void*, const void*, int64_t, int, int, uintptr_t) { no_cuda("memcpy"); }
 void cuda_stream_synchronize(uintptr_t, int) { no_cuda("stream synchronize"); }
 CudaDeviceProps cuda_device_props(int) { no_cuda("device properties"); }
+uintptr_t cuda_event_create(int) { no_cuda("event"); }
+void cuda_event_destroy(uintptr_t) {}
+void cuda_event_record(uintptr_t, uintptr_t, int) { no_cuda("event record"); }
+void cuda_event_synchronize(uintptr_t) { no_cuda("event synchronize"); }
+bool cuda_event_query(uintptr_t) { no_cuda("event query"); }
 }  // namespace sitm

@@ -16,6 +16,11 @@ namespace {
 
 std::atomic<int> g_threads{0};
 
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
 int resolved_threads() {
   const int n = g_threads.load();
   if (n > 0) return n;
@@ -195,6 +200,147 @@ void post_impl(const PostArgs& a) {
   });
 }
 
+// ---- post with an output encoding (gamut, PQ/HLG, code values, 4:2:0, light statistics) -------------------
+
+// Stores one encoded channel: float types as they are, uint16 as a code value.
+template <typename TO>
+struct Code {
+  static void put(TO* p, int64_t i, float v, const EncodeParams&) { Scalar<TO>::store(p, i, v); }
+};
+template <>
+struct Code<uint16_t> {
+  static void put(uint16_t* p, int64_t i, float v, const EncodeParams& e) {
+    p[i] = static_cast<uint16_t>(quantize(v, e.q_mul, e.q_add, e.q_top));
+  }
+};
+
+// Per-row light statistics (max, sum in double), reduced per image once the rows are done.
+struct RowStats {
+  std::vector<float> max;
+  std::vector<double> sum;
+  explicit RowStats(int64_t rows) : max(rows, 0.0f), sum(rows, 0.0) {}
+  void write(float* stats, int64_t n, int64_t rows_per_image, int64_t pixels) const {
+    if (stats == nullptr) return;
+    for (int64_t i = 0; i < n; ++i) {
+      float mx = 0.0f;
+      double total = 0.0;
+      for (int64_t r = i * rows_per_image; r < (i + 1) * rows_per_image; ++r) {
+        mx = std::max(mx, max[r]);
+        total += sum[r];
+      }
+      stats[2 * i] = mx;
+      stats[2 * i + 1] = pixels > 0 ? static_cast<float>(total / static_cast<double>(pixels)) : 0.0f;
+    }
+  }
+};
+
+// Encoded R'G'B' of `count` pixels of row y, image n, from column x0: planes r, g, b (count floats each).
+template <typename TI>
+void encoded_row(const PostArgs& a, int64_t n, int64_t y, float* r, float* g, float* b, float* light) {
+  const TI* m = static_cast<const TI*>(a.masks);
+  const TI* img = static_cast<const TI*>(a.image);
+  const TI* iu = static_cast<const TI*>(a.image_up);
+  const TI* id = static_cast<const TI*>(a.image_down);
+  const int64_t plane = a.hp * a.wp, base = n * 3 * plane + y * a.wp;
+  float* rgb[3] = {r, g, b};
+  for (int c = 0; c < 3; ++c) {
+    float k[4];
+    load_coef_any(a.coef, a.coef_type, a.coef_per_channel, n, c, k);
+    const int64_t ch = base + c * plane;
+    float* dst = rgb[c];
+    for (int64_t x = 0; x < a.w; ++x) {
+      const int64_t mi = base + x;
+      const float f = fuse_pixel(Scalar<TI>::load(m, mi), Scalar<TI>::load(m, mi + plane),
+                                 Scalar<TI>::load(m, mi + 2 * plane), Scalar<TI>::load(img, ch + x),
+                                 Scalar<TI>::load(iu, ch + x), Scalar<TI>::load(id, ch + x));
+      dst[x] = curve_eval(f, k[0], k[1], k[2], k[3]);
+    }
+  }
+  for (int64_t x = 0; x < a.w; ++x) encode_rgb(a.enc, r[x], g[x], b[x], light[x]);
+}
+
+template <typename TI, typename TO, bool HWC>
+void post_encode_impl(const PostArgs& a) {
+  TO* out = static_cast<TO*>(a.out);
+  const int64_t h = a.h, w = a.w, oplane = h * w;
+  RowStats rs(a.n * h);
+  parallel_for(a.n * h, rows_per_thread(w), [&](int64_t begin, int64_t end) {
+    std::vector<float> buf(4 * static_cast<size_t>(w));
+    float *r = buf.data(), *g = r + w, *b = g + w, *light = b + w;
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / h, y = row % h;
+      encoded_row<TI>(a, n, y, r, g, b, light);
+      float mx = 0.0f;
+      double sum = 0.0;
+      for (int64_t x = 0; x < w; ++x) {
+        mx = std::max(mx, light[x]);
+        sum += light[x];
+      }
+      rs.max[row] = mx;
+      rs.sum[row] = sum;
+      const float* rgb[3] = {r, g, b};
+      for (int c = 0; c < 3; ++c) {
+        for (int64_t x = 0; x < w; ++x) {
+          if constexpr (HWC)
+            Code<TO>::put(out, ((n * h + y) * w + x) * 3 + c, rgb[c][x], a.enc);
+          else
+            Code<TO>::put(out, (n * 3 + c) * oplane + y * w + x, rgb[c][x], a.enc);
+        }
+      }
+    }
+  });
+  rs.write(a.stats, a.n, h, oplane);
+}
+
+template <typename TI>
+void post_yuv420_impl(const PostArgs& a) {
+  uint16_t* out = static_cast<uint16_t*>(a.out);
+  const EncodeParams& e = a.enc;
+  const int64_t h = a.h, w = a.w, ch = (h + 1) / 2, cw = (w + 1) / 2, frame = h * w + 2 * ch * cw;
+  RowStats rs(a.n * ch);
+  parallel_for(a.n * ch, std::max<int64_t>(1, rows_per_thread(w) / 2), [&](int64_t begin, int64_t end) {
+    std::vector<float> buf(8 * static_cast<size_t>(w));
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / ch, i = row % ch;
+      uint16_t* f = out + n * frame;
+      float* rows[2][3];
+      float mx = 0.0f;
+      double sum = 0.0;
+      for (int k = 0; k < 2; ++k) {
+        float* r = buf.data() + k * 4 * w;
+        rows[k][0] = r, rows[k][1] = r + w, rows[k][2] = r + 2 * w;
+        float* light = r + 3 * w;
+        const int64_t y = std::min(2 * i + k, h - 1);
+        encoded_row<TI>(a, n, y, rows[k][0], rows[k][1], rows[k][2], light);
+        if (2 * i + k >= h) continue;  // the last row of an odd height: chroma input only
+        for (int64_t x = 0; x < w; ++x) {
+          float yy, cb, cr;
+          rgb_to_ycbcr(e, rows[k][0][x], rows[k][1][x], rows[k][2][x], yy, cb, cr);
+          f[y * w + x] = static_cast<uint16_t>(quantize(yy, e.q_mul, e.q_add, e.q_top));
+          mx = std::max(mx, light[x]);
+          sum += light[x];
+        }
+      }
+      rs.max[row] = mx;
+      rs.sum[row] = sum;
+      for (int64_t j = 0; j < cw; ++j) {
+        const int64_t xl = std::max<int64_t>(2 * j - 1, 0), xc = 2 * j, xr = std::min(2 * j + 1, w - 1);
+        float avg[3];
+        for (int c = 0; c < 3; ++c) {
+          const float* p0 = rows[0][c];
+          const float* p1 = rows[1][c];
+          avg[c] = ((p0[xl] + 2.0f * p0[xc] + p0[xr]) + (p1[xl] + 2.0f * p1[xc] + p1[xr])) * 0.125f;
+        }
+        float yy, cb, cr;
+        rgb_to_ycbcr(e, avg[0], avg[1], avg[2], yy, cb, cr);
+        f[h * w + i * cw + j] = static_cast<uint16_t>(quantize(cb, e.qc_mul, e.qc_add, e.q_top));
+        f[h * w + ch * cw + i * cw + j] = static_cast<uint16_t>(quantize(cr, e.qc_mul, e.qc_add, e.q_top));
+      }
+    }
+  });
+  rs.write(a.stats, a.n, ch, h * w);
+}
+
 [[noreturn]] void unsupported(const char* op, DType t) {
   throw std::invalid_argument(std::string(op) + ": unsupported dtype " + dtype_name(t));
 }
@@ -246,7 +392,35 @@ void pre_cpu(const PreArgs& a) {
 }
 void fuse_cpu(const FuseArgs& a) { dispatch_float2<Fuse>("fuse", a.in_type, a.out_type, a); }
 void curve_cpu(const CurveArgs& a) { dispatch_float2<Curve>("curve", a.in_type, a.out_type, a); }
-void post_cpu(const PostArgs& a) { dispatch_float2<Post>("post", a.in_type, a.out_type, a); }
+namespace {
+template <typename TI>
+void post_encode_dispatch(const PostArgs& a) {
+  if (a.out_yuv420) {
+    if (a.out_type != DType::U16) unsupported("post (yuv420p)", a.out_type);
+    return post_yuv420_impl<TI>(a);
+  }
+  auto go = [&](auto tag) {
+    using TO = typename decltype(tag)::type;
+    if (a.out_hwc)
+      post_encode_impl<TI, TO, true>(a);
+    else
+      post_encode_impl<TI, TO, false>(a);
+  };
+  switch (a.out_type) {
+    case DType::F32: return go(TypeTag<float>{});
+    case DType::F16: return go(TypeTag<half_t>{});
+    case DType::U16: return go(TypeTag<uint16_t>{});
+    default: unsupported("post", a.out_type);
+  }
+}
+}  // namespace
+
+void post_cpu(const PostArgs& a) {
+  if (!a.encode) return dispatch_float2<Post>("post", a.in_type, a.out_type, a);
+  if (a.in_type == DType::F32) return post_encode_dispatch<float>(a);
+  if (a.in_type == DType::F16) return post_encode_dispatch<half_t>(a);
+  unsupported("post", a.in_type);
+}
 
 void set_cpu_threads(int n) {
   if (n < 0) throw std::invalid_argument("set_num_threads: n must be >= 0 (0 = all hardware threads), got " +

@@ -95,6 +95,156 @@ __global__ void post_kernel(const TI* __restrict__ m, const TI* __restrict__ img
   }
 }
 
+// ---- post with an output encoding ----------------------------------------------------------------------
+// Grid: x strides over the pixels (or 2x2 blocks) of one image, y is the image, so a block's light statistics
+// belong to one image: each thread accumulates, the block reduces, one atomic per block and statistic.
+
+constexpr int kStatsBlocks = 2048;  // grid.x cap when statistics are gathered: few atomics, enough to fill a GPU
+
+// The coefficients' dtype is a runtime flag here (uniform across the grid), to keep instantiations few.
+__device__ __forceinline__ void load_coef_rt(const void* coef, bool half, bool per_channel, int64_t n, int c,
+                                             float k[4]) {
+  if (half)
+    load_coef<half_t>(coef, per_channel, n, c, k);
+  else
+    load_coef<float>(coef, per_channel, n, c, k);
+}
+
+template <typename TI>
+struct PostInputs {
+  const TI* __restrict__ m;
+  const TI* __restrict__ img;
+  const TI* __restrict__ iu;
+  const TI* __restrict__ id;
+  const void* coef;
+  bool coef_half, per_channel;
+  int64_t hp, wp;
+};
+
+// Eq. 7 + Eq. 8 + encode_rgb for pixel (y, x) of image n.
+template <typename TI>
+__device__ __forceinline__ void encoded_pixel(const PostInputs<TI>& in, const EncodeParams& e, int64_t n, int64_t y,
+                                              int64_t x, float rgb[3], float& light) {
+  const int64_t plane = in.hp * in.wp, base = n * 3 * plane + y * in.wp + x;
+  const float mu = Scalar<TI>::load(in.m, base), mm = Scalar<TI>::load(in.m, base + plane),
+              md = Scalar<TI>::load(in.m, base + 2 * plane);
+#pragma unroll
+  for (int c = 0; c < 3; ++c) {
+    float k[4];
+    load_coef_rt(in.coef, in.coef_half, in.per_channel, n, c, k);
+    const int64_t i = base + c * plane;
+    const float f = fuse_pixel(mu, mm, md, Scalar<TI>::load(in.img, i), Scalar<TI>::load(in.iu, i),
+                               Scalar<TI>::load(in.id, i));
+    rgb[c] = curve_eval(f, k[0], k[1], k[2], k[3]);
+  }
+  encode_rgb(e, rgb[0], rgb[1], rgb[2], light);
+}
+
+template <typename TO>
+struct Code {
+  static __device__ __forceinline__ void put(TO* p, int64_t i, float v, const EncodeParams&) {
+    Scalar<TO>::store(p, i, v);
+  }
+};
+template <>
+struct Code<uint16_t> {
+  static __device__ __forceinline__ void put(uint16_t* p, int64_t i, float v, const EncodeParams& e) {
+    p[i] = static_cast<uint16_t>(quantize(v, e.q_mul, e.q_add, e.q_top));
+  }
+};
+
+// Block-wide max and sum, then stats[0] = max(stats[0], max) and stats[1] += sum * inv_count (float32;
+// the light values are >= 0, so their bit patterns order like the values and atomicMax on them works).
+__device__ __forceinline__ void reduce_stats(float mx, float sum, float* stats, float inv_count) {
+  __shared__ float s_max[32], s_sum[32];
+  for (int o = 16; o > 0; o >>= 1) {
+    mx = fmaxf(mx, __shfl_down_sync(0xffffffffu, mx, o));
+    sum += __shfl_down_sync(0xffffffffu, sum, o);
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+  if (lane == 0) s_max[warp] = mx, s_sum[warp] = sum;
+  __syncthreads();
+  if (warp == 0) {
+    mx = lane < warps ? s_max[lane] : 0.0f;
+    sum = lane < warps ? s_sum[lane] : 0.0f;
+    for (int o = 16; o > 0; o >>= 1) {
+      mx = fmaxf(mx, __shfl_down_sync(0xffffffffu, mx, o));
+      sum += __shfl_down_sync(0xffffffffu, sum, o);
+    }
+    if (lane == 0) {
+      atomicMax(reinterpret_cast<unsigned int*>(stats), __float_as_uint(mx));
+      atomicAdd(stats + 1, sum * inv_count);
+    }
+  }
+}
+
+template <typename TI, typename TO, bool HWC>
+__global__ void post_encode_kernel(PostInputs<TI> in, EncodeParams e, TO* __restrict__ out, float* stats,
+                                   int64_t h, int64_t w) {
+  const int64_t n = blockIdx.y, oplane = h * w;
+  float mx = 0.0f, sum = 0.0f;
+  for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < oplane;
+       p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t y = p / w, x = p % w;
+    float rgb[3], light;
+    encoded_pixel(in, e, n, y, x, rgb, light);
+    mx = fmaxf(mx, light);
+    sum += light;
+#pragma unroll
+    for (int c = 0; c < 3; ++c) {
+      if constexpr (HWC)
+        Code<TO>::put(out, (n * oplane + p) * 3 + c, rgb[c], e);
+      else
+        Code<TO>::put(out, (n * 3 + c) * oplane + p, rgb[c], e);
+    }
+  }
+  if (stats != nullptr) reduce_stats(mx, sum, stats + 2 * n, 1.0f / static_cast<float>(oplane));
+}
+
+// One thread per chroma sample (i, j): luma of the 2x2 block at (2i, 2j), chroma from columns 2j-1..2j+1 of
+// rows 2i and 2i+1 (clamped at the edges), the same filter and order of operations as the CPU twin.
+template <typename TI>
+__global__ void post_yuv420_kernel(PostInputs<TI> in, EncodeParams e, uint16_t* __restrict__ out, float* stats,
+                                   int64_t h, int64_t w) {
+  const int64_t n = blockIdx.y, ch = (h + 1) / 2, cw = (w + 1) / 2, count = ch * cw;
+  uint16_t* f = out + n * (h * w + 2 * count);
+  float mx = 0.0f, sum = 0.0f;
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < count;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = t / cw, j = t % cw;
+    const int64_t xs[3] = {j > 0 ? 2 * j - 1 : 0, 2 * j, 2 * j + 1 < w ? 2 * j + 1 : w - 1};
+    float acc[2][3];
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      const int64_t yy = 2 * i + k, y = yy < h ? yy : h - 1;
+      float px[3][3];
+#pragma unroll
+      for (int s = 0; s < 3; ++s) {
+        float light;
+        encoded_pixel(in, e, n, y, xs[s], px[s], light);
+        const bool own = yy < h && s > 0 && (s == 1 || 2 * j + 1 < w);  // pixels (yy, 2j) and (yy, 2j+1)
+        if (own) {
+          float Y, cb, cr;
+          rgb_to_ycbcr(e, px[s][0], px[s][1], px[s][2], Y, cb, cr);
+          f[yy * w + xs[s]] = static_cast<uint16_t>(quantize(Y, e.q_mul, e.q_add, e.q_top));
+          mx = fmaxf(mx, light);
+          sum += light;
+        }
+      }
+#pragma unroll
+      for (int c = 0; c < 3; ++c) acc[k][c] = px[0][c] + 2.0f * px[1][c] + px[2][c];
+    }
+    float avg[3];
+#pragma unroll
+    for (int c = 0; c < 3; ++c) avg[c] = (acc[0][c] + acc[1][c]) * 0.125f;
+    float Y, cb, cr;
+    rgb_to_ycbcr(e, avg[0], avg[1], avg[2], Y, cb, cr);
+    f[h * w + t] = static_cast<uint16_t>(quantize(cb, e.qc_mul, e.qc_add, e.q_top));
+    f[h * w + count + t] = static_cast<uint16_t>(quantize(cr, e.qc_mul, e.qc_add, e.q_top));
+  }
+  if (stats != nullptr) reduce_stats(mx, sum, stats + 2 * n, 1.0f / static_cast<float>(h * w));
+}
+
 template <typename TI, typename TO>
 __global__ void fuse_kernel(const TI* __restrict__ m, const TI* __restrict__ img, const TI* __restrict__ iu,
                             const TI* __restrict__ id, TO* __restrict__ out, int64_t n_img, int64_t plane) {
@@ -198,7 +348,56 @@ void curve_cuda(const CurveArgs& a, uintptr_t stream) {
   check_launch("curve");
 }
 
+namespace {
+
+void post_encode_cuda(const PostArgs& a, uintptr_t stream) {
+  const cudaStream_t s = as_stream(stream);
+  if (a.stats != nullptr) {
+    const cudaError_t err = cudaMemsetAsync(a.stats, 0, static_cast<size_t>(a.n) * 2 * sizeof(float), s);
+    if (err != cudaSuccess) throw std::runtime_error(std::string("post: clearing stats failed: ") + cudaGetErrorString(err));
+  }
+  const int64_t work = a.out_yuv420 ? ((a.h + 1) / 2) * ((a.w + 1) / 2) : a.h * a.w;
+  if (a.n == 0 || work == 0) return;
+  if (a.n > 65535) throw std::invalid_argument("post: at most 65535 images per call with an output encoding");
+  int64_t blocks = (work + kThreads - 1) / kThreads;
+  const int64_t cap = a.stats != nullptr ? kStatsBlocks : 65535LL * 32;
+  if (blocks > cap) blocks = cap;
+  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(a.n));
+  with_float(a.in_type, "post", [&](auto ti) {
+    using TI = typename decltype(ti)::type;
+    PostInputs<TI> in{static_cast<const TI*>(a.masks), static_cast<const TI*>(a.image),
+                      static_cast<const TI*>(a.image_up), static_cast<const TI*>(a.image_down), a.coef,
+                      a.coef_type == DType::F16, a.coef_per_channel, a.hp, a.wp};
+    if (a.out_yuv420) {
+      if (a.out_type != DType::U16) throw std::invalid_argument("post: yuv420p output must be uint16");
+      post_yuv420_kernel<TI><<<grid, kThreads, 0, s>>>(in, a.enc, static_cast<uint16_t*>(a.out), a.stats, a.h, a.w);
+      return;
+    }
+    auto launch = [&](auto to, auto hwc) {
+      using TO = typename decltype(to)::type;
+      post_encode_kernel<TI, TO, decltype(hwc)::value>
+          <<<grid, kThreads, 0, s>>>(in, a.enc, static_cast<TO*>(a.out), a.stats, a.h, a.w);
+    };
+    auto with_layout = [&](auto to) {
+      if (a.out_hwc)
+        launch(to, std::true_type{});
+      else
+        launch(to, std::false_type{});
+    };
+    switch (a.out_type) {
+      case DType::F32: with_layout(Tag<float>{}); break;
+      case DType::F16: with_layout(Tag<half_t>{}); break;
+      case DType::U16: with_layout(Tag<uint16_t>{}); break;
+      default: throw std::invalid_argument(std::string("post: unsupported dtype ") + dtype_name(a.out_type));
+    }
+  });
+  check_launch("post");
+}
+
+}  // namespace
+
 void post_cuda(const PostArgs& a, uintptr_t stream) {
+  if (a.encode) return post_encode_cuda(a, stream);
   const int64_t total = a.n * a.h * a.w;
   if (total == 0) return;
   with_float(a.coef_type, "post", [&](auto tc) {

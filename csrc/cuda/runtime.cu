@@ -95,6 +95,36 @@ void cuda_stream_synchronize(uintptr_t stream, int device) {
   check(cudaStreamSynchronize(as_stream(stream)), "cudaStreamSynchronize");
 }
 
+uintptr_t cuda_event_create(int device) {
+  DeviceGuard guard(device);
+  cudaEvent_t ev = nullptr;
+  check(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming | cudaEventBlockingSync), "cudaEventCreate");
+  return reinterpret_cast<uintptr_t>(ev);
+}
+
+void cuda_event_destroy(uintptr_t event) {
+  if (event != 0 && cudaEventDestroy(reinterpret_cast<cudaEvent_t>(event)) != cudaSuccess) cudaGetLastError();
+}
+
+void cuda_event_record(uintptr_t event, uintptr_t stream, int device) {
+  DeviceGuard guard(device);
+  check(cudaEventRecord(reinterpret_cast<cudaEvent_t>(event), as_stream(stream)), "cudaEventRecord");
+}
+
+void cuda_event_synchronize(uintptr_t event) {
+  check(cudaEventSynchronize(reinterpret_cast<cudaEvent_t>(event)), "cudaEventSynchronize");
+}
+
+bool cuda_event_query(uintptr_t event) {
+  const cudaError_t err = cudaEventQuery(reinterpret_cast<cudaEvent_t>(event));
+  if (err == cudaErrorNotReady) {
+    cudaGetLastError();
+    return false;
+  }
+  check(err, "cudaEventQuery");
+  return true;
+}
+
 CudaDeviceProps cuda_device_props(int device) {
   cudaDeviceProp p{};
   check(cudaGetDeviceProperties(&p, device), "cudaGetDeviceProperties");

@@ -1,10 +1,32 @@
-"""The ``sitm-trt`` command: ``info`` and ``bench`` (``infer``, ``video`` and ``build-engine`` join with the runtime)."""
+"""The ``sitm-trt`` command: ``infer`` (images), ``video``, ``info`` and ``bench``.
+
+``sitm-trt infer IMAGES... [-o OUT]``: LDR images (PNG/JPEG/TIFF, 8 or 16 bit; files or globs) to linear HDR
+OpenEXR (half by default, ``--float``) or Radiance ``.hdr``, plus an optional tone-mapped PNG preview.
+Grayscale inputs are converted as RGB with R = G = B and written gray (the mean of the three outputs);
+an alpha channel is kept in EXR outputs as ``A`` with the colour premultiplied (the OpenEXR convention)
+and dropped, with a notice, in ``.hdr`` outputs. Images of one size are batched (``--batch``).
+
+``sitm-trt video IN OUT``: see :mod:`sitm_trt.video` and docs/video.md.
+
+Exit status: 0 done, 1 some inputs failed (each is reported), 2 bad usage or nothing could run, 130 Ctrl-C.
+"""
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import glob
 import json
+import os
 import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+_HDR_FORMATS = {"exr": ".exr", "hdr": ".hdr"}
+
+
+class UsageError(Exception):
+    """Bad arguments: reported as ``sitm-trt: error: ...`` with exit status 2."""
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -17,18 +39,356 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="sitm-trt", description="Stack-based inverse tone mapping (LDR -> linear HDR).")
+def _err(msg: str) -> None:
+    print(f"sitm-trt: {msg}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# infer
+# ---------------------------------------------------------------------------------------------------------
+
+
+def expand_inputs(patterns: list[str]) -> list[Path]:
+    """Files and globs (``*``, ``?``, ``[...]``, ``**``) -> existing files, in order, without duplicates."""
+    out: list[Path] = []
+    seen: set[str] = set()
+    for pat in patterns:
+        if any(c in pat for c in "*?[") and not Path(pat).exists():
+            matches = sorted(glob.glob(pat, recursive=True))
+            matches = [m for m in matches if Path(m).is_file()]
+            if not matches:
+                raise UsageError(f"{pat}: no file matches")
+        else:
+            if not Path(pat).is_file():
+                raise UsageError(f"{pat}: no such file")
+            matches = [pat]
+        for m in matches:
+            key = os.path.realpath(m)
+            if key not in seen:
+                seen.add(key)
+                out.append(Path(m))
+    return out
+
+
+def plan_outputs(inputs: list[Path], output: str | None, fmt: str) -> list[Path]:
+    """Where each input's HDR goes: beside it, into the folder ``output``, or (one input) the file ``output``."""
+    from sitm_trt.io import HDR_EXTENSIONS, LDR_EXTENSIONS
+
+    for p in inputs:
+        ext = p.suffix.lower()
+        if ext in HDR_EXTENSIONS:
+            raise UsageError(f"{p}: is already an HDR image (inputs are PNG/JPEG/TIFF)")
+        if ext not in LDR_EXTENSIONS:
+            raise UsageError(f"{p}: unsupported image type {ext!r} (expected {', '.join(LDR_EXTENSIONS)})")
+    suffix = _HDR_FORMATS[fmt]
+    if output is not None and Path(output).suffix.lower() in (".exr", ".hdr") and not Path(output).is_dir():
+        if len(inputs) != 1:
+            raise UsageError(f"-o {output} is a file name but there are {len(inputs)} inputs: give a folder")
+        if Path(output).suffix.lower() != suffix:
+            raise UsageError(f"-o {output} does not match --format {fmt}")
+        return [Path(output)]
+    if output is not None:
+        Path(output).mkdir(parents=True, exist_ok=True)
+    outs = [(Path(output) if output is not None else p.parent) / (p.stem + suffix) for p in inputs]
+    seen: dict[str, Path] = {}
+    for p, o in zip(inputs, outs):
+        key = os.path.realpath(o)
+        if key in seen:
+            raise UsageError(f"{seen[key]} and {p} would both be written to {o}")
+        seen[key] = p
+    return outs
+
+
+def _png_has_alpha(data: bytes) -> bool:
+    """PNG colour type 4 (gray + alpha) or 6 (RGBA), or a tRNS chunk, from the header bytes."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or len(data) < 26:
+        return False
+    return data[25] in (4, 6) or b"tRNS" in data[:4096]
+
+
+def read_image(path: Path) -> tuple[Any, Any, bool]:
+    """(RGB uint8/uint16 (H, W, 3), alpha in [0, 1] float32 (H, W) or None, grayscale?) of an LDR file."""
+    import numpy as np
+
+    from sitm_trt import io
+
+    rgb = io.read_ldr(path)  # raises ImageReadError with the reason
+    alpha, gray = None, False
+    ext = path.suffix.lower()
+    if ext in (".png", ".tif", ".tiff"):
+        cv2 = io._cv2()
+        data = Path(path).read_bytes()
+        if ext != ".png" or _png_has_alpha(data):
+            raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+            if raw is not None and raw.ndim == 3 and raw.shape[2] in (2, 4):
+                alpha = io.to_float(np.ascontiguousarray(raw[:, :, -1]))
+            gray = raw is not None and (raw.ndim == 2 or raw.shape[2] in (1, 2))
+        else:
+            gray = data[25] == 0  # PNG colour type 0: grayscale
+    if ext in (".jpg", ".jpeg"):
+        gray = bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+    return rgb, alpha, gray
+
+
+def write_exr_rgba(path: Path, rgb: Any, alpha: Any, half: bool) -> None:
+    """RGBA OpenEXR (colour premultiplied by alpha, the OpenEXR convention), written atomically."""
+    import io as _io
+
+    import numpy as np
+
+    from sitm_trt import io
+
+    exr = io._openexr()
+    dtype = np.float16 if half else np.float32
+    channels = {c: np.ascontiguousarray((rgb[:, :, i] * alpha).astype(dtype)) for i, c in enumerate("RGB")}
+    channels["A"] = np.ascontiguousarray(alpha.astype(dtype))
+    buf = _io.BytesIO()
+    exr.File({"compression": exr.ZIP_COMPRESSION, "type": exr.scanlineimage}, channels).write(buf)
+    io._atomic_write(path, buf.getvalue())
+
+
+def _make_pipeline(args: argparse.Namespace) -> Any:
+    from sitm_trt.pipeline import Pipeline
+
+    return Pipeline(args.weights, backend=args.backend, precision=args.precision)
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name if name != "cuda" else "cuda:0"
+    from sitm_trt import kernels
+
+    try:
+        count, _ = kernels.extension().cuda_devices()
+    except ImportError:
+        return "cpu"
+    return "cuda:0" if count else "cpu"
+
+
+def _run_batch(pipe: Any, batch: Any, device: str) -> Any:
+    """(N, H, W, 3) uint8/uint16 host array -> (N, H, W, 3) float32 host HDR, on ``device``."""
+    import numpy as np
+
+    if device == "cpu":
+        return pipe(batch, layout="hwc")
+    from sitm_trt import kernels
+
+    ext = kernels.extension()
+    dev_in = ext.empty(list(batch.shape), str(batch.dtype), device, 0)
+    ext.copy(kernels._capsule(dev_in, "infer", "x", 0), kernels._capsule(batch, "infer", "x", 0), 0)
+    out = pipe(dev_in, layout="hwc", stream=0)
+    host = np.empty(tuple(out.shape), np.float32)
+    ext.copy(kernels._capsule(host, "infer", "out", 0), kernels._capsule(out, "infer", "out", 0), 0)
+    ext.synchronize(0, int(device.split(":")[1]))
+    return host
+
+
+def _batches(items: list[tuple[Path, Path]], size: int) -> Iterator[list[tuple[Path, Path, Any, Any, bool]]]:
+    """Read ahead in a thread; group consecutive images of one shape and dtype into batches of ``size``."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(read_image, src) for src, _ in items[:4]]
+        batch: list = []
+        for i, (src, dst) in enumerate(items):
+            if i + 4 < len(items):
+                futures.append(pool.submit(read_image, items[i + 4][0]))
+            try:
+                rgb, alpha, gray = futures[i].result()
+            except Exception as err:  # noqa: BLE001 - reported per file
+                if batch:
+                    yield batch
+                    batch = []
+                yield [(src, dst, err, None, False)]
+                continue
+            if batch and (batch[0][2].shape != rgb.shape or batch[0][2].dtype != rgb.dtype or len(batch) >= size):
+                yield batch
+                batch = []
+            batch.append((src, dst, rgb, alpha, gray))
+        if batch:
+            yield batch
+
+
+def _cmd_infer(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from sitm_trt import io
+
+    if args.batch < 1:
+        raise UsageError(f"--batch must be >= 1, got {args.batch}")
+    inputs = expand_inputs(args.inputs)
+    outputs = plan_outputs(inputs, args.output, args.format)
+    todo = []
+    for src, dst in zip(inputs, outputs):
+        targets = [dst] + ([dst.with_suffix(".preview.png")] if args.preview else [])
+        existing = [t for t in targets if t.exists()]
+        if existing and not args.overwrite:
+            if args.skip_existing:
+                continue
+            raise UsageError(f"{existing[0]}: exists (--overwrite to replace, --skip-existing to skip)")
+        todo.append((src, dst))
+    pipe = _make_pipeline(args)
+    device = _device(args.device)
+    failed: list[str] = []
+    half = not args.float
+    bar = tqdm(total=len(todo), unit="img", disable=args.quiet, dynamic_ncols=True)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as writers:
+        pending: list[concurrent.futures.Future] = []
+
+        def write(src: Path, dst: Path, hdr: Any, alpha: Any, gray: bool) -> None:
+            if gray:
+                hdr = np.repeat(hdr.mean(axis=2, keepdims=True), 3, axis=2)
+            if alpha is not None and dst.suffix == ".exr":
+                write_exr_rgba(dst, hdr, alpha, half)
+            else:
+                if alpha is not None:
+                    tqdm.write(f"sitm-trt: {src}: alpha dropped (Radiance .hdr has no alpha; use --format exr)",
+                               file=sys.stderr)
+                io.write_hdr_image(dst, hdr, half=half)
+            if args.preview:
+                io.write_png(dst.with_suffix(".preview.png"), io.tonemap_preview(hdr))
+
+        for batch in _batches(todo, args.batch):
+            if isinstance(batch[0][2], Exception):
+                failed.append(f"{batch[0][0]}: {batch[0][2]}")
+                tqdm.write(f"sitm-trt: {failed[-1]}", file=sys.stderr)
+                bar.update(1)
+                continue
+            hdr = _run_batch(pipe, np.stack([b[2] for b in batch]), device)
+            for (src, dst, _, alpha, gray), h in zip(batch, hdr):
+                pending.append(writers.submit(write, src, dst, np.ascontiguousarray(h), alpha, gray))
+            done = [f for f in pending if f.done()]
+            for f in done:
+                pending.remove(f)
+                f.result()
+            bar.update(len(batch))
+        for f in pending:
+            f.result()
+    bar.close()
+    if failed:
+        _err(f"{len(failed)} of {len(inputs)} inputs failed")
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# video
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _cmd_video(args: argparse.Namespace) -> int:
+    from sitm_trt import video
+
+    opts = video.VideoOptions(
+        format=args.format, peak_nits=args.peak_nits, ref_white=args.ref_white, crf=args.crf, preset=args.preset,
+        lossless=args.lossless, x265_params=args.x265_params, mastering_primaries=args.mastering_primaries,
+        smoothing=args.smoothing, scene_cut=args.scene_cut, audio=not args.no_audio, max_frames=args.max_frames,
+        exr_half=not args.float)
+    try:
+        opts.check()
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    res = video.convert(args.input, args.output, weights=args.weights, backend=args.backend,
+                        precision=args.precision, options=opts, device=_device(args.device),
+                        progress=not args.quiet, overwrite=args.overwrite, log=_err)
+    if not args.quiet:
+        meta = f", MaxCLL {res.max_cll} / MaxFALL {res.max_fall} cd/m2" if res.format == "hdr10" else ""
+        print(f"{res.output}: {res.frames} frames {res.width}x{res.height} {res.format} in {res.seconds:.1f} s "
+              f"({res.fps:.1f} fps){meta}, {len(res.scene_cuts)} scene cuts", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", default="default", help="weights file or shipped name (default: the shipped default)")
+    p.add_argument("--backend", choices=["auto", "torch", "tensorrt"], default="auto")
+    p.add_argument("--precision", choices=["fp16", "fp32"], default=None,
+                   help="default: fp16 with TensorRT, fp32 with torch")
+    p.add_argument("--device", default="auto", help="auto (the first GPU if any), cpu, cuda or cuda:N")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sitm-trt",
+                                     description="Stack-based inverse tone mapping (LDR -> linear HDR).")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="how sitm-trt was built and what it can use here")
     sub.add_parser("bench", help="benchmarks (sitm-trt bench -h)", add_help=False)
+
+    inf = sub.add_parser("infer", help="LDR images -> HDR images (EXR or Radiance .hdr)",
+                         description="LDR images (PNG/JPEG/TIFF, 8/16-bit) -> linear HDR (1.0 = the input's white). "
+                                     "Grayscale stays gray; alpha is kept in EXR (premultiplied), dropped in .hdr.")
+    inf.add_argument("inputs", nargs="+", metavar="IMAGE",
+                     help="files or globs (quote globs for recursion: 'in/**/*.png')")
+    inf.add_argument("-o", "--output", help="output folder (default: beside each input), or a file name for one input")
+    inf.add_argument("-f", "--format", choices=sorted(_HDR_FORMATS), default="exr")
+    inf.add_argument("--float", action="store_true", help="EXR as float32 (default: half)")
+    inf.add_argument("--preview", action="store_true", help="also write NAME.preview.png (tone-mapped sRGB)")
+    inf.add_argument("--batch", type=int, default=4, help="images of one size per network call (default 4)")
+    inf.add_argument("--skip-existing", action="store_true", help="skip inputs whose output exists")
+    _runtime_args(inf)
+
+    vid = sub.add_parser("video", help="SDR video -> HDR10 / HLG video or an EXR sequence",
+                         description="SDR video (anything FFmpeg reads) -> HEVC Main 10 HDR10 (PQ) or HLG in "
+                                     ".mp4/.mov/.mkv, or an OpenEXR sequence (OUT a folder or frames/%%06d.exr).")
+    vid.add_argument("input", metavar="IN")
+    vid.add_argument("output", metavar="OUT")
+    vid.add_argument("-f", "--format", choices=["hdr10", "hlg", "exr"], default=None,
+                     help="default: exr for a folder or *.exr, else hdr10")
+    vid.add_argument("--peak-nits", type=float, default=1000.0, help="display peak in cd/m2 (default 1000)")
+    vid.add_argument("--ref-white", type=float, default=203.0,
+                     help="cd/m2 of the SDR reference white, linear 1.0 (default 203, ITU-R BT.2408)")
+    vid.add_argument("--crf", type=float, default=18.0, help="libx265 CRF (default 18)")
+    vid.add_argument("--preset", default="medium", help="libx265 preset (default medium)")
+    vid.add_argument("--lossless", action="store_true", help="libx265 lossless")
+    vid.add_argument("--x265-params", default="", help="extra libx265 parameters, key=value:key=value")
+    vid.add_argument("--mastering-primaries", choices=["bt709", "p3", "bt2020"], default="bt709",
+                     help="mastering display primaries in the HDR10 metadata (default bt709, the content gamut)")
+    vid.add_argument("--smoothing", type=float, default=0.25,
+                     help="time constant (s) of the curve-coefficient smoothing against flicker; 0 = off "
+                          "(default 0.25)")
+    vid.add_argument("--scene-cut", type=float, default=0.1,
+                     help="scene-cut threshold: mean luma change of a 16x16 thumbnail (default 0.1)")
+    vid.add_argument("--no-audio", action="store_true", help="drop the audio")
+    vid.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    vid.add_argument("--float", action="store_true", help="EXR sequence as float32 (default: half)")
+    _runtime_args(vid)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
         from sitm_trt import bench
 
         return bench.main(argv[1:])
+    parser = build_parser()
     args = parser.parse_args(argv)
-    return {"info": _cmd_info}[args.command](args)
+    commands = {"info": _cmd_info, "infer": _cmd_infer, "video": _cmd_video}
+    from sitm_trt.weights import WeightsError
+
+    try:
+        return commands[args.command](args)
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    except (UsageError, WeightsError) as err:
+        _err(f"error: {err}")
+        return 2
+    except ImportError as err:
+        _err(f"error: {err}")
+        return 2
+    except Exception as err:  # noqa: BLE001 - the command line reports, the library raises
+        from sitm_trt.video import VideoError
+
+        if isinstance(err, VideoError):
+            _err(f"error: {err}")
+            return 2
+        raise
 
 
 if __name__ == "__main__":

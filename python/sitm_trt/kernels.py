@@ -193,15 +193,43 @@ def curve(x: Any, coef: Any, *, dtype: Any = "float32", out: Any = None, stream:
 
 def post(masks: Any, image: Any, image_up: Any, image_down: Any, coef: Any, *, height: int | None = None,
          width: int | None = None, layout: str = "nchw", dtype: Any = "float32", out: Any = None,
-         stream: Any = None) -> Any:
-    """Fuse (Eq. 7) and curve (Eq. 8) in one pass, cropped to ``height x width`` (default: no crop).
+         stream: Any = None, transfer: str = "linear", gamut: str = "bt709", ref_white: float = 203.0,
+         peak_nits: float = 1000.0, code_range: str = "limited", bits: int = 10, stats: Any = None) -> Any:
+    """Fuse (Eq. 7) and curve (Eq. 8) in one pass, cropped to ``height x width`` (default: no crop), then
+    optionally encoded for a display or a video encoder, still in the same pass.
 
     Inputs are the padded ``(N, 3, Hp, Wp)`` network outputs; the result is ``(N, 3, h, w)`` or, with
-    ``layout="nhwc"``, ``(N, h, w, 3)``, in ``dtype``.
+    ``layout="nhwc"``, ``(N, h, w, 3)``, in ``dtype``. The defaults give linear BT.709 HDR (1.0 = the input's
+    clipping level); the options below change what is written (reference: :mod:`sitm_trt.transfer`):
+
+    * ``gamut="bt2020"``: convert the linear BT.709 result to BT.2020 primaries.
+    * ``transfer="pq"`` (SMPTE ST 2084) or ``"hlg"`` (BT.2100): display light = linear * ``ref_white``
+      cd/m2, clipped per channel to ``[0, peak_nits]``; PQ encodes light / 10000, HLG the inverse OOTF of a
+      ``peak_nits`` display then the OETF. The result is the signal R'G'B' in [0, 1].
+    * ``dtype="uint16"`` (PQ/HLG only): integer code values of ``bits`` bits in ``code_range`` ("limited":
+      BT.2100 narrow range, 64..940 for 10-bit luma; "full"). With ``layout="yuv420p"`` the result is planar
+      4:2:0 Y'CbCr (BT.2020/BT.709 non-constant luminance, chroma sited left), ``(N, h*w + 2*ch*cw)`` with
+      ``ch, cw = (h+1)//2, (w+1)//2``: what an encoder's ``yuv420p10le`` frame holds
+      (:func:`sitm_trt.transfer.split_yuv420p` gives the planes).
+    * ``stats``: a float32 ``(N, 2)`` array on the same device, overwritten with the max and the mean over the
+      pixels of max(R, G, B) display light in cd/m2 (the per-frame terms of MaxCLL and MaxFALL).
     """
+    from sitm_trt import transfer as T
+
     c = _Call("post", masks, "masks", stream)
+    name = str(dtype).replace("torch.", "").replace("numpy.", "")
+    if name != "uint16":
+        name = _dtype_name("post", dtype)
+    if transfer not in T.TRANSFERS:
+        raise ValueError(f"post: transfer must be one of {T.TRANSFERS}, got {transfer!r}")
+    if gamut not in T.GAMUTS:
+        raise ValueError(f"post: gamut must be one of {T.GAMUTS}, got {gamut!r}")
+    matrix = None if gamut == "bt709" else [float(v) for v in T.gamut_matrix("bt709", gamut).ravel()]
     res = extension().post(c.cap(masks, "masks"), c.cap(image, "image"), c.cap(image_up, "image_up"),
                            c.cap(image_down, "image_down"), c.cap(coef, "coef"),
                            -1 if height is None else int(height), -1 if width is None else int(width), layout,
-                           _dtype_name("post", dtype), c.out(out, "out"), c.stream)
+                           name, c.out(out, "out"), c.stream, transfer=transfer, matrix=matrix,
+                           luma=list(T.luma_coefficients(gamut)), ref_white=float(ref_white),
+                           peak=float(peak_nits), code_range=code_range, bits=int(bits),
+                           stats=c.out(stats, "stats"))
     return out if out is not None else _wrap(res, masks)

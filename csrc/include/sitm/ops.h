@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <string>
 
+#include "sitm/pixel_math.h"
+
 namespace sitm {
 
 enum class DType : int { F32 = 0, F16 = 1, U8 = 2, U16 = 3 };
@@ -61,6 +63,12 @@ struct CurveArgs {
 
 // Fuse + curve in one pass over padded (N, 3, hp, wp) inputs, cropped to (h, w), written as
 // (N, 3, h, w) or (N, h, w, 3) when out_hwc.
+// With `encode`, each pixel then goes through encode_rgb (gamut, display light, PQ/HLG) and, for a U16
+// output, becomes integer code values (EncodeParams.q_*): R'G'B' in the NCHW/NHWC layouts, or, with
+// out_yuv420, planar 4:2:0 Y'CbCr per image: Y (h, w), Cb and Cr ((h+1)/2, (w+1)/2), one flat (N, L) array.
+// Chroma is sited left (H.273 chroma_loc 0): [1 2 1]/4 across columns 2j-1..2j+1, averaged over rows 2i and
+// 2i+1, edges clamped. `stats` (float32 (N, 2), overwritten) receives the max and the mean over the h x w
+// pixels of max(R, G, B) display light in cd/m2 (MaxCLL / MaxFALL of one frame).
 struct PostArgs {
   const void* masks;
   const void* image;
@@ -74,6 +82,10 @@ struct PostArgs {
   void* out;
   DType out_type;
   bool out_hwc;
+  bool encode = false;
+  EncodeParams enc{};
+  bool out_yuv420 = false;
+  float* stats = nullptr;
 };
 
 // CPU implementations (csrc/cpu). Multithreaded over rows; set_cpu_threads(0) means all hardware threads.
@@ -106,6 +118,12 @@ void cuda_free_host(void* ptr);
 // kind: 0 host->device, 1 device->host, 2 device->device, 3 host->host (cudaMemcpyKind order + 1 shift)
 void cuda_memcpy_async(void* dst, const void* src, int64_t bytes, int kind, int device, uintptr_t stream);
 void cuda_stream_synchronize(uintptr_t stream, int device);
+// Events (disable-timing, blocking-sync: a waiting host thread sleeps instead of spinning), as integers.
+uintptr_t cuda_event_create(int device);
+void cuda_event_destroy(uintptr_t event);  // never throws
+void cuda_event_record(uintptr_t event, uintptr_t stream, int device);
+void cuda_event_synchronize(uintptr_t event);
+bool cuda_event_query(uintptr_t event);  // true when the work before the last record has finished
 struct CudaDeviceProps {
   std::string name;
   int major = 0, minor = 0;

@@ -153,4 +153,93 @@ SITM_HD float fuse_pixel(float m_up, float m_mid, float m_down, float i, float i
 // H = a3 x^3 + a2 x^2 + a1 x + a0, evaluated in Horner form (the PyTorch reference uses the same order).
 SITM_HD float curve_eval(float x, float a0, float a1, float a2, float a3) { return ((a3 * x + a2) * x + a1) * x + a0; }
 
+// ---------------------------------------------------------------------------------------------------------
+// Output encoding (post, for displays and video encoders): gamut matrix, display light, SMPTE ST 2084 (PQ)
+// or ARIB STD-B67 / BT.2100 HLG, Y'CbCr and integer code values. The NumPy reference is
+// python/sitm_trt/transfer.py; the host fills EncodeParams there (through bindings.cpp).
+// ---------------------------------------------------------------------------------------------------------
+
+enum class Transfer : int { Linear = 0, PQ = 1, HLG = 2 };
+
+struct EncodeParams {
+  int transfer;       // Transfer
+  int convert;        // 1: multiply by `matrix` (linear BT.709 -> output primaries), 0: keep BT.709
+  float matrix[9];    // row-major 3x3
+  float luma[3];      // Kr, Kg, Kb of the output primaries (HLG's OOTF luminance and Y'CbCr)
+  float cb_scale;     // 0.5 / (1 - Kb)
+  float cr_scale;     // 0.5 / (1 - Kr)
+  float scale;        // cd/m2 of linear 1.0 (the SDR reference white)
+  float peak;         // cd/m2 of the display peak: display light is clipped to [0, peak]
+  float hlg_gamma;    // HLG system gamma for `peak` (BT.2100: 1.2 + 0.42 log10(peak / 1000))
+  float q_mul, q_add; // code = round(v * q_mul + q_add) for Y' (and R'G'B')
+  float qc_mul, qc_add;  // the same for Cb, Cr
+  float q_top;        // largest code, 2^bits - 1
+};
+
+// SMPTE ST 2084 inverse EOTF: y = luminance / 10000 cd/m2 in [0, 1] -> signal E' in [0, 1].
+SITM_HD float pq_inverse_eotf(float y) {
+  const float m1 = 0.1593017578125f, m2 = 78.84375f, c1 = 0.8359375f, c2 = 18.8515625f, c3 = 18.6875f;
+  const float p = powf(y, m1);
+  return powf((c1 + c2 * p) / (1.0f + c3 * p), m2);
+}
+
+// ARIB STD-B67 / BT.2100 HLG OETF: scene light e in [0, 1] -> signal E' in [0, 1].
+SITM_HD float hlg_oetf(float e) {
+  const float a = 0.17883277f, b = 0.28466892f, c = 0.55991073f;
+  return e <= 1.0f / 12.0f ? sqrtf(3.0f * e) : a * logf(12.0f * e - b) + c;
+}
+
+// Display light of one channel in cd/m2: scaled, clipped to [0, peak]; NaN becomes 0.
+SITM_HD float display_light(float v, const EncodeParams& e) { return fminf(fmaxf(v * e.scale, 0.0f), e.peak); }
+
+// Linear BT.709 (1.0 = reference white) -> the output signal, in place. `light` receives max(R, G, B) of the
+// display light in cd/m2 (CTA-861.3's per-pixel light level; for Linear the unclipped scaled value).
+// A NaN channel counts as 0 for PQ/HLG (before the gamut matrix, so it does not spread to the other
+// channels); Linear keeps NaN in the output, like the plain post, but not in `light`.
+SITM_HD void encode_rgb(const EncodeParams& e, float& r, float& g, float& b, float& light) {
+  if (e.transfer != static_cast<int>(Transfer::Linear)) {
+    r = r == r ? r : 0.0f;
+    g = g == g ? g : 0.0f;
+    b = b == b ? b : 0.0f;
+  }
+  if (e.convert) {
+    const float* m = e.matrix;
+    const float r2 = m[0] * r + m[1] * g + m[2] * b;
+    const float g2 = m[3] * r + m[4] * g + m[5] * b;
+    const float b2 = m[6] * r + m[7] * g + m[8] * b;
+    r = r2, g = g2, b = b2;
+  }
+  if (e.transfer == static_cast<int>(Transfer::Linear)) {
+    light = fmaxf(fmaxf(fmaxf(r, g), b) * e.scale, 0.0f);  // fmaxf skips NaN; all NaN -> 0
+    return;
+  }
+  const float R = display_light(r, e), G = display_light(g, e), B = display_light(b, e);
+  light = fmaxf(fmaxf(R, G), B);
+  if (e.transfer == static_cast<int>(Transfer::PQ)) {
+    r = pq_inverse_eotf(R / 10000.0f);
+    g = pq_inverse_eotf(G / 10000.0f);
+    b = pq_inverse_eotf(B / 10000.0f);
+    return;
+  }
+  // HLG: the inverse OOTF of a display with nominal peak `peak` and black 0 (BT.2100 Table 5),
+  // E = F_D / peak * (Y_D / peak)^((1 - gamma) / gamma), then the OETF.
+  const float y = e.luma[0] * R + e.luma[1] * G + e.luma[2] * B;
+  const float k = y > 0.0f ? powf(y / e.peak, (1.0f - e.hlg_gamma) / e.hlg_gamma) / e.peak : 0.0f;
+  r = hlg_oetf(fminf(R * k, 1.0f));
+  g = hlg_oetf(fminf(G * k, 1.0f));
+  b = hlg_oetf(fminf(B * k, 1.0f));
+}
+
+// Integer code value, round half up, clamped to [0, top]; NaN becomes 0.
+SITM_HD float quantize(float v, float mul, float add, float top) {
+  return fminf(fmaxf(floorf(v * mul + add + 0.5f), 0.0f), top);
+}
+
+// Non-constant-luminance Y'CbCr (BT.709 / BT.2020 form) of a non-linear R'G'B'.
+SITM_HD void rgb_to_ycbcr(const EncodeParams& e, float r, float g, float b, float& y, float& cb, float& cr) {
+  y = e.luma[0] * r + e.luma[1] * g + e.luma[2] * b;
+  cb = (b - y) * e.cb_scale;
+  cr = (r - y) * e.cr_scale;
+}
+
 }  // namespace sitm
