@@ -384,3 +384,35 @@ def test_sei_nal_and_payloads():
     au = b"".join(len(n).to_bytes(4, "big") + n for n in [b"\x40\x01vps", b"\x02\x01slice"])  # VPS, TRAIL_R
     got = V._insert_before_vcl(au, nal, 4)
     assert got == au[:9] + len(nal).to_bytes(4, "big") + nal + au[9:]
+
+
+def test_sigint_leaves_a_playable_file(tmp_path, weights):
+    """A real Ctrl-C (SIGINT to the sitm-trt process) while it converts: exit status 130, a closed file with
+    the frames converted so far and its HDR10 metadata, no temporary file left."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    make_clip(tmp_path / "in.mp4", test_frames(40), audio=False)
+    out = tmp_path / "out.mp4"
+    cmd = [sys.executable, "-m", "sitm_trt.cli", "video", str(tmp_path / "in.mp4"), str(out), "--weights", str(weights),
+           "--device", "cpu", "--preset", "ultrafast"]
+    err: list[str] = []
+    with subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) as proc:
+        reader = threading.Thread(target=lambda: err.extend(iter(lambda: proc.stderr.read(1), "")), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 120
+        while " 2/40 " not in "".join(err) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "".join(err)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+        reader.join(timeout=10)
+    text = "".join(err)
+    assert "interrupted" in text and "holds the" in text
+    decoded, _ = decode_video(out)
+    assert 2 <= len(decoded) < 40
+    assert "CONTENT_LIGHT_LEVEL" in side_data(decoded[0][2])
+    assert not list(tmp_path.glob(".*"))
