@@ -416,3 +416,42 @@ def test_sigint_leaves_a_playable_file(tmp_path, weights):
     assert 2 <= len(decoded) < 40
     assert "CONTENT_LIGHT_LEVEL" in side_data(decoded[0][2])
     assert not list(tmp_path.glob(".*"))
+
+
+@pytest.mark.gpu
+def test_cuda_path_matches_cpu(tmp_path):
+    """Pinned buffers, async copies and per-frame events on the GPU give the CPU's code values."""
+    frames = test_frames(6)
+    make_clip(tmp_path / "in.mp4", frames, audio=False)
+    opts = V.VideoOptions(lossless=True, preset="ultrafast")
+    outs = {}
+    for device in ("cpu", "cuda:0"):
+        dst = tmp_path / f"{device.replace(':', '')}.mkv"
+        res = V.convert(tmp_path / "in.mp4", dst, pipeline=StubPipeline(gain=5.0), device=device, progress=False,
+                        options=opts)
+        outs[device] = (decode_video(dst)[0], res)
+    (cpu, rc), (gpu, rg) = outs["cpu"], outs["cuda:0"]
+    assert len(cpu) == len(gpu) == 6 and abs(rc.max_cll - rg.max_cll) <= 1 and abs(rc.max_fall - rg.max_fall) <= 1
+    for (a, ta, _), (b, tb, _) in zip(cpu, gpu):
+        assert ta == tb and np.abs(a.astype(np.int64) - b).max() <= 1  # float32 on two devices: rounding only
+    # the linear path with float16 output, frame by frame
+    want = V.hdr_frames(StubPipeline(gain=5.0), frames, smoothing=0.25)
+    got = V.hdr_frames(StubPipeline(gain=5.0), frames, smoothing=0.25, device="cuda:0")
+    for w, g in zip(want, got):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_cuda_event_orders_host_after_device():
+    from sitm_trt import kernels
+
+    ext = kernels.extension()
+    ev = ext.Event(0)
+    dev = torch.arange(1 << 20, dtype=torch.float32, device="cuda") * 2
+    host = ext.empty([1 << 20], "float32", "cpu", 0, True)
+    stream = torch.cuda.current_stream().cuda_stream
+    ext.copy(kernels._capsule(host, "t", "h", stream), kernels._capsule(dev, "t", "d", stream), stream)
+    ev.record(stream)
+    ev.synchronize()
+    assert ev.query()
+    np.testing.assert_array_equal(np.from_dlpack(host), dev.cpu().numpy())
