@@ -65,7 +65,7 @@ def read_exr_channels(path):
 
 
 def test_help_for_every_command(capsys):
-    for cmd in (["-h"], ["infer", "-h"], ["video", "-h"], ["info", "-h"], ["bench", "-h"]):
+    for cmd in (["-h"], ["infer", "-h"], ["video", "-h"], ["info", "-h"], ["bench", "-h"], ["build-engine", "-h"]):
         with pytest.raises(SystemExit) as e:
             cli.main(cmd)
         assert e.value.code == 0, cmd
@@ -155,6 +155,20 @@ def test_infer_errors(tmp_path, fast, capsys):
     err = capsys.readouterr().err
     assert "bad.png: cannot decode image" in err and "1 of 2 inputs failed" in err
     assert (tmp_path / "o2" / "gray.exr").exists() and not (tmp_path / "o2" / "bad.exr").exists()
+
+
+def test_infer_sample(tmp_path, weights, capsys):
+    from sitm_trt.data import SAMPLE
+
+    out = tmp_path / "coffee.exr"
+    assert cli.main(["infer", "--sample", "-o", str(out), "--preview", "--weights", str(weights), "-q"]) == 0
+    hdr = io.read_hdr(out)
+    assert hdr.shape == (400, 600, 3) and (tmp_path / "coffee.preview.png").exists()
+    np.testing.assert_allclose(hdr, Pipeline(weights)(io.read_ldr(SAMPLE), layout="hwc"), rtol=2e-3, atol=1e-3)
+    assert cli.main(["infer", "--sample"]) == 2
+    assert "give -o/--output" in capsys.readouterr().err
+    assert cli.main(["infer"]) == 2
+    assert "no input images" in capsys.readouterr().err
 
 
 def test_weights_errors(tmp_path, capsys):

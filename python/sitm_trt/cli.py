@@ -215,6 +215,14 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
     if args.batch < 1:
         raise UsageError(f"--batch must be >= 1, got {args.batch}")
+    if args.sample:
+        from sitm_trt.data import SAMPLE
+
+        args.inputs = [*args.inputs, str(SAMPLE)]
+        if args.output is None:
+            raise UsageError("--sample: give -o/--output (the sample lives inside the installed package)")
+    if not args.inputs:
+        raise UsageError("no input images (give files or globs, or --sample)")
     inputs = expand_inputs(args.inputs)
     outputs = plan_outputs(inputs, args.output, args.format)
     todo = []
@@ -318,12 +326,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="how sitm-trt was built and what it can use here")
     sub.add_parser("bench", help="benchmarks (sitm-trt bench -h)", add_help=False)
+    sub.add_parser("build-engine", help="prebuild a TensorRT engine into the cache (sitm-trt build-engine -h)",
+                   add_help=False)
 
     inf = sub.add_parser("infer", help="LDR images -> HDR images (EXR or Radiance .hdr)",
                          description="LDR images (PNG/JPEG/TIFF, 8/16-bit) -> linear HDR (1.0 = the input's white). "
                                      "Grayscale stays gray; alpha is kept in EXR (premultiplied), dropped in .hdr.")
-    inf.add_argument("inputs", nargs="+", metavar="IMAGE",
+    inf.add_argument("inputs", nargs="*", metavar="IMAGE",
                      help="files or globs (quote globs for recursion: 'in/**/*.png')")
+    inf.add_argument("--sample", action="store_true",
+                     help="also convert the sample photo shipped with sitm-trt (sitm_trt.data.SAMPLE, CC0)")
     inf.add_argument("-o", "--output", help="output folder (default: beside each input), or a file name for one input")
     inf.add_argument("-f", "--format", choices=sorted(_HDR_FORMATS), default="exr")
     inf.add_argument("--float", action="store_true", help="EXR as float32 (default: half)")
@@ -366,6 +378,10 @@ def main(argv: list[str] | None = None) -> int:
         from sitm_trt import bench
 
         return bench.main(argv[1:])
+    if argv[:1] == ["build-engine"]:
+        from sitm_trt import build_engine
+
+        return build_engine.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     commands = {"info": _cmd_info, "infer": _cmd_infer, "video": _cmd_video}
