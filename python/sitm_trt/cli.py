@@ -130,23 +130,6 @@ def read_image(path: Path) -> tuple[Any, Any, bool]:
     return rgb, alpha, gray
 
 
-def write_exr_rgba(path: Path, rgb: Any, alpha: Any, half: bool) -> None:
-    """RGBA OpenEXR (colour premultiplied by alpha, the OpenEXR convention), written atomically."""
-    import io as _io
-
-    import numpy as np
-
-    from sitm_trt import io
-
-    exr = io._openexr()
-    dtype = np.float16 if half else np.float32
-    channels = {c: np.ascontiguousarray((rgb[:, :, i] * alpha).astype(dtype)) for i, c in enumerate("RGB")}
-    channels["A"] = np.ascontiguousarray(alpha.astype(dtype))
-    buf = _io.BytesIO()
-    exr.File({"compression": exr.ZIP_COMPRESSION, "type": exr.scanlineimage}, channels).write(buf)
-    io._atomic_write(path, buf.getvalue())
-
-
 def _make_pipeline(args: argparse.Namespace) -> Any:
     from sitm_trt.pipeline import Pipeline
 
@@ -246,7 +229,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
             if gray:
                 hdr = np.repeat(hdr.mean(axis=2, keepdims=True), 3, axis=2)
             if alpha is not None and dst.suffix == ".exr":
-                write_exr_rgba(dst, hdr, alpha, half)
+                io.write_exr(dst, hdr, half=half, alpha=alpha)
             else:
                 if alpha is not None:
                     tqdm.write(f"sitm-trt: {src}: alpha dropped (Radiance .hdr has no alpha; use --format exr)",

@@ -366,19 +366,33 @@ def write_hdr(path: str | os.PathLike[str], img: np.ndarray) -> None:
     _atomic_write(path, header + rgbe.tobytes())
 
 
-def write_exr(path: str | os.PathLike[str], img: np.ndarray, half: bool = True) -> None:
+def write_exr(path: str | os.PathLike[str], img: np.ndarray, half: bool = True, alpha: np.ndarray | None = None) -> None:
     """Write float ``(H, W, 3)`` linear RGB as OpenEXR (ZIP compression), atomically.
 
     ``half=True`` stores float16 (values above 65504 become Inf: use ``half=False`` for such images).
+    ``alpha`` (``(H, W)`` in [0, 1]) adds an ``A`` channel; the colour is then premultiplied by it (the
+    OpenEXR convention).
     """
     exr = _openexr()
     img = _check_hdr_array(img)
     dtype = np.float16 if half else np.float32
+    if alpha is not None:
+        alpha = np.asarray(alpha, dtype=np.float32)
+        if alpha.shape != img.shape[:2]:
+            raise ValueError(f"write_exr: alpha must be {img.shape[:2]}, got {alpha.shape}")
+        img = img * alpha[:, :, None]
     channels = {c: np.ascontiguousarray(img[:, :, i].astype(dtype)) for i, c in enumerate("RGB")}
+    if alpha is not None:
+        channels["A"] = np.ascontiguousarray(alpha.astype(dtype))
     header = {"compression": exr.ZIP_COMPRESSION, "type": exr.scanlineimage}
     buf = _io.BytesIO()
     exr.File(header, channels).write(buf)
     _atomic_write(path, buf.getvalue())
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: never a partial file."""
+    _atomic_write(path, data)
 
 
 def write_hdr_image(path: str | os.PathLike[str], img: np.ndarray, half: bool = False) -> None:

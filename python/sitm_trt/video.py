@@ -661,7 +661,7 @@ class _ExrSink:
         pass
 
     def close(self) -> None:
-        self.io._atomic_write(self.folder / "sequence.json", json.dumps(self.meta, indent=1).encode())
+        self.io.write_bytes_atomic(self.folder / "sequence.json", json.dumps(self.meta, indent=1).encode())
 
 
 # ---------------------------------------------------------------------------------------------------------
