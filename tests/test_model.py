@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -29,6 +30,16 @@ TINY = Preset(
     mefm_dilated=1,
     thumb_size=64,
 )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The tensors here are tiny: one thread avoids OpenMP spin-waits on a busy machine (several times the
+    CPU time on a loaded 2-core box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make_net(seed: int = 0, preset: Preset = TINY) -> SITMNet:
@@ -393,3 +404,145 @@ def test_shipped_presets_build():
         with torch.device("meta"):
             net = SITMNet(name)
         assert net.stride == 16
+
+
+# --- the whole-frame state (tiles, video) -----------------------------------------------------------------
+
+
+def test_global_state_shapes_are_per_image_and_independent_of_size():
+    net = make_net()
+    with torch.no_grad():
+        a = net.global_state(*inputs(n=2, h=32, w=48))
+        b = net.global_state(*inputs(n=2, h=64, w=16, seed=7))
+    for x, y in zip(a.values().values(), b.values().values()):
+        for s, t in zip(x if isinstance(x, list) else [x], y if isinstance(y, list) else [y]):
+            assert s.shape == t.shape and s.shape[0] == 2
+    assert a.f_glo.shape == (2, TINY.eab_dim, 16, 16)
+    widths = [TINY.widths[k] for k in reversed(range(TINY.levels - 1))]  # decoder levels, coarsest first
+    for codes, means in ((a.codes_up, a.means_up), (a.codes_down, a.means_down)):
+        assert [c.shape[1] for c in codes] == widths and [m.shape[1] for m in means] == widths
+        assert all(c.dtype == torch.float32 for c in codes + means)
+    assert [g.shape[1] for g in a.gates_up] == [4 * max(4, w // 4) for w in TINY.widths]  # the CA of cat(F_di)
+    assert a.mefm_g.shape == (2, TINY.mefm_width) and a.coef.shape == (2, 4)
+    # levels without a CMAB have no gate
+    p = get_preset("compact")
+    with torch.device("meta"):
+        compact = SITMNet(p)
+        s = compact.global_state(*(torch.empty(1, c, 32, 32) for c in (3, 3, 3, 2)))
+    assert [g is None for g in s.gates_up] == [not c for c in p.cmab_levels]
+
+
+def test_global_state_fields_are_the_whole_frame_quantities():
+    """Each field against an independent computation from the features the network computed."""
+    net = make_net(seed=3)
+    x = inputs(n=2, h=48, w=64, seed=4)
+    seen: dict = {}
+    hooks = [
+        net.eab.register_forward_hook(lambda m, a, o: seen.__setitem__("f_glo", o)),
+        net.auem.codes.register_forward_hook(lambda m, a, o: seen.__setitem__("codes", o)),
+        net.mefm.glob.register_forward_hook(lambda m, a, o: seen.__setitem__("glob", o)),
+    ]
+    for k in range(TINY.levels):
+        ca = net.adem.cmab[k].ca
+        hooks.append(ca.register_forward_hook(lambda m, a, o, k=k: seen.__setitem__(("d", k), a[0])))
+    for k in range(TINY.levels - 1):
+        hooks.append(net.auem.dec[k].register_forward_hook(lambda m, a, o, k=k: seen.__setitem__(("dec", k), o)))
+    with torch.no_grad():
+        state = net.global_state(*x)
+        out = net(*x)
+    for h in hooks:
+        h.remove()
+    assert torch.equal(state.f_glo, seen["f_glo"])
+    for c, s in zip(state.codes_up, seen["codes"]):
+        assert torch.equal(c, s)
+    for k in range(TINY.levels):  # CBAM gate: sigmoid(MLP(avg) + MLP(max)), in float64
+        d, ca = seen[("d", k)].double(), net.adem.cmab[k].ca
+
+        def mlp(v, ca=ca):
+            h = F.leaky_relu(v @ ca.fc1.weight.double().T + ca.fc1.bias.double(), 0.2)
+            return h @ ca.fc2.weight.double().T + ca.fc2.bias.double()
+
+        ref = torch.sigmoid(mlp(d.mean(dim=(2, 3))) + mlp(d.amax(dim=(2, 3))))
+        torch.testing.assert_close(state.gates_down[k].double(), ref, rtol=1e-5, atol=1e-6)
+    for k in range(TINY.levels - 1):  # mu_j: channel means of the decoder feature before the remap
+        j = TINY.levels - 2 - k
+        torch.testing.assert_close(state.means_up[j].double(), seen[("dec", k)].double().mean(dim=(2, 3)))
+    g = seen["glob"].double().mean(dim=(2, 3)) @ net.mefm.glob_fc.weight.double().T + net.mefm.glob_fc.bias.double()
+    torch.testing.assert_close(state.mefm_g.double(), F.leaky_relu(g, 0.2), rtol=1e-5, atol=1e-6)
+    assert torch.equal(state.coef, out.coef)
+
+
+def test_forward_state_with_the_frames_own_state_is_forward_exactly():
+    net = make_net(seed=1)
+    for n, h, w in ((1, 32, 48), (2, 64, 32)):
+        x = inputs(n=n, h=h, w=w, seed=h)
+        with torch.no_grad():
+            ref = net(*x)
+            state = net.global_state(*x)
+            out = net.forward_state(*x, state)
+            whole = net.forward_state(*x, state, region=(0, 0, h, w))
+        for a, b, c in zip(out, ref, whole):
+            assert torch.equal(a, b) and torch.equal(c, b)
+    half = copy.deepcopy(net).half()  # float16 model: the float32 state fields stay float32
+    xh = [t.half() for t in x]
+    with torch.no_grad():
+        for a, b in zip(half.forward_state(*xh, half.global_state(*xh)), half(*xh)):
+            assert torch.equal(a, b)
+
+
+def test_forward_state_uses_the_given_state():
+    net = make_net(seed=2)
+    x, y = inputs(n=1, seed=1), inputs(n=1, seed=2)
+    with torch.no_grad():
+        sx, sy = net.global_state(*x), net.global_state(*y)
+        own = net(*x)
+        other = net.forward_state(*x, sy)
+        # Eq. 6 uses only S_j - mu_j: shifting both by the same vector changes nothing
+        shift = tuple(c + 0.5 for c in sx.codes_up), tuple(m + 0.5 for m in sx.means_up)
+        shifted = net.forward_state(*x, sx._replace(codes_up=shift[0], means_up=shift[1]))
+        # a larger code S_j shifts the channel means of the decoder feature after the remap
+        bumped = net.forward_state(*x, sx._replace(codes_up=tuple(c + 0.5 for c in sx.codes_up)))
+    assert torch.equal(other.coef, sy.coef) and not torch.equal(other.image_up, own.image_up)
+    for a, b in zip(shifted, own):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(bumped.image_up, own.image_up)
+    torch.testing.assert_close(bumped.image_down, own.image_down)  # ADEM has its own codes
+    with pytest.raises(KeyError, match="mefm_g"):
+        from sitm_trt.model.state import StatSource
+
+        values = sx.values()
+        del values["mefm_g"]
+        net._run(*x, StatSource(values, strict=True))
+
+
+def test_region_crops_the_whole_frames_gffb_map():
+    from sitm_trt.model.state import StatSource
+
+    f_glo = torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(0))
+    full = F.interpolate(f_glo, size=(6, 10), mode="bilinear", align_corners=False)
+    crop = StatSource(region=(32, 48, 96, 160)).glo_map(f_glo, (2, 4), 16)
+    assert torch.equal(crop, full[:, :, 2:4, 3:7])
+    with pytest.raises(ValueError, match="multiples of the stride 16"):
+        StatSource(region=(8, 0, 96, 160)).glo_map(f_glo, (2, 4), 16)
+    with pytest.raises(ValueError, match="does not fit"):
+        StatSource(region=(64, 0, 96, 160)).glo_map(f_glo, (4, 4), 16)
+
+
+def test_state_lerp_smooths_field_by_field():
+    net = make_net()
+    with torch.no_grad():
+        a, b = net.global_state(*inputs(seed=1)), net.global_state(*inputs(seed=2))
+    mid = a.lerp(b, 0.25)
+    for x, y, m in zip(a.values().values(), b.values().values(), mid.values().values()):
+        for s, t, u in zip(*(v if isinstance(v, list) else [v] for v in (x, y, m))):
+            torch.testing.assert_close(u, s + 0.25 * (t - s))
+    assert all(torch.equal(s, t) for s, t in zip(a.lerp(b, 0.0).coef, a.coef))
+    assert mid.coef.min() >= 0 and all(0 < g.min() and g.max() < 1 for g in mid.gates_up)
+    back = type(a).from_values(a.values(), TINY.levels)
+    assert all(torch.equal(s, t) for s, t in zip(back.values()["coef"], a.coef))
+    with pytest.raises(ValueError, match=r"weight must be in \[0, 1\]"):
+        a.lerp(b, 1.5)
+    with torch.device("meta"):
+        c = SITMNet("compact").global_state(*(torch.empty(1, k, 32, 32) for k in (3, 3, 3, 2)))
+    with pytest.raises(ValueError, match="different presets|shapes differ"):
+        a.to("meta").lerp(c, 0.5)

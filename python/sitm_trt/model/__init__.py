@@ -4,6 +4,7 @@ from .config import PRESETS, Preset, get_preset, preset_names
 from .export import export_onnx
 from .network import SITMNet, SITMOutput, SITMTrainOutput, predict_hdr
 from .serialization import load_weights, read_preset, save_weights
+from .state import GlobalState, StatSource
 
 __all__ = [
     "PRESETS",
@@ -13,6 +14,8 @@ __all__ = [
     "SITMNet",
     "SITMOutput",
     "SITMTrainOutput",
+    "GlobalState",
+    "StatSource",
     "predict_hdr",
     "export_onnx",
     "save_weights",

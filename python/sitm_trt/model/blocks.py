@@ -9,6 +9,8 @@ nodes; in a float16 export they become ONNX ``Cast`` nodes that a strongly typed
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,6 +37,9 @@ __all__ = [
 ]
 
 CMAB_DILATIONS = (1, 5, 9, 13)  # Eq. 2
+
+GateFn = Callable[["ChannelAttention", torch.Tensor], torch.Tensor]
+"""``gate(ca, d) -> (N, C)`` float32: supplies a CMAB's channel-attention gate (whole-frame statistics)."""
 
 
 def f32(x: torch.Tensor) -> torch.Tensor:
@@ -105,10 +110,16 @@ class ChannelAttention(nn.Module):
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """The ``(N, C)`` float32 channel weights in (0, 1)."""
-        return torch.sigmoid(self.mlp(spatial_mean32(x)) + self.mlp(spatial_max32(x)))
+        return self.gate_from_pools(spatial_mean32(x), spatial_max32(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * cast(self.gate(x), x.dtype)[:, :, None, None]
+    def gate_from_pools(self, avg: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:
+        """The gate from the ``(N, C)`` float32 average and max pools (whole-frame statistics)."""
+        return torch.sigmoid(self.mlp(avg) + self.mlp(mx))
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` times its gate; ``gate`` replaces ``self.gate(x)`` when given (a whole-frame gate for a tile)."""
+        g = self.gate(x) if gate is None else gate
+        return x * cast(g, x.dtype)[:, :, None, None]
 
 
 class CMAB(nn.Module):
@@ -138,15 +149,19 @@ class CMAB(nn.Module):
         cat = torch.cat([f_cur, f_ref], dim=1)
         return f_cur, f_ref, torch.sigmoid(self.att_cur(cat)), torch.sigmoid(self.att_ref(cat))
 
-    def residual(self, cur: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        """The residual branch of Eq. 3 (everything but ``+ F_cur``)."""
+    def residual(self, cur: torch.Tensor, ref: torch.Tensor, gate: GateFn | None = None) -> torch.Tensor:
+        """The residual branch of Eq. 3 (everything but ``+ F_cur``).
+
+        ``gate(ca, d)`` supplies the channel-attention gate of the dilated features ``d`` (default
+        ``ca.gate(d)``, pooled over this input; a tiled run passes the whole frame's).
+        """
         f_cur, f_ref, m_cur, m_ref = self.attention(cur, ref)
         x = torch.cat([m_cur * f_cur, m_ref * f_ref], dim=1)
         d = torch.cat([self.act(conv(x)) for conv in self.dilated], dim=1)
-        return self.out(self.ca(d))
+        return self.out(self.ca(d, None if gate is None else gate(self.ca, d)))
 
-    def forward(self, cur: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        return cur + self.residual(cur, ref)
+    def forward(self, cur: torch.Tensor, ref: torch.Tensor, *, gate: GateFn | None = None) -> torch.Tensor:
+        return cur + self.residual(cur, ref, gate)
 
 
 class LayerNorm32(nn.LayerNorm):
@@ -291,7 +306,11 @@ class GFFB(nn.Module):
 
     def forward(self, f_enc: torch.Tensor, f_glo: torch.Tensor) -> torch.Tensor:
         g = F.interpolate(f_glo, size=f_enc.shape[-2:], mode="bilinear", align_corners=False)
-        return f_enc + self.conv(self.act(self.fuse(torch.cat([f_enc, g], dim=1))))
+        return self.fuse_map(f_enc, g)
+
+    def fuse_map(self, f_enc: torch.Tensor, glo_map: torch.Tensor) -> torch.Tensor:
+        """The block given F_glo already resized to ``f_enc``'s grid (or cropped from the whole frame's)."""
+        return f_enc + self.conv(self.act(self.fuse(torch.cat([f_enc, glo_map], dim=1))))
 
 
 class ExposureRemap(nn.Module):
@@ -316,7 +335,10 @@ class ExposureRemap(nn.Module):
         return codes
 
 
-def remap(feature: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-    """Eq. 6: ``F - mean_c(F) + S`` per channel; mean and ``S - mean`` in float32, one add in ``F.dtype``."""
-    delta = code - spatial_mean32(feature)
+def remap(feature: torch.Tensor, code: torch.Tensor, mean: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 6: ``F - mean_c(F) + S`` per channel; mean and ``S - mean`` in float32, one add in ``F.dtype``.
+
+    ``mean`` (``(N, C)`` float32) replaces ``F``'s own channel means (the whole frame's, for a tile).
+    """
+    delta = code - (spatial_mean32(feature) if mean is None else mean)
     return feature + cast(delta, feature.dtype)[:, :, None, None]

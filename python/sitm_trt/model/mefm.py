@@ -19,6 +19,7 @@ non-decreasing for every ``x >= 0``, at initialisation and after training. They 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ from torch import nn
 
 from .blocks import ConvAct, cast, f32, linear32, thumbnail
 from .config import Preset
+from .state import StatSource
 
 __all__ = ["MEFM", "COEF_INIT"]
 
@@ -64,21 +66,47 @@ class MEFM(nn.Module):
         image: torch.Tensor,
         image_up: torch.Tensor,
         image_down: torch.Tensor,
-        image_thumb: torch.Tensor | None = None,
+        image_thumb: torch.Tensor | Callable[[], torch.Tensor] | None = None,
+        stats: StatSource | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(N, 3, H, W)`` x3 -> masks ``(N, 3, H, W)`` (M_up, M_mid, M_down) and coef ``(N, 4)`` float32.
 
-        ``image_thumb`` is ``thumbnail(image)`` when the caller already has it (the EAB's input).
+        ``image_thumb`` is ``thumbnail(image)`` (or a function returning it) when the caller already has it
+        (the EAB's input). ``stats`` supplies the whole-frame ``g`` and ``coef`` (keys ``mefm_g``, ``coef``;
+        default: computed from these images).
         """
-        x = torch.cat([image, image_up, image_down], dim=1)
-        if image_thumb is None:
-            image_thumb = thumbnail(image, self.thumb)
-        thumb = torch.cat([image_thumb, thumbnail(torch.cat([image_up, image_down], dim=1), self.thumb)], dim=1)
+        stats = StatSource() if stats is None else stats
+
+        def g_from_thumbnails() -> torch.Tensor:
+            thumb = image_thumb() if callable(image_thumb) else image_thumb
+            if thumb is None:
+                thumb = thumbnail(image, self.thumb)
+            return self.global_vector(self.thumbnails(thumb, image_up, image_down))
+
+        g = stats.mefm_g(g_from_thumbnails, image_up, image_down)
+        stats.barrier()
+        masks = self.masks(image, image_up, image_down, g)
+        return masks, stats.coef(lambda: self.coefficients(g))
+
+    def thumbnails(self, image_thumb: torch.Tensor, image_up: torch.Tensor, image_down: torch.Tensor) -> torch.Tensor:
+        """The global branch's 9-channel input: ``cat(thumb(I), thumb(cat(I_up, I_down)))``."""
+        return torch.cat([image_thumb, thumbnail(torch.cat([image_up, image_down], dim=1), self.thumb)], dim=1)
+
+    def global_vector(self, thumb: torch.Tensor) -> torch.Tensor:
+        """The global branch: ``(N, 9, t, t)`` thumbnails -> ``g`` ``(N, w)`` float32 (a whole-frame quantity)."""
         g = f32(self.glob(thumb)).mean(dim=(2, 3))
-        g = F.leaky_relu(linear32(self.glob_fc, g), self.slope)  # (N, w) float32
+        return F.leaky_relu(linear32(self.glob_fc, g), self.slope)
+
+    def coefficients(self, g: torch.Tensor) -> torch.Tensor:
+        """``a0..a3`` ``(N, 4)`` float32 from ``g``: ``softplus(linear(g))``."""
+        return F.softplus(linear32(self.coef_head, g))
+
+    def masks(self, image: torch.Tensor, image_up: torch.Tensor, image_down: torch.Tensor,
+              g: torch.Tensor) -> torch.Tensor:
+        """The local and dilated branches plus the per-image bias ``W_g g`` -> the softmax masks. Every
+        operation here is local (3x3 convolutions), so it runs on tiles given the whole frame's ``g``."""
+        x = torch.cat([image, image_up, image_down], dim=1)
         z = self.fuse_local(self.local(x)) + self.fuse_dilated(self.dilated(x))
         z = z + cast(linear32(self.fuse_global, g), z.dtype)[:, :, None, None]
         logits = self.mask_head(self.act(z))
-        masks = cast(torch.softmax(f32(logits), dim=1), image.dtype)
-        coef = F.softplus(linear32(self.coef_head, g))
-        return masks, coef
+        return cast(torch.softmax(f32(logits), dim=1), image.dtype)

@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 from .. import ops
-from .blocks import EAB, thumbnail
+from .blocks import EAB, cast, thumbnail
 from .config import Preset, get_preset
-from .exposure import ExposureUNet, encode_pair
+from .exposure import ExposureUNet, bottleneck_pair, decode_levels, encode_levels, guide_pyramid
 from .mefm import MEFM
+from .state import GlobalState, StatSource
 
 __all__ = ["SITMNet", "SITMOutput", "SITMTrainOutput", "predict_hdr"]
 
@@ -43,7 +44,8 @@ class SITMNet(nn.Module):
     ``forward(image, image_down, image_up, guide)`` takes the outputs of ``ops.pre(frame, stride=net.stride)``
     (heights and widths multiples of :attr:`stride`, any size) and returns :class:`SITMOutput`.
     :meth:`forward_train` also returns the progressive images of Eq. 11; :meth:`forward_exposure` runs
-    only AUEM/ADEM (stage-1 training, with :meth:`exposure_parameters`).
+    only AUEM/ADEM (stage-1 training, with :meth:`exposure_parameters`). :meth:`global_state` returns the
+    whole-frame quantities and :meth:`forward_state` runs the network with given ones (tiles, video).
     """
 
     def __init__(self, preset: Preset | str = "compact") -> None:
@@ -76,33 +78,100 @@ class SITMNet(nn.Module):
             if tuple(t.shape) != (n, c, h, w):
                 raise ValueError(f"SITMNet: {name} must be {(n, c, h, w)}, got {tuple(t.shape)}")
 
-    def _exposure(self, image, image_down, image_up, guide):
+    def _run(
+        self,
+        image: torch.Tensor,
+        image_down: torch.Tensor,
+        image_up: torch.Tensor,
+        guide: torch.Tensor,
+        stats: StatSource,
+        *,
+        fusion: bool = True,
+    ) -> SITMTrainOutput | tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """The whole network with its whole-frame quantities taken from (or recorded into) ``stats``."""
         self._check(image, image_down, image_up, guide)
-        thumb = thumbnail(image, self.preset.thumb_size)
-        f_glo = self.eab(thumb)
-        skips_up, skips_down = encode_pair(self.auem, self.adem, image_up, image_down, guide)
-        return thumb, tuple(self.auem.decode(skips_up, f_glo)), tuple(self.adem.decode(skips_down, f_glo))
+        n, size = self.preset.levels, self.preset.thumb_size
+        thumbs: list[torch.Tensor] = []
+
+        def image_thumb() -> torch.Tensor:  # computed at most once, only when something needs it
+            if not thumbs:
+                thumbs.append(thumbnail(image, size))
+            return thumbs[0]
+
+        f_glo = cast(stats.f_glo(lambda: self.eab(image_thumb())), image.dtype)
+        skips = encode_levels(self.auem, self.adem, image_up, image_down, guide_pyramid(guide, n), range(n), stats)
+        x, first, codes = bottleneck_pair(self.auem, self.adem, skips[0][-1], skips[1][-1], f_glo, self.stride, stats)
+        _, (pyr_up, pyr_down) = decode_levels(self.auem, self.adem, x, first, skips, codes, range(n - 2, -1, -1), stats)
+        pyr_up, pyr_down = (first[0], *pyr_up), (first[1], *pyr_down)
+        if not fusion:
+            return pyr_up, pyr_down
+        up, down = pyr_up[-1].clamp(0.0, 1.0), pyr_down[-1].clamp(0.0, 1.0)
+        masks, coef = self.mefm(image, up, down, image_thumb, stats)
+        return SITMTrainOutput(up, down, masks, coef, pyr_up, pyr_down)
 
     def forward_exposure(
         self, image: torch.Tensor, image_down: torch.Tensor, image_up: torch.Tensor, guide: torch.Tensor
     ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
         """AUEM and ADEM only: the Eq. 11 pyramids ``(pyramid_up, pyramid_down)``, coarsest first."""
-        _, pyr_up, pyr_down = self._exposure(image, image_down, image_up, guide)
-        return pyr_up, pyr_down
+        return self._run(image, image_down, image_up, guide, StatSource(), fusion=False)  # type: ignore[return-value]
 
     def forward_train(
         self, image: torch.Tensor, image_down: torch.Tensor, image_up: torch.Tensor, guide: torch.Tensor
     ) -> SITMTrainOutput:
-        thumb, pyr_up, pyr_down = self._exposure(image, image_down, image_up, guide)
-        up, down = pyr_up[-1].clamp(0.0, 1.0), pyr_down[-1].clamp(0.0, 1.0)
-        masks, coef = self.mefm(image, up, down, thumb)
-        return SITMTrainOutput(up, down, masks, coef, pyr_up, pyr_down)
+        return self._run(image, image_down, image_up, guide, StatSource())  # type: ignore[return-value]
 
     def forward(
         self, image: torch.Tensor, image_down: torch.Tensor, image_up: torch.Tensor, guide: torch.Tensor
     ) -> SITMOutput:
         out = self.forward_train(image, image_down, image_up, guide)
         return SITMOutput(out.image_up, out.image_down, out.masks, out.coef)
+
+    # -- the whole-frame state (Sec. 3.4-3.5 quantities; see state.py) --------------------------------------
+    def global_state(
+        self, image: torch.Tensor, image_down: torch.Tensor, image_up: torch.Tensor, guide: torch.Tensor
+    ) -> GlobalState:
+        """Every whole-frame quantity of these inputs (one forward pass): F_glo, the CMAB channel-attention
+        gates, the codes S_j and decoder means mu_j of both exposure models, the MEFM ``g`` and ``coef``.
+
+        ``forward_state(*inputs, state=global_state(*inputs))`` equals ``forward(*inputs)`` exactly.
+        """
+        stats = StatSource()
+        self._run(image, image_down, image_up, guide, stats)
+        return GlobalState.from_values(stats.values, self.preset.levels)
+
+    def forward_state(
+        self,
+        image: torch.Tensor,
+        image_down: torch.Tensor,
+        image_up: torch.Tensor,
+        guide: torch.Tensor,
+        state: GlobalState,
+        *,
+        region: tuple[int, int, int, int] | None = None,
+    ) -> SITMOutput:
+        """The network with every whole-frame quantity taken from ``state`` instead of these inputs.
+
+        With the state fixed, the network is a pure stack of local operations: run it on a crop of a frame
+        (``region = (top, left, frame_height, frame_width)`` in padded pixels, multiples of :attr:`stride`,
+        so the GFFB crops the whole frame's resize of F_glo) or with a state smoothed over video frames
+        (:meth:`GlobalState.lerp`), or computed on another (e.g. downscaled) copy of the frame.
+        """
+        stats = StatSource(state.values(), strict=True, region=region)
+        out = self._run(image, image_down, image_up, guide, stats)
+        return SITMOutput(out.image_up, out.image_down, out.masks, out.coef)  # type: ignore[union-attr]
+
+    # -- parts, for running the network in pieces (sitm_trt.tiling) ------------------------------------------
+    def encode_levels(self, x_up, x_down, guides, levels: range, stats: StatSource | None = None):
+        """See :func:`sitm_trt.model.exposure.encode_levels` (both encoders, levels ``levels``)."""
+        return encode_levels(self.auem, self.adem, x_up, x_down, guides, levels, stats)
+
+    def bottleneck(self, f_enc_up, f_enc_down, f_glo, stats: StatSource | None = None):
+        """See :func:`sitm_trt.model.exposure.bottleneck_pair` (GFFB, codes, coarsest images)."""
+        return bottleneck_pair(self.auem, self.adem, f_enc_up, f_enc_down, f_glo, self.stride, stats)
+
+    def decode_levels(self, x, image, skips, codes, levels: range, stats: StatSource | None = None):
+        """See :func:`sitm_trt.model.exposure.decode_levels` (both decoders, levels ``levels``)."""
+        return decode_levels(self.auem, self.adem, x, image, skips, codes, levels, stats)
 
     def exposure_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of EAB, AUEM and ADEM (stage 1: train the exposure models alone)."""
