@@ -182,3 +182,16 @@ def test_cuda_torch_backend_matches_cpu(weights):
     gpu = P.Pipeline(w, backend="torch")(x.cuda())
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-4)
+
+
+def test_tiled_pipeline_matches_the_whole_frame(weights):
+    w, _ = weights
+    x = torch.rand(1, 3, 110, 130)  # several 48-pixel tiles
+    whole = P.Pipeline(w)(x)
+    tiled = P.Pipeline(w, tile=48)(x)
+    torch.testing.assert_close(tiled, whole, rtol=1e-4, atol=1e-5)
+    frame = np.random.default_rng(3).integers(0, 256, size=(100, 120, 3), dtype=np.uint8)
+    np.testing.assert_allclose(P.Pipeline(w, tile=48)(frame, layout="hwc"), P.Pipeline(w)(frame, layout="hwc"),
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="tile must be a positive"):
+        P.Pipeline(w, tile=0)

@@ -34,11 +34,15 @@ class Pipeline:
     ``precision``: "fp16" or "fp32"; default fp16 for TensorRT, fp32 for torch (the reference).
     ``profile``: the TensorRT shape range (:class:`~sitm_trt.backends.trt_engine.Profile`).
     ``cache_dir``: where TensorRT engines are cached (default ``~/.cache/sitm-trt/engines``).
+    ``tile``: memory-bounded inference for very large frames: windows of ``tile`` pixels with the whole-frame
+    (global) state computed once, so tiles agree (docs/tiling.md; ``overlap=None`` picks the context that
+    makes tiles float-exact). Tiles run on the PyTorch module (a TensorRT engine cannot take the state) and
+    on the current torch stream.
     """
 
     def __init__(self, weights: str | Weights = "default", *, backend: str = "auto", precision: str | None = None,
                  profile: Profile | None = None, cache_dir: str | None = None, compile: bool = False,
-                 channels_last: bool | None = None, log=None):
+                 channels_last: bool | None = None, tile: int | None = None, overlap: int | None = None, log=None):
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
         if precision not in (None, "fp16", "fp32"):
@@ -51,6 +55,10 @@ class Pipeline:
         self.compile = compile
         self.channels_last = channels_last
         self.log = log
+        if tile is not None and tile < 1:
+            raise ValueError(f"tile must be a positive number of pixels or None, got {tile}")
+        self.tile, self.overlap = tile, overlap
+        self._tile_models: dict[str, Any] = {}
         self._backends: dict[str, Any] = {}
         self._buffers: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
@@ -81,6 +89,16 @@ class Pipeline:
                     raise
                 self.auto_reason = f"TensorRT not used: {err}"
         return self._torch(device)
+
+    def _tile_model(self, device: str):
+        """The torch module that tiles run on (a TensorRT engine cannot take the whole-frame state)."""
+        backend = self.backend_for(device)
+        if getattr(backend, "name", "") == "torch":
+            return backend.model
+        with self._lock:
+            if device not in self._tile_models:
+                self._tile_models[device] = self._torch(device).model
+            return self._tile_models[device]
 
     def _torch(self, device: str):
         try:
@@ -120,6 +138,11 @@ class Pipeline:
             empty = kernels._wrap(kernels.extension().empty([n, h, w, 3] if hwc else [n, 3, h, w], dtype, device,
                                                             handle), x)
             return out if out is not None else (empty[0] if (hwc and unbatched) else empty)
+        if self.tile is not None:
+            from sitm_trt.tiling import infer_tiled
+
+            return infer_tiled(self._tile_model(device), x, tile=self.tile, overlap=self.overlap, layout=layout,
+                               dtype=dtype, out=out)
         backend = self.backend_for(device)
         s = backend.stride
         hp, wp = -(-h // s) * s, -(-w // s) * s
