@@ -4,10 +4,9 @@ scene cuts; Ctrl-C and errors. Clips are generated here (tiny, no downloads)."""
 
 from __future__ import annotations
 
-import re
-
 import json
 import math
+import re
 import struct
 from fractions import Fraction
 
