@@ -107,3 +107,21 @@ def test_engine_key_digest_changes_with_every_field():
 
     digests = {dataclasses.replace(base, **{k: v}).digest() for k, v in fields.items()}
     assert len(digests | {base.digest()}) == len(fields) + 1
+
+
+def test_engine_for_the_shipped_weights(rtx, tmp_path):
+    """The shipped default weights come with their ONNX exports (checksummed in the card) and build into a
+    real TensorRT-RTX engine for the default profile (64x64 .. 3840x2160) without a GPU."""
+    from sitm_trt.backends.tensorrt_backend import prepare_engine
+    from sitm_trt.weights import WeightsError
+
+    try:
+        w = load("default")
+    except WeightsError as err:
+        pytest.skip(f"no shipped default weights: {err}")
+    for precision in ("fp16", "fp32"):
+        path = w.onnx(precision)
+        assert path.parent == w.path.parent, "the shipped export must be used, not a fresh one"
+    data, built, key = prepare_engine(w, precision="fp16", flavour=rtx, cache=EngineCache(tmp_path))
+    assert built and key.profile.max_hw == (2160, 3840) and key.weights_sha256 == w.sha256
+    assert not prepare_engine(w, precision="fp16", flavour=rtx, cache=EngineCache(tmp_path))[1]

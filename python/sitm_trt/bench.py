@@ -1,4 +1,8 @@
-"""Benchmarks: ``python -m sitm_trt.bench kernels`` (or ``sitm-trt bench kernels``).
+"""Benchmarks: ``sitm-trt bench kernels | pipeline | video`` (or ``python -m sitm_trt.bench ...``).
+
+``pipeline``: ms per frame of the pre kernel, the network and the post kernel and end to end, frames/s and
+peak memory, per backend, precision and preset (``--cpu-configs`` sweeps CPU threads and channels-last).
+``video``: frames/s of ``sitm-trt video`` (decode + infer + encode) on a generated clip.
 
 ``kernels``: per kernel, ms per frame, effective GB/s and the speed-up over equivalent torch eager code, at
 1080p and 4K, on the CPU always and on CUDA when a device is present. On the CPU the STREAM-triad bandwidth
@@ -291,6 +295,52 @@ def format_pipeline(rows: list[PipeRow], header: dict) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The video path: decode + infer + encode
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _synthetic_clip(path: str, width: int, height: int, frames: int, fps: int = 24) -> None:
+    """An SDR BT.709 H.264 clip: moving gradients and a bright block (clipped highlights), no audio."""
+    import av
+    import numpy as np
+
+    out = av.open(path, "w")
+    s = out.add_stream("libx264", rate=fps)
+    s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+    s.options = {"preset": "ultrafast", "crf": "12"}
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    for i in range(frames):
+        img = np.stack([(x + 4 * i) % width / width, y / height, 0.5 + 0.5 * np.sin((x + y + 8 * i) / 40)], -1)
+        img[height // 4: height // 2, (width // 4 + 3 * i) % width:][:, : width // 8] = 1.0
+        f = av.VideoFrame.from_ndarray((np.clip(img, 0, 1) * 255).astype(np.uint8), format="rgb24")
+        for packet in s.encode(f.reformat(format="yuv420p")):
+            out.mux(packet)
+    for packet in s.encode():
+        out.mux(packet)
+    out.close()
+
+
+def bench_video(weights: str, resolution: str, frames: int, formats: list[str], device: str | None) -> list[dict]:
+    import os
+    import tempfile
+
+    from sitm_trt import video
+
+    h, w = RESOLUTIONS[resolution]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "in.mp4")
+        _synthetic_clip(src, w, h, frames)
+        for fmt in formats:
+            dst = os.path.join(tmp, "out.mkv" if fmt != "exr" else "exr")
+            opts = video.VideoOptions(format=fmt, preset="fast")
+            res = video.convert(src, dst, weights=weights, options=opts, device=device, progress=False)
+            rows.append({"format": fmt, "resolution": resolution, "frames": res.frames, "seconds": res.seconds,
+                         "fps": res.fps})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sitm-trt bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -313,7 +363,20 @@ def main(argv: list[str] | None = None) -> int:
     pp.add_argument("--cpu-configs", action="store_true",
                     help="sweep the CPU configurations (threads 1/all, channels-last off/on) and report each")
     pp.add_argument("--json", metavar="FILE")
+    vv = sub.add_parser("video", help="end-to-end fps of sitm-trt video (decode + infer + encode) on a generated clip")
+    vv.add_argument("--weights", default="default")
+    vv.add_argument("--resolution", choices=sorted(RESOLUTIONS), default="512")
+    vv.add_argument("--frames", type=int, default=24)
+    vv.add_argument("--format", nargs="+", choices=["hdr10", "hlg", "exr"], default=["hdr10"])
+    vv.add_argument("--device", default=None, help="cpu or cuda:N (default: the first GPU if any)")
     args = parser.parse_args(argv)
+
+    if args.what == "video":
+        rows = bench_video(args.weights, args.resolution, args.frames, args.format, args.device)
+        print("| format | size | frames | seconds | frames/s (decode + infer + encode) |\n|---|---|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['format']} | {r['resolution']} | {r['frames']} | {r['seconds']:.1f} | {r['fps']:.2f} |")
+        return 0
 
     if args.what == "pipeline":
         import os
