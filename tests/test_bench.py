@@ -1,0 +1,26 @@
+"""The benchmark command runs and prints its table (no timing is asserted: speed lives in BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import json
+
+from sitm_trt import bench
+
+
+def test_kernel_benchmark_prints_every_kernel(tmp_path, capsys):
+    out = tmp_path / "k.json"
+    assert bench.main(["kernels", "--device", "cpu", "--resolution", "512", "--repeats", "1", "--warmup", "0",
+                       "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    for name in ("pre (uint8 HWC -> 4 inputs)", "fuse (Eq. 7)", "curve (Eq. 8)", "post (fuse + curve + crop)"):
+        assert f"| {name} | cpu | 512 |" in text
+    data = json.loads(out.read_text())
+    assert len(data["rows"]) == 4 and data["header"]["cpu_triad_gbps"] > 0
+    assert all(r["ms"] > 0 and r["torch_ms"] > 0 for r in data["rows"])
+
+
+def test_pipeline_table_format():
+    row = bench.PipeRow("torch", "cpu", "fp32", "compact", "512", "default", 1.0, 10.0, 1.0, 12.0, 11.0, 13.0,
+                        83.3, 500.0)
+    text = bench.format_pipeline([row], {"cpu": "x86_64", "torch": "2.13"})
+    assert "| torch | cpu | fp32 | compact | 512 | default | 1.00 | 10.0 | 1.00 | 12.0 (11.0-13.0) | 83.30 | 500 (RSS) |" in text
