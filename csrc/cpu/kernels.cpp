@@ -77,31 +77,7 @@ void pre_impl(const PreArgs& a) {
       const int64_t o = n * 3 * plane + y * wp;  // offset of this row in channel 0 of an (N,3,hp,wp) tensor
       const int64_t og = n * 2 * plane + y * wp;
       auto pixel = [&](int64_t x, int64_t sx) {
-        float r, g, b;
-        if constexpr (HWC) {
-          const int64_t s = ((n * h + sy) * w + sx) * 3;
-          r = Scalar<TI>::load(src, s);
-          g = Scalar<TI>::load(src, s + 1);
-          b = Scalar<TI>::load(src, s + 2);
-        } else {
-          const int64_t s = (n * 3 * h + sy) * w + sx, cs = h * w;
-          r = clamp01(Scalar<TI>::load(src, s));
-          g = clamp01(Scalar<TI>::load(src, s + cs));
-          b = clamp01(Scalar<TI>::load(src, s + 2 * cs));
-        }
-        const PrePixel p = pre_pixel(r, g, b);
-        const int64_t i = o + x;
-        Scalar<TO>::store(image, i, r);
-        Scalar<TO>::store(image, i + plane, g);
-        Scalar<TO>::store(image, i + 2 * plane, b);
-        Scalar<TO>::store(down, i, r * p.l_down);
-        Scalar<TO>::store(down, i + plane, g * p.l_down);
-        Scalar<TO>::store(down, i + 2 * plane, b * p.l_down);
-        Scalar<TO>::store(up, i, r * p.l_up);
-        Scalar<TO>::store(up, i + plane, g * p.l_up);
-        Scalar<TO>::store(up, i + 2 * plane, b * p.l_up);
-        Scalar<TO>::store(guide, og + x, p.l_down);
-        Scalar<TO>::store(guide, og + x + plane, p.l_up);
+        pre_pixel_io<TI, TO, HWC>(src, n, sy, sx, h, w, image, down, up, guide, o + x, og + x, plane);
       };
       for (int64_t x = 0; x < w; ++x) pixel(x, x);
       for (int64_t x = w; x < wp; ++x) pixel(x, reflect_index(x, w));

@@ -33,31 +33,8 @@ __global__ void pre_kernel(const TI* __restrict__ src, TO* __restrict__ image, T
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t n = t / plane, p = t % plane, y = p / wp, x = p % wp;
     const int64_t sy = reflect_index(y, h), sx = reflect_index(x, w);
-    float r, g, b;
-    if constexpr (HWC) {
-      const int64_t s = ((n * h + sy) * w + sx) * 3;
-      r = Scalar<TI>::load(src, s);
-      g = Scalar<TI>::load(src, s + 1);
-      b = Scalar<TI>::load(src, s + 2);
-    } else {
-      const int64_t s = (n * 3 * h + sy) * w + sx, cs = h * w;
-      r = clamp01(Scalar<TI>::load(src, s));
-      g = clamp01(Scalar<TI>::load(src, s + cs));
-      b = clamp01(Scalar<TI>::load(src, s + 2 * cs));
-    }
-    const PrePixel px = pre_pixel(r, g, b);
-    const int64_t i = n * 3 * plane + p, ig = n * 2 * plane + p;
-    Scalar<TO>::store(image, i, r);
-    Scalar<TO>::store(image, i + plane, g);
-    Scalar<TO>::store(image, i + 2 * plane, b);
-    Scalar<TO>::store(down, i, r * px.l_down);
-    Scalar<TO>::store(down, i + plane, g * px.l_down);
-    Scalar<TO>::store(down, i + 2 * plane, b * px.l_down);
-    Scalar<TO>::store(up, i, r * px.l_up);
-    Scalar<TO>::store(up, i + plane, g * px.l_up);
-    Scalar<TO>::store(up, i + 2 * plane, b * px.l_up);
-    Scalar<TO>::store(guide, ig, px.l_down);
-    Scalar<TO>::store(guide, ig + plane, px.l_up);
+    pre_pixel_io<TI, TO, HWC>(src, n, sy, sx, h, w, image, down, up, guide, n * 3 * plane + p, n * 2 * plane + p,
+                              plane);
   }
 }
 

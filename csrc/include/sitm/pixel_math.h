@@ -142,6 +142,38 @@ SITM_HD PrePixel pre_pixel(float r, float g, float b) {
   return {fmaxf(fmaxf(r, g), b), 1.0f - fminf(fminf(r, g), b)};
 }
 
+// One output pixel of the pre pass: read source pixel (n, sy, sx) - float NCHW (clamped to [0, 1], NaN -> 0)
+// or uint8/uint16 NHWC (normalized) - and write I, I*L_down, I*L_up and both guides at plane offset `i`
+// (image planes) / `ig` (guide planes) of the (N, 3|2, hp, wp) outputs.
+template <typename TI, typename TO, bool HWC>
+SITM_HD void pre_pixel_io(const TI* src, int64_t n, int64_t sy, int64_t sx, int64_t h, int64_t w, TO* image,
+                          TO* down, TO* up, TO* guide, int64_t i, int64_t ig, int64_t plane) {
+  float r, g, b;
+  if constexpr (HWC) {
+    const int64_t s = ((n * h + sy) * w + sx) * 3;
+    r = Scalar<TI>::load(src, s);
+    g = Scalar<TI>::load(src, s + 1);
+    b = Scalar<TI>::load(src, s + 2);
+  } else {
+    const int64_t s = (n * 3 * h + sy) * w + sx, cs = h * w;
+    r = clamp01(Scalar<TI>::load(src, s));
+    g = clamp01(Scalar<TI>::load(src, s + cs));
+    b = clamp01(Scalar<TI>::load(src, s + 2 * cs));
+  }
+  const PrePixel p = pre_pixel(r, g, b);
+  Scalar<TO>::store(image, i, r);
+  Scalar<TO>::store(image, i + plane, g);
+  Scalar<TO>::store(image, i + 2 * plane, b);
+  Scalar<TO>::store(down, i, r * p.l_down);
+  Scalar<TO>::store(down, i + plane, g * p.l_down);
+  Scalar<TO>::store(down, i + 2 * plane, b * p.l_down);
+  Scalar<TO>::store(up, i, r * p.l_up);
+  Scalar<TO>::store(up, i + plane, g * p.l_up);
+  Scalar<TO>::store(up, i + 2 * plane, b * p.l_up);
+  Scalar<TO>::store(guide, ig, p.l_down);
+  Scalar<TO>::store(guide, ig + plane, p.l_up);
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // fuse (Eq. 7) and curve (Eq. 8)
 // ---------------------------------------------------------------------------------------------------------

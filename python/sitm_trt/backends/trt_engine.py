@@ -22,11 +22,12 @@ import hashlib
 import importlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
 from typing import Callable, Iterator
+
+from sitm_trt.io import write_bytes_atomic
 
 __all__ = ["Flavour", "find_flavour", "Profile", "EngineKey", "build_serialized", "EngineCache", "default_cache_dir",
            "TensorRTUnavailable"]
@@ -178,20 +179,6 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _jsonable(key: EngineKey) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(key)))
 
@@ -222,10 +209,10 @@ class EngineCache:
     def store(self, key: EngineKey, data: bytes) -> Path:
         engine, meta, _ = self.paths(key)
         self.root.mkdir(parents=True, exist_ok=True)
-        _atomic_write(engine, data)
+        write_bytes_atomic(engine, data)
         info = {"key": _jsonable(key), "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        _atomic_write(meta, json.dumps(info, indent=2).encode())
+        write_bytes_atomic(meta, json.dumps(info, indent=2).encode())
         return engine
 
     def invalidate(self, key: EngineKey) -> None:
