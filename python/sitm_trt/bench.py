@@ -226,16 +226,16 @@ def bench_pipeline(backends: list[str], presets: list[str], resolutions: list[st
         header["tensorrt"] = "none"
     rows: list[PipeRow] = []
     configs = configs or [{}]
+    default_threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         for spec in backends:
             backend, device, precision = spec.split(":")  # e.g. torch:cpu:fp32, tensorrt:cuda:fp16
             for preset in presets:
                 weights = _weights_for(preset, tmp, shipped=True)
                 for cfg in configs:
-                    threads = cfg.get("threads")
-                    if threads:
-                        torch.set_num_threads(threads)
-                        K.set_num_threads(threads)
+                    threads = cfg.get("threads", default_threads)
+                    torch.set_num_threads(threads)
+                    K.set_num_threads(threads)
                     pipe = Pipeline(weights, backend=backend, precision=precision,
                                     channels_last=cfg.get("channels_last"))
                     for res in resolutions:
@@ -391,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         configs = None
         if args.cpu_configs:
             n = os.cpu_count() or 1
-            configs = [{"threads": t, "channels_last": cl} for t in sorted({1, n}) for cl in (False, True)]
+            # the default first, so "default vs best" is a ratio within one run
+            configs = [{}] + [{"threads": t, "channels_last": cl} for t in sorted({1, n}) for cl in (False, True)]
         rows, header = bench_pipeline(backends, args.preset, args.resolution, args.repeats, args.warmup, configs)
         print(format_pipeline(rows, header))
         if args.json:
