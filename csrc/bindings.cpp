@@ -99,14 +99,41 @@ Coef check_coef(const std::string& op, const py::capsule& cap, int64_t n, const 
 }
 
 // Runs `cpu` or `cuda` by the device of `ref`, with the GIL released.
+// Makes the arrays' device current for a CUDA launch and restores the caller's afterwards.
+class DeviceScope {
+ public:
+  explicit DeviceScope(const Device& d) {
+    if (!d.is_cuda()) return;
+    previous_ = cuda_current_device();
+    if (previous_ != d.id) cuda_set_device(d.id);
+    else previous_ = -1;
+  }
+  ~DeviceScope() {
+    if (previous_ >= 0) {
+      try {
+        cuda_set_device(previous_);
+      } catch (...) {  // a destructor must not throw; the launch's own error is the one to report
+      }
+    }
+  }
+  DeviceScope(const DeviceScope&) = delete;
+  DeviceScope& operator=(const DeviceScope&) = delete;
+
+ private:
+  int previous_ = -1;
+};
+
+// Runs `cpu` or `cuda` by the device of `ref` (on that device), with the GIL released.
 template <typename Args>
 void run(const TensorView& ref, const Args& a, void (*cpu)(const Args&), void (*cuda)(const Args&, uintptr_t),
          uintptr_t stream) {
   py::gil_scoped_release release;
-  if (ref.device.is_cuda())
+  if (ref.device.is_cuda()) {
+    DeviceScope scope(ref.device);
     cuda(a, stream);
-  else
+  } else {
     cpu(a);
+  }
 }
 
 // ------------------------------------------------------------------------------------------------------
@@ -391,11 +418,13 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("nbytes", &Buffer::nbytes)
       .def_property_readonly("capacity", &Buffer::capacity)
       .def("view",
-           [](const std::shared_ptr<Buffer>& self, std::vector<int64_t> shape, py::object dtype) {
+           [](const std::shared_ptr<Buffer>& self, std::vector<int64_t> shape, py::object dtype, py::object stream) {
              const DType t = dtype.is_none() ? self->dtype() : parse_any_dtype("Buffer.view", dtype.cast<std::string>());
-             return std::make_shared<Buffer>(*self, t, std::move(shape));
+             std::optional<uintptr_t> s;
+             if (!stream.is_none()) s = stream.cast<uintptr_t>();
+             return std::make_shared<Buffer>(*self, t, std::move(shape), s);
            },
-           py::arg("shape"), py::arg("dtype") = py::none(),
+           py::arg("shape"), py::arg("dtype") = py::none(), py::arg("stream") = py::none(),
            "The same memory with another shape (and dtype) that fits in the allocation; no copy.")
       .def(
           "__dlpack__",
@@ -457,8 +486,16 @@ PYBIND11_MODULE(_C, m) {
   m.def("copy", &copy, py::arg("dst"), py::arg("src"), py::arg("stream") = 0,
         "Copy between DLPack arrays of equal byte size (host<->device, device<->device), on `stream`");
   m.def("synchronize", [](uintptr_t stream, int device) { cuda_stream_synchronize(stream, device); },
+        py::call_guard<py::gil_scoped_release>(),
         py::arg("stream") = 0, py::arg("device") = 0);
   m.def("device_properties", &device_props, py::arg("device") = 0);
+  m.def("current_device", &cuda_current_device);
+  m.def("set_device", &cuda_set_device, py::arg("device"));
+  m.def("memory_info", [](int device) {
+    int64_t f = 0, t = 0;
+    cuda_mem_info(device, &f, &t);
+    return py::make_tuple(f, t);
+  }, py::arg("device") = 0, "(free, total) bytes of device memory");
   m.def("cuda_devices", &cuda_devices, "(count, error): usable CUDA devices, or 0 and the reason");
   m.def("set_num_threads", &set_cpu_threads, py::arg("n"), "CPU kernel threads; 0 = all hardware threads");
   m.def("get_num_threads", &get_cpu_threads);

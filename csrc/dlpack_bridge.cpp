@@ -159,7 +159,7 @@ Buffer::Buffer(DType dtype, std::vector<int64_t> shape, Device device, uintptr_t
   capacity_ = nbytes();
   if (device_.is_cuda()) {
     const int id = device_.id;
-    storage_ = std::shared_ptr<void>(cuda_alloc(capacity_, id, stream), [id, stream](void* p) { cuda_free(p, id, stream); });
+    storage_ = std::shared_ptr<void>(cuda_alloc(capacity_, id, stream), [id](void* p) { cuda_free(p, id); });
   } else if (pinned_) {
     storage_ = std::shared_ptr<void>(cuda_alloc_host(capacity_), [](void* p) { cuda_free_host(p); });
   } else {
@@ -170,9 +170,9 @@ Buffer::Buffer(DType dtype, std::vector<int64_t> shape, Device device, uintptr_t
   }
 }
 
-Buffer::Buffer(const Buffer& base, DType dtype, std::vector<int64_t> shape)
+Buffer::Buffer(const Buffer& base, DType dtype, std::vector<int64_t> shape, std::optional<uintptr_t> stream)
     : storage_(base.storage_), capacity_(base.capacity_), pinned_(base.pinned_), dtype_(dtype),
-      shape_(std::move(shape)), device_(base.device_), stream_(base.stream_) {
+      shape_(std::move(shape)), device_(base.device_), stream_(stream.value_or(base.stream_)) {
   for (int64_t s : shape_)
     if (s < 0) throw std::invalid_argument("Buffer.view: negative dimension in " + shape_str(shape_));
   if (nbytes() > capacity_)

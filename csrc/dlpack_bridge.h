@@ -51,7 +51,9 @@ class Buffer {
   Buffer(DType dtype, std::vector<int64_t> shape, Device device, uintptr_t stream, bool pinned = false);
   // A view of `base`'s memory with another dtype/shape that must fit in base's capacity (reusing a buffer
   // for a smaller frame); it keeps the memory alive.
-  Buffer(const Buffer& base, DType dtype, std::vector<int64_t> shape);
+  // `stream` (when given) is the stream the view is used on now, so exports order against that stream
+  // rather than the one the memory was first allocated on.
+  Buffer(const Buffer& base, DType dtype, std::vector<int64_t> shape, std::optional<uintptr_t> stream = std::nullopt);
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
 

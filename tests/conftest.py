@@ -34,4 +34,4 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
     """Engines and ONNX exports made by tests go to a temporary cache, never the user's ~/.cache."""
-    monkeypatch.setenv("SITM_TRT_CACHE", str(tmp_path_factory.getbasetemp() / "sitm-trt-cache" / "engines"))
+    monkeypatch.setenv("SITM_TRT_CACHE", str(tmp_path_factory.getbasetemp() / "sitm-trt-cache"))

@@ -24,3 +24,19 @@ def test_pipeline_table_format():
                         83.3, 500.0)
     text = bench.format_pipeline([row], {"cpu": "x86_64", "torch": "2.13"})
     assert "| torch | cpu | fp32 | compact | 512 | default | 1.00 | 10.0 | 1.00 | 12.0 (11.0-13.0) | 83.30 | 500 (RSS) |" in text
+
+
+def test_pipeline_benchmark_stages_add_up(tmp_path):
+    """One real (CPU) row: pre + network + post make the end-to-end time of the same frames."""
+    import torch
+
+    from sitm_trt.model import SITMNet, save_weights
+
+    torch.manual_seed(0)
+    path = tmp_path / "w.safetensors"
+    save_weights(SITMNet("compact"), path)
+    rows, _ = bench.bench_pipeline(["torch:cpu:fp32"], ["compact"], ["512"], repeats=1, warmup=0,
+                                   weights_path=str(path))
+    (r,) = rows
+    assert r.pre_ms > 0 and r.net_ms > 0 and r.post_ms > 0
+    assert abs(r.pre_ms + r.net_ms + r.post_ms - r.total_ms) < 1e-6 * r.total_ms + 1e-9

@@ -100,8 +100,8 @@ def test_two_processes_building_the_same_engine(rtx, weights, tmp_path):
 
 
 def test_engine_key_digest_changes_with_every_field():
-    base = EngineKey("a" * 64, "compact", "tensorrt-rtx", "1.7", "fp16", Profile(), "t")
-    fields = {"weights_sha256": "b" * 64, "preset": "fast", "flavour": "tensorrt", "flavour_version": "1.8",
+    base = EngineKey("a" * 64, "c" * 64, "compact", "tensorrt-rtx", "1.7", "fp16", Profile(), "t")
+    fields = {"weights_sha256": "b" * 64, "onnx_sha256": "d" * 64, "preset": "fast", "flavour": "tensorrt", "flavour_version": "1.8",
               "precision": "fp32", "profile": Profile(max_hw=(1080, 1920)), "target": "u"}
     import dataclasses
 

@@ -87,12 +87,13 @@ def test_buffers_are_reused_for_same_or_smaller_frames(weights):
     w, _ = weights
     pipe = P.Pipeline(w)
     pipe(torch.rand(1, 3, 40, 40))
-    bufs = {k: (b.data_ptr, b.capacity) for k, b in pipe._buffers.items()}
+    bufs = pipe._pool.allocations()
+    assert len(bufs) == 4
     pipe(torch.rand(1, 3, 40, 40))
     pipe(torch.rand(1, 3, 17, 33))
-    assert {k: (b.data_ptr, b.capacity) for k, b in pipe._buffers.items()} == bufs
+    assert pipe._pool.allocations() == bufs
     pipe(torch.rand(1, 3, 64, 64))  # larger: grows
-    assert all(b.capacity > bufs[k][1] for k, b in pipe._buffers.items())
+    assert all(cap > bufs[k][1] for k, (_, cap) in pipe._pool.allocations().items())
 
 
 def test_nan_and_out_of_range_are_sanitized_as_documented(weights):
@@ -150,7 +151,7 @@ def test_infer_uses_a_cached_pipeline(weights):
     b = sitm_trt.infer(x, weights=str(w.path))
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(a, reference(net, x), rtol=1e-5, atol=1e-6)
-    assert len([k for k in P._DEFAULT if k[0] == w.sha256]) == 1
+    assert len([k for k in P._DEFAULT if k[1] == str(w.path)]) == 1
 
 
 def test_weights_checksum_is_verified(tmp_path, weights):
@@ -165,6 +166,32 @@ def test_weights_checksum_is_verified(tmp_path, weights):
     (tmp_path / "x.safetensors").write_bytes(b"\x01\x00\x00\x00\x00\x00\x00\x00{")
     with pytest.raises(WeightsError, match="cannot read a safetensors header"):
         load(tmp_path / "x.safetensors")
+
+
+def test_concurrent_calls_on_one_pipeline_are_correct(weights):
+    """infer() shares one Pipeline between threads: its buffers must not be used by two calls at once."""
+    import concurrent.futures
+
+    w, net = weights
+    pipe = P.Pipeline(w)
+    frames = [torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(i)) for i in range(6)]
+    want = [pipe(f) for f in frames]
+    with concurrent.futures.ThreadPoolExecutor(3) as ex:
+        got = list(ex.map(lambda f: pipe(f), frames * 3))
+    for i, g in enumerate(got):
+        torch.testing.assert_close(g, want[i % len(frames)], rtol=0, atol=0)
+
+
+def test_infer_does_not_rehash_the_weights_per_call(weights, monkeypatch):
+    w, _ = weights
+    x = torch.rand(1, 3, 16, 16)
+    sitm_trt.infer(x, weights=w.path)
+    calls = []
+    import sitm_trt.weights as W
+
+    monkeypatch.setattr(W, "sha256_file", lambda p: calls.append(p) or "x")
+    sitm_trt.infer(x, weights=w.path)
+    assert calls == []
 
 
 def test_info_reports_the_auto_choice():

@@ -73,15 +73,22 @@ def test_no_allocation_per_call_in_steady_state(weights):
     out = torch.empty(1, 3, 272, 480, device="cuda")
     pipe(x, out=out)
     be = pipe.backend_for("cuda:0")
-    before = ({k: b.data_ptr for k, b in pipe._buffers.items()}, {k: b.data_ptr for k, b in be._outputs.items()})
+    before = (pipe._pool.allocations(), be._outputs.allocations())
     for _ in range(3):
         pipe(x, out=out)
         pipe(frame(128, 256), out=torch.empty(1, 3, 128, 256, device="cuda"))  # smaller frames reuse memory
-    after = ({k: b.data_ptr for k, b in pipe._buffers.items()}, {k: b.data_ptr for k, b in be._outputs.items()})
+    after = (pipe._pool.allocations(), be._outputs.allocations())
     assert before == after
 
 
-def test_frame_outside_the_profile_is_a_clear_error(weights):
+def test_frame_outside_the_profile(weights):
+    """backend="tensorrt": a clear error; backend="auto": the frame runs on the torch backend instead."""
     pipe = _trt_pipeline(weights, "fp16")
     with pytest.raises(ValueError, match="outside the engine's profile"):
         pipe(frame(32, 32))
+    auto = P.Pipeline(weights, backend="auto", precision="fp16")
+    if auto.backend_for("cuda:0").name != "tensorrt":
+        pytest.skip("auto does not pick TensorRT here")
+    small = frame(32, 32)
+    torch.testing.assert_close(auto(small), P.Pipeline(weights, backend="torch", precision="fp16")(small),
+                               rtol=1e-3, atol=1e-3)

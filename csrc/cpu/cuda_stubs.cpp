@@ -24,7 +24,7 @@ int cuda_device_count(std::string* error) {
   return 0;
 }
 void* cuda_alloc(int64_t, int, uintptr_t) { no_cuda("allocation"); }
-void cuda_free(void*, int, uintptr_t) {}
+void cuda_free(void*, int) {}
 void cuda_stream_wait(uintptr_t, uintptr_t, int) { no_cuda("stream wait"); }
 std::string cuda_runtime_version() { return ""; }
 void* cuda_alloc_host(int64_t) { no_cuda("pinned allocation"); }
@@ -32,6 +32,9 @@ void cuda_free_host(void*) {}
 void cuda_memcpy_async(void*, const void*, int64_t, int, int, uintptr_t) { no_cuda("memcpy"); }
 void cuda_stream_synchronize(uintptr_t, int) { no_cuda("stream synchronize"); }
 CudaDeviceProps cuda_device_props(int) { no_cuda("device properties"); }
+int cuda_current_device() { no_cuda("current device"); }
+void cuda_set_device(int) { no_cuda("set device"); }
+void cuda_mem_info(int, int64_t*, int64_t*) { no_cuda("memory info"); }
 uintptr_t cuda_event_create(int) { no_cuda("event"); }
 void cuda_event_destroy(uintptr_t) {}
 void cuda_event_record(uintptr_t, uintptr_t, int) { no_cuda("event record"); }

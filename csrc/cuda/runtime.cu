@@ -53,11 +53,33 @@ void* cuda_alloc(int64_t bytes, int device, uintptr_t stream) {
   return ptr;
 }
 
-void cuda_free(void* ptr, int device, uintptr_t stream) {
+void cuda_free(void* ptr, int device) {
   if (ptr == nullptr) return;
-  DeviceGuard guard(device);
+  int previous = -1;
   // Called from deleters, which must not throw: a failure here can only leak.
-  if (cudaFreeAsync(ptr, as_stream(stream)) != cudaSuccess) cudaGetLastError();
+  if (cudaGetDevice(&previous) != cudaSuccess) {
+    cudaGetLastError();
+    return;
+  }
+  if (previous != device) cudaSetDevice(device);
+  if (cudaFree(ptr) != cudaSuccess) cudaGetLastError();
+  if (previous != device) cudaSetDevice(previous);
+}
+
+int cuda_current_device() {
+  int d = 0;
+  check(cudaGetDevice(&d), "cudaGetDevice");
+  return d;
+}
+
+void cuda_set_device(int device) { check(cudaSetDevice(device), "cudaSetDevice"); }
+
+void cuda_mem_info(int device, int64_t* free_bytes, int64_t* total_bytes) {
+  DeviceGuard guard(device);
+  size_t f = 0, t = 0;
+  check(cudaMemGetInfo(&f, &t), "cudaMemGetInfo");
+  *free_bytes = static_cast<int64_t>(f);
+  *total_bytes = static_cast<int64_t>(t);
 }
 
 void cuda_stream_wait(uintptr_t consumer, uintptr_t producer, int device) {

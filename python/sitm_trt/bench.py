@@ -178,6 +178,14 @@ class PipeRow:
     peak_mem_mb: float | None
 
 
+def load_weights_for(preset: str, tmpdir: str, path: str | None):
+    from sitm_trt.weights import load
+
+    if path is not None:
+        return load(path)
+    return _weights_for(preset, tmpdir, shipped=True)
+
+
 def _weights_for(preset: str, tmpdir: str, shipped: bool):
     """Shipped default weights when they are of this preset, else random-init weights (same cost)."""
     from sitm_trt.weights import WeightsError, load
@@ -203,7 +211,9 @@ def _weights_for(preset: str, tmpdir: str, shipped: bool):
 
 
 def bench_pipeline(backends: list[str], presets: list[str], resolutions: list[str], repeats: int, warmup: int,
-                   configs: list[dict] | None = None) -> tuple[list[PipeRow], dict]:
+                   configs: list[dict] | None = None, weights_path: str | None = None) -> tuple[list[PipeRow], dict]:
+    """``weights_path``: use these weights (their preset must be in ``presets``) instead of the shipped ones
+    or random-init ones."""
     import resource
     import tempfile
 
@@ -231,7 +241,7 @@ def bench_pipeline(backends: list[str], presets: list[str], resolutions: list[st
         for spec in backends:
             backend, device, precision = spec.split(":")  # e.g. torch:cpu:fp32, tensorrt:cuda:fp16
             for preset in presets:
-                weights = _weights_for(preset, tmp, shipped=True)
+                weights = load_weights_for(preset, tmp, weights_path)
                 for cfg in configs:
                     threads = cfg.get("threads", default_threads)
                     torch.set_num_threads(threads)
@@ -245,34 +255,49 @@ def bench_pipeline(backends: list[str], presets: list[str], resolutions: list[st
                         be = pipe.backend_for(dev)
                         s = be.stride
                         hp, wp = -(-h // s) * s, -(-w // s) * s
-                        pre_out = tuple(pipe._buffer(f"pre{i}", dev, [1, c, hp, wp], be.dtype, 0)
+                        cuda = dev != "cpu"
+                        stream = torch.cuda.current_stream().cuda_stream if cuda else 0
+                        pre_out = tuple(pipe._pool.get(f"pre{i}", [1, c, hp, wp], be.dtype, dev, stream)
                                         for i, c in enumerate((3, 3, 3, 2)))
                         out = torch.empty(1, 3, h, w, device=dev)
-                        state = {}
-
-                        def pre():
-                            K.pre(frame, stride=s, dtype=be.dtype, out=pre_out)
-
-                        def net():
-                            state["o"] = be.run(pre_out, 0 if dev == "cpu" else torch.cuda.current_stream().cuda_stream)
-
-                        def post():
-                            up, down, masks, coef = state["o"]
-                            K.post(masks, pre_out[0], up, down, coef, height=h, width=w, out=out)
-
-                        def total():
-                            pipe(frame, out=out)
-
-                        if dev != "cpu":
-                            torch.cuda.reset_peak_memory_stats()
-                        pre()
-                        net()
-                        t_pre = statistics.median(_time(pre, repeats, warmup, device))
-                        t_net = statistics.median(_time(net, repeats, warmup, device))
-                        t_post = statistics.median(_time(post, repeats, warmup, device))
-                        t_all = _time(total, repeats, warmup, device)
-                        peak = (torch.cuda.max_memory_allocated() / 2**20 if dev != "cpu"
-                                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+                        free_before = K.extension().memory_info(0)[0] if cuda else None
+                        # One frame = pre, network, post in sequence; each stage is timed inside the same
+                        # iteration (CUDA events on the GPU), so the stages add up to the end-to-end time.
+                        for _ in range(warmup + 1):
+                            o = be.run(pre_out, stream)
+                            K.post(o[2], pre_out[0], o[0], o[1], o[3], height=h, width=w, out=out)
+                        stages: list[list[float]] = [[], [], [], []]
+                        for _ in range(repeats):
+                            if cuda:
+                                ev = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+                                ev[0].record()
+                                K.pre(frame, stride=s, dtype=be.dtype, out=pre_out)
+                                ev[1].record()
+                                o = be.run(pre_out, stream)
+                                ev[2].record()
+                                K.post(o[2], pre_out[0], o[0], o[1], o[3], height=h, width=w, out=out)
+                                ev[3].record()
+                                ev[3].synchronize()
+                                t = [ev[0].elapsed_time(ev[i]) for i in range(1, 4)]
+                            else:
+                                t0 = time.perf_counter()
+                                K.pre(frame, stride=s, dtype=be.dtype, out=pre_out)
+                                t1 = time.perf_counter()
+                                o = be.run(pre_out, stream)
+                                t2 = time.perf_counter()
+                                K.post(o[2], pre_out[0], o[0], o[1], o[3], height=h, width=w, out=out)
+                                t3 = time.perf_counter()
+                                t = [(t1 - t0) * 1e3, (t2 - t0) * 1e3, (t3 - t0) * 1e3]
+                            stages[0].append(t[0])
+                            stages[1].append(t[1] - t[0])
+                            stages[2].append(t[2] - t[1])
+                            stages[3].append(t[2])
+                        t_pre, t_net, t_post = (statistics.median(x) for x in stages[:3])
+                        t_all = stages[3]
+                        if cuda:  # device memory taken by this configuration (extension buffers, TensorRT, torch)
+                            peak = (free_before - K.extension().memory_info(0)[0]) / 2**20
+                        else:
+                            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                         med = statistics.median(t_all)
                         label = ", ".join(f"{k}={v}" for k, v in cfg.items()) or "default"
                         rows.append(PipeRow(backend, device, precision, preset, res, label, t_pre, t_net, t_post, med,
@@ -286,9 +311,9 @@ def format_pipeline(rows: list[PipeRow], header: dict) -> str:
         if k in header:
             lines.append(f"- {k}: {header[k]}")
     lines += ["", "| backend | device | precision | preset | size | config | pre | network | post | end to end "
-              "(min-max) | frames/s | peak memory MB |", "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+              "(min-max) | frames/s | memory MB |", "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        mem = f"{r.peak_mem_mb:.0f}" + ("" if r.device == "cuda" else " (RSS)") if r.peak_mem_mb is not None else "-"
+        mem = (f"{r.peak_mem_mb:.0f}" + (" (added)" if r.device == "cuda" else " (RSS)")) if r.peak_mem_mb is not None else "-"
         lines.append(f"| {r.backend} | {r.device} | {r.precision} | {r.preset} | {r.resolution} | {r.config} | "
                      f"{r.pre_ms:.2f} | {r.net_ms:.1f} | {r.post_ms:.2f} | {r.total_ms:.1f} "
                      f"({r.total_min_ms:.1f}-{r.total_max_ms:.1f}) | {r.fps:.2f} | {mem} |")

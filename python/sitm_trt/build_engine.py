@@ -36,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="largest batch (default 1)")
     p.add_argument("--flavour", choices=["tensorrt", "tensorrt-rtx"], default=None,
                    help="default: classic TensorRT when importable, else TensorRT-RTX")
-    p.add_argument("--cache-dir", default=None, help="engine cache (default $SITM_TRT_CACHE or ~/.cache/sitm-trt/engines)")
+    p.add_argument("--cache-dir", default=None, help="engine cache (default $SITM_TRT_CACHE/engines or ~/.cache/sitm-trt/engines)")
     p.add_argument("--output", type=Path, default=None, help="also copy the engine to this file")
     return p
 

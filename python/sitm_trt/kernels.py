@@ -15,7 +15,7 @@ import sys
 from typing import Any, NamedTuple
 
 __all__ = ["PreOutputs", "pre", "fuse", "curve", "post", "extension", "build_info", "set_num_threads",
-           "get_num_threads"]
+           "get_num_threads", "BufferPool"]
 
 _DL_CPU, _DL_CUDA, _DL_CUDA_HOST, _DL_CUDA_MANAGED = 1, 2, 3, 13
 _FLOAT_DTYPES = ("float32", "float16")
@@ -61,6 +61,33 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int:
     return int(extension().get_num_threads())
+
+
+_ITEMSIZE = {"float32": 4, "float16": 2, "uint16": 2, "uint8": 1}
+
+
+class BufferPool:
+    """Reusable extension buffers by role: a request that fits the role's allocation gets a view of it (on
+    the caller's stream); a larger one grows the allocation. Not thread-safe: one per user (a Pipeline holds
+    its lock while it uses its pool)."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[str, str], Any] = {}
+
+    def get(self, role: str, shape: list[int], dtype: str, device: str, stream: int) -> Any:
+        need = _ITEMSIZE[dtype]
+        for s in shape:
+            need *= int(s)
+        key = (role, device)
+        buf = self._buffers.get(key)
+        if buf is None or buf.capacity < need:
+            buf = extension().empty(list(shape), dtype, device, stream)
+            self._buffers[key] = buf
+        return buf.view(list(shape), dtype, stream)
+
+    def allocations(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(data pointer, capacity) per role and device: for tests of reuse."""
+        return {k: (b.data_ptr, b.capacity) for k, b in self._buffers.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -132,6 +159,12 @@ def _wrap(buf: Any, like: Any) -> Any:
 
 def _dtype_name(op: str, dtype: Any) -> str:
     name = str(dtype).replace("torch.", "").replace("numpy.", "")
+    if name not in _FLOAT_DTYPES:
+        np = sys.modules.get("numpy")
+        try:
+            name = np.dtype(dtype).name if np is not None else name  # np.float16, np.dtype("float32"), ...
+        except TypeError:
+            pass
     if name not in _FLOAT_DTYPES:
         raise ValueError(f"{op}: dtype must be float32 or float16, got {dtype!r}")
     return name

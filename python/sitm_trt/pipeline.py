@@ -16,11 +16,12 @@ kernel sanitizes; documented, not an error). Output: linear HDR (1.0 = the input
 from __future__ import annotations
 
 import threading
+import warnings
 from typing import Any
 
 from sitm_trt import kernels
 from sitm_trt.backends.trt_engine import EngineCache, Profile, TensorRTUnavailable, find_flavour
-from sitm_trt.weights import Weights, WeightsError, load
+from sitm_trt.weights import Weights, WeightsError, load, resolve_path
 
 __all__ = ["Pipeline", "infer", "info", "load"]
 
@@ -59,9 +60,11 @@ class Pipeline:
             raise ValueError(f"tile must be a positive number of pixels or None, got {tile}")
         self.tile, self.overlap = tile, overlap
         self._tile_models: dict[str, Any] = {}
+        self._fallbacks: dict[str, Any] = {}
         self._backends: dict[str, Any] = {}
-        self._buffers: dict[tuple[str, str], Any] = {}
-        self._lock = threading.Lock()
+        self._pool = kernels.BufferPool()
+        self.auto_reason: str | None = None  # why backend="auto" did not use TensorRT, when it did not
+        self._lock = threading.RLock()  # one call at a time: buffers and engine contexts are shared
 
     # -- backends ------------------------------------------------------------------------------------------
     def backend_for(self, device: str):
@@ -80,25 +83,31 @@ class Pipeline:
             return self._torch(device)
         if choice in ("auto", "tensorrt"):
             try:
-                from sitm_trt.backends.tensorrt_backend import TensorRTBackend
+                from sitm_trt.backends.tensorrt_backend import TensorRTBackend, TensorRTCannotRun
 
                 return TensorRTBackend(self.weights, device=int(device.split(":")[1]), precision=self.precision or "fp16",
                                        profile=self.profile, cache=self.cache, log=self.log)
-            except (TensorRTUnavailable, RuntimeError) as err:
+            except (TensorRTUnavailable, TensorRTCannotRun) as err:
+                # Only "TensorRT is missing or cannot run on this GPU" falls back; a failing build or
+                # out-of-memory is an error the caller must see.
                 if choice == "tensorrt":
                     raise
-                self.auto_reason = f"TensorRT not used: {err}"
+                self.auto_reason = f"TensorRT not used on {device}: {err}"
+                warnings.warn(f"sitm-trt: {self.auto_reason}; running the PyTorch backend", RuntimeWarning, stacklevel=4)
         return self._torch(device)
 
-    def _tile_model(self, device: str):
-        """The torch module that tiles run on (a TensorRT engine cannot take the whole-frame state)."""
-        backend = self.backend_for(device)
-        if getattr(backend, "name", "") == "torch":
-            return backend.model
+    def _torch_for(self, device: str):
+        """A torch backend for ``device``: the pipeline's own when it is torch, else one made for tiles and for
+        frames outside a TensorRT engine's shape profile (without building an engine for it)."""
         with self._lock:
-            if device not in self._tile_models:
-                self._tile_models[device] = self._torch(device).model
-            return self._tile_models[device]
+            backend = self._backends.get(device)
+            if backend is None and (device == "cpu" or self.backend_choice == "torch"):
+                backend = self.backend_for(device)
+            if backend is not None and getattr(backend, "name", "") == "torch":
+                return backend
+            if device not in self._fallbacks:
+                self._fallbacks[device] = self._torch(device)
+            return self._fallbacks[device]
 
     def _torch(self, device: str):
         try:
@@ -108,21 +117,12 @@ class Pipeline:
         return TorchBackend(self.weights, device=device, precision=self.precision or "fp32", compile=self.compile,
                             channels_last=self.channels_last)
 
-    # -- buffers -------------------------------------------------------------------------------------------
-    def _buffer(self, role: str, device: str, shape: list[int], dtype: str, stream: int):
-        """A reusable buffer for ``role``: grown when a frame needs more, else a view of the same memory."""
-        size = {"float32": 4, "float16": 2}[dtype]
-        for s in shape:
-            size *= s
-        key = (role, device)
-        buf = self._buffers.get(key)
-        if buf is None or buf.capacity < size:
-            buf = kernels.extension().empty(shape, dtype, device, stream)
-            self._buffers[key] = buf
-        return buf.view(shape, dtype)
-
     # -- the call ------------------------------------------------------------------------------------------
     def __call__(self, x: Any, *, out: Any = None, stream: Any = None, layout: str = "nchw", dtype: str = "float32") -> Any:
+        with self._lock:
+            return self._call(x, out, stream, layout, dtype)
+
+    def _call(self, x: Any, out: Any, stream: Any, layout: str, dtype: str) -> Any:
         if layout not in ("nchw", "hwc", "nhwc"):
             raise ValueError(f"infer: layout must be 'nchw' or 'hwc', got {layout!r}")
         if dtype not in ("float32", "float16"):
@@ -141,12 +141,15 @@ class Pipeline:
         if self.tile is not None:
             from sitm_trt.tiling import infer_tiled
 
-            return infer_tiled(self._tile_model(device), x, tile=self.tile, overlap=self.overlap, layout=layout,
-                               dtype=dtype, out=out)
+            return infer_tiled(self._torch_for(device).model, x, tile=self.tile, overlap=self.overlap,
+                               layout=layout, dtype=dtype, out=out)
         backend = self.backend_for(device)
         s = backend.stride
         hp, wp = -(-h // s) * s, -(-w // s) * s
-        pre_out = tuple(self._buffer(f"pre{i}", device, [n, c, hp, wp], backend.dtype, handle)
+        fits = getattr(backend, "profile", None)
+        if fits is not None and not fits.contains(n, hp, wp) and self.backend_choice == "auto":
+            backend = self._torch_for(device)  # outside the engine's shape range: the reference backend
+        pre_out = tuple(self._pool.get(f"pre{i}", [n, c, hp, wp], backend.dtype, device, handle)
                         for i, c in enumerate((3, 3, 3, 2)))
         kernels.pre(x, stride=s, dtype=backend.dtype, out=pre_out, stream=handle)
         up, down, masks, coef = backend.run(pre_out, handle)
@@ -164,7 +167,7 @@ class Pipeline:
 
     def describe(self) -> dict:
         return {"weights": str(self.weights.path), "preset": self.weights.preset_name,
-                "backends": {d: b.describe() for d, b in self._backends.items()}}
+                "backends": {d: b.describe() for d, b in self._backends.items()}, "auto_reason": self.auto_reason}
 
 
 def _frame_geometry(shape: tuple[int, ...], dtype: Any) -> tuple[int, int, int, bool]:
@@ -183,15 +186,27 @@ _DEFAULT: dict[tuple, Pipeline] = {}
 _DEFAULT_LOCK = threading.Lock()
 
 
+def _pipeline_key(weights: str | Weights | None, backend: str, precision: str | None) -> tuple:
+    """A cache key that does not hash the weights file on every call: its path, size and mtime."""
+    if isinstance(weights, Weights):
+        return ("handle", weights.sha256, str(weights.path), backend, precision)
+    path = resolve_path(weights if weights is not None else "default")
+    st = path.stat()
+    return ("file", str(path), st.st_size, st.st_mtime_ns, backend, precision)
+
+
 def infer(x: Any, *, out: Any = None, stream: Any = None, backend: str = "auto", precision: str | None = None,
           weights: str | Weights | None = None, layout: str = "nchw", dtype: str = "float32") -> Any:
-    """LDR frame(s) -> linear HDR with a default, cached :class:`Pipeline` (see the module docstring)."""
-    w = load(weights if weights is not None else "default")
-    key = (w.sha256, str(w.path), backend, precision)
+    """LDR frame(s) -> linear HDR with a default, cached :class:`Pipeline` (see the module docstring).
+
+    The pipeline for (weights, backend, precision) is made once (the weights' sha256 is verified then) and
+    reused; calls from several threads are serialized on it."""
+    key = _pipeline_key(weights, backend, precision)
     with _DEFAULT_LOCK:
         pipe = _DEFAULT.get(key)
         if pipe is None:
-            pipe = _DEFAULT[key] = Pipeline(w, backend=backend, precision=precision)
+            pipe = _DEFAULT[key] = Pipeline(load(weights if weights is not None else "default"), backend=backend,
+                                            precision=precision)
     return pipe(x, out=out, stream=stream, layout=layout, dtype=dtype)
 
 

@@ -110,7 +110,9 @@ void post_cuda(const PostArgs& a, uintptr_t stream);
 // Device memory and devices (csrc/cuda/runtime.cu, or the stubs).
 int cuda_device_count(std::string* error);  // 0 and a reason when there is no usable device
 void* cuda_alloc(int64_t bytes, int device, uintptr_t stream);
-void cuda_free(void* ptr, int device, uintptr_t stream);
+// Frees with cudaFree, which waits for the device's pending work: the memory may still be read by work on
+// any stream (a consumer's), and the allocating stream may be gone by now.
+void cuda_free(void* ptr, int device);
 void cuda_stream_wait(uintptr_t consumer, uintptr_t producer, int device);  // consumer waits for producer's work
 std::string cuda_runtime_version();
 void* cuda_alloc_host(int64_t bytes);  // pinned host memory
@@ -131,5 +133,8 @@ struct CudaDeviceProps {
   int driver_version = 0;
 };
 CudaDeviceProps cuda_device_props(int device);
+int cuda_current_device();
+void cuda_set_device(int device);
+void cuda_mem_info(int device, int64_t* free_bytes, int64_t* total_bytes);
 
 }  // namespace sitm

@@ -1,7 +1,8 @@
 """Network backends: one interface, two implementations.
 
 A backend runs the network between the pre and post kernels. ``run(inputs, stream)`` takes the four
-padded network inputs (DLPack arrays on the backend's device, dtype ``backend.dtype``) and returns
+padded network inputs (extension Buffers, ``sitm_trt._C.Buffer``, on the backend's device, dtype
+``backend.dtype``: the Pipeline's reusable buffers) and returns
 ``(exposure_up, exposure_down, masks, coef)`` as DLPack arrays on the same device, enqueued on ``stream``
 (a ``cudaStream_t`` integer; 0 on the CPU) without synchronizing the host.
 

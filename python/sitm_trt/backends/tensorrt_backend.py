@@ -7,13 +7,19 @@ outputs are reusable extension buffers, the work is enqueued on the caller's str
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Sequence
 
 from sitm_trt.backends.trt_engine import (INPUTS, OUTPUTS, EngineCache, EngineKey, Flavour, Profile,
                                           build_serialized, find_flavour)
-from sitm_trt.weights import Weights
+from sitm_trt.kernels import BufferPool
+from sitm_trt.weights import Weights, sha256_file
 
 _RTX_PORTABLE = "rtx-portable (sm_80, 86, 89, 120)"
+
+
+class TensorRTCannotRun(RuntimeError):
+    """TensorRT is installed but cannot run here: no CUDA device, or a flavour that does not support the GPU."""
 
 
 def engine_target(flavour: Flavour, device_props: dict | None) -> str:
@@ -27,8 +33,9 @@ def engine_target(flavour: Flavour, device_props: dict | None) -> str:
     return f"{device_props['name']} sm_{major}{minor}"
 
 
-def engine_key(weights: Weights, flavour: Flavour, precision: str, profile: Profile, target: str) -> EngineKey:
-    return EngineKey(weights.sha256, weights.preset_name, flavour.name, flavour.version, precision,
+def engine_key(weights: Weights, onnx_sha256: str, flavour: Flavour, precision: str, profile: Profile,
+               target: str) -> EngineKey:
+    return EngineKey(weights.sha256, onnx_sha256, weights.preset_name, flavour.name, flavour.version, precision,
                      profile.padded(weights.stride), target)
 
 
@@ -40,10 +47,10 @@ def prepare_engine(weights: Weights, *, precision: str = "fp16", profile: Profil
     flavour = flavour or find_flavour()
     profile = profile or Profile()
     cache = cache or EngineCache()
-    key = engine_key(weights, flavour, precision, profile, engine_target(flavour, device_props))
+    onnx = weights.onnx(precision)
+    key = engine_key(weights, sha256_file(onnx), flavour, precision, profile, engine_target(flavour, device_props))
     padded = profile.padded(weights.stride)
-    data, built = cache.get_or_build(key, lambda: build_serialized(flavour, weights.onnx(precision), padded, log=log),
-                                     validate=validate)
+    data, built = cache.get_or_build(key, lambda: build_serialized(flavour, onnx, padded, log=log), validate=validate)
     return data, built, key
 
 
@@ -59,12 +66,12 @@ class TensorRTBackend:
         self._C = kernels.extension()
         count, err = self._C.cuda_devices()
         if count == 0:
-            raise RuntimeError(f"tensorrt backend needs a CUDA device: {err}")
+            raise TensorRTCannotRun(f"tensorrt backend needs a CUDA device: {err}")
         self.flavour = flavour or find_flavour()
         props = dict(self._C.device_properties(device))
         major, minor = props["compute_capability"]
         if not self.flavour.supports_compute_capability(major, minor):
-            raise RuntimeError(
+            raise TensorRTCannotRun(
                 f"{self.flavour.name} {self.flavour.version} cannot run on {props['name']} (sm_{major}{minor}): "
                 "TensorRT-RTX serves RTX-class GPUs (sm_80/86/89/120) and not Hopper (H100/H200) or datacenter "
                 "Blackwell; install classic TensorRT (pip install tensorrt-cu13) for this GPU")
@@ -84,11 +91,25 @@ class TensorRTBackend:
             self._engine = self._runtime.deserialize_cuda_engine(data)
             return self._engine is not None
 
-        _, self.built, self.key = prepare_engine(weights, precision=precision, profile=profile, flavour=self.flavour,
-                                                 cache=cache, device_props=props, validate=deserialize, log=log)
-        self._context = self._engine.create_execution_context()
+        with self._on_device():
+            _, self.built, self.key = prepare_engine(weights, precision=precision, profile=profile,
+                                                     flavour=self.flavour, cache=cache, device_props=props,
+                                                     validate=deserialize, log=log)
+            self._context = self._engine.create_execution_context()
         self._out_dtypes = {name: self._dtype_name(self._engine.get_tensor_dtype(name)) for name in OUTPUTS}
-        self._outputs: dict[str, Any] = {}
+        self._outputs = BufferPool()
+
+    @contextlib.contextmanager
+    def _on_device(self):
+        """TensorRT works on the current CUDA device: make it this backend's, restore the caller's after."""
+        previous = self._C.current_device()
+        if previous != self._device_index:
+            self._C.set_device(self._device_index)
+        try:
+            yield
+        finally:
+            if previous != self._device_index:
+                self._C.set_device(previous)
 
     def describe(self) -> str:
         return f"{self.flavour.name} {self.flavour.version} on {self.device} ({self.precision}; {self.profile.describe()})"
@@ -97,35 +118,25 @@ class TensorRTBackend:
         trt = self.flavour.module
         return {trt.float32: "float32", trt.float16: "float16"}[dt]
 
-    def _output(self, name: str, shape: tuple[int, ...], stream: int) -> Any:
-        """A reusable output buffer: reallocated only when a frame needs more memory than the last one."""
-        dtype = self._out_dtypes[name]
-        buf = self._outputs.get(name)
-        need = 1
-        for s in shape:
-            need *= s
-        need *= 2 if dtype == "float16" else 4
-        if buf is None or buf.capacity < need:
-            buf = self._C.empty(list(shape), dtype, self.device, stream)
-            self._outputs[name] = buf
-        return buf.view(list(shape))
-
     def run(self, inputs: Sequence[Any], stream: int = 0) -> tuple[Any, Any, Any, Any]:
+        """``inputs``: extension Buffers (``sitm_trt._C.Buffer``: device pointer and shape), as the Pipeline
+        passes them; the outputs are Buffers too, reused across calls."""
         n, _, h, w = inputs[0].shape
         if not self.profile.contains(n, h, w):
             raise ValueError(f"tensorrt backend: a padded batch of {n} x {w}x{h} is outside the engine's profile "
                              f"({self.profile.describe()}); build an engine with a larger profile "
                              "(sitm-trt build-engine --max WxH) or use backend='torch'")
         ctx = self._context
-        for name, x in zip(INPUTS, inputs):
-            ctx.set_input_shape(name, tuple(x.shape))
-            ctx.set_tensor_address(name, x.data_ptr)
         outs = []
-        for name in OUTPUTS:
-            shape = (n, 4) if name == "coef" else (n, 3, h, w)
-            buf = self._output(name, shape, stream)
-            ctx.set_tensor_address(name, buf.data_ptr)
-            outs.append(buf)
-        if not ctx.execute_async_v3(stream):
-            raise RuntimeError("tensorrt backend: execute_async_v3 failed (see the TensorRT log above)")
+        with self._on_device():
+            for name, x in zip(INPUTS, inputs):
+                ctx.set_input_shape(name, tuple(x.shape))
+                ctx.set_tensor_address(name, x.data_ptr)
+            for name in OUTPUTS:
+                shape = [n, 4] if name == "coef" else [n, 3, h, w]
+                buf = self._outputs.get(name, shape, self._out_dtypes[name], self.device, stream)
+                ctx.set_tensor_address(name, buf.data_ptr)
+                outs.append(buf)
+            if not ctx.execute_async_v3(stream):
+                raise RuntimeError("tensorrt backend: execute_async_v3 failed (see the TensorRT log above)")
         return tuple(outs)

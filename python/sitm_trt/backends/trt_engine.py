@@ -8,9 +8,9 @@ export. TensorRT-RTX builds ahead of time without a GPU; its engines run on Ampe
 GPUs (compute capability 8.0, 8.6, 8.9, 12.x) and not on Hopper (sm_90: H100/H200), which need classic
 TensorRT.
 
-Engines are cached under ``$SITM_TRT_CACHE`` (default ``~/.cache/sitm-trt/engines``), keyed by everything
-that makes an engine differ (weights sha256, preset, flavour and version, precision, shape profile, target
-GPU). Files are written atomically, a lock file serializes builders of the same key across processes, and a
+Engines are cached under ``$SITM_TRT_CACHE/engines`` (default ``~/.cache/sitm-trt/engines``), keyed by
+everything that makes an engine differ (weights and ONNX sha256, preset, flavour and version, precision,
+shape profile, target GPU). Files are written atomically, a lock file serializes builders of the same key across processes, and a
 file whose checksum or deserialization fails is rebuilt.
 """
 
@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 
 from sitm_trt.io import write_bytes_atomic
 
-__all__ = ["Flavour", "find_flavour", "Profile", "EngineKey", "build_serialized", "EngineCache", "default_cache_dir",
+__all__ = ["Flavour", "find_flavour", "Profile", "EngineKey", "build_serialized", "EngineCache", "default_cache_dir", "cache_root",
            "TensorRTUnavailable"]
 
 INPUTS = ("image", "image_down", "image_up", "guide")
@@ -56,7 +56,7 @@ class Flavour:
         if not self.is_rtx:
             return (major, minor) >= (7, 5)
         # TensorRT-RTX's default AOT targets: 8.0, 8.6, 8.9 and 12.x (RTX Blackwell); no 9.0 (Hopper) or 10.x.
-        return (major, minor) in ((8, 0), (8, 6), (8, 7), (8, 9)) or major >= 12
+        return (major, minor) in ((8, 0), (8, 6), (8, 9)) or major >= 12
 
 
 _FLAVOURS = (("tensorrt", "tensorrt"), ("tensorrt-rtx", "tensorrt_rtx"), ("tensorrt-rtx", "tensorrt_rtx_bindings"))
@@ -109,12 +109,13 @@ class Profile:
 @dataclasses.dataclass(frozen=True)
 class EngineKey:
     weights_sha256: str
+    onnx_sha256: str  # the exported graph the engine is built from (a changed export means a new engine)
     preset: str
     flavour: str
     flavour_version: str
     precision: str  # "fp16" | "fp32"
     profile: Profile
-    target: str  # the GPU ("NVIDIA H100 80GB HBM3 sm_90") or, for AOT builds without one, "aot-portable"
+    target: str  # classic TensorRT: the GPU ("NVIDIA H100 80GB HBM3 sm_90"); TensorRT-RTX: "rtx-portable (...)"
 
     def digest(self) -> str:
         blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
@@ -155,12 +156,19 @@ def build_serialized(flavour: Flavour, onnx_path: str | Path, profile: Profile, 
     return bytes(memoryview(serialized))
 
 
-def default_cache_dir() -> Path:
+def cache_root() -> Path:
+    """``$SITM_TRT_CACHE``, else ``$XDG_CACHE_HOME/sitm-trt`` or ``~/.cache/sitm-trt`` (engines, ONNX exports,
+    the training data sources each have a folder below it)."""
     env = os.environ.get("SITM_TRT_CACHE")
     if env:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "sitm-trt" / "engines"
+    return Path(base) / "sitm-trt"
+
+
+def default_cache_dir() -> Path:
+    """Where engines are cached: ``cache_root() / "engines"``."""
+    return cache_root() / "engines"
 
 
 @contextlib.contextmanager

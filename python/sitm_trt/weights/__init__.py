@@ -16,7 +16,7 @@ import os
 import struct
 from pathlib import Path
 
-__all__ = ["Weights", "load", "WeightsError", "shipped_names", "WEIGHTS_DIR"]
+__all__ = ["Weights", "load", "WeightsError", "shipped_names", "WEIGHTS_DIR", "sha256_file", "ONNX_EXPORT_VERSION", "resolve_path"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent
 PRESET_KEY = "sitm_trt.preset"
@@ -26,7 +26,11 @@ class WeightsError(ValueError):
     """A weights file that is missing, unreadable, or fails its checksum."""
 
 
-def _sha256(path: Path) -> str:
+ONNX_EXPORT_VERSION = 1
+"""Part of the name of cached ONNX exports: bump it when ``sitm_trt.model.export_onnx`` changes the graph."""
+
+
+def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -82,13 +86,13 @@ class Weights:
         if precision not in ("fp32", "fp16"):
             raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
         shipped = self.path.with_name(f"{self.path.stem}-{precision}.onnx")
-        if shipped.exists() and self.card.get("onnx", {}).get(precision) == _sha256(shipped):
+        if shipped.exists() and self.card.get("onnx", {}).get(precision) == sha256_file(shipped):
             return shipped
-        from sitm_trt.backends.trt_engine import default_cache_dir
+        from sitm_trt.backends.trt_engine import cache_root
 
-        root = Path(cache_dir) if cache_dir is not None else default_cache_dir().parent / "onnx"
+        root = Path(cache_dir) if cache_dir is not None else cache_root() / "onnx"
         root.mkdir(parents=True, exist_ok=True)
-        target = root / f"{self.sha256[:32]}-{precision}.onnx"
+        target = root / f"{self.sha256[:32]}-{precision}-v{ONNX_EXPORT_VERSION}.onnx"
         if not target.exists():
             from sitm_trt.model import export_onnx
 
@@ -106,11 +110,8 @@ def shipped_names() -> list[str]:
     return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
 
 
-def load(path_or_name: str | os.PathLike | Weights = "default") -> Weights:
-    """Weights by shipped name (``"default"``) or path; the sha256 is checked against the card when there is
-    one (``<name>.json`` beside the file, with a ``sha256`` field)."""
-    if isinstance(path_or_name, Weights):
-        return path_or_name
+def resolve_path(path_or_name: str | os.PathLike) -> Path:
+    """The weights file a shipped name (``"default"``) or a path stands for; raises WeightsError if missing."""
     p = Path(path_or_name)
     if not p.suffix and not p.exists():
         p = WEIGHTS_DIR / f"{path_or_name}.safetensors"
@@ -122,6 +123,15 @@ def load(path_or_name: str | os.PathLike | Weights = "default") -> Weights:
             )
     if not p.is_file():
         raise WeightsError(f"weights file not found: {p}")
+    return p.resolve()
+
+
+def load(path_or_name: str | os.PathLike | Weights = "default") -> Weights:
+    """Weights by shipped name (``"default"``) or path; the sha256 is checked against the card when there is
+    one (``<name>.json`` beside the file, with a ``sha256`` field)."""
+    if isinstance(path_or_name, Weights):
+        return path_or_name
+    p = resolve_path(path_or_name)
     card_path = p.with_suffix(".json")
     card = {}
     if card_path.exists():
@@ -129,7 +139,7 @@ def load(path_or_name: str | os.PathLike | Weights = "default") -> Weights:
             card = json.loads(card_path.read_text())
         except json.JSONDecodeError as err:
             raise WeightsError(f"{card_path}: unreadable card: {err}") from err
-    digest = _sha256(p)
+    digest = sha256_file(p)
     if card.get("sha256") and card["sha256"] != digest:
         raise WeightsError(f"{p}: sha256 {digest} does not match its card {card_path.name} ({card['sha256']}); "
                            "the file is corrupt or was replaced")
