@@ -30,12 +30,9 @@ class UsageError(Exception):
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from sitm_trt import kernels
+    import sitm_trt
 
-    info = {"build": kernels.build_info()}
-    count, err = kernels.extension().cuda_devices()
-    info["cuda_devices"] = count if count else f"none ({err})"
-    print(json.dumps(info, indent=2))
+    print(json.dumps(sitm_trt.info(), indent=2, default=str))
     return 0
 
 
@@ -228,7 +225,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         def write(src: Path, dst: Path, hdr: Any, alpha: Any, gray: bool) -> None:
             if gray:
                 hdr = np.repeat(hdr.mean(axis=2, keepdims=True), 3, axis=2)
-            if alpha is not None and dst.suffix == ".exr":
+            if alpha is not None and dst.suffix.lower() == ".exr":
                 io.write_exr(dst, hdr, half=half, alpha=alpha)
             else:
                 if alpha is not None:

@@ -125,7 +125,7 @@ class ModelMethod(Method):
 
         self.name, self.device = name, device
         self.weights = sitm_trt.load(weights)
-        self.pipeline = sitm_trt.Pipeline(self.weights, backend="torch" if device == "cpu" else "auto")
+        self.pipeline = sitm_trt.Pipeline(self.weights, backend="torch", precision="fp32")  # the reference, any device
         self.description = f"SITM, weights `{self.weights.path}` (sha256 {self.weights.sha256[:12]}...)"
 
     def __call__(self, ldr: np.ndarray, pair: Pair) -> np.ndarray:
