@@ -399,8 +399,13 @@ def test_sigint_leaves_a_playable_file(tmp_path, weights):
     # long enough that the conversion cannot finish between the progress line and the signal on a fast machine
     make_clip(tmp_path / "in.mp4", test_frames(600), audio=False)
     out = tmp_path / "out.mp4"
-    cmd = [sys.executable, "-m", "sitm_trt.cli", "video", str(tmp_path / "in.mp4"), str(out), "--weights", str(weights),
-           "--device", "cpu", "--preset", "ultrafast"]
+    args = ["video", str(tmp_path / "in.mp4"), str(out), "--weights", str(weights), "--device", "cpu",
+            "--preset", "ultrafast"]
+    # Python keeps SIGINT ignored when it starts with it ignored (as under nohup or a background job of a
+    # non-interactive shell, which is how CI may run us): give the child the normal Ctrl-C handler.
+    boot = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from sitm_trt import cli; sys.exit(cli.main(sys.argv[1:]))")
+    cmd = [sys.executable, "-c", boot, *args]
     err: list[str] = []
     with subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) as proc:
         reader = threading.Thread(target=lambda: err.extend(iter(lambda: proc.stderr.read(1), "")), daemon=True)
