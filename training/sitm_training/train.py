@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -34,12 +35,12 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from sitm_trt import ops
-from sitm_trt.io import tonemap_preview, write_png
+from sitm_trt.io import tonemap_preview, write_bytes_atomic, write_png
 from sitm_trt.model import SITMNet, get_preset, save_weights
 from sitm_trt.model.serialization import load_weights
 
 from .discriminator import MaskAwareDiscriminator
-from .losses import SITMLoss, VGGPerceptual, mask_aware_d_loss, mask_aware_g_loss
+from .losses import SITMLoss, VGGPerceptual, mask_aware_g_loss
 from .masks import over_exposure_mask, under_exposure_mask
 
 __all__ = ["TrainConfig", "train", "main"]
@@ -84,15 +85,13 @@ def _git_commit() -> str:
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    write_bytes_atomic(path, json.dumps(obj, indent=2, default=str).encode())
 
 
 def _atomic_torch_save(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def _atomic_weights(path: Path, module: torch.nn.Module, **kw: Any) -> None:
@@ -137,6 +136,13 @@ class _Dist:
     def close(self) -> None:
         if self.world > 1:
             dist.destroy_process_group()
+
+
+class _Exposures(NamedTuple):
+    """The two exposure images as ``SITMLoss.discriminator`` reads them (stage 1 has no full network output)."""
+
+    image_up: torch.Tensor
+    image_down: torch.Tensor
 
 
 class _Stages(torch.nn.Module):
@@ -341,9 +347,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             d_loss = 0.0
             if gdisc is not None:
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    dl = criterion.weights.lambda_gan * (
-                        mask_aware_d_loss(gdisc, up, gt_up, under_exposure_mask(pre.image))
-                        + mask_aware_d_loss(gdisc, down, gt_down, over_exposure_mask(pre.image)))
+                    dl = criterion.discriminator(gdisc, _Exposures(up, down), pre.image, gt_up, gt_down)
                 opt_d.zero_grad(set_to_none=True)
                 dl.backward()
                 opt_d.step()
