@@ -35,3 +35,16 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def _private_cache(tmp_path_factory, monkeypatch):
     """Engines and ONNX exports made by tests go to a temporary cache, never the user's ~/.cache."""
     monkeypatch.setenv("SITM_TRT_CACHE", str(tmp_path_factory.getbasetemp() / "sitm-trt-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_weights_path(tmp_path_factory):
+    """Random-init `compact` weights (seed 0), saved once per session: for tests of the plumbing."""
+    import torch
+
+    from sitm_trt.model import SITMNet, save_weights
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    save_weights(SITMNet("compact").eval(), path)
+    return path

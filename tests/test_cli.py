@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from sitm_trt import cli, io
 from sitm_trt.pipeline import Pipeline
@@ -18,13 +17,8 @@ cv2 = pytest.importorskip("cv2")
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    from sitm_trt.model import SITMNet, save_weights
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    save_weights(SITMNet("compact").eval(), path)
-    return path
+def weights(tiny_weights_path):
+    return tiny_weights_path
 
 
 def stub_pipeline(weights) -> Pipeline:
@@ -180,8 +174,9 @@ def test_weights_errors(tmp_path, capsys):
 
 
 def test_video_command(tmp_path, weights, capsys):
-    # no audio here: audio pass-through is tested in test_video.py (an intermittent EINVAL from the muxer was
-    # seen once in a while with audio and --max-frames 2 under load; investigation pending, see the issue)
+    # Known bug, not understood yet: when TensorRT-RTX was used earlier in the same process (tests/test_engine.py run
+    # before this file), closing the Matroska output fails with EINVAL (video.py, _VideoSink.close). The suite's
+    # own order runs this file first. Audio pass-through is tested in test_video.py.
     make_clip(tmp_path / "in.mp4", test_frames(3), audio=False)
     out = tmp_path / "out.mkv"
     assert cli.main(["video", str(tmp_path / "in.mp4"), str(out), "--weights", str(weights), "--device", "cpu",

@@ -7,10 +7,8 @@ import multiprocessing as mp
 from pathlib import Path
 
 import pytest
-import torch
 
 from sitm_trt.backends.trt_engine import EngineCache, EngineKey, Profile, find_flavour
-from sitm_trt.model import SITMNet, save_weights
 from sitm_trt.weights import load
 
 pytestmark = pytest.mark.slow
@@ -25,11 +23,8 @@ def rtx():
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    save_weights(SITMNet("compact"), path)
-    return load(path)
+def weights(tiny_weights_path):
+    return load(tiny_weights_path)
 
 
 def test_build_cache_reuse_and_rebuild_after_corruption(rtx, weights, tmp_path):

@@ -7,18 +7,14 @@ import pytest
 import torch
 
 from sitm_trt import pipeline as P
-from sitm_trt.model import SITMNet, save_weights
 from sitm_trt.weights import load
 
 pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    save_weights(SITMNet("compact"), path)
-    return load(path)
+def weights(tiny_weights_path):
+    return load(tiny_weights_path)
 
 
 def _trt_pipeline(weights, precision):
