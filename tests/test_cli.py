@@ -64,8 +64,14 @@ def test_help_for_every_command(capsys):
             cli.main(cmd)
         assert e.value.code == 0, cmd
     assert "--peak-nits" in capsys.readouterr().out
-    assert cli.main(["info"]) == 0
-    assert {"extension", "auto"} <= set(json.loads(capsys.readouterr().out))
+    # `info` imports TensorRT; in a child process, since importing TensorRT-RTX in this process makes a later
+    # Matroska encode fail (the open bug noted in test_video_command)
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "sitm_trt.cli", "info"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert {"extension", "auto"} <= set(json.loads(res.stdout))
 
 
 def test_infer_exr_with_16bit_gray_alpha_preview_and_batches(tmp_path, fast):
@@ -174,14 +180,21 @@ def test_weights_errors(tmp_path, capsys):
 
 
 def test_video_command(tmp_path, weights, capsys):
-    # Known bug, not understood yet: when TensorRT-RTX was used earlier in the same process (tests/test_engine.py run
-    # before this file), closing the Matroska output fails with EINVAL (video.py, _VideoSink.close). The suite's
-    # own order runs this file first. Audio pass-through is tested in test_video.py.
+    # Known bug, not understood yet: after some earlier tests in the same pytest process (TensorRT-RTX imported,
+    # the benchmarks), closing the Matroska output sometimes fails with EINVAL (video.py, _VideoSink.close).
+    # Audio pass-through is tested in test_video.py.
     make_clip(tmp_path / "in.mp4", test_frames(3), audio=False)
     out = tmp_path / "out.mkv"
-    assert cli.main(["video", str(tmp_path / "in.mp4"), str(out), "--weights", str(weights), "--device", "cpu",
-                     "--max-frames", "2", "--preset", "ultrafast", "--peak-nits", "600"]) == 0
-    err = capsys.readouterr().err
+    # In a child process: the conversion must not see state left by earlier tests in this process (the open
+    # EINVAL bug below).
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "sitm_trt.cli", "video", str(tmp_path / "in.mp4"), str(out),
+                          "--weights", str(weights), "--device", "cpu", "--max-frames", "2", "--preset", "ultrafast",
+                          "--peak-nits", "600"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    err = res.stderr
     assert "2 frames 64x48 hdr10" in err and "MaxCLL" in err
     import av
 

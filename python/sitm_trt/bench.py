@@ -227,13 +227,14 @@ def bench_pipeline(backends: list[str], presets: list[str], resolutions: list[st
     if torch.cuda.is_available():
         header["gpu"] = torch.cuda.get_device_name()
         header["driver"] = K.extension().device_properties(0)["driver_version"]
-    try:
-        from sitm_trt.backends.trt_engine import find_flavour
+    if any(b.startswith("tensorrt") for b in backends):  # import TensorRT only when it is benchmarked
+        try:
+            from sitm_trt.backends.trt_engine import find_flavour
 
-        fl = find_flavour()
-        header["tensorrt"] = f"{fl.name} {fl.version}"
-    except ImportError:
-        header["tensorrt"] = "none"
+            fl = find_flavour()
+            header["tensorrt"] = f"{fl.name} {fl.version}"
+        except ImportError:
+            header["tensorrt"] = "none"
     rows: list[PipeRow] = []
     configs = configs or [{}]
     default_threads = torch.get_num_threads()
