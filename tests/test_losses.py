@@ -22,6 +22,7 @@ from sitm_training.losses import (
     VGGPerceptual,
     hdr_loss,
     image_pyramid,
+    pu21_hdr_loss,
     lsgan_d_loss,
     lsgan_g_loss,
     mask_aware_d_loss,
@@ -146,7 +147,33 @@ def test_hdr_loss_is_mu_law_l1():
     tau = lambda x: np.log1p(5000 * x) / np.log1p(5000)  # noqa: E731
     expected = np.abs(tau(h.double().numpy()) - tau(g.double().numpy())).mean()
     assert hdr_loss(h, g).item() == pytest.approx(expected, rel=1e-5)
-    assert LossWeights() == LossWeights(lambda_per=0.5, lambda_gan=0.1, lambda_h=1.0, mu=5000.0)
+    assert LossWeights() == LossWeights(lambda_per=0.5, lambda_gan=0.1, lambda_h=1.0, mu=5000.0, lambda_pu21=0.0)
+
+
+def test_pu21_hdr_loss_matches_the_evaluation_encoding():
+    from sitm_training.metrics import Display, pu21_encode
+
+    h = rand(2, 3, 6, 5, seed=9) ** 4 * 60  # spans below PU21's black (5e-5 here) to above the 4000-nit peak
+    g = rand(2, 3, 6, 5, seed=10) ** 4 * 60
+    disp = Display()
+    expected = np.abs(pu21_encode(disp(h.double().numpy())) - pu21_encode(disp(g.double().numpy()))).mean() / 256
+    assert pu21_hdr_loss(h, g).item() == pytest.approx(expected, rel=1e-4)
+    # gradients flow inside the display's range and stop where the display clips
+    x = torch.tensor([1e-6, 0.01, 1.0, 100.0], requires_grad=True)
+    pu21_hdr_loss(x, torch.full_like(x, 0.5)).backward()
+    assert x.grad[0] == 0 and x.grad[3] == 0 and x.grad[1] < 0 and x.grad[2] > 0
+
+
+def test_generator_adds_the_pu21_term_only_when_weighted():
+    torch.manual_seed(0)
+    net = SITMNet(TINY)
+    image = rand(1, 3, 32, 32, seed=11)
+    out = net.forward_train(*ops.pre(image))
+    gt = [rand(1, 3, 32, 32, seed=s) for s in (12, 13)] + [rand(1, 3, 32, 32, seed=14) * 3]
+    plain = SITMLoss(None).generator(out, image, *gt)
+    both = SITMLoss(None, LossWeights(lambda_pu21=0.5)).generator(out, image, *gt)
+    hdr = ops.post(out.masks, image, out.image_up, out.image_down, out.coef)
+    assert both.hdr.item() == pytest.approx(plain.hdr.item() + 0.5 * pu21_hdr_loss(hdr, gt[2]).item(), rel=1e-5)
 
 
 # --- perceptual loss (Eq. 10) -------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ def test_two_stages_checkpoint_and_resume(tiny_data, tmp_path):
     second = load_weights(tmp_path / "ckpt" / "model.safetensors").state_dict()
     assert any(not torch.equal(first[k], second[k]) for k in first)  # training went on from the checkpoint
     assert card2["train_seconds"] > card["train_seconds"]
+    assert card2["history"] == [{"step": 5, "changed": {"stage2_steps": [2, 4]}}]  # what the resume changed
 
 
 def test_crop_must_fit_the_stride(tiny_data, tmp_path):

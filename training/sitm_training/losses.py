@@ -7,6 +7,9 @@
   that warns loudly and says so in :attr:`VGGPerceptual.kind`;
 * mask-aware LSGAN terms (Eq. 13-14) with the discriminator of :mod:`sitm_training.discriminator`;
 * the mu-law HDR loss (Eq. 15, ``mu = 5000``) on ``ops.post``'s output;
+* optionally (``lambda_pu21 > 0``, our addition, off by default) an L1 term on the PU21-encoded HDR
+  (:func:`pu21_hdr_loss`): Eq. 15's mu-law is linear below ``1/mu`` (2e-4 of the clip level), so it barely
+  weighs the dark tones that PU21 (and a viewer) resolve down to 5e-5; the run card records the weight;
 * the total (Eq. 16) with ``lambda_per = 0.5``, ``lambda_gan = 0.1``, ``lambda_H = 1``.
 
 Eq. 16 writes ``L_prog + lambda_gan (L_G + L_D) + lambda_H L_H`` as one sum; with two players it is two
@@ -42,6 +45,8 @@ __all__ = [
     "l1_loss",
     "progressive_loss",
     "hdr_loss",
+    "pu21_torch",
+    "pu21_hdr_loss",
     "lsgan_d_loss",
     "lsgan_g_loss",
     "mask_aware_d_loss",
@@ -269,19 +274,42 @@ def mask_aware_g_loss(
     return lsgan_g_loss(f.pixel_score) + lsgan_g_loss(f.global_score)
 
 
+def pu21_torch(luminance_cd_m2: torch.Tensor) -> torch.Tensor:
+    """:func:`sitm_training.metrics.pu21_encode` in differentiable PyTorch (float32): absolute luminance in
+    cd/m^2, clamped to PU21's [0.005, 10000] -> PU21 values (100 cd/m^2 -> about 256)."""
+    from .metrics import PU21_BANDING_GLARE, PU21_L_MAX, PU21_L_MIN
+
+    p1, p2, p3, p4, p5, p6, p7 = PU21_BANDING_GLARE
+    yp = luminance_cd_m2.float().clamp(PU21_L_MIN, PU21_L_MAX) ** p4
+    return (p7 * (((p1 + p2 * yp) / (1.0 + p3 * yp)) ** p5 - p6)).clamp_min(0.0)
+
+
+def pu21_hdr_loss(hdr: torch.Tensor, target: torch.Tensor, white: float = 100.0, peak: float = 4000.0) -> torch.Tensor:
+    """``mean |PU21(D(H)) - PU21(D(H_gt))| / 256`` per RGB value, ``D(x) = clip(white x, 0.005, peak)``: the
+    evaluation's display model (:class:`sitm_training.metrics.Display`, 1.0 -> 100 cd/m^2 on a 4000-nit
+    display) and PU21 encoding, divided by PU21's peak so the term is about as large as Eq. 15's."""
+    from .metrics import PU21_PEAK
+
+    def enc(x: torch.Tensor) -> torch.Tensor:
+        return pu21_torch((x.float() * white).clamp_max(peak))
+
+    return (enc(hdr) - enc(target)).abs().mean() / PU21_PEAK
+
+
 @dataclass(frozen=True)
 class LossWeights:
     lambda_per: float = 0.5
     lambda_gan: float = 0.1
     lambda_h: float = 1.0
     mu: float = 5000.0
+    lambda_pu21: float = 0.0  # our addition (pu21_hdr_loss); 0 = Eq. 16 as published
 
 
 class GeneratorLoss(NamedTuple):
     total: torch.Tensor  # L_prog + lambda_gan L_G + lambda_H L_H
     prog: torch.Tensor  # Eq. 12 summed over AUEM and ADEM
     gan: torch.Tensor  # Eq. 14 summed over AUEM and ADEM (0 without a discriminator)
-    hdr: torch.Tensor  # Eq. 15
+    hdr: torch.Tensor  # Eq. 15 (+ lambda_pu21 * pu21_hdr_loss when that weight is set)
 
 
 class SITMLoss(nn.Module):
@@ -317,6 +345,8 @@ class SITMLoss(nn.Module):
         prog = self.exposure(out.pyramid_up, out.pyramid_down, gt_up, gt_down)
         hdr = ops.post(out.masks, image, out.image_up, out.image_down, out.coef)
         l_h = hdr_loss(hdr, gt_hdr, w.mu)
+        if w.lambda_pu21:
+            l_h = l_h + w.lambda_pu21 * pu21_hdr_loss(hdr, gt_hdr)
         gan = prog.new_zeros(())
         if disc is not None:
             gan = mask_aware_g_loss(disc, out.image_up, gt_up, under_exposure_mask(image)) + mask_aware_g_loss(

@@ -40,7 +40,7 @@ from sitm_trt.model import SITMNet, get_preset, save_weights
 from sitm_trt.model.serialization import load_weights
 
 from .discriminator import MaskAwareDiscriminator
-from .losses import SITMLoss, VGGPerceptual, mask_aware_g_loss
+from .losses import LossWeights, SITMLoss, VGGPerceptual, mask_aware_g_loss
 from .masks import over_exposure_mask, under_exposure_mask
 
 __all__ = ["TrainConfig", "train", "main"]
@@ -71,6 +71,7 @@ class TrainConfig:
     ckpt_every: int = 100
     val_images: int = 8
     threads: int = 0  # torch intra-op threads on the CPU (0 = torch default)
+    hdr_pu21: float = 0.0  # weight of losses.pu21_hdr_loss added to Eq. 15 (0 = the paper's loss)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -240,7 +241,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     net = SITMNet(cfg.preset).to(device)
     disc = MaskAwareDiscriminator(width=cfg.disc_width, max_width=cfg.disc_max_width).to(device) if cfg.gan else None
     perceptual = VGGPerceptual(cfg.vgg).to(device)
-    criterion = SITMLoss(perceptual)
+    criterion = SITMLoss(perceptual, LossWeights(lambda_pu21=cfg.hdr_pu21))
     opt_g = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=cfg.betas)
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=cfg.betas) if disc is not None else None
 
@@ -282,9 +283,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         old = json.loads(card_path.read_text())
         card["train_seconds"] = old.get("train_seconds", 0.0)
         card["started"] = old.get("started", card["started"])
-        for k in ("losses", "validation", "step"):
+        for k in ("losses", "validation", "step", "history"):
             if k in old:
                 card[k] = old[k]
+        now = json.loads(json.dumps(cfg.to_dict()))  # as the card stores it (tuples become lists)
+        before = old.get("config", {})
+        changed = {k: [before.get(k), now.get(k)] for k in sorted({*before, *now} - {"out"}) if before.get(k) != now.get(k)}
+        if changed:  # resumed with other options: keep what the earlier steps were trained with
+            card.setdefault("history", []).append({"step": step, "changed": changed})
     else:
         card["train_seconds"] = 0.0
 
@@ -403,6 +409,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--lr-min", type=float, default=defaults.lr_min)
+    p.add_argument("--hdr-pu21", type=float, default=defaults.hdr_pu21,
+                   help="weight of an extra L1 term on PU21-encoded HDR in stage 2 (default 0: Eq. 16 as published)")
     p.add_argument("--no-gan", action="store_true", help="train without the mask-aware discriminator")
     p.add_argument("--vgg", default=None, help="torchvision VGG-16 ImageNet weights (.pth) for the perceptual loss; "
                                                "without it a 1-SSIM substitute is used (and the run card says so)")
