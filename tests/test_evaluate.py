@@ -4,6 +4,7 @@ on tiny generated pairs (good, broken, failing methods), and PU21 / JOD against 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import shlex
 import sys
@@ -290,8 +291,14 @@ def test_cli_scores_baselines_and_a_command(pairs, tmp_path):
     rc = E.main(["--pairs", str(pairs), "--out", str(out), "--jod", "off", "--no-progress", "--sheet-tile", "32",
                  "--method", f"oracle={_script(tmp_path)}"])
     assert rc == 0
-    assert sorted(p.name for p in out.iterdir()) == ["contact_sheet.png", "per_image.csv", "table.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["contact_sheet.png", "per_image.csv", "summary.json", "table.md"]
     rows = _read_csv(out / "per_image.csv")
+    summary = json.loads((out / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    assert summary["images"] == 3 and summary["methods"]["oracle"]["kind"] == "command"
+    assert summary["methods"]["linear"]["kind"] == "baseline" and summary["methods"]["oracle"]["pu21_psnr"] == "inf"
+    assert summary["methods"]["linear"]["jod"] is None  # --jod off
+    lin_rows = [float(r["tm_ssim"]) for r in rows if r["method"] == "linear"]
+    assert summary["methods"]["linear"]["tm_ssim"] == pytest.approx(np.mean(lin_rows), rel=1e-5)
     assert {(r["id"], r["method"]) for r in rows} == {(i, m) for i in "abc" for m in ("linear", "banterle", "oracle")}
     for r in rows:
         assert r["status"] == "ok"

@@ -1,4 +1,5 @@
-"""Score ITM methods on a folder of (LDR, HDR) pairs: ``table.md``, ``per_image.csv``, ``contact_sheet.png``.
+"""Score ITM methods on a folder of (LDR, HDR) pairs: ``table.md``, ``per_image.csv``, ``contact_sheet.png``
+and ``summary.json`` (the table's means, machine-readable).
 
 ``python -m sitm_training.evaluate --pairs DIR --weights RUN/ckpt/model.safetensors --out DIR``
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import logging
 import math
 import os
@@ -375,7 +377,26 @@ def evaluate(
     result = EvalResult(rows, names, skipped, failures, common, summary, jod_note, files)
     _write_text(files["table"], _table(result, methods, pairs_dir, len(pairs) + len(orphans), display, align,
                                        jod_metric is not None))
+    files["summary"] = out_dir / "summary.json"
+    result.files["summary"] = files["summary"]
+    _write_text(files["summary"], json.dumps(_summary_json(result, methods, pairs_dir), indent=2) + "\n")
     return result
+
+
+def _summary_json(res: EvalResult, methods: Sequence[Method], pairs_dir: Path) -> dict[str, Any]:
+    """``summary.json``: the table's means, machine-readable (NaN -> null, infinities as "inf"/"-inf", so the
+    file is strict JSON), with each method's kind."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        return v
+
+    return {
+        "pairs": str(pairs_dir), "images": len(res.common), "metrics": list(METRIC_COLUMNS), "jod": res.jod,
+        "methods": {m.name: {"kind": m.kind, "description": m.description,
+                             **{k: clean(v) for k, v in res.summary[m.name].items()}} for m in methods},
+    }
 
 
 def _same_as_input(methods: Sequence[Method], name: str) -> bool:
@@ -552,7 +573,8 @@ def _contact_sheet(sheet: dict[str, dict[str, np.ndarray]], ids: list[str], rows
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m sitm_training.evaluate",
-        description="Score ITM methods on (LDR, HDR) pairs; writes table.md, per_image.csv, contact_sheet.png.",
+        description="Score ITM methods on (LDR, HDR) pairs; writes table.md, per_image.csv, contact_sheet.png, "
+                    "summary.json.",
         epilog="Example: python -m sitm_training.evaluate --pairs data/sitm-test --weights run/ckpt/model.safetensors "
                "--method 'mine=python my_itm.py {input} {output}' --out eval/run1",
     )
