@@ -22,6 +22,7 @@ from sitm_training.losses import (
     VGGPerceptual,
     hdr_loss,
     image_pyramid,
+    pu21_gradient_loss,
     pu21_hdr_loss,
     lsgan_d_loss,
     lsgan_g_loss,
@@ -147,7 +148,27 @@ def test_hdr_loss_is_mu_law_l1():
     tau = lambda x: np.log1p(5000 * x) / np.log1p(5000)  # noqa: E731
     expected = np.abs(tau(h.double().numpy()) - tau(g.double().numpy())).mean()
     assert hdr_loss(h, g).item() == pytest.approx(expected, rel=1e-5)
-    assert LossWeights() == LossWeights(lambda_per=0.5, lambda_gan=0.1, lambda_h=1.0, mu=5000.0, lambda_pu21=0.0)
+    assert LossWeights() == LossWeights(lambda_per=0.5, lambda_gan=0.1, lambda_h=1.0, mu=5000.0, lambda_pu21=0.0,
+                                        lambda_grad=0.0)
+
+
+def test_pu21_gradient_loss_is_l1_of_neighbour_differences():
+    from sitm_training.metrics import Display, pu21_encode
+
+    h = rand(2, 3, 6, 5, seed=15) ** 4 * 60
+    g = rand(2, 3, 6, 5, seed=16) ** 4 * 60
+    e = pu21_encode(Display()(h.double().numpy())) - pu21_encode(Display()(g.double().numpy()))
+    dx = np.abs(np.diff(e, axis=-1)).mean()
+    dy = np.abs(np.diff(e, axis=-2)).mean()
+    assert pu21_gradient_loss(h, g).item() == pytest.approx(0.5 * (dx + dy) / 256, rel=1e-4)
+    # blind to a uniform PU21 offset (only local contrast counts), not to a softened edge
+    flat = torch.full((1, 3, 4, 4), 0.5)
+    assert pu21_gradient_loss(flat, flat * 2).item() == 0
+    edge = flat.clone()
+    edge[..., 2:] = 2.0
+    soft = flat.clone()
+    soft[..., 2:] = 1.0
+    assert pu21_gradient_loss(soft, edge).item() > 0
 
 
 def test_pu21_hdr_loss_matches_the_evaluation_encoding():
@@ -164,16 +185,17 @@ def test_pu21_hdr_loss_matches_the_evaluation_encoding():
     assert x.grad[0] == 0 and x.grad[3] == 0 and x.grad[1] < 0 and x.grad[2] > 0
 
 
-def test_generator_adds_the_pu21_term_only_when_weighted():
+def test_generator_adds_the_pu21_terms_only_when_weighted():
     torch.manual_seed(0)
     net = SITMNet(TINY)
     image = rand(1, 3, 32, 32, seed=11)
     out = net.forward_train(*ops.pre(image))
     gt = [rand(1, 3, 32, 32, seed=s) for s in (12, 13)] + [rand(1, 3, 32, 32, seed=14) * 3]
     plain = SITMLoss(None).generator(out, image, *gt)
-    both = SITMLoss(None, LossWeights(lambda_pu21=0.5)).generator(out, image, *gt)
+    both = SITMLoss(None, LossWeights(lambda_pu21=0.5, lambda_grad=2.0)).generator(out, image, *gt)
     hdr = ops.post(out.masks, image, out.image_up, out.image_down, out.coef)
-    assert both.hdr.item() == pytest.approx(plain.hdr.item() + 0.5 * pu21_hdr_loss(hdr, gt[2]).item(), rel=1e-5)
+    extra = 0.5 * pu21_hdr_loss(hdr, gt[2]).item() + 2.0 * pu21_gradient_loss(hdr, gt[2]).item()
+    assert both.hdr.item() == pytest.approx(plain.hdr.item() + extra, rel=1e-5)
 
 
 # --- perceptual loss (Eq. 10) -------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import torch
 from sitm_training.data import Recipe, build
 from sitm_training.train import TrainConfig, train
 from sitm_trt.model.serialization import load_weights
+from sitm_trt.weights import sha256_file
 
 pytestmark = pytest.mark.slow
 
@@ -77,3 +78,22 @@ def test_validation_sheet_is_not_blank(tiny_data, tmp_path):
     gt = img[:, 2 * w // 3:]
     assert 5 < gt.mean() < 250 and gt.std() > 1  # a picture, not a white or black block
     assert set(stats) == {"val_hdr_l1", "val_mu_psnr", "val_up_psnr", "val_down_psnr"}
+
+
+def test_init_and_freeze_exposure_fine_tune_only_the_mefm(tiny_data, tmp_path):
+    base = run(tiny_data, tmp_path / "base", steps2=1)
+    assert base["step"] == 4
+    start = load_weights(tmp_path / "base" / "ckpt" / "model.safetensors").state_dict()
+    cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "ft"), stage1_steps=0, stage2_steps=2, batch=2, crop=32,
+                      workers=0, log_every=1, val_every=100, ckpt_every=100, val_images=1, gan=False,
+                      init=str(tmp_path / "base" / "ckpt" / "model.safetensors"), freeze_exposure=True,
+                      hdr_pu21=1.0, hdr_grad=1.0)
+    with pytest.warns(UserWarning, match="REPLACED"):
+        card = train(cfg)
+    assert card["step"] == 2 and card["init"]["sha256"] == sha256_file(tmp_path / "base" / "ckpt" / "model.safetensors")
+    end = load_weights(tmp_path / "ft" / "ckpt" / "model.safetensors").state_dict()
+    changed = {k for k in start if not torch.equal(start[k], end[k])}
+    assert changed and all(k.startswith("mefm.") for k in changed)  # the exposure models stayed as they were
+    with pytest.warns(UserWarning, match="REPLACED"), pytest.raises(ValueError, match="freeze-exposure"):
+        train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "bad"), stage1_steps=2, crop=32, workers=0,
+                          freeze_exposure=True))

@@ -9,7 +9,8 @@
 * the mu-law HDR loss (Eq. 15, ``mu = 5000``) on ``ops.post``'s output;
 * optionally (``lambda_pu21 > 0``, our addition, off by default) an L1 term on the PU21-encoded HDR
   (:func:`pu21_hdr_loss`): Eq. 15's mu-law is linear below ``1/mu`` (2e-4 of the clip level), so it barely
-  weighs the dark tones that PU21 (and a viewer) resolve down to 5e-5; the run card records the weight;
+  weighs the dark tones that PU21 (and a viewer) resolve down to 5e-5; and (``lambda_grad > 0``) an L1 term
+  on its neighbour differences (:func:`pu21_gradient_loss`), for detail; the run card records both weights;
 * the total (Eq. 16) with ``lambda_per = 0.5``, ``lambda_gan = 0.1``, ``lambda_H = 1``.
 
 Eq. 16 writes ``L_prog + lambda_gan (L_G + L_D) + lambda_H L_H`` as one sum; with two players it is two
@@ -47,6 +48,7 @@ __all__ = [
     "hdr_loss",
     "pu21_torch",
     "pu21_hdr_loss",
+    "pu21_gradient_loss",
     "lsgan_d_loss",
     "lsgan_g_loss",
     "mask_aware_d_loss",
@@ -296,6 +298,21 @@ def pu21_hdr_loss(hdr: torch.Tensor, target: torch.Tensor, white: float = 100.0,
     return (enc(hdr) - enc(target)).abs().mean() / PU21_PEAK
 
 
+def pu21_gradient_loss(hdr: torch.Tensor, target: torch.Tensor, white: float = 100.0, peak: float = 4000.0) -> torch.Tensor:
+    """``mean |d PU21(D(H)) - d PU21(D(H_gt))| / 256`` over the horizontal and vertical neighbour differences
+    ``d`` of every RGB channel (display ``D`` as in :func:`pu21_hdr_loss`): local contrast in a perceptually
+    uniform domain, which the per-pixel terms weigh only weakly (a blend that softens detail costs little there)."""
+    from .metrics import PU21_PEAK
+
+    def enc(x: torch.Tensor) -> torch.Tensor:
+        return pu21_torch((x.float() * white).clamp_max(peak))
+
+    e = enc(hdr) - enc(target)
+    dx = (e[..., :, 1:] - e[..., :, :-1]).abs().mean()
+    dy = (e[..., 1:, :] - e[..., :-1, :]).abs().mean()
+    return 0.5 * (dx + dy) / PU21_PEAK
+
+
 @dataclass(frozen=True)
 class LossWeights:
     lambda_per: float = 0.5
@@ -303,13 +320,14 @@ class LossWeights:
     lambda_h: float = 1.0
     mu: float = 5000.0
     lambda_pu21: float = 0.0  # our addition (pu21_hdr_loss); 0 = Eq. 16 as published
+    lambda_grad: float = 0.0  # our addition (pu21_gradient_loss); 0 = Eq. 16 as published
 
 
 class GeneratorLoss(NamedTuple):
     total: torch.Tensor  # L_prog + lambda_gan L_G + lambda_H L_H
     prog: torch.Tensor  # Eq. 12 summed over AUEM and ADEM
     gan: torch.Tensor  # Eq. 14 summed over AUEM and ADEM (0 without a discriminator)
-    hdr: torch.Tensor  # Eq. 15 (+ lambda_pu21 * pu21_hdr_loss when that weight is set)
+    hdr: torch.Tensor  # Eq. 15 (+ the lambda_pu21 and lambda_grad terms when those weights are set)
 
 
 class SITMLoss(nn.Module):
@@ -347,6 +365,8 @@ class SITMLoss(nn.Module):
         l_h = hdr_loss(hdr, gt_hdr, w.mu)
         if w.lambda_pu21:
             l_h = l_h + w.lambda_pu21 * pu21_hdr_loss(hdr, gt_hdr)
+        if w.lambda_grad:
+            l_h = l_h + w.lambda_grad * pu21_gradient_loss(hdr, gt_hdr)
         gan = prog.new_zeros(())
         if disc is not None:
             gan = mask_aware_g_loss(disc, out.image_up, gt_up, under_exposure_mask(image)) + mask_aware_g_loss(

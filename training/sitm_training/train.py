@@ -38,6 +38,7 @@ from sitm_trt import ops
 from sitm_trt.io import tonemap_preview, write_bytes_atomic, write_png
 from sitm_trt.model import SITMNet, get_preset, save_weights
 from sitm_trt.model.serialization import load_weights
+from sitm_trt.weights import sha256_file
 
 from .discriminator import MaskAwareDiscriminator
 from .losses import LossWeights, SITMLoss, VGGPerceptual, mask_aware_g_loss
@@ -72,6 +73,9 @@ class TrainConfig:
     val_images: int = 8
     threads: int = 0  # torch intra-op threads on the CPU (0 = torch default)
     hdr_pu21: float = 0.0  # weight of losses.pu21_hdr_loss added to Eq. 15 (0 = the paper's loss)
+    hdr_grad: float = 0.0  # weight of losses.pu21_gradient_loss added to Eq. 15 (0 = the paper's loss)
+    freeze_exposure: bool = False  # stage 2 trains the MEFM only (EAB, AUEM, ADEM fixed): a fusion fine-tune
+    init: str | None = None  # start a new run from these weights (fresh optimizer, step 0): a fine-tune
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -241,7 +245,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     net = SITMNet(cfg.preset).to(device)
     disc = MaskAwareDiscriminator(width=cfg.disc_width, max_width=cfg.disc_max_width).to(device) if cfg.gan else None
     perceptual = VGGPerceptual(cfg.vgg).to(device)
-    criterion = SITMLoss(perceptual, LossWeights(lambda_pu21=cfg.hdr_pu21))
+    criterion = SITMLoss(perceptual, LossWeights(lambda_pu21=cfg.hdr_pu21, lambda_grad=cfg.hdr_grad))
     opt_g = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=cfg.betas)
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=cfg.betas) if disc is not None else None
 
@@ -263,7 +267,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         step, epoch = int(state["step"]), int(state.get("epoch", 0))
         if d.main:
             print(f"resuming {run_dir} at step {step}", file=sys.stderr)
+    elif cfg.init:
+        init = load_weights(cfg.init)
+        if init.preset.name != cfg.preset:
+            raise ValueError(f"--init {cfg.init}: preset {init.preset.name!r}, not {cfg.preset!r}")
+        net.load_state_dict(init.state_dict())
 
+    if cfg.freeze_exposure:
+        if step < cfg.stage1_steps:
+            raise ValueError("--freeze-exposure fine-tunes the MEFM in stage 2; stage 1 trains only the exposure models")
+        for p in net.exposure_parameters():
+            p.requires_grad_(False)
     gmodel = d.wrap(_Stages(net))
     gdisc = d.wrap(disc) if disc is not None else None
     use_amp = cfg.amp and device.type == "cuda"
@@ -277,6 +291,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "git_commit": _git_commit(), "data": {"root": os.path.abspath(cfg.data), "recipe": manifest.get("recipe"),
                                                "recipe_hash": manifest.get("recipe_hash")},
         "perceptual": perceptual.kind, "torch": torch.__version__, "device": str(device), "world_size": d.world,
+        "init": {"path": os.path.abspath(cfg.init), "sha256": sha256_file(Path(cfg.init))} if cfg.init else None,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if card_path.exists():
@@ -411,6 +426,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-min", type=float, default=defaults.lr_min)
     p.add_argument("--hdr-pu21", type=float, default=defaults.hdr_pu21,
                    help="weight of an extra L1 term on PU21-encoded HDR in stage 2 (default 0: Eq. 16 as published)")
+    p.add_argument("--hdr-grad", type=float, default=defaults.hdr_grad,
+                   help="weight of an extra L1 term on neighbour differences of PU21-encoded HDR in stage 2 (default 0)")
+    p.add_argument("--init", default=None, help="start a new run from these weights (.safetensors; fresh optimizer)")
+    p.add_argument("--freeze-exposure", action="store_true",
+                   help="stage 2 updates only the MEFM (a fusion fine-tune from a trained checkpoint)")
     p.add_argument("--no-gan", action="store_true", help="train without the mask-aware discriminator")
     p.add_argument("--vgg", default=None, help="torchvision VGG-16 ImageNet weights (.pth) for the perceptual loss; "
                                                "without it a 1-SSIM substitute is used (and the run card says so)")
