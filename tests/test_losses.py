@@ -22,6 +22,7 @@ from sitm_training.losses import (
     VGGPerceptual,
     hdr_loss,
     image_pyramid,
+    mask_prior_loss,
     pu21_gradient_loss,
     pu21_hdr_loss,
     lsgan_d_loss,
@@ -149,7 +150,15 @@ def test_hdr_loss_is_mu_law_l1():
     expected = np.abs(tau(h.double().numpy()) - tau(g.double().numpy())).mean()
     assert hdr_loss(h, g).item() == pytest.approx(expected, rel=1e-5)
     assert LossWeights() == LossWeights(lambda_per=0.5, lambda_gan=0.1, lambda_h=1.0, mu=5000.0, lambda_pu21=0.0,
-                                        lambda_grad=0.0)
+                                        lambda_grad=0.0, lambda_mask=0.0)
+
+
+def test_mask_prior_weighs_the_well_exposed_pixels_only():
+    image = torch.tensor([0.0, 0.5, 1.0, 0.5]).view(1, 1, 1, 4).expand(1, 3, 1, 4).contiguous()  # dark, mid, clipped, mid
+    masks = torch.tensor([[0.2, 0.3, 0.5], [0.0, 0.6, 0.4], [0.5, 0.0, 0.5], [0.0, 1.0, 0.0]]).T.reshape(1, 3, 1, 4)
+    w = (1 - under_exposure_mask(image) - over_exposure_mask(image)).clamp(0, 1).flatten()
+    assert w.tolist() == [0.0, 1.0, 0.0, 1.0]  # fully dark and fully clipped pixels are free
+    assert mask_prior_loss(masks, image).item() == pytest.approx((0.4 + 0.0) / 4)
 
 
 def test_pu21_gradient_loss_is_l1_of_neighbour_differences():
@@ -192,9 +201,10 @@ def test_generator_adds_the_pu21_terms_only_when_weighted():
     out = net.forward_train(*ops.pre(image))
     gt = [rand(1, 3, 32, 32, seed=s) for s in (12, 13)] + [rand(1, 3, 32, 32, seed=14) * 3]
     plain = SITMLoss(None).generator(out, image, *gt)
-    both = SITMLoss(None, LossWeights(lambda_pu21=0.5, lambda_grad=2.0)).generator(out, image, *gt)
+    both = SITMLoss(None, LossWeights(lambda_pu21=0.5, lambda_grad=2.0, lambda_mask=1.5)).generator(out, image, *gt)
     hdr = ops.post(out.masks, image, out.image_up, out.image_down, out.coef)
-    extra = 0.5 * pu21_hdr_loss(hdr, gt[2]).item() + 2.0 * pu21_gradient_loss(hdr, gt[2]).item()
+    extra = (0.5 * pu21_hdr_loss(hdr, gt[2]).item() + 2.0 * pu21_gradient_loss(hdr, gt[2]).item()
+             + 1.5 * mask_prior_loss(out.masks, image).item())
     assert both.hdr.item() == pytest.approx(plain.hdr.item() + extra, rel=1e-5)
 
 

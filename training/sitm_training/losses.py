@@ -49,6 +49,7 @@ __all__ = [
     "pu21_torch",
     "pu21_hdr_loss",
     "pu21_gradient_loss",
+    "mask_prior_loss",
     "lsgan_d_loss",
     "lsgan_g_loss",
     "mask_aware_d_loss",
@@ -313,6 +314,14 @@ def pu21_gradient_loss(hdr: torch.Tensor, target: torch.Tensor, white: float = 1
     return 0.5 * (dx + dy) / PU21_PEAK
 
 
+def mask_prior_loss(masks: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """``mean(w * (1 - M_mid))`` with ``w = clip(1 - under(I) - over(I), 0, 1)`` (the exposure masks of Eq. 13-14):
+    where the input is well exposed it is the best evidence there is, so Eq. 7 should take it as it is rather
+    than blend in the generated (smoother) exposure images."""
+    w = (1.0 - under_exposure_mask(image) - over_exposure_mask(image)).clamp(0.0, 1.0)
+    return (w * (1.0 - masks[:, 1:2].float())).mean()
+
+
 @dataclass(frozen=True)
 class LossWeights:
     lambda_per: float = 0.5
@@ -321,13 +330,14 @@ class LossWeights:
     mu: float = 5000.0
     lambda_pu21: float = 0.0  # our addition (pu21_hdr_loss); 0 = Eq. 16 as published
     lambda_grad: float = 0.0  # our addition (pu21_gradient_loss); 0 = Eq. 16 as published
+    lambda_mask: float = 0.0  # our addition (mask_prior_loss); 0 = Eq. 16 as published
 
 
 class GeneratorLoss(NamedTuple):
     total: torch.Tensor  # L_prog + lambda_gan L_G + lambda_H L_H
     prog: torch.Tensor  # Eq. 12 summed over AUEM and ADEM
     gan: torch.Tensor  # Eq. 14 summed over AUEM and ADEM (0 without a discriminator)
-    hdr: torch.Tensor  # Eq. 15 (+ the lambda_pu21 and lambda_grad terms when those weights are set)
+    hdr: torch.Tensor  # Eq. 15 (+ the lambda_pu21, lambda_grad and lambda_mask terms when those weights are set)
 
 
 class SITMLoss(nn.Module):
@@ -367,6 +377,8 @@ class SITMLoss(nn.Module):
             l_h = l_h + w.lambda_pu21 * pu21_hdr_loss(hdr, gt_hdr)
         if w.lambda_grad:
             l_h = l_h + w.lambda_grad * pu21_gradient_loss(hdr, gt_hdr)
+        if w.lambda_mask:
+            l_h = l_h + w.lambda_mask * mask_prior_loss(out.masks, image)
         gan = prog.new_zeros(())
         if disc is not None:
             gan = mask_aware_g_loss(disc, out.image_up, gt_up, under_exposure_mask(image)) + mask_aware_g_loss(

@@ -74,6 +74,7 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads on the CPU (0 = torch default)
     hdr_pu21: float = 0.0  # weight of losses.pu21_hdr_loss added to Eq. 15 (0 = the paper's loss)
     hdr_grad: float = 0.0  # weight of losses.pu21_gradient_loss added to Eq. 15 (0 = the paper's loss)
+    mask_prior: float = 0.0  # weight of losses.mask_prior_loss (0 = the paper's loss)
     freeze_exposure: bool = False  # stage 2 trains the MEFM only (EAB, AUEM, ADEM fixed): a fusion fine-tune
     init: str | None = None  # start a new run from these weights (fresh optimizer, step 0): a fine-tune
 
@@ -245,7 +246,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     net = SITMNet(cfg.preset).to(device)
     disc = MaskAwareDiscriminator(width=cfg.disc_width, max_width=cfg.disc_max_width).to(device) if cfg.gan else None
     perceptual = VGGPerceptual(cfg.vgg).to(device)
-    criterion = SITMLoss(perceptual, LossWeights(lambda_pu21=cfg.hdr_pu21, lambda_grad=cfg.hdr_grad))
+    criterion = SITMLoss(perceptual, LossWeights(lambda_pu21=cfg.hdr_pu21, lambda_grad=cfg.hdr_grad,
+                                                       lambda_mask=cfg.mask_prior))
     opt_g = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=cfg.betas)
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=cfg.betas) if disc is not None else None
 
@@ -428,6 +430,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="weight of an extra L1 term on PU21-encoded HDR in stage 2 (default 0: Eq. 16 as published)")
     p.add_argument("--hdr-grad", type=float, default=defaults.hdr_grad,
                    help="weight of an extra L1 term on neighbour differences of PU21-encoded HDR in stage 2 (default 0)")
+    p.add_argument("--mask-prior", type=float, default=defaults.mask_prior,
+                   help="weight of a term pulling Eq. 7 towards the input where it is well exposed (default 0)")
     p.add_argument("--init", default=None, help="start a new run from these weights (.safetensors; fresh optimizer)")
     p.add_argument("--freeze-exposure", action="store_true",
                    help="stage 2 updates only the MEFM (a fusion fine-tune from a trained checkpoint)")
