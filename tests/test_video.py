@@ -118,13 +118,8 @@ class StubPipeline:
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    from sitm_trt.model import SITMNet, save_weights
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    save_weights(SITMNet("compact").eval(), path)
-    return path
+def weights(tiny_weights_path):
+    return tiny_weights_path
 
 
 def decode_video(path):

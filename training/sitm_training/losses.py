@@ -287,16 +287,18 @@ def pu21_torch(luminance_cd_m2: torch.Tensor) -> torch.Tensor:
     return (p7 * (((p1 + p2 * yp) / (1.0 + p3 * yp)) ** p5 - p6)).clamp_min(0.0)
 
 
+def _pu21_display(x: torch.Tensor, white: float, peak: float) -> torch.Tensor:
+    """PU21 of relative radiance shown on the evaluation's display (``white`` cd/m^2 at 1.0, clipped at ``peak``)."""
+    return pu21_torch((x.float() * white).clamp_max(peak))
+
+
 def pu21_hdr_loss(hdr: torch.Tensor, target: torch.Tensor, white: float = 100.0, peak: float = 4000.0) -> torch.Tensor:
     """``mean |PU21(D(H)) - PU21(D(H_gt))| / 256`` per RGB value, ``D(x) = clip(white x, 0.005, peak)``: the
     evaluation's display model (:class:`sitm_training.metrics.Display`, 1.0 -> 100 cd/m^2 on a 4000-nit
     display) and PU21 encoding, divided by PU21's peak so the term is about as large as Eq. 15's."""
     from .metrics import PU21_PEAK
 
-    def enc(x: torch.Tensor) -> torch.Tensor:
-        return pu21_torch((x.float() * white).clamp_max(peak))
-
-    return (enc(hdr) - enc(target)).abs().mean() / PU21_PEAK
+    return (_pu21_display(hdr, white, peak) - _pu21_display(target, white, peak)).abs().mean() / PU21_PEAK
 
 
 def pu21_gradient_loss(hdr: torch.Tensor, target: torch.Tensor, white: float = 100.0, peak: float = 4000.0) -> torch.Tensor:
@@ -305,10 +307,7 @@ def pu21_gradient_loss(hdr: torch.Tensor, target: torch.Tensor, white: float = 1
     uniform domain, which the per-pixel terms weigh only weakly (a blend that softens detail costs little there)."""
     from .metrics import PU21_PEAK
 
-    def enc(x: torch.Tensor) -> torch.Tensor:
-        return pu21_torch((x.float() * white).clamp_max(peak))
-
-    e = enc(hdr) - enc(target)
+    e = _pu21_display(hdr, white, peak) - _pu21_display(target, white, peak)
     dx = (e[..., :, 1:] - e[..., :, :-1]).abs().mean()
     dy = (e[..., 1:, :] - e[..., :-1, :]).abs().mean()
     return 0.5 * (dx + dy) / PU21_PEAK
