@@ -23,6 +23,7 @@ from sitm_training.losses import (
     hdr_loss,
     image_pyramid,
     mask_prior_loss,
+    mask_prior_weight,
     pu21_gradient_loss,
     pu21_hdr_loss,
     lsgan_d_loss,
@@ -154,11 +155,16 @@ def test_hdr_loss_is_mu_law_l1():
 
 
 def test_mask_prior_weighs_the_well_exposed_pixels_only():
-    image = torch.tensor([0.0, 0.5, 1.0, 0.5]).view(1, 1, 1, 4).expand(1, 3, 1, 4).contiguous()  # dark, mid, clipped, mid
-    masks = torch.tensor([[0.2, 0.3, 0.5], [0.0, 0.6, 0.4], [0.5, 0.0, 0.5], [0.0, 1.0, 0.0]]).T.reshape(1, 3, 1, 4)
-    w = (1 - under_exposure_mask(image) - over_exposure_mask(image)).clamp(0, 1).flatten()
-    assert w.tolist() == [0.0, 1.0, 0.0, 1.0]  # fully dark and fully clipped pixels are free
-    assert mask_prior_loss(masks, image).item() == pytest.approx((0.4 + 0.0) / 4)
+    # dark, mid, clipped, mid, near the highlights (halfway down the 0.8 -> 0.9 ramp), just below the clip level
+    image = torch.tensor([0.0, 0.5, 1.0, 0.5, 0.85, 0.93]).view(1, 1, 1, 6).expand(1, 3, 1, 6).contiguous()
+    m_mid = torch.tensor([0.3, 0.6, 0.0, 1.0, 0.2, 0.1])
+    masks = torch.stack([(1 - m_mid) / 2, m_mid, (1 - m_mid) / 2]).reshape(1, 3, 1, 6)
+    w = mask_prior_weight(image).flatten()
+    assert w.tolist() == pytest.approx([0.0, 1.0, 0.0, 1.0, 0.5, 0.0])  # dark, clipped and near-clipped are free
+    assert mask_prior_loss(masks, image).item() == pytest.approx((0.4 + 0.0 + 0.5 * 0.8) / 6)
+    # a colour pixel: the shadow side follows its darkest channel, the highlight side its brightest
+    px = torch.tensor([0.06, 0.5, 0.88]).view(1, 3, 1, 1)
+    assert mask_prior_weight(px).item() == pytest.approx((1 - (UNDER_TAU - 0.06) / UNDER_TAU) * (0.9 - 0.88) / 0.1)
 
 
 def test_pu21_gradient_loss_is_l1_of_neighbour_differences():

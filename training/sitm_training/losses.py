@@ -313,12 +313,26 @@ def pu21_gradient_loss(hdr: torch.Tensor, target: torch.Tensor, white: float = 1
     return 0.5 * (dx + dy) / PU21_PEAK
 
 
+MASK_PRIOR_HIGHLIGHT = (0.8, 0.9)  # mask_prior_loss: its weight falls from 1 to 0 as max_c(I) goes 0.8 -> 0.9
+
+
+def mask_prior_weight(image: torch.Tensor) -> torch.Tensor:
+    """Where :func:`mask_prior_loss` pulls ``M_mid`` to 1: ``(1 - under(I)) * clip((0.9 - max_c I) / 0.1, 0, 1)``.
+
+    The shadow side is the AUEM's mask of Eq. 13; the highlight side stops well below the clip level (the ADEM's
+    mask of Eq. 14 starts only at 0.95), so the highlights and their surroundings stay free to take ``I_down``.
+    (The first version, ``1 - under - over``, reached into the clipped pixels and cost clipped PU21-PSNR.)
+    """
+    lo, hi = MASK_PRIOR_HIGHLIGHT
+    highlight = ((hi - image.amax(dim=1, keepdim=True)) / (hi - lo)).clamp(0.0, 1.0)
+    return (1.0 - under_exposure_mask(image)).clamp(0.0, 1.0) * highlight
+
+
 def mask_prior_loss(masks: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-    """``mean(w * (1 - M_mid))`` with ``w = clip(1 - under(I) - over(I), 0, 1)`` (the exposure masks of Eq. 13-14):
-    where the input is well exposed it is the best evidence there is, so Eq. 7 should take it as it is rather
-    than blend in the generated (smoother) exposure images."""
-    w = (1.0 - under_exposure_mask(image) - over_exposure_mask(image)).clamp(0.0, 1.0)
-    return (w * (1.0 - masks[:, 1:2].float())).mean()
+    """``mean(w * (1 - M_mid))`` with ``w`` = :func:`mask_prior_weight`: where the input is well exposed it is
+    the best evidence there is, so Eq. 7 should take it as it is rather than blend in the generated (smoother)
+    exposure images."""
+    return (mask_prior_weight(image) * (1.0 - masks[:, 1:2].float())).mean()
 
 
 @dataclass(frozen=True)
