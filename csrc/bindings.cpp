@@ -218,6 +218,19 @@ py::object curve(const py::capsule& x_cap, const py::capsule& coef_cap, const st
   return result(o);
 }
 
+py::none ema(const py::capsule& state_cap, const py::capsule& x_cap, double a, uintptr_t stream) {
+  const std::string op = "ema";
+  if (!(a >= 0.0 && a <= 1.0)) bad(op, "a must be in [0, 1], got " + std::to_string(a));
+  TensorView x = view_from_capsule(x_cap, "ema", "x");
+  if (!is_float(x.dtype)) bad(op, "x must be float32 or float16, got " + x.describe());
+  Output st = make_output(op, "state", state_cap, DType::F32, x.shape, x, "x", stream);
+  int64_t count = 1;
+  for (int64_t d : x.shape) count *= d;
+  EmaArgs args{static_cast<float*>(st.data()), x.data, x.dtype, count, static_cast<float>(a)};
+  run(x, args, &ema_cpu, &ema_cuda, stream);
+  return py::none();
+}
+
 // The output encoding of post, from the Python wrapper (sitm_trt.kernels.post fills it from sitm_trt.transfer).
 EncodeParams parse_encoding(const std::string& op, const std::string& transfer, const py::object& matrix,
                             const py::object& luma, double ref_white, double peak, const std::string& code_range,
@@ -398,6 +411,50 @@ class Event {
   uintptr_t event_;
 };
 
+// A CUDA graph owned by Python: capture the work enqueued between begin() and end() on a private stream,
+// then launch it on any stream as often as wanted (the captured pointers and shapes are fixed).
+class Graph {
+ public:
+  explicit Graph(int device) : device_(device), stream_(cuda_stream_create(device)) {}
+  ~Graph() {
+    if (capturing_) cuda_capture_abort(stream_);
+    cuda_graph_destroy(exec_);
+    cuda_stream_destroy(stream_);
+  }
+  Graph(const Graph&) = delete;
+  Graph& operator=(const Graph&) = delete;
+  // Starts capturing (dropping any earlier graph) and returns the stream to enqueue the work on.
+  uintptr_t begin() {
+    if (capturing_) throw std::runtime_error("Graph.begin: a capture is already open");
+    cuda_graph_destroy(exec_);
+    exec_ = 0;
+    cuda_capture_begin(stream_, device_);
+    capturing_ = true;
+    return stream_;
+  }
+  void end() {
+    if (!capturing_) throw std::runtime_error("Graph.end: no capture is open");
+    capturing_ = false;
+    exec_ = cuda_capture_end(stream_, device_);
+  }
+  void abort() {
+    if (capturing_) cuda_capture_abort(stream_);
+    capturing_ = false;
+  }
+  void launch(uintptr_t stream) {
+    if (exec_ == 0) throw std::runtime_error("Graph.launch: nothing captured");
+    cuda_graph_launch(exec_, stream, device_);
+  }
+  bool ready() const { return exec_ != 0; }
+  int device() const { return device_; }
+
+ private:
+  int device_;
+  uintptr_t stream_;
+  uintptr_t exec_ = 0;
+  bool capturing_ = false;
+};
+
 py::tuple cuda_devices() {
   std::string err;
   const int n = cuda_device_count(&err);
@@ -461,9 +518,20 @@ PYBIND11_MODULE(_C, m) {
       .def("query", &Event::query, "True when the work before the last record is done")
       .def_property_readonly("device", &Event::device);
 
+  py::class_<Graph, std::shared_ptr<Graph>>(m, "Graph",
+                                           "A CUDA graph: capture stream work once, launch it on any stream.")
+      .def(py::init<int>(), py::arg("device") = 0)
+      .def("begin", &Graph::begin, "Start capturing; returns the (private) stream to enqueue the work on")
+      .def("end", &Graph::end, "End the capture and instantiate the graph (raises if it was not capturable)")
+      .def("abort", &Graph::abort, "End a capture that failed midway, keeping nothing")
+      .def("launch", &Graph::launch, py::arg("stream") = 0, "Launch the captured work on `stream`")
+      .def_property_readonly("ready", &Graph::ready)
+      .def_property_readonly("device", &Graph::device);
   m.def("pre", &pre, py::arg("frame"), py::arg("stride"), py::arg("dtype"), py::arg("out"), py::arg("stream"));
   m.def("fuse", &fuse, py::arg("masks"), py::arg("image"), py::arg("image_up"), py::arg("image_down"),
         py::arg("dtype"), py::arg("out"), py::arg("stream"));
+  m.def("ema", &ema, py::arg("state"), py::arg("x"), py::arg("a"), py::arg("stream"),
+        "state = a * state + (1 - a) * x in place (state float32, shaped like x); a == 0 copies x");
   m.def("curve", &curve, py::arg("x"), py::arg("coef"), py::arg("dtype"), py::arg("out"), py::arg("stream"));
   m.def("post", &post, py::arg("masks"), py::arg("image"), py::arg("image_up"), py::arg("image_down"),
         py::arg("coef"), py::arg("height"), py::arg("width"), py::arg("layout"), py::arg("dtype"), py::arg("out"),

@@ -353,6 +353,40 @@ def test_mixed_devices_rejected():
 
 
 # ---------------------------------------------------------------------------------------------------------
+# ema (the video curve smoothing)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("x_dtype", ["float32", "float16"])
+def test_ema_matches_reference(device, x_dtype):
+    gen = torch.Generator().manual_seed(21)
+    x = (torch.randn(2, 3, 4, generator=gen) * 100).to(FLOATS[x_dtype]).to(device)
+    state = torch.full((2, 3, 4), float("nan"), device=device)  # uninitialized memory: a == 0 must not read it
+    assert K.ema(state, x, 0.0) is state
+    torch.testing.assert_close(state, x.float(), rtol=0, atol=0)
+    y = (torch.randn(2, 3, 4, generator=gen)).to(FLOATS[x_dtype]).to(device)
+    K.ema(state, y, 0.8)
+    torch.testing.assert_close(state, 0.8 * x.float() + 0.2 * y.float(), rtol=1e-6, atol=1e-5)
+    K.ema(state, y, 1.0)  # a == 1 keeps the state
+    torch.testing.assert_close(state, 0.8 * x.float() + 0.2 * y.float(), rtol=1e-6, atol=1e-5)
+
+
+def test_ema_hand_computed_and_errors():
+    state = np.array([[2.0, -4.0, 0.0, 1.0]], np.float32)
+    K.ema(state, np.array([[4.0, 4.0, 1.0, 1.0]], np.float32), 0.75)
+    np.testing.assert_array_equal(state, [[2.5, -2.0, 0.25, 1.0]])
+    with pytest.raises(ValueError, match="a must be in"):
+        K.ema(state, state.copy(), -0.1)
+    with pytest.raises(ValueError, match="state must be float32"):
+        K.ema(state.astype(np.float16), state, 0.5)
+    with pytest.raises(ValueError, match=r"state must be float32 \(1, 4\)"):
+        K.ema(np.zeros((4,), np.float32), state, 0.5)
+    with pytest.raises(ValueError, match="x must be float"):
+        K.ema(state, state.astype(np.uint8), 0.5)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # CUDA specifics
 # ---------------------------------------------------------------------------------------------------------
 
@@ -376,3 +410,33 @@ def test_cuda_matches_cpu_twin():
     cpu = K.post(masks, image, up, down, coef, height=60, width=90, dtype="float32")
     gpu = K.post(*(t.cuda() for t in (masks, image, up, down, coef)), height=60, width=90, dtype="float32")
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replays_the_captured_kernel_on_the_callers_stream():
+    """Graph (the extension's stream capture): a captured post kernel, launched on the caller's stream, writes
+    what a direct call writes, and reads its inputs at launch time (new data in the same buffers)."""
+    from sitm_trt.kernels import extension
+
+    gen = torch.Generator().manual_seed(12)
+    args = [t.cuda() for t in network_outputs(1, 64, 96, "float32", gen)]
+    out = torch.empty(1, 3, 64, 96, device="cuda")
+    graph = extension().Graph(0)
+    assert not graph.ready
+    torch.cuda.synchronize()
+    capture_stream = graph.begin()
+    # the capture stream made torch's current one, so DLPack hands over without a cross-stream event wait
+    with torch.cuda.stream(torch.cuda.ExternalStream(capture_stream)):
+        K.post(*args, dtype="float32", out=out)
+    graph.end()
+    assert graph.ready
+    s = torch.cuda.Stream()
+    for seed in (13, 14):
+        fresh = network_outputs(1, 64, 96, "float32", torch.Generator().manual_seed(seed))
+        for dst, src in zip(args, fresh):
+            dst.copy_(src)
+        with torch.cuda.stream(s):
+            graph.launch(s.cuda_stream)
+            want = K.post(*args, dtype="float32")
+        s.synchronize()
+        torch.testing.assert_close(out, want)

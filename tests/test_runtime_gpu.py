@@ -88,3 +88,21 @@ def test_frame_outside_the_profile(weights):
     small = frame(32, 32)
     torch.testing.assert_close(auto(small), P.Pipeline(weights, backend="torch", precision="fp16")(small),
                                rtol=1e-3, atol=1e-3)
+
+
+def test_cuda_graphs_give_the_same_frames(weights):
+    """cuda_graphs=True (RTX: native; classic: stream capture) against plain execution, over frames of one
+    size (replayed) and a size change (re-captured), each frame's result checked."""
+    plain = _trt_pipeline(weights, "fp16")
+    try:
+        graphs = P.Pipeline(weights, backend="tensorrt", precision="fp16", cuda_graphs=True)
+        be = graphs.backend_for("cuda:0")
+    except (ImportError, RuntimeError) as err:
+        pytest.skip(f"TensorRT cannot run here: {err}")
+    assert "CUDA graphs" in be.describe()
+    for i, (h, w) in enumerate([(272, 480)] * 4 + [(128, 256)] * 3):
+        x = frame(h, w, seed=10 + i)
+        torch.testing.assert_close(graphs(x), plain(x), rtol=1e-3, atol=1e-3)  # RTX may pick other kernels
+    if be.graphs == "capture":
+        assert be._replay.enabled, be._replay.reason
+        assert be._replay.launches == 5 and be._replay.captures == 2

@@ -351,6 +351,26 @@ def test_coef_smoother_is_frame_rate_independent():
     assert V.CoefSmoother(0)(c[1], 0.0) is c[1]
 
 
+def test_coef_smoother_without_torch_matches_the_recurrence():
+    """NumPy coefficients (as a torch-free TensorRT deployment has them, float16 here): the extension's ema
+    kernel against the recurrence written out in float64; a cut and a shape change reset the state."""
+    rng = np.random.default_rng(3)
+    coefs = [rng.normal(size=(1, 3, 4)).astype(np.float16) for _ in range(5)]
+    times = [0.0, 0.04, 0.08, 0.2, 0.24]
+    sm = V.CoefSmoother(0.25)
+    want = None
+    for i, (c, t) in enumerate(zip(coefs, times)):
+        got = sm(c, t, cut=(i == 3))
+        assert isinstance(got, np.ndarray) and got.dtype == np.float32 and got.shape == (1, 3, 4)
+        if i in (0, 3):
+            want = c.astype(np.float64)
+        else:
+            a = math.exp(-(t - times[i - 1]) / 0.25)
+            want = a * want + (1 - a) * c.astype(np.float64)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(sm(coefs[0][:, 0], 0.3), coefs[0][:, 0].astype(np.float32))  # (1, 4): reset
+
+
 # ---------------------------------------------------------------------------------------------------------
 # SEI bytes
 # ---------------------------------------------------------------------------------------------------------

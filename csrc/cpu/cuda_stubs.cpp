@@ -19,6 +19,7 @@ void pre_cuda(const PreArgs&, uintptr_t) { no_cuda("pre"); }
 void fuse_cuda(const FuseArgs&, uintptr_t) { no_cuda("fuse"); }
 void curve_cuda(const CurveArgs&, uintptr_t) { no_cuda("curve"); }
 void post_cuda(const PostArgs&, uintptr_t) { no_cuda("post"); }
+void ema_cuda(const EmaArgs&, uintptr_t) { no_cuda("ema"); }
 int cuda_device_count(std::string* error) {
   if (error) *error = "sitm-trt was built without CUDA";
   return 0;
@@ -31,6 +32,13 @@ void* cuda_alloc_host(int64_t) { no_cuda("pinned allocation"); }
 void cuda_free_host(void*) {}
 void cuda_memcpy_async(void*, const void*, int64_t, int, int, uintptr_t) { no_cuda("memcpy"); }
 void cuda_stream_synchronize(uintptr_t, int) { no_cuda("stream synchronize"); }
+uintptr_t cuda_stream_create(int) { no_cuda("stream create"); }
+void cuda_stream_destroy(uintptr_t) {}
+void cuda_capture_begin(uintptr_t, int) { no_cuda("graph capture"); }
+uintptr_t cuda_capture_end(uintptr_t, int) { no_cuda("graph capture"); }
+void cuda_capture_abort(uintptr_t) {}
+void cuda_graph_launch(uintptr_t, uintptr_t, int) { no_cuda("graph launch"); }
+void cuda_graph_destroy(uintptr_t) {}
 CudaDeviceProps cuda_device_props(int) { no_cuda("device properties"); }
 int cuda_current_device() { no_cuda("current device"); }
 void cuda_set_device(int) { no_cuda("set device"); }

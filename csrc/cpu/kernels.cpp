@@ -368,6 +368,13 @@ void pre_cpu(const PreArgs& a) {
 }
 void fuse_cpu(const FuseArgs& a) { dispatch_float2<Fuse>("fuse", a.in_type, a.out_type, a); }
 void curve_cpu(const CurveArgs& a) { dispatch_float2<Curve>("curve", a.in_type, a.out_type, a); }
+void ema_cpu(const EmaArgs& a) {  // a handful of values: no threads
+  for (int64_t i = 0; i < a.count; ++i) {
+    const float x = a.x_type == DType::F32 ? Scalar<float>::load(static_cast<const float*>(a.x), i)
+                                           : Scalar<half_t>::load(static_cast<const half_t*>(a.x), i);
+    a.state[i] = ema_step(a.state[i], x, a.a);
+  }
+}
 namespace {
 template <typename TI>
 void post_encode_dispatch(const PostArgs& a) {

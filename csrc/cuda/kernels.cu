@@ -253,6 +253,13 @@ __global__ void curve_kernel(const TI* __restrict__ x, const TC* __restrict__ co
   }
 }
 
+template <typename TX>
+__global__ void ema_kernel(float* __restrict__ state, const TX* __restrict__ x, int64_t count, float a) {
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < count;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    state[t] = ema_step(state[t], Scalar<TX>::load(x, t), a);
+}
+
 cudaStream_t as_stream(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
 
 // Calls f(TypeTag<T>{}) for the float storage type `t`.
@@ -305,6 +312,16 @@ void fuse_cuda(const FuseArgs& a, uintptr_t stream) {
     });
   });
   check_launch("fuse");
+}
+
+void ema_cuda(const EmaArgs& a, uintptr_t stream) {
+  if (a.count == 0) return;
+  with_float(a.x_type, "ema", [&](auto tx) {
+    using TX = typename decltype(tx)::type;
+    ema_kernel<TX><<<grid_for(a.count), kThreads, 0, as_stream(stream)>>>(a.state, static_cast<const TX*>(a.x),
+                                                                           a.count, a.a);
+  });
+  check_launch("ema");
 }
 
 void curve_cuda(const CurveArgs& a, uintptr_t stream) {

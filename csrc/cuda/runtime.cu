@@ -147,6 +147,63 @@ bool cuda_event_query(uintptr_t event) {
   return true;
 }
 
+uintptr_t cuda_stream_create(int device) {
+  DeviceGuard guard(device);
+  cudaStream_t s = nullptr;
+  check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
+  return reinterpret_cast<uintptr_t>(s);
+}
+
+void cuda_stream_destroy(uintptr_t stream) {
+  if (stream != 0 && cudaStreamDestroy(as_stream(stream)) != cudaSuccess) cudaGetLastError();
+}
+
+void cuda_capture_begin(uintptr_t stream, int device) {
+  DeviceGuard guard(device);
+  check(cudaStreamBeginCapture(as_stream(stream), cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+}
+
+uintptr_t cuda_capture_end(uintptr_t stream, int device) {
+  DeviceGuard guard(device);
+  cudaGraph_t graph = nullptr;
+  const cudaError_t err = cudaStreamEndCapture(as_stream(stream), &graph);
+  if (err != cudaSuccess) {
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    cudaGetLastError();  // an invalidated capture is not sticky: clear it so later calls start clean
+    throw std::runtime_error(std::string("cudaStreamEndCapture: ") + cudaGetErrorString(err));
+  }
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t ierr = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);  // the executable graph keeps what it needs
+  if (ierr != cudaSuccess) {
+    cudaGetLastError();
+    throw std::runtime_error(std::string("cudaGraphInstantiate: ") + cudaGetErrorString(ierr));
+  }
+  return reinterpret_cast<uintptr_t>(exec);
+}
+
+void cuda_capture_abort(uintptr_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(as_stream(stream), &status) != cudaSuccess) {
+    cudaGetLastError();
+    return;
+  }
+  if (status == cudaStreamCaptureStatusNone) return;
+  cudaGraph_t graph = nullptr;
+  cudaStreamEndCapture(as_stream(stream), &graph);
+  if (graph != nullptr) cudaGraphDestroy(graph);
+  cudaGetLastError();
+}
+
+void cuda_graph_launch(uintptr_t exec, uintptr_t stream, int device) {
+  DeviceGuard guard(device);
+  check(cudaGraphLaunch(reinterpret_cast<cudaGraphExec_t>(exec), as_stream(stream)), "cudaGraphLaunch");
+}
+
+void cuda_graph_destroy(uintptr_t exec) {
+  if (exec != 0 && cudaGraphExecDestroy(reinterpret_cast<cudaGraphExec_t>(exec)) != cudaSuccess) cudaGetLastError();
+}
+
 CudaDeviceProps cuda_device_props(int device) {
   cudaDeviceProp p{};
   check(cudaGetDeviceProperties(&p, device), "cudaGetDeviceProperties");

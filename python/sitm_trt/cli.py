@@ -277,7 +277,7 @@ def _cmd_video(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from err
     res = video.convert(args.input, args.output, weights=args.weights, backend=args.backend,
                         precision=args.precision, options=opts, device=_device(args.device),
-                        progress=not args.quiet, overwrite=args.overwrite, log=_err)
+                        progress=not args.quiet, overwrite=args.overwrite, log=_err, cuda_graphs=args.cuda_graphs)
     if not args.quiet:
         meta = f", MaxCLL {res.max_cll} / MaxFALL {res.max_fall} cd/m2" if res.format == "hdr10" else ""
         print(f"{res.output}: {res.frames} frames {res.width}x{res.height} {res.format} in {res.seconds:.1f} s "
@@ -348,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     vid.add_argument("--no-audio", action="store_true", help="drop the audio")
     vid.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     vid.add_argument("--float", action="store_true", help="EXR sequence as float32 (default: half)")
+    vid.add_argument("--cuda-graphs", action="store_true",
+                     help="TensorRT: replay the engine as a CUDA graph for each frame (fixed frame size)")
     _runtime_args(vid)
     return parser
 

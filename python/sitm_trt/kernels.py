@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from typing import Any, NamedTuple
 
-__all__ = ["PreOutputs", "pre", "fuse", "curve", "post", "extension", "build_info", "set_num_threads",
+__all__ = ["PreOutputs", "pre", "fuse", "curve", "ema", "post", "extension", "build_info", "set_num_threads",
            "get_num_threads", "BufferPool"]
 
 _DL_CPU, _DL_CUDA, _DL_CUDA_HOST, _DL_CUDA_MANAGED = 1, 2, 3, 13
@@ -222,6 +222,15 @@ def curve(x: Any, coef: Any, *, dtype: Any = "float32", out: Any = None, stream:
     res = extension().curve(c.cap(x, "x"), c.cap(coef, "coef"), _dtype_name("curve", dtype), c.out(out, "out"),
                             c.stream)
     return out if out is not None else _wrap(res, x)
+
+
+def ema(state: Any, x: Any, a: float, *, stream: Any = None) -> Any:
+    """In place: ``state = a * state + (1 - a) * x`` (``a`` in [0, 1]; ``a == 0`` copies ``x``, whatever
+    ``state`` held). ``state`` is float32 shaped like ``x`` (float32 or float16), on its device; returns
+    ``state``. The curve-coefficient smoothing of video (``sitm_trt.video.CoefSmoother``), torch-free."""
+    c = _Call("ema", x, "x", stream)
+    extension().ema(c.cap(state, "state"), c.cap(x, "x"), float(a), c.stream)
+    return state
 
 
 def post(masks: Any, image: Any, image_up: Any, image_down: Any, coef: Any, *, height: int | None = None,

@@ -39,11 +39,14 @@ class Pipeline:
     (global) state computed once, so tiles agree (docs/tiling.md; ``overlap=None`` picks the context that
     makes tiles float-exact). Tiles run on the PyTorch module (a TensorRT engine cannot take the state) and
     on the current torch stream.
+    ``cuda_graphs``: TensorRT replays the engine as a CUDA graph while shapes and buffers repeat (video):
+    natively with TensorRT-RTX, by stream capture with classic TensorRT (docs/runtime.md). Off by default.
     """
 
     def __init__(self, weights: str | Weights = "default", *, backend: str = "auto", precision: str | None = None,
                  profile: Profile | None = None, cache_dir: str | None = None, compile: bool = False,
-                 channels_last: bool | None = None, tile: int | None = None, overlap: int | None = None, log=None):
+                 channels_last: bool | None = None, tile: int | None = None, overlap: int | None = None, log=None,
+                 cuda_graphs: bool = False):
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
         if precision not in (None, "fp16", "fp32"):
@@ -56,6 +59,7 @@ class Pipeline:
         self.compile = compile
         self.channels_last = channels_last
         self.log = log
+        self.cuda_graphs = bool(cuda_graphs)
         if tile is not None and tile < 1:
             raise ValueError(f"tile must be a positive number of pixels or None, got {tile}")
         self.tile, self.overlap = tile, overlap
@@ -86,7 +90,8 @@ class Pipeline:
                 from sitm_trt.backends.tensorrt_backend import TensorRTBackend, TensorRTCannotRun
 
                 return TensorRTBackend(self.weights, device=int(device.split(":")[1]), precision=self.precision or "fp16",
-                                       profile=self.profile, cache=self.cache, log=self.log)
+                                       profile=self.profile, cache=self.cache, log=self.log,
+                                        cuda_graphs=self.cuda_graphs)
             except (TensorRTUnavailable, TensorRTCannotRun) as err:
                 # Only "TensorRT is missing or cannot run on this GPU" falls back; a failing build or
                 # out-of-memory is an error the caller must see.

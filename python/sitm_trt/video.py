@@ -177,34 +177,38 @@ class CoefSmoother:
 
     ``state = a * state + (1 - a) * coef`` with ``a = exp(-dt / time_constant)`` for the time ``dt`` between
     frames (so the smoothing does not depend on the frame rate), reset to ``coef`` at a scene cut or when the
-    shape changes. Runs where ``coef`` lives (torch ops on its device and stream: no host synchronization).
-    ``time_constant=0`` passes ``coef`` through.
+    shape or device changes. Runs where ``coef`` lives, with the extension's ``ema`` kernel on the given
+    stream (no torch, no host synchronization); the state is a float32 buffer of its own, returned as the
+    array type of ``coef`` (a view that the next call updates). ``time_constant=0`` passes ``coef`` through.
     """
 
     def __init__(self, time_constant: float):
         self.time_constant = float(time_constant)
         self._state = None
+        self._key: tuple = ()
         self._t: float | None = None
 
     def reset(self) -> None:
-        self._state, self._t = None, None
+        self._state, self._key, self._t = None, (), None
 
-    def __call__(self, coef: Any, t: float, cut: bool = False) -> Any:
+    def __call__(self, coef: Any, t: float, cut: bool = False, stream: Any = None) -> Any:
         if self.time_constant <= 0:
             return coef
-        import torch
-
-        with torch.inference_mode():
-            c = coef if isinstance(coef, torch.Tensor) else torch.from_dlpack(coef)
-            c = c.float()
-            if cut or self._state is None or self._state.shape != c.shape or self._state.device != c.device:
-                self._state = c.clone()
-            else:
-                dt = min(max(t - self._t, 0.0), 10 * self.time_constant) if self._t is not None else 0.0
-                a = math.exp(-dt / self.time_constant)
-                self._state.mul_(a).add_(c, alpha=1.0 - a)
-            self._t = t
-            return self._state
+        dev_type, dev_id = kernels._device(coef, "smoothing", "coef")
+        device = "cpu" if dev_type in (kernels._DL_CPU, kernels._DL_CUDA_HOST) else f"cuda:{dev_id}"
+        handle = kernels._stream_handle(coef, (dev_type, dev_id), stream)
+        key = (tuple(int(s) for s in coef.shape), device)
+        if cut or self._state is None or key != self._key:
+            if key != self._key:
+                self._state = kernels.extension().empty(list(key[0]), "float32", device, handle)
+                self._key = key
+            a = 0.0  # a reset: the state becomes coef
+        else:
+            dt = min(max(t - self._t, 0.0), 10 * self.time_constant) if self._t is not None else 0.0
+            a = math.exp(-dt / self.time_constant)
+        kernels.ema(self._state, coef, a, stream=handle)
+        self._t = t
+        return kernels._wrap(self._state, coef)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -347,7 +351,7 @@ class FrameProcessor:
         pre = self._pre_buffers(h, w)
         kernels.pre(x, stride=self.backend.stride, dtype=self.backend.dtype, out=pre, stream=stream)
         up, down, masks, coef = self.backend.run(pre, stream)
-        coef = self.smoother(coef, t, cut)
+        coef = self.smoother(coef, t, cut, stream)
         out = slot.dev_out if self.cuda else slot.host_out
         stats = slot.dev_stats if self.cuda else slot.host_stats
         if self.encoding == "linear":
@@ -724,11 +728,12 @@ def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, weights: Any = "default", pipeline: Any = None,
             options: VideoOptions | None = None, device: str | None = None, backend: str = "auto",
             precision: str | None = None, progress: bool = True, overwrite: bool = False,
-            on_frame: Callable[[int], None] | None = None, log: Callable[[str], None] | None = None) -> VideoResult:
+            on_frame: Callable[[int], None] | None = None, log: Callable[[str], None] | None = None,
+            cuda_graphs: bool = False) -> VideoResult:
     """Convert the SDR video ``src`` to HDR ``dst`` (see the module docstring and docs/video.md).
 
     ``pipeline``: a :class:`sitm_trt.Pipeline` to use (else one is made from ``weights``, ``backend``,
-    ``precision``). ``device``: "cpu" or "cuda:N" (default: the first GPU if there is one). ``on_frame(i)`` is
+    ``precision``, ``cuda_graphs``). ``device``: "cpu" or "cuda:N" (default: the first GPU if there is one). ``on_frame(i)`` is
     called after frame ``i`` is enqueued (progress hooks, tests); ``log`` receives one-line notices. Raises
     :class:`VideoError` for unusable input or output, and re-raises Ctrl-C or any error after closing a
     playable output that holds the frames converted before it (``log`` says how many).
@@ -755,7 +760,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, weights: Any = "d
         if pipeline is None:
             from sitm_trt.pipeline import Pipeline
 
-            pipeline = Pipeline(weights, backend=backend, precision=precision)
+            pipeline = Pipeline(weights, backend=backend, precision=precision, cuda_graphs=cuda_graphs)
         device = device or _default_device()
         vin = container.streams.video[0]
         w, h = vin.codec_context.width, vin.codec_context.height

@@ -88,11 +88,21 @@ struct PostArgs {
   float* stats = nullptr;
 };
 
+// state = ema_step(state, x, a) elementwise over `count` values (the video curve smoothing); state float32.
+struct EmaArgs {
+  float* state;
+  const void* x;
+  DType x_type;
+  int64_t count;
+  float a;
+};
+
 // CPU implementations (csrc/cpu). Multithreaded over rows; set_cpu_threads(0) means all hardware threads.
 void pre_cpu(const PreArgs& a);
 void fuse_cpu(const FuseArgs& a);
 void curve_cpu(const CurveArgs& a);
 void post_cpu(const PostArgs& a);
+void ema_cpu(const EmaArgs& a);
 void set_cpu_threads(int n);
 int get_cpu_threads();
 // STREAM-triad style bandwidth probe (a[i] = b[i] + s * c[i] over `floats` floats), in GB/s counting
@@ -106,6 +116,7 @@ void pre_cuda(const PreArgs& a, uintptr_t stream);
 void fuse_cuda(const FuseArgs& a, uintptr_t stream);
 void curve_cuda(const CurveArgs& a, uintptr_t stream);
 void post_cuda(const PostArgs& a, uintptr_t stream);
+void ema_cuda(const EmaArgs& a, uintptr_t stream);
 
 // Device memory and devices (csrc/cuda/runtime.cu, or the stubs).
 int cuda_device_count(std::string* error);  // 0 and a reason when there is no usable device
@@ -126,6 +137,18 @@ void cuda_event_destroy(uintptr_t event);  // never throws
 void cuda_event_record(uintptr_t event, uintptr_t stream, int device);
 void cuda_event_synchronize(uintptr_t event);
 bool cuda_event_query(uintptr_t event);  // true when the work before the last record has finished
+// CUDA graphs of captured stream work (csrc/cuda/runtime.cu), as integers. Capture runs in thread-local mode
+// on a stream of our own (the legacy default stream cannot be captured); the instantiated graph is then
+// launched on any stream, the caller's included.
+uintptr_t cuda_stream_create(int device);  // non-blocking
+void cuda_stream_destroy(uintptr_t stream);  // never throws
+void cuda_capture_begin(uintptr_t stream, int device);
+// Ends the capture and instantiates its graph; throws (leaving no capture open) when the captured work was
+// not capturable (e.g. it synchronized or allocated).
+uintptr_t cuda_capture_end(uintptr_t stream, int device);
+void cuda_capture_abort(uintptr_t stream);  // ends a capture that failed midway; never throws
+void cuda_graph_launch(uintptr_t exec, uintptr_t stream, int device);
+void cuda_graph_destroy(uintptr_t exec);  // never throws
 struct CudaDeviceProps {
   std::string name;
   int major = 0, minor = 0;

@@ -185,6 +185,11 @@ SITM_HD float fuse_pixel(float m_up, float m_mid, float m_down, float i, float i
 // H = a3 x^3 + a2 x^2 + a1 x + a0, evaluated in Horner form (the PyTorch reference uses the same order).
 SITM_HD float curve_eval(float x, float a0, float a1, float a2, float a3) { return ((a3 * x + a2) * x + a1) * x + a0; }
 
+// One step of the exponential moving average of the curve coefficients over video frames:
+// a * state + (1 - a) * x, and exactly x when a == 0 (a reset: the old state, possibly uninitialized memory,
+// is not read into the result).
+SITM_HD float ema_step(float state, float x, float a) { return a == 0.0f ? x : a * state + (1.0f - a) * x; }
+
 // ---------------------------------------------------------------------------------------------------------
 // Output encoding (post, for displays and video encoders): gamut matrix, display light, SMPTE ST 2084 (PQ)
 // or ARIB STD-B67 / BT.2100 HLG, Y'CbCr and integer code values. The NumPy reference is

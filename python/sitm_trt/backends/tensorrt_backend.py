@@ -8,6 +8,7 @@ outputs are reusable extension buffers, the work is enqueued on the caller's str
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any, Sequence
 
 from sitm_trt.backends.trt_engine import (INPUTS, OUTPUTS, EngineCache, EngineKey, Flavour, Profile,
@@ -54,11 +55,72 @@ def prepare_engine(weights: Weights, *, precision: str = "fp16", profile: Profil
     return data, built, key
 
 
+class GraphReplay:
+    """CUDA graph replay of ``execute_async_v3`` for classic TensorRT (fixed shapes, e.g. video frames).
+
+    A call with new shapes or tensor addresses runs the engine normally (which also applies the new shapes)
+    and then captures the same enqueue on a private stream into a graph; later calls with the same shapes
+    and addresses launch that graph on the caller's stream instead (one launch instead of one per kernel).
+    Capture that fails (an engine that synchronizes or allocates while enqueuing) turns replay off with a
+    warning; the results are then those of plain execution. TensorRT-RTX does this itself
+    (``CudaGraphStrategy.WHOLE_GRAPH_CAPTURE``), so this class serves the classic flavour only.
+    """
+
+    def __init__(self, make_graph):
+        self._make_graph = make_graph  # () -> sitm_trt._C.Graph on the engine's device
+        self._graph = None
+        self._key: tuple | None = None
+        self.enabled = True
+        self.reason: str | None = None  # why replay is off, when it is
+        self.launches = 0  # graph launches so far (for tests and describe())
+        self.captures = 0
+
+    def run(self, key: tuple, execute, stream: int) -> None:
+        """``execute(stream) -> bool`` enqueues the engine; ``key`` identifies shapes and addresses."""
+        if self.enabled and self._graph is not None and key == self._key:
+            self._graph.launch(stream)
+            self.launches += 1
+            return
+        if not execute(stream):
+            raise RuntimeError("tensorrt backend: execute_async_v3 failed (see the TensorRT log above)")
+        if self.enabled:
+            self._capture(key, execute)
+
+    def _capture(self, key: tuple, execute) -> None:
+        self._graph, self._key = None, None
+        graph = self._make_graph()
+        capture_stream = graph.begin()
+        try:
+            ok = execute(capture_stream)
+        except Exception as err:  # noqa: BLE001 - leave no capture open, whatever the failure
+            graph.abort()
+            return self._disable(f"enqueue under capture raised {err}")
+        if not ok:
+            graph.abort()
+            return self._disable("enqueue under capture failed")
+        try:
+            graph.end()
+        except RuntimeError as err:
+            return self._disable(str(err))
+        self._graph, self._key = graph, key
+        self.captures += 1
+
+    def _disable(self, why: str) -> None:
+        self.enabled = False
+        self.reason = f"CUDA graph capture of the engine failed ({why}); running without graphs"
+        warnings.warn(f"sitm-trt: {self.reason}", RuntimeWarning, stacklevel=4)
+
+
 class TensorRTBackend:
+    """``cuda_graphs=True``: replay the engine as a CUDA graph when shapes and buffers repeat (video): native
+    with TensorRT-RTX (``CudaGraphStrategy.WHOLE_GRAPH_CAPTURE``), by stream capture (:class:`GraphReplay`)
+    with classic TensorRT."""
+
     name = "tensorrt"
 
     def __init__(self, weights: Weights, *, device: int = 0, precision: str = "fp16", profile: Profile | None = None,
-                 cache: EngineCache | None = None, flavour: Flavour | None = None, log=None):
+                 cache: EngineCache | None = None, flavour: Flavour | None = None, log=None,
+                 cuda_graphs: bool = False):
         from sitm_trt import kernels
 
         if precision not in ("fp32", "fp16"):
@@ -95,9 +157,21 @@ class TensorRTBackend:
             _, self.built, self.key = prepare_engine(weights, precision=precision, profile=profile,
                                                      flavour=self.flavour, cache=cache, device_props=props,
                                                      validate=deserialize, log=log)
-            self._context = self._engine.create_execution_context()
+            self._context, self.graphs = self._create_context(cuda_graphs)
+        self._replay = GraphReplay(lambda: self._C.Graph(self._device_index)) if self.graphs == "capture" else None
         self._out_dtypes = {name: self._dtype_name(self._engine.get_tensor_dtype(name)) for name in OUTPUTS}
         self._outputs = BufferPool()
+
+    def _create_context(self, cuda_graphs: bool):
+        """The execution context and how it uses CUDA graphs: None, "rtx" (native) or "capture"."""
+        if not cuda_graphs:
+            return self._engine.create_execution_context(), None
+        trt = self.flavour.module
+        if self.flavour.is_rtx:
+            config = self._engine.create_runtime_config()
+            config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+            return self._engine.create_execution_context(config), "rtx"
+        return self._engine.create_execution_context(), "capture"
 
     @contextlib.contextmanager
     def _on_device(self):
@@ -112,7 +186,13 @@ class TensorRTBackend:
                 self._C.set_device(previous)
 
     def describe(self) -> str:
-        return f"{self.flavour.name} {self.flavour.version} on {self.device} ({self.precision}; {self.profile.describe()})"
+        graphs = ""
+        if self.graphs == "rtx":
+            graphs = "; CUDA graphs (TensorRT-RTX native)"
+        elif self._replay is not None:
+            graphs = ("; CUDA graphs (stream capture)" if self._replay.enabled else f"; {self._replay.reason}")
+        return (f"{self.flavour.name} {self.flavour.version} on {self.device} ({self.precision}; "
+                f"{self.profile.describe()}{graphs})")
 
     def _dtype_name(self, dt) -> str:
         trt = self.flavour.module
@@ -137,6 +217,9 @@ class TensorRTBackend:
                 buf = self._outputs.get(name, shape, self._out_dtypes[name], self.device, stream)
                 ctx.set_tensor_address(name, buf.data_ptr)
                 outs.append(buf)
-            if not ctx.execute_async_v3(stream):
+            if self._replay is not None:
+                key = (n, h, w, *(x.data_ptr for x in inputs), *(b.data_ptr for b in outs))
+                self._replay.run(key, ctx.execute_async_v3, stream)
+            elif not ctx.execute_async_v3(stream):
                 raise RuntimeError("tensorrt backend: execute_async_v3 failed (see the TensorRT log above)")
         return tuple(outs)
