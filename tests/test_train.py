@@ -97,3 +97,21 @@ def test_init_and_freeze_exposure_fine_tune_only_the_mefm(tiny_data, tmp_path):
     with pytest.warns(UserWarning, match="REPLACED"), pytest.raises(ValueError, match="freeze-exposure"):
         train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "bad"), stage1_steps=2, crop=32, workers=0,
                           freeze_exposure=True))
+
+
+def test_git_commit_marks_uncommitted_changes(monkeypatch):
+    """The run card's commit says when the code that ran was not HEAD's (tracked files modified)."""
+    import subprocess
+
+    from sitm_training import train as T
+
+    status = {"out": ""}
+
+    def fake_run(cmd, **kw):
+        out = "abc123\n" if cmd[1] == "rev-parse" else status["out"]
+        return subprocess.CompletedProcess(cmd, 0, stdout=out, stderr="")
+
+    monkeypatch.setattr(T.subprocess, "run", fake_run)
+    assert T._git_commit() == "abc123"
+    status["out"] = " M training/sitm_training/losses.py\n"
+    assert T._git_commit() == "abc123+dirty"
