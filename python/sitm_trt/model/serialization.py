@@ -46,7 +46,11 @@ def save_weights(
     tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
                for k, v in model.state_dict().items()}
     meta = {**extra, PRESET_KEY: model.preset.to_json(indent=None), FORMAT_KEY: FORMAT}
-    st.save_file(tensors, os.fspath(path), metadata=meta)
+    # Through the atomic writer: no partial file, and the mode a new file gets (save_file makes 0600, which
+    # a wheel would carry to every user).
+    from sitm_trt.io import write_bytes_atomic
+
+    write_bytes_atomic(path, st.save(tensors, metadata=meta))
 
 
 def read_preset(path: str | os.PathLike) -> Preset:
