@@ -206,3 +206,27 @@ def test_video_command(tmp_path, weights, capsys):
     assert "exists" in capsys.readouterr().err
     assert cli.main(["video", str(tmp_path / "in.mp4"), str(out), "--ref-white", "900", "--peak-nits", "600"]) == 2
     assert "ref_white must be in (0, peak_nits]" in capsys.readouterr().err
+
+
+def test_video_cuda_graphs_flag_reaches_the_pipeline(tmp_path, weights, monkeypatch):
+    """--cuda-graphs reaches the Pipeline that video.convert makes (TensorRT uses it; the torch backend on
+    the CPU ignores it, and the frames are those of a run without it)."""
+    from sitm_trt import pipeline as P
+
+    made = []
+
+    class Recording(P.Pipeline):
+        def __init__(self, *a, **kw):
+            made.append(kw.get("cuda_graphs"))
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(P, "Pipeline", Recording)
+    make_clip(tmp_path / "in.mp4", test_frames(2), audio=False)
+    outs = []
+    for flag in (["--cuda-graphs"], []):
+        out = tmp_path / f"frames{len(flag)}" / "f_%04d.exr"
+        args = ["video", str(tmp_path / "in.mp4"), str(out), "--weights", str(weights), "--device", "cpu", "-q"]
+        assert cli.main(args + flag) == 0
+        outs.append([io.read_hdr(f) for f in sorted(out.parent.glob("*.exr"))])
+    assert made == [True, False]
+    assert len(outs[0]) == 2 and all(np.array_equal(a, b) for a, b in zip(*outs))
