@@ -112,3 +112,52 @@ def test_failed_plain_execution_raises():
     replay, _ = make([])
     with pytest.raises(RuntimeError, match="execute_async_v3 failed"):
         replay.run((1,), enqueue([], ok=False), 0)
+
+
+def test_context_creation_per_flavour():
+    """How TensorRTBackend makes its execution context: RTX gets the native whole-graph strategy through a
+    runtime config (the attribute names are checked against the installed TensorRT-RTX bindings when there
+    are some), classic TensorRT a plain context and stream capture."""
+    from types import SimpleNamespace
+
+    from sitm_trt.backends.tensorrt_backend import TensorRTBackend
+
+    try:
+        import tensorrt_rtx_bindings as rtx_module
+        strategy = rtx_module.CudaGraphStrategy
+        assert hasattr(rtx_module.IRuntimeConfig, "cuda_graph_strategy")
+        assert hasattr(rtx_module.ICudaEngine, "create_runtime_config")
+    except ImportError:
+        rtx_module = SimpleNamespace(CudaGraphStrategy=SimpleNamespace(WHOLE_GRAPH_CAPTURE="whole"))
+        strategy = rtx_module.CudaGraphStrategy
+
+    class Engine:
+        def __init__(self):
+            self.config = SimpleNamespace(cuda_graph_strategy=None)
+            self.made_with = []
+
+        def create_runtime_config(self):
+            return self.config
+
+        def create_execution_context(self, config=None):
+            self.made_with.append(config)
+            return "context"
+
+    for is_rtx, graphs, want in ((True, True, "rtx"), (False, True, "capture"), (True, False, None), (False, False, None)):
+        engine = Engine()
+        fake = SimpleNamespace(_engine=engine, flavour=SimpleNamespace(is_rtx=is_rtx, module=rtx_module))
+        assert TensorRTBackend._create_context(fake, graphs) == ("context", want)
+        if want == "rtx":
+            assert engine.made_with == [engine.config]
+            assert engine.config.cuda_graph_strategy == strategy.WHOLE_GRAPH_CAPTURE
+        else:
+            assert engine.made_with == [None] and engine.config.cuda_graph_strategy is None
+
+
+def test_graph_needs_a_cuda_device():
+    from sitm_trt.kernels import extension
+
+    if extension().cuda_devices()[0]:
+        pytest.skip("a CUDA device is present (the GPU tests cover Graph)")
+    with pytest.raises(RuntimeError):
+        extension().Graph(0)
