@@ -55,3 +55,33 @@ def test_cli_on_weights(tmp_path, tiny_weights_path, capsys):
         assert up + mid + down == pytest.approx(1.0, abs=2e-3) and cell.strip().endswith("(2)")
     assert D.main(["--images", str(tmp_path / "none"), "--weights", str(tiny_weights_path)]) == 2
     assert D.main(["--images", str(tmp_path), "--weights", str(tmp_path / "missing.safetensors")]) == 2
+
+
+def test_by_camera_groups_differences_to_the_baseline(tmp_path):
+    import csv
+    import json
+
+    samples = tmp_path / "test"
+    samples.mkdir()
+    cams = {"a": ("clip", "srgb"), "b": ("under", "srgb"), "c": ("under", "gamma")}
+    for sid, (mode, kind) in cams.items():
+        meta = {"exposure": {"mode": mode}, "camera": {"response": {"kind": kind}}}
+        np.savez(samples / f"{sid}.npz", meta=np.array(json.dumps(meta)))
+    per_image = tmp_path / "per_image.csv"
+    scores = {"a": (30.0, 31.0), "b": (20.0, 19.0), "c": (25.0, 24.0)}  # (linear, model) PU21-PSNR
+    with open(per_image, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["id", "method", "status", *D.SCORES])
+        w.writeheader()
+        for sid, (lin, mod) in scores.items():
+            for method, v in (("linear", lin), ("m", mod)):
+                w.writerow({"id": sid, "method": method, "status": "ok", **{k: v for k in D.SCORES},
+                            "clip_pu21_psnr": "" if sid == "c" else v})
+        w.writerow({"id": "a", "method": "broken", "status": "error"})
+    rows = {line.split("|")[1].strip(): line for line in D.by_camera(per_image, samples).splitlines()
+            if line.startswith("| ") and "| m |" in line}
+    cell = lambda key, i: rows[key].split("|")[4 + i].strip()  # noqa: E731
+    assert cell("all", 0) == "-0.333"  # (+1 - 1 - 1) / 3
+    assert cell("clip", 0) == "+1.000" and cell("under", 0) == "-1.000" and cell("under/gamma", 0) == "-1.000"
+    assert cell("under", 6) == "-1.000"  # the clipped score: only b has it
+    assert rows["all"].split("|")[3].strip() == "3" and "broken" not in D.by_camera(per_image, samples)
+    assert D.main(["--per-image", str(per_image)]) == 2  # --samples missing

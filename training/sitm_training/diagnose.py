@@ -2,6 +2,11 @@
 
 ``python -m sitm_training.diagnose --images DIR --weights NAME=PATH [--weights ...] [--limit N]``
 
+and, for an evaluation of the project's own test samples, where a model wins or loses against a baseline by
+the simulated camera of each sample (exposure mode and response curve, from the samples' ``meta``):
+
+``python -m sitm_training.diagnose --per-image EVAL/per_image.csv --samples data/sitm256/test [--baseline linear]``
+
 Regions of the LDR input ``I`` (in [0, 1], after the pre kernel's normalization):
 
 * ``dark``: ``min_c I < 0.05`` (the shadows, where AUEM's exposure-up image can add detail)
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -73,6 +79,50 @@ def network_masks(weights: str | Path) -> Callable[[torch.Tensor], torch.Tensor]
     return masks_of
 
 
+SCORES = ("pu21_psnr", "pu21_ssim", "jod", "mu_psnr", "tm_psnr", "tm_ssim", "clip_pu21_psnr")
+
+
+def by_camera(per_image: Path, samples: Path, baseline: str = "linear") -> str:
+    """Mean (method - baseline) per score, grouped by exposure mode and by (mode, response), as markdown.
+
+    ``per_image``: the ``per_image.csv`` of ``python -m sitm_training.evaluate``; ``samples``: the folder of
+    the samples' ``.npz`` files (``meta`` holds the camera). Rows with a failed method are left out."""
+    import csv
+    import json
+    from collections import defaultdict
+
+    rows: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
+    with open(per_image, newline="") as f:
+        for r in csv.DictReader(f):
+            if r["status"] == "ok":
+                rows[r["id"]][r["method"]] = r
+    methods = sorted({m for r in rows.values() for m in r} - {baseline})
+    groups: dict[tuple, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
+
+    def num(v: str) -> float:
+        return float(v) if v not in ("", "nan", "None") else float("nan")
+
+    for sid, by_method in rows.items():
+        if baseline not in by_method:
+            continue
+        meta = json.loads(str(np.load(samples / f"{sid}.npz", allow_pickle=True)["meta"]))
+        mode, response = meta["exposure"]["mode"], meta["camera"]["response"]["kind"]
+        for m in methods:
+            if m in by_method:
+                d = [num(by_method[m][k]) - num(by_method[baseline][k]) for k in SCORES]
+                for key in (("all",), (mode,), (mode, response)):
+                    groups[key][m].append(d)
+    lines = [f"Mean (method - {baseline}) by simulated camera; positive = the method is better:", "",
+             "| group | method | images | " + " | ".join(SCORES) + " |", "| --- | --- | ---: |" + " ---: |" * len(SCORES)]
+    for key in sorted(groups, key=lambda k: (len(k), k)):
+        for m, ds in groups[key].items():
+            with warnings.catch_warnings():  # a group without clipped pixels: nan, not a warning
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean = np.nanmean(np.array(ds), axis=0)
+            lines.append(f"| {'/'.join(key)} | {m} | {len(ds)} | " + " | ".join(f"{v:+.3f}" for v in mean) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def table(results: dict[str, dict[str, tuple[np.ndarray, int]]]) -> str:
     lines = ["| model | " + " | ".join(f"{r}: up / mid / down (images)" for r in REGIONS) + " |",
              "| --- |" + " ---: |" * len(REGIONS)]
@@ -87,12 +137,27 @@ def table(results: dict[str, dict[str, tuple[np.ndarray, int]]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sitm_training.diagnose", description=__doc__.split("\n\n")[0])
-    p.add_argument("--images", type=Path, required=True, help="a folder of LDR images (e.g. an exported pairs folder)")
-    p.add_argument("--weights", action="append", required=True, help="NAME=PATH or PATH (repeatable)")
+    p.add_argument("--images", type=Path, help="a folder of LDR images (e.g. an exported pairs folder)")
+    p.add_argument("--weights", action="append", help="NAME=PATH or PATH (repeatable)")
+    p.add_argument("--per-image", type=Path, help="an evaluation's per_image.csv (instead of --images/--weights)")
+    p.add_argument("--samples", type=Path, help="with --per-image: the samples' .npz folder (e.g. data/sitm256/test)")
+    p.add_argument("--baseline", default="linear", help="with --per-image: the method to compare against")
     p.add_argument("--limit", type=int, default=None, help="the first N images (sorted by name)")
     p.add_argument("--min-pixels", type=int, default=50)
     p.add_argument("--out", type=Path, default=None, help="also write the table here")
     args = p.parse_args(argv)
+    if args.per_image is not None:
+        if args.samples is None or not args.samples.is_dir() or not args.per_image.is_file():
+            print("error: --per-image needs an existing per_image.csv and --samples DIR", file=sys.stderr)
+            return 2
+        text = by_camera(args.per_image, args.samples, args.baseline)
+        print(text, end="")
+        if args.out is not None:
+            write_bytes_atomic(args.out, text.encode())
+        return 0
+    if args.images is None or not args.weights:
+        print("error: give --images DIR and --weights, or --per-image CSV --samples DIR", file=sys.stderr)
+        return 2
     if not args.images.is_dir():
         print(f"error: {args.images}: no such folder", file=sys.stderr)
         return 2
