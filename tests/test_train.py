@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -115,3 +116,30 @@ def test_git_commit_marks_uncommitted_changes(monkeypatch):
     assert T._git_commit() == "abc123"
     status["out"] = " M training/sitm_training/losses.py\n"
     assert T._git_commit() == "abc123+dirty"
+
+
+def test_oversample_under_weights_follow_the_sample_meta(tmp_path):
+    import dataclasses
+
+    from sitm_training.data import SampleDataset
+    from sitm_training.data.camera import CameraConfig
+    from sitm_training.train import exposure_weights
+
+    root = tmp_path / "data"
+    build(root, Recipe(seed=2, n=8, n_test=0, size=64, val_fraction=0.2,
+                       camera=dataclasses.replace(CameraConfig(), under_prob=0.5)), progress=False)
+    ds = SampleDataset(root, "train", crop=32)
+    modes = []
+    for r in ds.records:
+        with np.load(root / r["file"]) as z:
+            modes.append(json.loads(str(z["meta"]))["exposure"]["mode"])
+    assert "under" in modes and "clip" in modes  # this seed gives both kinds
+    assert exposure_weights(ds, 4.0) == [4.0 if m == "under" else 1.0 for m in modes]
+    cfg = TrainConfig(data=str(root), out=str(tmp_path / "run"), stage1_steps=1, stage2_steps=0, batch=2, crop=32,
+                      workers=0, oversample_under=0.0)
+    with pytest.raises(ValueError, match="--oversample-under must be > 0"):
+        train(cfg)
+    cfg = dataclasses.replace(cfg, oversample_under=4.0)
+    with pytest.warns(UserWarning, match="perceptual loss of Eq. 10 is REPLACED"):
+        card = train(cfg)
+    assert card["step"] == 1 and card["config"]["oversample_under"] == 4.0

@@ -32,7 +32,7 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
 from sitm_trt import ops
 from sitm_trt.io import tonemap_preview, write_bytes_atomic, write_png
@@ -75,6 +75,7 @@ class TrainConfig:
     hdr_pu21: float = 0.0  # weight of losses.pu21_hdr_loss added to Eq. 15 (0 = the paper's loss)
     hdr_grad: float = 0.0  # weight of losses.pu21_gradient_loss added to Eq. 15 (0 = the paper's loss)
     mask_prior: float = 0.0  # weight of losses.mask_prior_loss (0 = the paper's loss)
+    oversample_under: float = 1.0  # draw under-exposed training samples this many times as often (1 = uniform)
     freeze_exposure: bool = False  # stage 2 trains the MEFM only (EAB, AUEM, ADEM fixed): a fusion fine-tune
     init: str | None = None  # start a new run from these weights (fresh optimizer, step 0): a fine-tune
 
@@ -188,6 +189,17 @@ def _lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 @torch.no_grad()
+def exposure_weights(dataset: SampleDataset, oversample_under: float) -> list[float]:
+    """Sampling weight per training sample: ``oversample_under`` for the under-exposed ones (the camera
+    ``meta`` of each sample says ``exposure.mode``), 1 for the rest."""
+    weights = []
+    for r in dataset.records:
+        with np.load(dataset.root / r["file"], allow_pickle=False) as z:
+            mode = json.loads(str(z["meta"]))["exposure"]["mode"]
+        weights.append(float(oversample_under) if mode == "under" else 1.0)
+    return weights
+
+
 def validate(net: SITMNet, dataset, device: torch.device, n: int, sheet: Path | None = None) -> dict[str, float]:
     """Mean mu-law L1 (Eq. 15) and mu-law PSNR of the HDR, and PSNR of the exposure images, on ``n`` images."""
     net.eval()
@@ -246,6 +258,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if len(train_set) == 0:
         raise ValueError(f"{cfg.data}: the train split is empty")
     sampler = DistributedSampler(train_set, d.world, d.rank, shuffle=True, seed=cfg.seed) if d.world > 1 else None
+    if cfg.oversample_under != 1.0:
+        if not cfg.oversample_under > 0:
+            raise ValueError(f"--oversample-under must be > 0, got {cfg.oversample_under}")
+        if d.world > 1:
+            raise ValueError("--oversample-under is not supported with several processes (torchrun) yet")
+        sampler = WeightedRandomSampler(exposure_weights(train_set, cfg.oversample_under), len(train_set),
+                                        replacement=True, generator=torch.Generator().manual_seed(cfg.seed))
     loader = DataLoader(train_set, batch_size=cfg.batch, shuffle=sampler is None, sampler=sampler,
                         num_workers=cfg.workers, drop_last=True, persistent_workers=cfg.workers > 0,
                         generator=torch.Generator().manual_seed(cfg.seed))
@@ -439,6 +458,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="weight of an extra L1 term on neighbour differences of PU21-encoded HDR in stage 2 (default 0)")
     p.add_argument("--mask-prior", type=float, default=defaults.mask_prior,
                    help="weight of a term pulling Eq. 7 towards the input where it is well exposed (default 0)")
+    p.add_argument("--oversample-under", type=float, default=defaults.oversample_under,
+                   help="draw under-exposed training samples K times as often (default 1: uniform)")
     p.add_argument("--init", default=None, help="start a new run from these weights (.safetensors; fresh optimizer)")
     p.add_argument("--freeze-exposure", action="store_true",
                    help="stage 2 updates only the MEFM (a fusion fine-tune from a trained checkpoint)")
