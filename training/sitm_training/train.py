@@ -188,7 +188,6 @@ def _lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-@torch.no_grad()
 def exposure_weights(dataset: SampleDataset, oversample_under: float) -> list[float]:
     """Sampling weight per training sample: ``oversample_under`` for the under-exposed ones (the camera
     ``meta`` of each sample says ``exposure.mode``), 1 for the rest."""
@@ -200,6 +199,7 @@ def exposure_weights(dataset: SampleDataset, oversample_under: float) -> list[fl
     return weights
 
 
+@torch.no_grad()
 def validate(net: SITMNet, dataset, device: torch.device, n: int, sheet: Path | None = None) -> dict[str, float]:
     """Mean mu-law L1 (Eq. 15) and mu-law PSNR of the HDR, and PSNR of the exposure images, on ``n`` images."""
     net.eval()
