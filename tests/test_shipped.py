@@ -32,7 +32,7 @@ def test_shipped_files_match_their_card(default):
     card = default.card
     assert default.path == (WEIGHTS_DIR / "default.safetensors").resolve()
     assert card["sha256"] == hashlib.sha256(default.path.read_bytes()).hexdigest() == default.sha256
-    assert card["preset"]["name"] == default.preset == "compact"
+    assert card["preset"]["name"] == default.preset_name == "compact"
     for precision in ("fp32", "fp16"):
         onnx = WEIGHTS_DIR / f"default-{precision}.onnx"
         assert hashlib.sha256(onnx.read_bytes()).hexdigest() == card["onnx"][precision], precision
