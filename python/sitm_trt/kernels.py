@@ -109,6 +109,11 @@ def _is_cuda(dev: tuple[int, int]) -> bool:
     return dev[0] in (_DL_CUDA, _DL_CUDA_MANAGED)
 
 
+def _device_name(dev: tuple[int, int]) -> str:
+    """A DLPack ``(device_type, id)`` as "cpu" or "cuda:N" (pinned host memory counts as the CPU)."""
+    return "cpu" if dev[0] in (_DL_CPU, _DL_CUDA_HOST) else f"cuda:{dev[1]}"
+
+
 def _stream_handle(x: Any, dev: tuple[int, int], stream: Any) -> int:
     """The cudaStream_t (as int) to run on: ``stream`` if given, else the producer's current stream."""
     if not _is_cuda(dev):

@@ -132,11 +132,11 @@ class Pipeline:
             raise ValueError(f"infer: layout must be 'nchw' or 'hwc', got {layout!r}")
         if dtype not in ("float32", "float16"):
             raise ValueError(f"infer: dtype must be 'float32' or 'float16', got {dtype!r}")
-        dev_type, dev_id = kernels._device(x, "infer", "x")
-        device = "cpu" if dev_type in (kernels._DL_CPU, kernels._DL_CUDA_HOST) else f"cuda:{dev_id}"
+        dev = kernels._device(x, "infer", "x")
+        device = kernels._device_name(dev)
         shape = tuple(int(s) for s in getattr(x, "shape", ()))
         n, h, w, unbatched = _frame_geometry(shape, getattr(x, "dtype", None))
-        handle = kernels._stream_handle(x, (dev_type, dev_id), stream)
+        handle = kernels._stream_handle(x, dev, stream)
         hwc = layout != "nchw"
         if n == 0 or h == 0 or w == 0:  # nothing to compute: an empty result of the right shape
             kernels.pre(x)  # still validates dtype, channels and layout

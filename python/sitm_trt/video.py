@@ -194,9 +194,9 @@ class CoefSmoother:
     def __call__(self, coef: Any, t: float, cut: bool = False, stream: Any = None) -> Any:
         if self.time_constant <= 0:
             return coef
-        dev_type, dev_id = kernels._device(coef, "smoothing", "coef")
-        device = "cpu" if dev_type in (kernels._DL_CPU, kernels._DL_CUDA_HOST) else f"cuda:{dev_id}"
-        handle = kernels._stream_handle(coef, (dev_type, dev_id), stream)
+        dev = kernels._device(coef, "smoothing", "coef")
+        device = kernels._device_name(dev)
+        handle = kernels._stream_handle(coef, dev, stream)
         key = (tuple(int(s) for s in coef.shape), device)
         if cut or self._state is None or key != self._key:
             if key != self._key:

@@ -88,8 +88,9 @@ def by_camera(per_image: Path, samples: Path, baseline: str = "linear") -> str:
     ``per_image``: the ``per_image.csv`` of ``python -m sitm_training.evaluate``; ``samples``: the folder of
     the samples' ``.npz`` files (``meta`` holds the camera). Rows with a failed method are left out."""
     import csv
-    import json
     from collections import defaultdict
+
+    from sitm_training.data import load_sample_meta
 
     rows: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
     with open(per_image, newline="") as f:
@@ -105,7 +106,7 @@ def by_camera(per_image: Path, samples: Path, baseline: str = "linear") -> str:
     for sid, by_method in rows.items():
         if baseline not in by_method:
             continue
-        meta = json.loads(str(np.load(samples / f"{sid}.npz", allow_pickle=True)["meta"]))
+        meta = load_sample_meta(samples / f"{sid}.npz")
         mode, response = meta["exposure"]["mode"], meta["camera"]["response"]["kind"]
         for m in methods:
             if m in by_method:

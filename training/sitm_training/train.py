@@ -191,12 +191,10 @@ def _lr_at(cfg: TrainConfig, step: int) -> float:
 def exposure_weights(dataset: SampleDataset, oversample_under: float) -> list[float]:
     """Sampling weight per training sample: ``oversample_under`` for the under-exposed ones (the camera
     ``meta`` of each sample says ``exposure.mode``), 1 for the rest."""
-    weights = []
-    for r in dataset.records:
-        with np.load(dataset.root / r["file"], allow_pickle=False) as z:
-            mode = json.loads(str(z["meta"]))["exposure"]["mode"]
-        weights.append(float(oversample_under) if mode == "under" else 1.0)
-    return weights
+    from sitm_training.data import load_sample_meta
+
+    return [float(oversample_under) if load_sample_meta(dataset.root / r["file"])["exposure"]["mode"] == "under"
+            else 1.0 for r in dataset.records]
 
 
 @torch.no_grad()

@@ -299,6 +299,15 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def load_sample_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``meta`` of one sample file (camera, exposure, labels) without reading its images."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return json.loads(str(z["meta"]))
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise ValueError(f"{path}: corrupt sample file ({type(err).__name__}: {err})") from err
+
+
 def load_sample(path: str | os.PathLike[str]) -> Sample:
     """Read one sample file (raises ``ValueError`` naming the file when it is corrupt or incomplete)."""
     try:
