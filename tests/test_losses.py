@@ -24,6 +24,7 @@ from sitm_training.losses import (
     image_pyramid,
     mask_prior_loss,
     mask_prior_weight,
+    mask_prior_weight_under,
     pu21_gradient_loss,
     pu21_hdr_loss,
     lsgan_d_loss,
@@ -167,6 +168,25 @@ def test_mask_prior_weighs_the_well_exposed_pixels_only():
     assert mask_prior_weight(px).item() == pytest.approx((1 - (UNDER_TAU - 0.06) / UNDER_TAU) * (0.9 - 0.88) / 0.1)
 
 
+def test_mask_prior_under_scope_weighs_only_the_under_exposed_samples_below_the_highlights():
+    # two samples with the same pixels: dark, mid, halfway down the 0.8 -> 0.9 ramp, clipped
+    row = torch.tensor([0.0, 0.5, 0.85, 1.0]).view(1, 1, 1, 4).expand(2, 3, 1, 4).contiguous()
+    m_mid = torch.tensor([[0.2, 0.6, 0.0, 0.0], [0.1, 0.1, 0.1, 0.1]])
+    masks = torch.stack([(1 - m_mid) / 2, m_mid, (1 - m_mid) / 2], dim=1).reshape(2, 3, 1, 4)
+    under = torch.tensor([1.0, 0.0])
+    w = mask_prior_weight_under(row, under)
+    assert w[0].flatten().tolist() == pytest.approx([1.0, 1.0, 0.5, 0.0])  # shadows included, highlights free
+    assert w[1].abs().sum().item() == 0  # a clipping camera's sample is left alone
+    # mean over both samples' 8 pixels of w * (1 - M_mid): 0.8 + 0.4 + 0.5 * 1.0
+    assert mask_prior_loss(masks, row, under, "under").item() == pytest.approx((0.8 + 0.4 + 0.5) / 8)
+    with pytest.raises(ValueError, match="exposure mode"):
+        mask_prior_loss(masks, row, None, "under")
+    with pytest.raises(ValueError, match="scope"):
+        mask_prior_loss(masks, row, under, "dark")
+    with pytest.raises(ValueError, match="shape"):
+        mask_prior_weight_under(row, torch.tensor([1.0]))
+
+
 def test_pu21_gradient_loss_is_l1_of_neighbour_differences():
     from sitm_training.metrics import Display, pu21_encode
 
@@ -212,6 +232,10 @@ def test_generator_adds_the_pu21_terms_only_when_weighted():
     extra = (0.5 * pu21_hdr_loss(hdr, gt[2]).item() + 2.0 * pu21_gradient_loss(hdr, gt[2]).item()
              + 1.5 * mask_prior_loss(out.masks, image).item())
     assert both.hdr.item() == pytest.approx(plain.hdr.item() + extra, rel=1e-5)
+    under = torch.tensor([1.0])
+    scoped = SITMLoss(None, LossWeights(lambda_mask=1.5, mask_scope="under")).generator(out, image, *gt, under=under)
+    assert scoped.hdr.item() == pytest.approx(
+        plain.hdr.item() + 1.5 * mask_prior_loss(out.masks, image, under, "under").item(), rel=1e-5)
 
 
 # --- perceptual loss (Eq. 10) -------------------------------------------------------------------------------

@@ -135,6 +135,7 @@ def test_oversample_under_weights_follow_the_sample_meta(tmp_path):
             modes.append(json.loads(str(z["meta"]))["exposure"]["mode"])
     assert "under" in modes and "clip" in modes  # this seed gives both kinds
     assert exposure_weights(ds, 4.0) == [4.0 if m == "under" else 1.0 for m in modes]
+    assert [ds[i]["under"].item() for i in range(len(ds))] == [1.0 if m == "under" else 0.0 for m in modes]
     cfg = TrainConfig(data=str(root), out=str(tmp_path / "run"), stage1_steps=1, stage2_steps=0, batch=2, crop=32,
                       workers=0, oversample_under=0.0)
     with pytest.raises(ValueError, match="--oversample-under must be > 0"):
@@ -143,3 +144,15 @@ def test_oversample_under_weights_follow_the_sample_meta(tmp_path):
     with pytest.warns(UserWarning, match="perceptual loss of Eq. 10 is REPLACED"):
         card = train(cfg)
     assert card["step"] == 1 and card["config"]["oversample_under"] == 4.0
+
+
+def test_mask_prior_under_scope_trains_and_checks_its_data(tmp_path, tiny_data):
+    import dataclasses
+
+    cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "run"), stage1_steps=0, stage2_steps=2, batch=2,
+                      crop=32, workers=0, gan=False, mask_prior=1.0, mask_prior_scope="under")
+    with pytest.warns(UserWarning, match="perceptual loss of Eq. 10 is REPLACED"):
+        card = train(cfg)
+    assert card["step"] == 2 and card["config"]["mask_prior_scope"] == "under"
+    with pytest.raises(ValueError, match="--mask-prior-scope must be one of"):
+        train(dataclasses.replace(cfg, out=str(tmp_path / "bad"), mask_prior_scope="dark"))

@@ -50,6 +50,8 @@ __all__ = [
     "pu21_hdr_loss",
     "pu21_gradient_loss",
     "mask_prior_loss",
+    "mask_prior_weight_under",
+    "MASK_PRIOR_SCOPES",
     "lsgan_d_loss",
     "lsgan_g_loss",
     "mask_aware_d_loss",
@@ -328,11 +330,41 @@ def mask_prior_weight(image: torch.Tensor) -> torch.Tensor:
     return (1.0 - under_exposure_mask(image)).clamp(0.0, 1.0) * highlight
 
 
-def mask_prior_loss(masks: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-    """``mean(w * (1 - M_mid))`` with ``w`` = :func:`mask_prior_weight`: where the input is well exposed it is
-    the best evidence there is, so Eq. 7 should take it as it is rather than blend in the generated (smoother)
-    exposure images."""
-    return (mask_prior_weight(image) * (1.0 - masks[:, 1:2].float())).mean()
+def mask_prior_weight_under(image: torch.Tensor, under: torch.Tensor) -> torch.Tensor:
+    """The ``"under"`` scope of :func:`mask_prior_loss`: ``u_n * clip((0.9 - max_c I) / 0.1, 0, 1)``, where
+    ``u_n`` (``(N,)``, 1 or 0) says that sample ``n`` was taken by an under-exposing camera (its ``meta``).
+
+    On such inputs nothing is clipped that Eq. 7 could recover, and the input itself is the best evidence there is
+    everywhere below the highlights, shadows included; the highlights stay free as in :func:`mask_prior_weight`.
+    """
+    if under.ndim != 1 or under.shape[0] != image.shape[0]:
+        raise ValueError(f"under must have shape ({image.shape[0]},), got {tuple(under.shape)}")
+    lo, hi = MASK_PRIOR_HIGHLIGHT
+    highlight = ((hi - image.amax(dim=1, keepdim=True)) / (hi - lo)).clamp(0.0, 1.0)
+    return under.to(highlight.dtype).view(-1, 1, 1, 1) * highlight
+
+
+MASK_PRIOR_SCOPES = ("well", "under")
+
+
+def mask_prior_loss(masks: torch.Tensor, image: torch.Tensor, under: torch.Tensor | None = None,
+                    scope: str = "well") -> torch.Tensor:
+    """``mean(w * (1 - M_mid))``.
+
+    ``scope="well"``: ``w`` = :func:`mask_prior_weight`: where the input is well exposed it is the best evidence
+    there is, so Eq. 7 should take it as it is rather than blend in the generated (smoother) exposure images.
+    ``scope="under"``: ``w`` = :func:`mask_prior_weight_under`, which needs ``under`` (per sample, 1 or 0): only
+    the samples of under-exposing cameras are pulled to ``M_mid = 1``, shadows included.
+    """
+    if scope == "well":
+        w = mask_prior_weight(image)
+    elif scope == "under":
+        if under is None:
+            raise ValueError("the 'under' scope of the mask prior needs each sample's exposure mode (batch['under'])")
+        w = mask_prior_weight_under(image, under)
+    else:
+        raise ValueError(f"scope must be one of {MASK_PRIOR_SCOPES}, got {scope!r}")
+    return (w * (1.0 - masks[:, 1:2].float())).mean()
 
 
 @dataclass(frozen=True)
@@ -344,6 +376,7 @@ class LossWeights:
     lambda_pu21: float = 0.0  # our addition (pu21_hdr_loss); 0 = Eq. 16 as published
     lambda_grad: float = 0.0  # our addition (pu21_gradient_loss); 0 = Eq. 16 as published
     lambda_mask: float = 0.0  # our addition (mask_prior_loss); 0 = Eq. 16 as published
+    mask_scope: str = "well"  # where mask_prior_loss acts: "well" or "under" (see MASK_PRIOR_SCOPES)
 
 
 class GeneratorLoss(NamedTuple):
@@ -380,8 +413,10 @@ class SITMLoss(nn.Module):
         gt_down: torch.Tensor,
         gt_hdr: torch.Tensor,
         disc: MaskAwareDiscriminator | None = None,
+        under: torch.Tensor | None = None,
     ) -> GeneratorLoss:
-        """``out``: a ``SITMTrainOutput``; ``image`` the network's input ``I``; ground truths at its size."""
+        """``out``: a ``SITMTrainOutput``; ``image`` the network's input ``I``; ground truths at its size;
+        ``under`` (``(N,)``, 1 for samples of an under-exposing camera) for the mask prior's ``"under"`` scope."""
         w = self.weights
         prog = self.exposure(out.pyramid_up, out.pyramid_down, gt_up, gt_down)
         hdr = ops.post(out.masks, image, out.image_up, out.image_down, out.coef)
@@ -391,7 +426,7 @@ class SITMLoss(nn.Module):
         if w.lambda_grad:
             l_h = l_h + w.lambda_grad * pu21_gradient_loss(hdr, gt_hdr)
         if w.lambda_mask:
-            l_h = l_h + w.lambda_mask * mask_prior_loss(out.masks, image)
+            l_h = l_h + w.lambda_mask * mask_prior_loss(out.masks, image, under, w.mask_scope)
         gan = prog.new_zeros(())
         if disc is not None:
             gan = mask_aware_g_loss(disc, out.image_up, gt_up, under_exposure_mask(image)) + mask_aware_g_loss(

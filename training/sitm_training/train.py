@@ -41,7 +41,7 @@ from sitm_trt.model.serialization import load_weights
 from sitm_trt.weights import sha256_file
 
 from .discriminator import MaskAwareDiscriminator
-from .losses import LossWeights, SITMLoss, VGGPerceptual, mask_aware_g_loss
+from .losses import MASK_PRIOR_SCOPES, LossWeights, SITMLoss, VGGPerceptual, mask_aware_g_loss
 from .masks import over_exposure_mask, under_exposure_mask
 
 __all__ = ["TrainConfig", "train", "main"]
@@ -75,6 +75,7 @@ class TrainConfig:
     hdr_pu21: float = 0.0  # weight of losses.pu21_hdr_loss added to Eq. 15 (0 = the paper's loss)
     hdr_grad: float = 0.0  # weight of losses.pu21_gradient_loss added to Eq. 15 (0 = the paper's loss)
     mask_prior: float = 0.0  # weight of losses.mask_prior_loss (0 = the paper's loss)
+    mask_prior_scope: str = "well"  # where it acts: "well" (well-exposed pixels) or "under" (under-exposed samples)
     oversample_under: float = 1.0  # draw under-exposed training samples this many times as often (1 = uniform)
     freeze_exposure: bool = False  # stage 2 trains the MEFM only (EAB, AUEM, ADEM fixed): a fusion fine-tune
     init: str | None = None  # start a new run from these weights (fresh optimizer, step 0): a fine-tune
@@ -255,6 +256,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     val_set = SampleDataset(cfg.data, "val", crop=None, augment=False)
     if len(train_set) == 0:
         raise ValueError(f"{cfg.data}: the train split is empty")
+    if cfg.mask_prior_scope not in MASK_PRIOR_SCOPES:
+        raise ValueError(f"--mask-prior-scope must be one of {MASK_PRIOR_SCOPES}, got {cfg.mask_prior_scope!r}")
+    if cfg.mask_prior and cfg.mask_prior_scope == "under":  # fail before the first step, not at it
+        from sitm_training.data import load_sample_meta
+
+        first = load_sample_meta(train_set.root / train_set.records[0]["file"])
+        if "mode" not in first.get("exposure", {}):
+            raise ValueError(f"{cfg.data}: --mask-prior-scope under needs each sample's camera exposure mode "
+                             "(meta['exposure']['mode']), which this data set does not record")
     sampler = DistributedSampler(train_set, d.world, d.rank, shuffle=True, seed=cfg.seed) if d.world > 1 else None
     if cfg.oversample_under != 1.0:
         if not cfg.oversample_under > 0:
@@ -271,7 +281,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     disc = MaskAwareDiscriminator(width=cfg.disc_width, max_width=cfg.disc_max_width).to(device) if cfg.gan else None
     perceptual = VGGPerceptual(cfg.vgg).to(device)
     criterion = SITMLoss(perceptual, LossWeights(lambda_pu21=cfg.hdr_pu21, lambda_grad=cfg.hdr_grad,
-                                                       lambda_mask=cfg.mask_prior))
+                                                       lambda_mask=cfg.mask_prior, mask_scope=cfg.mask_prior_scope))
     opt_g = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=cfg.betas)
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=cfg.betas) if disc is not None else None
 
@@ -386,7 +396,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 else:  # end to end, Eq. 16
                     out = gmodel(2, *pre)
                     up, down = out.image_up, out.image_down
-                    loss, prog, gan, hdr_l = criterion.generator(out, pre.image, gt_up, gt_down, gt_hdr, gdisc)
+                    under = batch["under"].to(device) if "under" in batch else None
+                    loss, prog, gan, hdr_l = criterion.generator(out, pre.image, gt_up, gt_down, gt_hdr, gdisc, under)
             opt_g.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt_g)
@@ -456,6 +467,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="weight of an extra L1 term on neighbour differences of PU21-encoded HDR in stage 2 (default 0)")
     p.add_argument("--mask-prior", type=float, default=defaults.mask_prior,
                    help="weight of a term pulling Eq. 7 towards the input where it is well exposed (default 0)")
+    p.add_argument("--mask-prior-scope", default=defaults.mask_prior_scope, choices=list(MASK_PRIOR_SCOPES),
+                   help="where the mask prior acts: 'well' (well-exposed pixels of every sample, default) or 'under' "
+                        "(everything below the highlights, in the samples of under-exposing cameras only)")
     p.add_argument("--oversample-under", type=float, default=defaults.oversample_under,
                    help="draw under-exposed training samples K times as often (default 1: uniform)")
     p.add_argument("--init", default=None, help="start a new run from these weights (.safetensors; fresh optimizer)")

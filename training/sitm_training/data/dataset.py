@@ -68,9 +68,13 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
 
 
 def _to_item(
-    arrays: dict[str, np.ndarray], ev_up: float | None, ev_down: float | None, source: str, sid: str
+    arrays: dict[str, np.ndarray], ev_up: float | None, ev_down: float | None, source: str, sid: str,
+    meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     item: dict[str, Any] = {k: _tensor(a) for k, a in arrays.items()}
+    mode = (meta or {}).get("exposure", {}).get("mode")
+    if mode is not None:  # the simulated camera's exposure: 1.0 for an under-exposing one (the mask prior's scope)
+        item["under"] = torch.tensor(1.0 if mode == "under" else 0.0, dtype=torch.float32)
     if ev_up is not None:
         item["ev_up"] = torch.tensor(ev_up, dtype=torch.float32)
     if ev_down is not None:
@@ -104,7 +108,7 @@ class _Augmented(Dataset):
     def _finish(self, index: int, s: Sample, sid: str) -> dict[str, Any]:
         arrays = {"ldr": s.ldr, "up": s.up, "down": s.down, "hdr": s.hdr}
         arrays = augment(arrays, self._rng(index), self.crop, self.augment)
-        return _to_item(arrays, s.ev_up, s.ev_down, s.source, sid)
+        return _to_item(arrays, s.ev_up, s.ev_down, s.source, sid, s.meta)
 
 
 class SampleDataset(_Augmented):
