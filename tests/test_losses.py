@@ -27,6 +27,7 @@ from sitm_training.losses import (
     mask_prior_weight_under,
     pu21_gradient_loss,
     pu21_hdr_loss,
+    pu21_psnr_loss,
     lsgan_d_loss,
     lsgan_g_loss,
     mask_aware_d_loss,
@@ -204,6 +205,18 @@ def test_pu21_gradient_loss_is_l1_of_neighbour_differences():
     soft = flat.clone()
     soft[..., 2:] = 1.0
     assert pu21_gradient_loss(soft, edge).item() > 0
+
+
+def test_pu21_psnr_loss_is_minus_the_mean_per_image_psnr():
+    from sitm_training.metrics import Display, psnr, pu21_encode
+
+    h = rand(2, 3, 6, 5, seed=21) ** 4 * 60
+    g = rand(2, 3, 6, 5, seed=22) ** 4 * 60
+    d = Display()
+    want = -np.mean([psnr(pu21_encode(d(h[i].double().numpy())), pu21_encode(d(g[i].double().numpy())), 256.0)
+                     for i in range(2)])
+    assert pu21_psnr_loss(h, g).item() == pytest.approx(want, abs=1e-3)
+    assert pu21_psnr_loss(g, g).item() == pytest.approx(-100.0)  # the floor: a perfect image counts 100 dB
 
 
 def test_pu21_hdr_loss_matches_the_evaluation_encoding():

@@ -49,6 +49,7 @@ __all__ = [
     "pu21_torch",
     "pu21_hdr_loss",
     "pu21_gradient_loss",
+    "pu21_psnr_loss",
     "mask_prior_loss",
     "mask_prior_weight_under",
     "MASK_PRIOR_SCOPES",
@@ -315,6 +316,19 @@ def pu21_gradient_loss(hdr: torch.Tensor, target: torch.Tensor, white: float = 1
     return 0.5 * (dx + dy) / PU21_PEAK
 
 
+def pu21_psnr_loss(hdr: torch.Tensor, target: torch.Tensor, white: float = 100.0, peak: float = 4000.0,
+                   floor: float = 1e-10) -> torch.Tensor:
+    """Minus the mean over images of PU21-PSNR in dB, ``mean_n 10 log10(MSE_n / 256^2 + floor)``, on the display of
+    :func:`pu21_hdr_loss`: the evaluation's score as it is averaged (per image in dB, then over images), which
+    rewards being exact on some images more than an L1 over all pixels does. ``floor`` caps a perfect image at
+    100 dB. (The evaluation aligns the scale first; this term, like the L1 one, sees the raw output.)"""
+    from .metrics import PU21_PEAK
+
+    e = _pu21_display(hdr, white, peak) - _pu21_display(target, white, peak)
+    mse = e.square().flatten(1).mean(dim=1) / PU21_PEAK**2
+    return (10.0 * torch.log10(mse + floor)).mean()
+
+
 MASK_PRIOR_HIGHLIGHT = (0.8, 0.9)  # mask_prior_loss: its weight falls from 1 to 0 as max_c(I) goes 0.8 -> 0.9
 
 
@@ -375,6 +389,7 @@ class LossWeights:
     mu: float = 5000.0
     lambda_pu21: float = 0.0  # our addition (pu21_hdr_loss); 0 = Eq. 16 as published
     lambda_grad: float = 0.0  # our addition (pu21_gradient_loss); 0 = Eq. 16 as published
+    lambda_psnr: float = 0.0  # our addition (pu21_psnr_loss, in dB: 0.01 makes 1 dB worth 0.01); 0 = as published
     lambda_mask: float = 0.0  # our addition (mask_prior_loss); 0 = Eq. 16 as published
     mask_scope: str = "well"  # where mask_prior_loss acts: "well" or "under" (see MASK_PRIOR_SCOPES)
 
@@ -425,6 +440,8 @@ class SITMLoss(nn.Module):
             l_h = l_h + w.lambda_pu21 * pu21_hdr_loss(hdr, gt_hdr)
         if w.lambda_grad:
             l_h = l_h + w.lambda_grad * pu21_gradient_loss(hdr, gt_hdr)
+        if w.lambda_psnr:
+            l_h = l_h + w.lambda_psnr * pu21_psnr_loss(hdr, gt_hdr)
         if w.lambda_mask:
             l_h = l_h + w.lambda_mask * mask_prior_loss(out.masks, image, under, w.mask_scope)
         gan = prog.new_zeros(())
