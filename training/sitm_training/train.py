@@ -281,8 +281,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     net = SITMNet(cfg.preset).to(device)
     disc = MaskAwareDiscriminator(width=cfg.disc_width, max_width=cfg.disc_max_width).to(device) if cfg.gan else None
     perceptual = VGGPerceptual(cfg.vgg).to(device)
-    criterion = SITMLoss(perceptual, LossWeights(lambda_pu21=cfg.hdr_pu21, lambda_grad=cfg.hdr_grad, lambda_psnr=cfg.hdr_psnr,
-                                                       lambda_mask=cfg.mask_prior, mask_scope=cfg.mask_prior_scope))
+    criterion = SITMLoss(perceptual, LossWeights(lambda_pu21=cfg.hdr_pu21, lambda_grad=cfg.hdr_grad,
+                                                 lambda_psnr=cfg.hdr_psnr, lambda_mask=cfg.mask_prior,
+                                                 mask_scope=cfg.mask_prior_scope))
     opt_g = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=cfg.betas)
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=cfg.betas) if disc is not None else None
 

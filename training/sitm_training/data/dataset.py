@@ -72,8 +72,9 @@ def _to_item(
     meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     item: dict[str, Any] = {k: _tensor(a) for k, a in arrays.items()}
-    mode = (meta or {}).get("exposure", {}).get("mode")
-    if mode is not None:  # the simulated camera's exposure: 1.0 for an under-exposing one (the mask prior's scope)
+    if meta is not None:  # 1.0 when the simulated camera under-exposed (the mask prior's scope); 0.0 otherwise or
+        # when the sample does not say (every item of a data set carries the key, so batches collate)
+        mode = meta.get("exposure", {}).get("mode")
         item["under"] = torch.tensor(1.0 if mode == "under" else 0.0, dtype=torch.float32)
     if ev_up is not None:
         item["ev_up"] = torch.tensor(ev_up, dtype=torch.float32)
