@@ -28,6 +28,7 @@ from sitm_training.losses import (
     pu21_gradient_loss,
     pu21_hdr_loss,
     pu21_psnr_loss,
+    align_scale_torch,
     lsgan_d_loss,
     lsgan_g_loss,
     mask_aware_d_loss,
@@ -217,6 +218,37 @@ def test_pu21_psnr_loss_is_minus_the_mean_per_image_psnr():
                      for i in range(2)])
     assert pu21_psnr_loss(h, g).item() == pytest.approx(want, abs=1e-3)
     assert pu21_psnr_loss(g, g).item() == pytest.approx(-100.0)  # the floor: a perfect image counts 100 dB
+
+
+def test_align_scale_torch_matches_the_evaluation_alignment():
+    from sitm_training.metrics import align_scale
+
+    g = rand(3, 3, 16, 16, seed=31) ** 2 * 4 + 0.01
+    image = rand(3, 3, 16, 16, seed=32)
+    image[2] *= 0.05  # no well-exposed pixels: every usable pixel decides
+    noise = torch.exp(0.1 * torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(3)))
+    h = g / torch.tensor([2.0, 0.5, 3.0]).view(3, 1, 1, 1) * noise
+    s = align_scale_torch(h, g, image).flatten()
+    for n in range(3):
+        want = align_scale(h[n].permute(1, 2, 0).numpy(), g[n].permute(1, 2, 0).numpy(), image[n].permute(1, 2, 0).numpy())
+        assert s[n].item() == pytest.approx(want, rel=2e-2)  # the medians' even-count rule differs (docstring)
+    assert s.tolist() == pytest.approx([2.0, 0.5, 3.0], rel=0.1)
+    assert align_scale_torch(torch.zeros_like(g), g, image).flatten().tolist() == [1.0, 1.0, 1.0]  # nothing usable
+
+
+def test_aligned_pu21_terms_ignore_a_global_scale():
+    torch.manual_seed(0)
+    net = SITMNet(TINY)
+    image = rand(1, 3, 32, 32, seed=11)
+    out = net.forward_train(*ops.pre(image))
+    gt = [rand(1, 3, 32, 32, seed=s) for s in (12, 13)]
+    hdr = ops.post(out.masks, image, out.image_up, out.image_down, out.coef)
+    crit = SITMLoss(None, LossWeights(lambda_h=1.0, mu=5000.0, lambda_pu21=3.0, align=True))
+    a = crit.generator(out, image, *gt, hdr.detach()).hdr.item()  # the target is the prediction itself
+    b = crit.generator(out, image, *gt, hdr.detach() * 4).hdr.item()  # ... four times brighter
+    mu_a = hdr_loss(hdr, hdr.detach(), 5000.0).item()
+    mu_b = hdr_loss(hdr, hdr.detach() * 4, 5000.0).item()
+    assert a == pytest.approx(mu_a, abs=1e-5) and b == pytest.approx(mu_b, abs=1e-4)  # the PU21 term is ~0 in both
 
 
 def test_pu21_hdr_loss_matches_the_evaluation_encoding():

@@ -50,6 +50,7 @@ __all__ = [
     "pu21_hdr_loss",
     "pu21_gradient_loss",
     "pu21_psnr_loss",
+    "align_scale_torch",
     "mask_prior_loss",
     "mask_prior_weight_under",
     "MASK_PRIOR_SCOPES",
@@ -329,6 +330,28 @@ def pu21_psnr_loss(hdr: torch.Tensor, target: torch.Tensor, white: float = 100.0
     return (10.0 * torch.log10(mse + floor)).mean()
 
 
+def align_scale_torch(hdr: torch.Tensor, target: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Per image, the factor ``s`` (``(N, 1, 1, 1)``, no gradient) of :func:`sitm_training.metrics.align_scale`
+    that puts ``hdr`` on the scale of ``target``: ``exp(median(log(Y_target / Y_hdr)))`` over the input's
+    well-exposed pixels where both luminances are positive (every such pixel when fewer than 64; 1 when none).
+    ``torch.median`` takes the lower of the two middle values, NumPy's their mean: they differ by half a step."""
+    from .metrics import MIN_ALIGN_PIXELS, REC709, WELL_EXPOSED
+
+    with torch.no_grad():
+        w = torch.tensor(REC709, dtype=torch.float32, device=hdr.device).view(1, 3, 1, 1)
+        yp = (hdr.float() * w).sum(1)
+        yg = (target.float() * w).sum(1)
+        m = image.float().amax(1)
+        usable = (yp > 0) & (yg > 0) & torch.isfinite(yp) & torch.isfinite(yg)
+        well = usable & (m >= WELL_EXPOSED[0]) & (m <= WELL_EXPOSED[1])
+        out = torch.ones(hdr.shape[0], dtype=torch.float32, device=hdr.device)
+        for n in range(hdr.shape[0]):
+            sel = well[n] if int(well[n].sum()) >= MIN_ALIGN_PIXELS else usable[n]
+            if bool(sel.any()):
+                out[n] = torch.exp(torch.median(torch.log(yg[n][sel]) - torch.log(yp[n][sel])))
+        return out.view(-1, 1, 1, 1)
+
+
 MASK_PRIOR_HIGHLIGHT = (0.8, 0.9)  # mask_prior_loss: its weight falls from 1 to 0 as max_c(I) goes 0.8 -> 0.9
 
 
@@ -390,6 +413,7 @@ class LossWeights:
     lambda_pu21: float = 0.0  # our addition (pu21_hdr_loss); 0 = Eq. 16 as published
     lambda_grad: float = 0.0  # our addition (pu21_gradient_loss); 0 = Eq. 16 as published
     lambda_psnr: float = 0.0  # our addition (pu21_psnr_loss, in dB: 0.01 makes 1 dB worth 0.01); 0 = as published
+    align: bool = False  # the PU21 terms see H scaled by align_scale_torch (the evaluation's alignment); Eq. 15 does not
     lambda_mask: float = 0.0  # our addition (mask_prior_loss); 0 = Eq. 16 as published
     mask_scope: str = "well"  # where mask_prior_loss acts: "well" or "under" (see MASK_PRIOR_SCOPES)
 
@@ -436,12 +460,13 @@ class SITMLoss(nn.Module):
         prog = self.exposure(out.pyramid_up, out.pyramid_down, gt_up, gt_down)
         hdr = ops.post(out.masks, image, out.image_up, out.image_down, out.coef)
         l_h = hdr_loss(hdr, gt_hdr, w.mu)
+        hdr_pu = hdr * align_scale_torch(hdr, gt_hdr, image) if w.align else hdr
         if w.lambda_pu21:
-            l_h = l_h + w.lambda_pu21 * pu21_hdr_loss(hdr, gt_hdr)
+            l_h = l_h + w.lambda_pu21 * pu21_hdr_loss(hdr_pu, gt_hdr)
         if w.lambda_grad:
-            l_h = l_h + w.lambda_grad * pu21_gradient_loss(hdr, gt_hdr)
+            l_h = l_h + w.lambda_grad * pu21_gradient_loss(hdr_pu, gt_hdr)
         if w.lambda_psnr:
-            l_h = l_h + w.lambda_psnr * pu21_psnr_loss(hdr, gt_hdr)
+            l_h = l_h + w.lambda_psnr * pu21_psnr_loss(hdr_pu, gt_hdr)
         if w.lambda_mask:
             l_h = l_h + w.lambda_mask * mask_prior_loss(out.masks, image, under, w.mask_scope)
         gan = prog.new_zeros(())

@@ -75,6 +75,7 @@ class TrainConfig:
     hdr_pu21: float = 0.0  # weight of losses.pu21_hdr_loss added to Eq. 15 (0 = the paper's loss)
     hdr_grad: float = 0.0  # weight of losses.pu21_gradient_loss added to Eq. 15 (0 = the paper's loss)
     hdr_psnr: float = 0.0  # weight of losses.pu21_psnr_loss (minus per-image PU21-PSNR in dB) (0 = the paper's loss)
+    hdr_align: bool = False  # the PU21 terms compare after the evaluation's scale alignment (losses.align_scale_torch)
     mask_prior: float = 0.0  # weight of losses.mask_prior_loss (0 = the paper's loss)
     mask_prior_scope: str = "well"  # where it acts: "well" (well-exposed pixels) or "under" (under-exposed samples)
     oversample_under: float = 1.0  # draw under-exposed training samples this many times as often (1 = uniform)
@@ -283,7 +284,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     perceptual = VGGPerceptual(cfg.vgg).to(device)
     criterion = SITMLoss(perceptual, LossWeights(lambda_pu21=cfg.hdr_pu21, lambda_grad=cfg.hdr_grad,
                                                  lambda_psnr=cfg.hdr_psnr, lambda_mask=cfg.mask_prior,
-                                                 mask_scope=cfg.mask_prior_scope))
+                                                 mask_scope=cfg.mask_prior_scope, align=cfg.hdr_align))
     opt_g = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=cfg.betas)
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=cfg.betas) if disc is not None else None
 
@@ -469,6 +470,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="weight of an extra L1 term on neighbour differences of PU21-encoded HDR in stage 2 (default 0)")
     p.add_argument("--hdr-psnr", type=float, default=defaults.hdr_psnr,
                    help="weight of minus the per-image PU21-PSNR in dB added in stage 2 (0.01: 1 dB = 0.01; default 0)")
+    p.add_argument("--hdr-align", action="store_true",
+                   help="the PU21 terms (--hdr-pu21/--hdr-grad/--hdr-psnr) compare after scaling H like the evaluation "
+                        "does (median log-ratio over well-exposed pixels, no gradient); Eq. 15 stays absolute")
     p.add_argument("--mask-prior", type=float, default=defaults.mask_prior,
                    help="weight of a term pulling Eq. 7 towards the input where it is well exposed (default 0)")
     p.add_argument("--mask-prior-scope", default=defaults.mask_prior_scope, choices=list(MASK_PRIOR_SCOPES),
