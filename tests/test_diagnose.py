@@ -85,3 +85,37 @@ def test_by_camera_groups_differences_to_the_baseline(tmp_path):
     assert cell("under", 6) == "-1.000"  # the clipped score: only b has it
     assert rows["all"].split("|")[3].strip() == "3" and "broken" not in D.by_camera(per_image, samples)
     assert D.main(["--per-image", str(per_image)]) == 2  # --samples missing
+
+
+def test_clipped_stats_align_then_measure_the_clipped_pixels():
+    ldr = np.full((10, 10, 3), 0.5)
+    ldr[:, 5:] = 1.0  # 50 clipped pixels
+    gt = np.ones((10, 10, 3)) * 0.2
+    gt[:, 5:] = np.exp(np.linspace(0, 2, 50)).reshape(10, 5)[..., None]  # luminance of a grey pixel = its value
+    pred = gt / 4  # right up to scale: alignment restores it
+    std, med = D.clipped_stats(pred, gt, ldr, min_pixels=50)
+    want = gt[:, 5:, 0].ravel()
+    assert std == pytest.approx(np.std(np.log(want)), rel=1e-6) and med == pytest.approx(np.median(want), rel=1e-6)
+    assert D.clipped_stats(pred, gt, ldr, min_pixels=51) is None  # too few clipped pixels
+
+
+def test_highlights_cli_on_pairs(tmp_path, tiny_weights_path, capsys):
+    from sitm_trt.io import write_exr, write_png
+
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        ldr = rng.integers(0, 200, (32, 32, 3), dtype=np.uint8)
+        ldr[:8] = 255  # exactly these 256 pixels are clipped
+        write_png(tmp_path / f"{i}.png", ldr)
+        hdr = (ldr / 255.0) ** 2.2
+        hdr[:8] = rng.uniform(1, 8, (8, 32, 1))
+        write_exr(tmp_path / f"{i}.exr", hdr.astype(np.float32))
+    assert D.main(["--highlights", "--images", str(tmp_path), "--weights", f"tiny={tiny_weights_path}"]) == 0
+    text = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in text.splitlines() if line.startswith("| ")}
+    assert rows["ground truth"][0].strip() == "2" and rows["tiny"][0].strip() == "2"
+    assert float(rows["linear"][1]) == pytest.approx(0.0, abs=1e-6)  # a clipped input linearizes to one value
+    assert float(rows["ground truth"][1]) > 0.3  # the hand-made highlights vary
+    assert D.main(["--highlights", "--images", str(tmp_path), "--weights", str(tmp_path / "no.safetensors")]) == 2
+    assert D.main(["--highlights", "--images", str(tmp_path / "0.png").replace("0.png", ""),
+                   "--weights", str(tiny_weights_path), "--limit", "0"]) == 2  # no pairs left

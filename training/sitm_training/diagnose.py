@@ -7,6 +7,15 @@ the simulated camera of each sample (exposure mode and response curve, from the 
 
 ``python -m sitm_training.diagnose --per-image EVAL/per_image.csv --samples data/sitm256/test [--baseline linear]``
 
+and, on a folder of (LDR, HDR) pairs, what each method makes of the input's clipped pixels, against the ground
+truth (the linearized input and each model, every result scale-aligned as the evaluation does):
+
+``python -m sitm_training.diagnose --highlights --images PAIRS --weights NAME=PATH [--weights ...]``
+
+which gives, over the images with at least ``--min-pixels`` clipped pixels (``max_c I > 0.95``), the mean of the
+per-image standard deviation of log luminance there (the detail) and the median over images of the per-image
+median luminance there (1.0 = the input's clip level on the ground truth's scale).
+
 Regions of the LDR input ``I`` (in [0, 1], after the pre kernel's normalization):
 
 * ``dark``: ``min_c I < 0.05`` (the shadows, where AUEM's exposure-up image can add detail)
@@ -136,10 +145,62 @@ def table(results: dict[str, dict[str, tuple[np.ndarray, int]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def clipped_stats(pred: np.ndarray, gt: np.ndarray, ldr01: np.ndarray, min_pixels: int) -> tuple[float, float] | None:
+    """``(std of log Y, median Y)`` of the scale-aligned ``pred`` (``(H, W, 3)`` linear) over the clipped pixels
+    of ``ldr01`` (``(H, W, 3)`` in [0, 1]), or ``None`` when fewer than ``min_pixels`` are clipped."""
+    from . import metrics as M
+
+    clip = M.clipped_mask(ldr01)
+    if np.count_nonzero(clip) < min_pixels:
+        return None
+    y = M.luminance(pred * M.align_scale(pred, gt, ldr01))[clip]
+    y = y[y > 0]
+    if y.size == 0:
+        return None
+    return float(np.std(np.log(y))), float(np.median(y))
+
+
+def highlights(pairs: Path, weights: list[tuple[str, str]], min_pixels: int, limit: int | None = None) -> str:
+    """The ``--highlights`` table for the ground truth, the linearized input and each ``(name, path)``."""
+    import sitm_trt
+    from sitm_trt.io import read_hdr
+
+    from .baselines import BASELINES, _ldr01
+
+    files = sorted(f for f in pairs.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES and f.with_suffix(".exr").is_file())
+    files = files[:limit]
+    if not files:
+        raise ValueError(f"{pairs}: no (LDR, .exr) pairs")
+    pipes = {name: sitm_trt.Pipeline(sitm_trt.load(path), backend="torch", precision="fp32") for name, path in weights}
+    stats: dict[str, list[tuple[float, float]]] = {"ground truth": [], "linear": [], **{n: [] for n in pipes}}
+    for f in files:
+        ldr, gt = read_ldr(f), read_hdr(f.with_suffix(".exr"))
+        ldr01 = np.asarray(_ldr01(ldr), np.float64)
+        outs = {"ground truth": gt, "linear": BASELINES["linear"](ldr)}
+        for name, pipe in pipes.items():
+            outs[name] = np.asarray(pipe(np.ascontiguousarray(ldr), layout="hwc")).reshape(gt.shape)
+        for name, out in outs.items():
+            st = clipped_stats(np.asarray(out, np.float64), gt, ldr01, min_pixels)
+            if st is not None:
+                stats[name].append(st)
+    lines = [f"Clipped input pixels (max_c > 0.95) of `{pairs}`, results scale-aligned to the ground truth:", "",
+             "| result | images | std of log luminance (detail) | median luminance (1 = clip level) |",
+             "| --- | ---: | ---: | ---: |"]
+    for name, rows in stats.items():
+        if rows:
+            a = np.array(rows)
+            lines.append(f"| {name} | {len(a)} | {a[:, 0].mean():.3f} | {np.median(a[:, 1]):.2f} |")
+        else:
+            lines.append(f"| {name} | 0 | - | - |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sitm_training.diagnose", description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=Path, help="a folder of LDR images (e.g. an exported pairs folder)")
     p.add_argument("--weights", action="append", help="NAME=PATH or PATH (repeatable)")
+    p.add_argument("--highlights", action="store_true",
+                   help="with --images PAIRS: detail and level of each result in the input's clipped pixels")
     p.add_argument("--per-image", type=Path, help="an evaluation's per_image.csv (instead of --images/--weights)")
     p.add_argument("--samples", type=Path, help="with --per-image: the samples' .npz folder (e.g. data/sitm256/test)")
     p.add_argument("--baseline", default="linear", help="with --per-image: the method to compare against")
@@ -162,6 +223,21 @@ def main(argv: list[str] | None = None) -> int:
     if not args.images.is_dir():
         print(f"error: {args.images}: no such folder", file=sys.stderr)
         return 2
+    if args.highlights:
+        specs = [spec.rpartition("=")[::2] if "=" in spec else (Path(spec).stem, spec) for spec in args.weights]
+        missing = [path for _, path in specs if not Path(path).is_file()]
+        if missing:
+            print(f"error: {missing[0]}: no such weights file", file=sys.stderr)
+            return 2
+        try:
+            text = highlights(args.images, specs, args.min_pixels, args.limit)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(text, end="")
+        if args.out is not None:
+            write_bytes_atomic(args.out, text.encode())
+        return 0
     files = sorted(f for f in args.images.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES)[:args.limit]
     if not files:
         print(f"error: {args.images}: no images ({', '.join(_IMAGE_SUFFIXES)})", file=sys.stderr)
