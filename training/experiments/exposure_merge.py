@@ -64,3 +64,20 @@ elif cmd == "eval":
             with torch.no_grad():
                 return predict_hdr(net, torch.from_numpy(np.ascontiguousarray(ldr)))[0].permute(1, 2, 0).numpy()
     E.evaluate(sys.argv[3], [E.BaselineMethod("linear"), M()], sys.argv[4], jod=False)
+elif cmd == "inspect":  # inspect WEIGHTS PAIRS [N]: the EVs and M_down in the clipped pixels over the first N images
+    import glob
+    from sitm_trt.io import read_ldr
+    from sitm_trt.model.serialization import load_weights
+    from sitm_trt.model import SITMNet
+    w = load_weights(sys.argv[2]); net = SITMNet(w.preset); net.load_state_dict(w.state_dict()); net.eval()
+    evs, md = [], []
+    for f in sorted(glob.glob(f"{sys.argv[3]}/*.png"))[:int(sys.argv[4]) if len(sys.argv) > 4 else 40]:
+        x = torch.from_numpy(read_ldr(f)).permute(2, 0, 1)[None].float() / 255
+        with torch.no_grad():
+            o = net(*ops.pre(x, stride=net.stride))
+        evs.append(o.coef[0, 4:].tolist())
+        clip = x.amax(1, keepdim=True) > 0.95
+        if clip.sum() > 50:
+            md.append(float(o.masks[:, 2:3, :x.shape[2], :x.shape[3]][clip].mean()))
+    print("EV up/down: mean", np.mean(evs, 0).round(2), "std over images", np.std(evs, 0).round(2))
+    print("mean M_down in the clipped pixels:", round(float(np.mean(md)), 4), f"({len(md)} images)")

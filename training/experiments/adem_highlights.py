@@ -1,0 +1,42 @@
+"""How much highlight detail the ADEM's exposure-down image carries: in the input's clipped pixels (max_c > 0.95)
+of the test samples, the MSE of I_down against its label, next to the MSE of the best flat guess (the label's own
+mean there, per channel: an oracle level with no detail), and the spread of each.
+
+python training/experiments/adem_highlights.py [WEIGHTS] [SAMPLES_ROOT]
+"""
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+from sitm_training.data import SampleDataset  # noqa: E402
+from sitm_trt import ops  # noqa: E402
+from sitm_trt.model import SITMNet  # noqa: E402
+from sitm_trt.model.serialization import load_weights  # noqa: E402
+
+weights = sys.argv[1] if len(sys.argv) > 1 else "training/checkpoints/compact-v3/model.safetensors"
+root = sys.argv[2] if len(sys.argv) > 2 else "data/sitm256"
+w = load_weights(weights)
+net = SITMNet(w.preset)
+net.load_state_dict(w.state_dict())
+net.eval()
+ds = SampleDataset(root, "test", crop=None, augment=False)
+e_net, e_flat, std_lab, std_net = [], [], [], []
+for i in range(len(ds)):
+    it = ds[i]
+    x, lab = it["ldr"][None], it["down"][None]
+    h, wd = x.shape[-2:]
+    clip = (x.amax(1, keepdim=True) > 0.95).expand_as(x)
+    if clip.sum() < 150:  # 50 pixels x 3 channels
+        continue
+    with torch.no_grad():
+        d = net(*ops.pre(x, stride=net.stride)).image_down[..., :h, :wd]
+    flat = torch.stack([lab[0, c][clip[0, c]].mean() for c in range(3)]).view(1, 3, 1, 1).expand_as(lab)
+    e_net.append(float(((d - lab)[clip] ** 2).mean()))
+    e_flat.append(float(((flat - lab)[clip] ** 2).mean()))
+    std_lab.append(float(lab[clip].std()))
+    std_net.append(float(d[clip].std()))
+print(f"{len(e_net)} test images with >= 50 clipped pixels")
+print(f"MSE in the clipped pixels: ADEM's I_down {np.mean(e_net):.5f}, the label's flat mean {np.mean(e_flat):.5f}")
+print(f"std in the clipped pixels: label {np.mean(std_lab):.4f}, ADEM {np.mean(std_net):.4f}")
