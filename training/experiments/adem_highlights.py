@@ -1,8 +1,8 @@
 """How much highlight detail the ADEM's exposure-down image carries: in the input's clipped pixels (max_c > 0.95)
-of the test samples, the MSE of I_down against its label, next to the MSE of the best flat guess (the label's own
+of one split's samples (test by default), the MSE of I_down against its label, next to the MSE of the best flat guess (the label's own
 mean there, per channel: an oracle level with no detail), and the spread of each.
 
-python training/experiments/adem_highlights.py [WEIGHTS] [SAMPLES_ROOT]
+python training/experiments/adem_highlights.py [WEIGHTS] [SAMPLES_ROOT] [SPLIT (test)]
 """
 import sys
 
@@ -21,7 +21,8 @@ w = load_weights(weights)
 net = SITMNet(w.preset)
 net.load_state_dict(w.state_dict())
 net.eval()
-ds = SampleDataset(root, "test", crop=None, augment=False)
+split = sys.argv[3] if len(sys.argv) > 3 else "test"
+ds = SampleDataset(root, split, crop=None, augment=False)
 e_net, e_flat, std_lab, std_net = [], [], [], []
 for i in range(len(ds)):
     it = ds[i]
@@ -37,6 +38,6 @@ for i in range(len(ds)):
     e_flat.append(float(((flat - lab)[clip] ** 2).mean()))
     std_lab.append(float(lab[clip].std()))
     std_net.append(float(d[clip].std()))
-print(f"{len(e_net)} test images with >= 50 clipped pixels")
+print(f"{len(e_net)} {split} images with >= 50 clipped pixels")
 print(f"MSE in the clipped pixels: ADEM's I_down {np.mean(e_net):.5f}, the label's flat mean {np.mean(e_flat):.5f}")
 print(f"std in the clipped pixels: label {np.mean(std_lab):.4f}, ADEM {np.mean(std_net):.4f}")
