@@ -8,19 +8,14 @@ import sys
 
 import numpy as np
 import torch
+from _common import load_weights
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-from sitm_training.data import SampleDataset  # noqa: E402
-from sitm_trt import ops  # noqa: E402
-from sitm_trt.model import SITMNet  # noqa: E402
-from sitm_trt.model.serialization import load_weights  # noqa: E402
+from sitm_training.data import SampleDataset
+from sitm_trt import ops
 
 weights = sys.argv[1] if len(sys.argv) > 1 else "training/checkpoints/compact-v3/model.safetensors"
 root = sys.argv[2] if len(sys.argv) > 2 else "data/sitm256"
-w = load_weights(weights)
-net = SITMNet(w.preset)
-net.load_state_dict(w.state_dict())
-net.eval()
+net = load_weights(weights)
 split = sys.argv[3] if len(sys.argv) > 3 else "test"
 ds = SampleDataset(root, split, crop=None, augment=False)
 e_net, e_flat, std_lab, std_net = [], [], [], []

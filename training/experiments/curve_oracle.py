@@ -1,6 +1,7 @@
 """Oracle capacity of curve families (masks (0,1,0)): per-image best coefficients on val pairs."""
 import sys, numpy as np, torch, torch.nn.functional as F
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+from _common import softplus_inverse, srgb_decode
+from sitm_trt import ops
 from sitm_training.losses import pu21_hdr_loss
 from sitm_training import metrics as M
 from sitm_training.data import SampleDataset, load_sample_meta
@@ -9,21 +10,17 @@ torch.manual_seed(0)
 root = Path(sys.argv[1] if len(sys.argv) > 1 else "data/sitm256")
 ds = SampleDataset(root, "val", crop=None, augment=False)
 idx = list(range(0, len(ds), 2))[:100]
-def srgb_inv(x):
-    return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
 def fam(name, x, p):
+    """The three curve families, ``softplus(p)`` as a0..a3 (Eq. 8's Horner evaluation, ``ops.curve``)."""
     a = F.softplus(p)
-    a0, a1, a2, a3 = [a[:, i].view(-1, 1, 1, 1) for i in range(4)]
     if name == "x":
-        return ((a3 * x + a2) * x + a1) * x + a0
-    L = srgb_inv(x)
+        return ops.curve(x, a)
     if name == "L":
-        return ((a3 * L + a2) * L + a1) * L + a0
+        return ops.curve(srgb_decode(x), a)
     if name == "Lgain":
-        return L * (((a3 * x + a2) * x + a1) * x + a0)
+        return srgb_decode(x) * ops.curve(x, a)
 init = {"x": [1e-3, .5, .25, .25], "L": [1e-4, 1., 1e-3, 1e-3], "Lgain": [1., 1e-3, 1e-3, 1e-3]}
-def inv_sp(v): return float(np.log(np.expm1(v)))
-xs, gts, modes, ldrs = [], [], [], []
+xs, gts, modes = [], [], []
 for i in idx:
     it = ds[i]
     xs.append(it["ldr"]); gts.append(it["hdr"])
@@ -31,7 +28,7 @@ for i in idx:
 x = torch.stack(xs).float(); gt = torch.stack(gts).float()
 res = {}
 for name in ["x", "L", "Lgain"]:
-    p = torch.tensor([[inv_sp(v) for v in init[name]]] * len(idx), requires_grad=True)
+    p = torch.tensor([[softplus_inverse(v) for v in init[name]]] * len(idx), requires_grad=True)
     opt = torch.optim.Adam([p], lr=0.05)
     for k in range(300):
         loss = sum(pu21_hdr_loss(fam(name, x[j:j+1], p[j:j+1]), gt[j:j+1]) for j in range(len(idx)))
@@ -39,7 +36,7 @@ for name in ["x", "L", "Lgain"]:
     with torch.no_grad():
         h = fam(name, x, p)
     res[name] = h
-res["linear"] = srgb_inv(x)
+res["linear"] = srgb_decode(x)
 disp = M.Display()
 for name, h in res.items():
     sc = [M.score_image(h[j].permute(1,2,0).numpy(), gt[j].permute(1,2,0).numpy(), x[j].permute(1,2,0).numpy(), disp) for j in range(len(idx))]

@@ -1,0 +1,63 @@
+"""What the experiment scripts share: the import path, a torch sRGB decoding, and the make-init / train / eval
+commands of a script that patches the PyTorch reference in its own process."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # sitm_training, without installing it
+
+from sitm_trt.model.mefm import _softplus_inverse as softplus_inverse  # noqa: E402,F401  (re-exported)
+from sitm_trt.model.serialization import load_weights  # noqa: E402
+
+
+def srgb_decode(x: torch.Tensor) -> torch.Tensor:
+    """IEC 61966-2-1 decoding of ``x`` clamped to [0, 1] (torch; ``sitm_trt.io.srgb_eotf`` is the NumPy one)."""
+    x = x.clamp(0.0, 1.0)
+    return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def evaluate(weights: str, pairs: str, out: str, name: str, description: str, baselines: tuple[str, ...],
+             jod: bool) -> None:
+    """``python -m sitm_training.evaluate`` for the patched network (``predict_hdr``, the PyTorch reference)."""
+    from sitm_training import evaluate as E
+    from sitm_trt.model import predict_hdr
+
+    net = load_weights(weights)
+
+    class Patched(E.Method):
+        kind = "model"
+
+        def __init__(self) -> None:
+            self.name, self.description = name, f"{description}, weights `{weights}`"
+
+        def __call__(self, ldr: np.ndarray, pair) -> np.ndarray:
+            with torch.no_grad():
+                return predict_hdr(net, torch.from_numpy(np.ascontiguousarray(ldr)))[0].permute(1, 2, 0).numpy()
+
+    E.evaluate(pairs, [E.BaselineMethod(b) for b in baselines] + [Patched()], out, jod=jod)
+
+
+def main(argv: list[str], make_init: Callable[[str, str], None], eval_kw: dict,
+         extra: dict[str, Callable[[list[str]], None]] | None = None) -> int:
+    """``make-init OLD NEW`` | ``train ARGS`` (``python -m sitm_training.train``'s) | ``eval WEIGHTS PAIRS OUT`` | extra."""
+    cmd, args = (argv[0], argv[1:]) if argv else ("", [])
+    if cmd == "make-init" and len(args) == 2:
+        make_init(*args)
+    elif cmd == "train":
+        from sitm_training.train import main as train_main
+
+        return train_main(args)
+    elif cmd == "eval" and len(args) == 3:
+        evaluate(*args, **eval_kw)
+    elif extra and cmd in extra:
+        extra[cmd](args)
+    else:
+        print(f"usage: {Path(sys.argv[0]).name} make-init OLD NEW | train ARGS | eval WEIGHTS PAIRS OUT"
+              + "".join(f" | {k} ..." for k in extra or {}), file=sys.stderr)
+        return 2
+    return 0
