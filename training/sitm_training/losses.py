@@ -337,19 +337,17 @@ def align_scale_torch(hdr: torch.Tensor, target: torch.Tensor, image: torch.Tens
     ``torch.median`` takes the lower of the two middle values, NumPy's their mean: they differ by half a step."""
     from .metrics import MIN_ALIGN_PIXELS, REC709, WELL_EXPOSED
 
-    with torch.no_grad():
+    with torch.no_grad():  # vectorized over the batch: no host synchronization on a GPU
         w = torch.tensor(REC709, dtype=torch.float32, device=hdr.device).view(1, 3, 1, 1)
-        yp = (hdr.float() * w).sum(1)
-        yg = (target.float() * w).sum(1)
-        m = image.float().amax(1)
+        yp = (hdr.float() * w).sum(1).flatten(1)
+        yg = (target.float() * w).sum(1).flatten(1)
+        m = image.float().amax(1).flatten(1)
         usable = (yp > 0) & (yg > 0) & torch.isfinite(yp) & torch.isfinite(yg)
         well = usable & (m >= WELL_EXPOSED[0]) & (m <= WELL_EXPOSED[1])
-        out = torch.ones(hdr.shape[0], dtype=torch.float32, device=hdr.device)
-        for n in range(hdr.shape[0]):
-            sel = well[n] if int(well[n].sum()) >= MIN_ALIGN_PIXELS else usable[n]
-            if bool(sel.any()):
-                out[n] = torch.exp(torch.median(torch.log(yg[n][sel]) - torch.log(yp[n][sel])))
-        return out.view(-1, 1, 1, 1)
+        sel = torch.where((well.sum(1) >= MIN_ALIGN_PIXELS)[:, None], well, usable)
+        ratio = torch.where(sel, torch.log(yg.clamp_min(1e-30)) - torch.log(yp.clamp_min(1e-30)), float("nan"))
+        med = torch.nanmedian(ratio, dim=1).values  # NaN where nothing is selected: s = 1 there
+        return torch.where(torch.isnan(med), torch.ones_like(med), torch.exp(med)).view(-1, 1, 1, 1)
 
 
 MASK_PRIOR_HIGHLIGHT = (0.8, 0.9)  # mask_prior_loss: its weight falls from 1 to 0 as max_c(I) goes 0.8 -> 0.9
