@@ -118,7 +118,7 @@ def test_git_commit_marks_uncommitted_changes(monkeypatch):
     assert T._git_commit() == "abc123+dirty"
 
 
-def test_oversample_under_weights_follow_the_sample_meta(tmp_path):
+def test_oversample_under_weights_follow_the_sample_meta(tmp_path, monkeypatch):
     import dataclasses
 
     from sitm_training.data import SampleDataset
@@ -136,6 +136,16 @@ def test_oversample_under_weights_follow_the_sample_meta(tmp_path):
     assert "under" in modes and "clip" in modes  # this seed gives both kinds
     assert exposure_weights(ds, 4.0) == [4.0 if m == "under" else 1.0 for m in modes]
     assert [ds[i]["under"].item() for i in range(len(ds))] == [1.0 if m == "under" else 0.0 for m in modes]
+    from sitm_training.data import under_exposed
+
+    assert under_exposed({"exposure": {"mode": "under"}}) is True and under_exposed({"exposure": {"mode": "clip"}}) is False
+    assert under_exposed({}) is None and under_exposed({"exposure": {}}) is None
+    import sitm_training.data as data_pkg
+
+    with monkeypatch.context() as mp:  # samples that do not record their exposure: a clear error, not a KeyError
+        mp.setattr(data_pkg, "load_sample_meta", lambda path: {})
+        with pytest.raises(ValueError, match="records no exposure mode"):
+            exposure_weights(ds, 4.0)
     cfg = TrainConfig(data=str(root), out=str(tmp_path / "run"), stage1_steps=1, stage2_steps=0, batch=2, crop=32,
                       workers=0, oversample_under=0.0)
     with pytest.raises(ValueError, match="--oversample-under must be > 0"):

@@ -194,10 +194,16 @@ def _lr_at(cfg: TrainConfig, step: int) -> float:
 def exposure_weights(dataset: SampleDataset, oversample_under: float) -> list[float]:
     """Sampling weight per training sample: ``oversample_under`` for the under-exposed ones (the camera
     ``meta`` of each sample says ``exposure.mode``), 1 for the rest."""
-    from sitm_training.data import load_sample_meta
+    from sitm_training.data import load_sample_meta, under_exposed
 
-    return [float(oversample_under) if load_sample_meta(dataset.root / r["file"])["exposure"]["mode"] == "under"
-            else 1.0 for r in dataset.records]
+    weights = []
+    for r in dataset.records:
+        under = under_exposed(load_sample_meta(dataset.root / r["file"]))
+        if under is None:
+            raise ValueError(f"{dataset.root / r['file']}: the sample's meta records no exposure mode, which "
+                             "--oversample-under and --mask-prior-scope under need")
+        weights.append(float(oversample_under) if under else 1.0)
+    return weights
 
 
 @torch.no_grad()
@@ -261,10 +267,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.mask_prior_scope not in MASK_PRIOR_SCOPES:
         raise ValueError(f"--mask-prior-scope must be one of {MASK_PRIOR_SCOPES}, got {cfg.mask_prior_scope!r}")
     if cfg.mask_prior and cfg.mask_prior_scope == "under":  # fail before the first step, not at it
-        from sitm_training.data import load_sample_meta
+        from sitm_training.data import load_sample_meta, under_exposed
 
-        first = load_sample_meta(train_set.root / train_set.records[0]["file"])
-        if "mode" not in first.get("exposure", {}):
+        if under_exposed(load_sample_meta(train_set.root / train_set.records[0]["file"])) is None:
             raise ValueError(f"{cfg.data}: --mask-prior-scope under needs each sample's camera exposure mode "
                              "(meta['exposure']['mode']), which this data set does not record")
     sampler = DistributedSampler(train_set, d.world, d.rank, shuffle=True, seed=cfg.seed) if d.world > 1 else None

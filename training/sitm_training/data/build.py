@@ -308,6 +308,13 @@ def load_sample_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"{path}: corrupt sample file ({type(err).__name__}: {err})") from err
 
 
+def under_exposed(meta: dict[str, Any]) -> bool | None:
+    """Whether the simulated camera under-exposed the sample (``meta["exposure"]["mode"] == "under"``), or
+    ``None`` when the meta does not record an exposure mode (samples not made by the camera simulation)."""
+    mode = meta.get("exposure", {}).get("mode")
+    return None if mode is None else mode == "under"
+
+
 def load_sample(path: str | os.PathLike[str]) -> Sample:
     """Read one sample file (raises ``ValueError`` naming the file when it is corrupt or incomplete)."""
     try:

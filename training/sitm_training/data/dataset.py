@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from sitm_trt.io import ImageReadError, read_hdr, read_ldr, to_float
 
-from .build import PlanItem, Recipe, Sample, generate_item, load_manifest, load_sample, make_sample
+from .build import PlanItem, Recipe, Sample, generate_item, load_manifest, load_sample, make_sample, under_exposed
 from .real import MergedStack, SICEStack, find_pairs, find_sice_stacks, merge_stack, scan_hdr_files, stack_sample
 from .sources import validate_radiance
 from .stack import LabelCriterion
@@ -74,8 +74,7 @@ def _to_item(
     item: dict[str, Any] = {k: _tensor(a) for k, a in arrays.items()}
     if meta is not None:  # 1.0 when the simulated camera under-exposed (the mask prior's scope); 0.0 otherwise or
         # when the sample does not say (every item of a data set carries the key, so batches collate)
-        mode = meta.get("exposure", {}).get("mode")
-        item["under"] = torch.tensor(1.0 if mode == "under" else 0.0, dtype=torch.float32)
+        item["under"] = torch.tensor(1.0 if under_exposed(meta) else 0.0, dtype=torch.float32)
     if ev_up is not None:
         item["ev_up"] = torch.tensor(ev_up, dtype=torch.float32)
     if ev_down is not None:
