@@ -57,6 +57,32 @@ def test_cli_on_weights(tmp_path, tiny_weights_path, capsys):
     assert D.main(["--images", str(tmp_path), "--weights", str(tmp_path / "missing.safetensors")]) == 2
 
 
+def test_cli_groups_images_by_the_samples_exposure_mode(tmp_path, tiny_weights_path, capsys):
+    import json
+
+    from sitm_trt.io import read_ldr, write_png
+
+    images, samples = tmp_path / "images", tmp_path / "samples"
+    images.mkdir(), samples.mkdir()
+    rng = np.random.default_rng(1)
+    modes = {"000": "under", "001": "clip", "002": "under"}
+    for sid, mode in modes.items():
+        write_png(images / f"{sid}.png", rng.integers(0, 256, (32, 40, 3), dtype=np.uint8))
+        np.savez(samples / f"{sid}.npz", meta=np.array(json.dumps({"exposure": {"mode": mode}})))
+    groups = D.exposure_groups(sorted(images.iterdir()), samples)
+    assert list(groups) == ["clip", "under"] and [f.stem for f in groups["under"]] == ["000", "002"]
+    assert D.main(["--images", str(images), "--weights", f"tiny={tiny_weights_path}", "--samples", str(samples)]) == 0
+    rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny")}
+    assert set(rows) == {"tiny, clip inputs (1)", "tiny, under inputs (2)"}
+    # each row is the statistics of its own images alone
+    alone = D.mask_stats(D.network_masks(tiny_weights_path), [read_ldr(f) for f in groups["under"]])
+    up, mid, down = (float(v) for v in rows["tiny, under inputs (2)"].split("|")[2].split("(")[0].split("/"))
+    assert (up, mid, down) == pytest.approx(tuple(alone["dark"][0]), abs=1e-3)
+    (samples / "001.npz").unlink()  # an image without its sample: a clear error
+    assert D.main(["--images", str(images), "--weights", f"tiny={tiny_weights_path}", "--samples", str(samples)]) == 2
+    assert "001.npz" in capsys.readouterr().err
+
+
 def test_by_camera_groups_differences_to_the_baseline(tmp_path):
     import csv
     import json

@@ -1,6 +1,8 @@
 """Where a model's fusion masks (Eq. 7) take each image: mean ``M_up`` / ``M_mid`` / ``M_down`` by input region.
 
-``python -m sitm_training.diagnose --images DIR --weights NAME=PATH [--weights ...] [--limit N]``
+``python -m sitm_training.diagnose --images DIR --weights NAME=PATH [--weights ...] [--limit N] [--samples SAMPLES]``
+
+(with ``--samples``, the project's own samples' folder, one row per exposure mode of the images' samples)
 
 and, for an evaluation of the project's own test samples, where a model wins or loses against a baseline by
 the simulated camera of each sample (exposure mode and response curve, from the samples' ``meta``):
@@ -86,6 +88,20 @@ def network_masks(weights: str | Path) -> Callable[[torch.Tensor], torch.Tensor]
             return net(*ops.pre(image, stride=net.stride)).masks[..., :h, :w]
 
     return masks_of
+
+
+def exposure_groups(files: list[Path], samples: Path) -> dict[str, list[Path]]:
+    """``files`` grouped by the exposure mode of the sample of the same name in ``samples`` (its ``meta``):
+    ``{"clip": [...], "under": [...]}`` (modes in sorted order; a file without a sample raises ``OSError``)."""
+    from sitm_training.data import load_sample_meta
+
+    groups: dict[str, list[Path]] = {}
+    for f in files:
+        npz = samples / f"{f.stem}.npz"
+        if not npz.is_file():
+            raise FileNotFoundError(f"no sample {npz.name} for {f.name}")
+        groups.setdefault(str(load_sample_meta(npz)["exposure"]["mode"]), []).append(f)
+    return dict(sorted(groups.items()))
 
 
 SCORES = ("pu21_psnr", "pu21_ssim", "jod", "mu_psnr", "tm_psnr", "tm_ssim", "clip_pu21_psnr")
@@ -202,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--highlights", action="store_true",
                    help="with --images PAIRS: detail and level of each result in the input's clipped pixels")
     p.add_argument("--per-image", type=Path, help="an evaluation's per_image.csv (instead of --images/--weights)")
-    p.add_argument("--samples", type=Path, help="with --per-image: the samples' .npz folder (e.g. data/sitm256/test)")
+    p.add_argument("--samples", type=Path,
+                   help="the samples' .npz folder (e.g. data/sitm256/test): with --per-image, required; with --images, "
+                        "one row per exposure mode of the samples (clipping / under-exposed)")
     p.add_argument("--baseline", default="linear", help="with --per-image: the method to compare against")
     p.add_argument("--limit", type=int, default=None, help="the first N images (sorted by name)")
     p.add_argument("--min-pixels", type=int, default=50)
@@ -242,13 +260,21 @@ def main(argv: list[str] | None = None) -> int:
     if not files:
         print(f"error: {args.images}: no images ({', '.join(_IMAGE_SUFFIXES)})", file=sys.stderr)
         return 2
+    try:
+        groups = exposure_groups(files, args.samples) if args.samples is not None else {"": files}
+    except (OSError, KeyError, ValueError) as err:
+        print(f"error: --samples {args.samples}: {err}", file=sys.stderr)
+        return 2
     results = {}
     for spec in args.weights:
         name, _, path = spec.rpartition("=") if "=" in spec else (Path(spec).stem, "", spec)
         if not Path(path).is_file():
             print(f"error: {path}: no such weights file", file=sys.stderr)
             return 2
-        results[name] = mask_stats(network_masks(path), (read_ldr(f) for f in files), args.min_pixels)
+        masks_of = network_masks(path)
+        for group, members in groups.items():
+            row = f"{name}, {group} inputs ({len(members)})" if group else name
+            results[row] = mask_stats(masks_of, (read_ldr(f) for f in members), args.min_pixels)
     text = f"Masks of Eq. 7 by input region, over {len(files)} images of `{args.images}`:\n\n" + table(results)
     print(text, end="")
     if args.out is not None:
