@@ -25,6 +25,7 @@ from sitm_training.losses import (
     mask_prior_loss,
     mask_prior_weight,
     mask_prior_weight_under,
+    highlight_ramp,
     pu21_gradient_loss,
     pu21_hdr_loss,
     pu21_psnr_loss,
@@ -168,6 +169,21 @@ def test_mask_prior_weighs_the_well_exposed_pixels_only():
     # a colour pixel: the shadow side follows its darkest channel, the highlight side its brightest
     px = torch.tensor([0.06, 0.5, 0.88]).view(1, 3, 1, 1)
     assert mask_prior_weight(px).item() == pytest.approx((1 - (UNDER_TAU - 0.06) / UNDER_TAU) * (0.9 - 0.88) / 0.1)
+
+
+def test_mask_prior_down_scope_penalizes_only_m_down_below_the_highlights():
+    # dark, mid, halfway down the 0.8 -> 0.9 ramp, clipped; M_up and M_mid are free, so only M_down counts
+    row = torch.tensor([0.0, 0.5, 0.85, 1.0]).view(1, 1, 1, 4).expand(1, 3, 1, 4).contiguous()
+    m_down = torch.tensor([0.4, 0.2, 0.6, 0.9])
+    m_up = torch.tensor([0.5, 0.0, 0.1, 0.0])
+    masks = torch.stack([m_up, 1 - m_up - m_down, m_down]).reshape(1, 3, 1, 4)
+    assert highlight_ramp(row).flatten().tolist() == pytest.approx([1.0, 1.0, 0.5, 0.0])
+    assert mask_prior_loss(masks, row, None, "down").item() == pytest.approx((0.4 + 0.2 + 0.5 * 0.6) / 4)
+    # the gradient reaches M_down only, and not in the clipped pixel
+    masks = masks.clone().requires_grad_(True)
+    mask_prior_loss(masks, row, None, "down").backward()
+    assert masks.grad[0, :2].abs().sum().item() == 0
+    assert masks.grad[0, 2].flatten().tolist() == pytest.approx([0.25, 0.25, 0.125, 0.0])
 
 
 def test_mask_prior_under_scope_weighs_only_the_under_exposed_samples_below_the_highlights():

@@ -53,6 +53,7 @@ __all__ = [
     "align_scale_torch",
     "mask_prior_loss",
     "mask_prior_weight_under",
+    "highlight_ramp",
     "MASK_PRIOR_SCOPES",
     "lsgan_d_loss",
     "lsgan_g_loss",
@@ -353,6 +354,12 @@ def align_scale_torch(hdr: torch.Tensor, target: torch.Tensor, image: torch.Tens
 MASK_PRIOR_HIGHLIGHT = (0.8, 0.9)  # mask_prior_loss: its weight falls from 1 to 0 as max_c(I) goes 0.8 -> 0.9
 
 
+def highlight_ramp(image: torch.Tensor) -> torch.Tensor:
+    """``clip((0.9 - max_c I) / 0.1, 0, 1)`` (``(N, 1, H, W)``): 1 below the highlights, 0 from 0.9 up."""
+    lo, hi = MASK_PRIOR_HIGHLIGHT
+    return ((hi - image.amax(dim=1, keepdim=True)) / (hi - lo)).clamp(0.0, 1.0)
+
+
 def mask_prior_weight(image: torch.Tensor) -> torch.Tensor:
     """Where :func:`mask_prior_loss` pulls ``M_mid`` to 1: ``(1 - under(I)) * clip((0.9 - max_c I) / 0.1, 0, 1)``.
 
@@ -360,9 +367,7 @@ def mask_prior_weight(image: torch.Tensor) -> torch.Tensor:
     mask of Eq. 14 starts only at 0.95), so the highlights and their surroundings stay free to take ``I_down``.
     (The first version, ``1 - under - over``, reached into the clipped pixels and cost clipped PU21-PSNR.)
     """
-    lo, hi = MASK_PRIOR_HIGHLIGHT
-    highlight = ((hi - image.amax(dim=1, keepdim=True)) / (hi - lo)).clamp(0.0, 1.0)
-    return (1.0 - under_exposure_mask(image)).clamp(0.0, 1.0) * highlight
+    return (1.0 - under_exposure_mask(image)).clamp(0.0, 1.0) * highlight_ramp(image)
 
 
 def mask_prior_weight_under(image: torch.Tensor, under: torch.Tensor) -> torch.Tensor:
@@ -374,23 +379,28 @@ def mask_prior_weight_under(image: torch.Tensor, under: torch.Tensor) -> torch.T
     """
     if under.ndim != 1 or under.shape[0] != image.shape[0]:
         raise ValueError(f"under must have shape ({image.shape[0]},), got {tuple(under.shape)}")
-    lo, hi = MASK_PRIOR_HIGHLIGHT
-    highlight = ((hi - image.amax(dim=1, keepdim=True)) / (hi - lo)).clamp(0.0, 1.0)
+    highlight = highlight_ramp(image)
     return under.to(highlight.dtype).view(-1, 1, 1, 1) * highlight
 
 
-MASK_PRIOR_SCOPES = ("well", "under")
+MASK_PRIOR_SCOPES = ("well", "under", "down")
 
 
 def mask_prior_loss(masks: torch.Tensor, image: torch.Tensor, under: torch.Tensor | None = None,
                     scope: str = "well") -> torch.Tensor:
-    """``mean(w * (1 - M_mid))``.
+    """``mean(w * (1 - M_mid))``, or ``mean(w * M_down)`` for ``scope="down"``.
 
     ``scope="well"``: ``w`` = :func:`mask_prior_weight`: where the input is well exposed it is the best evidence
     there is, so Eq. 7 should take it as it is rather than blend in the generated (smoother) exposure images.
     ``scope="under"``: ``w`` = :func:`mask_prior_weight_under`, which needs ``under`` (per sample, 1 or 0): only
     the samples of under-exposing cameras are pulled to ``M_mid = 1``, shadows included.
+    ``scope="down"``: ``mean(w * M_down)`` with ``w`` = :func:`highlight_ramp`: the exposure-down image only in and
+    around the highlights. It is the ADEM's role (its loss is masked by Eq. 14's over-exposure mask); elsewhere
+    it is a darker copy of the input with no detail the input lacks, and in the shadows of dark inputs mostly
+    quantization and colour noise. ``M_up`` and ``M_mid`` stay free everywhere.
     """
+    if scope == "down":
+        return (highlight_ramp(image) * masks[:, 2:3].float()).mean()
     if scope == "well":
         w = mask_prior_weight(image)
     elif scope == "under":
@@ -413,7 +423,7 @@ class LossWeights:
     lambda_psnr: float = 0.0  # our addition (pu21_psnr_loss, in dB: 0.01 makes 1 dB worth 0.01); 0 = as published
     align: bool = False  # the PU21 terms see H scaled by align_scale_torch (the evaluation's alignment); Eq. 15 does not
     lambda_mask: float = 0.0  # our addition (mask_prior_loss); 0 = Eq. 16 as published
-    mask_scope: str = "well"  # where mask_prior_loss acts: "well" or "under" (see MASK_PRIOR_SCOPES)
+    mask_scope: str = "well"  # where mask_prior_loss acts: "well", "under" or "down" (see MASK_PRIOR_SCOPES)
 
 
 class GeneratorLoss(NamedTuple):

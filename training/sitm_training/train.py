@@ -77,7 +77,8 @@ class TrainConfig:
     hdr_psnr: float = 0.0  # weight of losses.pu21_psnr_loss (minus per-image PU21-PSNR in dB) (0 = the paper's loss)
     hdr_align: bool = False  # the PU21 terms compare after the evaluation's scale alignment (losses.align_scale_torch)
     mask_prior: float = 0.0  # weight of losses.mask_prior_loss (0 = the paper's loss)
-    mask_prior_scope: str = "well"  # where it acts: "well" (well-exposed pixels) or "under" (under-exposed samples)
+    mask_prior_scope: str = "well"  # where it acts: "well" (well-exposed pixels), "under" (under-exposed samples)
+    #                                 or "down" (no M_down below the highlights)
     oversample_under: float = 1.0  # draw under-exposed training samples this many times as often (1 = uniform)
     freeze_exposure: bool = False  # stage 2 trains the MEFM only (EAB, AUEM, ADEM fixed): a fusion fine-tune
     init: str | None = None  # start a new run from these weights (fresh optimizer, step 0): a fine-tune
@@ -481,8 +482,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-prior", type=float, default=defaults.mask_prior,
                    help="weight of a term pulling Eq. 7 towards the input where it is well exposed (default 0)")
     p.add_argument("--mask-prior-scope", default=defaults.mask_prior_scope, choices=list(MASK_PRIOR_SCOPES),
-                   help="where the mask prior acts: 'well' (well-exposed pixels of every sample, default) or 'under' "
-                        "(everything below the highlights, in the samples of under-exposing cameras only)")
+                   help="where the mask prior acts: 'well' (well-exposed pixels of every sample, default), 'under' "
+                        "(everything below the highlights, in the samples of under-exposing cameras only) or 'down' "
+                        "(M_down pulled to 0 below the highlights, every sample)")
     p.add_argument("--oversample-under", type=float, default=defaults.oversample_under,
                    help="draw under-exposed training samples K times as often (default 1: uniform)")
     p.add_argument("--init", default=None, help="start a new run from these weights (.safetensors; fresh optimizer)")
