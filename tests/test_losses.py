@@ -29,6 +29,7 @@ from sitm_training.losses import (
     pu21_gradient_loss,
     pu21_hdr_loss,
     pu21_psnr_loss,
+    pu21_clipped_loss,
     align_scale_torch,
     lsgan_d_loss,
     lsgan_g_loss,
@@ -234,6 +235,26 @@ def test_pu21_psnr_loss_is_minus_the_mean_per_image_psnr():
                      for i in range(2)])
     assert pu21_psnr_loss(h, g).item() == pytest.approx(want, abs=1e-3)
     assert pu21_psnr_loss(g, g).item() == pytest.approx(-100.0)  # the floor: a perfect image counts 100 dB
+
+
+def test_pu21_clipped_loss_averages_the_over_exposed_pixels_per_image():
+    from sitm_training.metrics import Display, pu21_encode
+
+    h = rand(3, 3, 4, 5, seed=31) ** 4 * 60
+    g = rand(3, 3, 4, 5, seed=32) ** 4 * 60
+    image = torch.full((3, 3, 4, 5), 0.5)
+    image[0, 1, 0, :2] = 1.0  # two fully over-exposed pixels (mask 1)
+    image[0, 0, 3, 4] = 0.975  # one half over-exposed (Eq. 14: (0.975 - 0.95) / 0.05)
+    image[2, :, 2, 2] = 1.0  # one pixel; image 1 has none and does not count
+    e = np.abs(pu21_encode(Display()(h.double().numpy())) - pu21_encode(Display()(g.double().numpy()))).mean(axis=1)
+    first = (e[0, 0, 0] + e[0, 0, 1] + 0.5 * e[0, 3, 4]) / 2.5
+    want = (first + e[2, 2, 2]) / 2 / 256
+    assert pu21_clipped_loss(h, g, image).item() == pytest.approx(want, rel=1e-4)
+    # no over-exposed pixel anywhere: zero, and still differentiable
+    hh = h.clone().requires_grad_(True)
+    loss = pu21_clipped_loss(hh, g, torch.full_like(image, 0.5))
+    loss.backward()
+    assert loss.item() == 0 and hh.grad.abs().sum().item() == 0
 
 
 def test_align_scale_torch_matches_the_evaluation_alignment():

@@ -50,6 +50,7 @@ __all__ = [
     "pu21_hdr_loss",
     "pu21_gradient_loss",
     "pu21_psnr_loss",
+    "pu21_clipped_loss",
     "align_scale_torch",
     "mask_prior_loss",
     "mask_prior_weight_under",
@@ -318,6 +319,23 @@ def pu21_gradient_loss(hdr: torch.Tensor, target: torch.Tensor, white: float = 1
     return 0.5 * (dx + dy) / PU21_PEAK
 
 
+def pu21_clipped_loss(hdr: torch.Tensor, target: torch.Tensor, image: torch.Tensor, white: float = 100.0,
+                      peak: float = 4000.0) -> torch.Tensor:
+    """The PU21 L1 of :func:`pu21_hdr_loss` in the input's over-exposed pixels only: per image the mean over them,
+    weighted by Eq. 14's mask ``over(I)`` (:func:`sitm_training.masks.over_exposure_mask`), then the mean over the
+    images that have any (zero, with a gradient, when none has). Where the input clipped is where ITM has to
+    restore what was lost, and the evaluation's clipped score averages per image in the same way; a term over all
+    pixels gives those few pixels little weight."""
+    from .metrics import PU21_PEAK
+
+    w = over_exposure_mask(image)
+    e = (_pu21_display(hdr, white, peak) - _pu21_display(target, white, peak)).abs().mean(dim=1, keepdim=True)
+    per_w = w.sum(dim=(1, 2, 3))
+    has = per_w > 0
+    per_image = (w * e).sum(dim=(1, 2, 3)) / per_w.clamp_min(1e-12)
+    return (per_image * has).sum() / has.sum().clamp_min(1) / PU21_PEAK
+
+
 def pu21_psnr_loss(hdr: torch.Tensor, target: torch.Tensor, white: float = 100.0, peak: float = 4000.0,
                    floor: float = 1e-10) -> torch.Tensor:
     """Minus the mean over images of PU21-PSNR in dB, ``mean_n 10 log10(MSE_n / 256^2 + floor)``, on the display of
@@ -420,6 +438,7 @@ class LossWeights:
     mu: float = 5000.0
     lambda_pu21: float = 0.0  # our addition (pu21_hdr_loss); 0 = Eq. 16 as published
     lambda_grad: float = 0.0  # our addition (pu21_gradient_loss); 0 = Eq. 16 as published
+    lambda_clip: float = 0.0  # our addition (pu21_clipped_loss); 0 = Eq. 16 as published
     lambda_psnr: float = 0.0  # our addition (pu21_psnr_loss, in dB: 0.01 makes 1 dB worth 0.01); 0 = as published
     align: bool = False  # the PU21 terms see H scaled by align_scale_torch (the evaluation's alignment); Eq. 15 does not
     lambda_mask: float = 0.0  # our addition (mask_prior_loss); 0 = Eq. 16 as published
@@ -473,6 +492,8 @@ class SITMLoss(nn.Module):
             l_h = l_h + w.lambda_pu21 * pu21_hdr_loss(hdr_pu, gt_hdr)
         if w.lambda_grad:
             l_h = l_h + w.lambda_grad * pu21_gradient_loss(hdr_pu, gt_hdr)
+        if w.lambda_clip:
+            l_h = l_h + w.lambda_clip * pu21_clipped_loss(hdr_pu, gt_hdr, image)
         if w.lambda_psnr:
             l_h = l_h + w.lambda_psnr * pu21_psnr_loss(hdr_pu, gt_hdr)
         if w.lambda_mask:

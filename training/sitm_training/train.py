@@ -74,6 +74,7 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads on the CPU (0 = torch default)
     hdr_pu21: float = 0.0  # weight of losses.pu21_hdr_loss added to Eq. 15 (0 = the paper's loss)
     hdr_grad: float = 0.0  # weight of losses.pu21_gradient_loss added to Eq. 15 (0 = the paper's loss)
+    hdr_clip: float = 0.0  # weight of losses.pu21_clipped_loss added to Eq. 15 (0 = the paper's loss)
     hdr_psnr: float = 0.0  # weight of losses.pu21_psnr_loss (minus per-image PU21-PSNR in dB) (0 = the paper's loss)
     hdr_align: bool = False  # the PU21 terms compare after the evaluation's scale alignment (losses.align_scale_torch)
     mask_prior: float = 0.0  # weight of losses.mask_prior_loss (0 = the paper's loss)
@@ -288,7 +289,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     net = SITMNet(cfg.preset).to(device)
     disc = MaskAwareDiscriminator(width=cfg.disc_width, max_width=cfg.disc_max_width).to(device) if cfg.gan else None
     perceptual = VGGPerceptual(cfg.vgg).to(device)
-    criterion = SITMLoss(perceptual, LossWeights(lambda_pu21=cfg.hdr_pu21, lambda_grad=cfg.hdr_grad,
+    criterion = SITMLoss(perceptual, LossWeights(lambda_pu21=cfg.hdr_pu21, lambda_grad=cfg.hdr_grad, lambda_clip=cfg.hdr_clip,
                                                  lambda_psnr=cfg.hdr_psnr, lambda_mask=cfg.mask_prior,
                                                  mask_scope=cfg.mask_prior_scope, align=cfg.hdr_align))
     opt_g = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=cfg.betas)
@@ -474,6 +475,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="weight of an extra L1 term on PU21-encoded HDR in stage 2 (default 0: Eq. 16 as published)")
     p.add_argument("--hdr-grad", type=float, default=defaults.hdr_grad,
                    help="weight of an extra L1 term on neighbour differences of PU21-encoded HDR in stage 2 (default 0)")
+    p.add_argument("--hdr-clip", type=float, default=defaults.hdr_clip,
+                   help="weight of an extra PU21 L1 term over the input's over-exposed pixels only (per image, Eq. 14's "
+                        "mask) in stage 2 (default 0)")
     p.add_argument("--hdr-psnr", type=float, default=defaults.hdr_psnr,
                    help="weight of minus the per-image PU21-PSNR in dB added in stage 2 (0.01: 1 dB = 0.01; default 0)")
     p.add_argument("--hdr-align", action="store_true",
