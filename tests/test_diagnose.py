@@ -113,6 +113,35 @@ def test_by_camera_groups_differences_to_the_baseline(tmp_path):
     assert D.main(["--per-image", str(per_image)]) == 2  # --samples missing
 
 
+def test_weakest_scores_t_statistics_merge_evaluations_by_image(tmp_path, capsys):
+    import csv
+
+    def write(path, rows):
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["id", "method", "status", *D.SCORES])
+            w.writeheader()
+            for r in rows:
+                w.writerow(r)
+
+    base = {k: 10.0 for k in D.SCORES}
+    diffs = {"1": 1.0, "2": 2.0, "3": 4.0}  # m - linear on every score; the clipped score only on images 1 and 3
+    write(tmp_path / "a.csv", [{"id": i, "method": "linear", "status": "ok", **base} for i in diffs])
+    write(tmp_path / "b.csv", [{"id": i, "method": "m", "status": "ok", **{k: 10.0 + d for k in D.SCORES},
+                                "clip_pu21_psnr": "" if i == "2" else 10.0 + d} for i, d in diffs.items()]
+          + [{"id": "1", "method": "linear", "status": "ok", **{k: 99.0 for k in D.SCORES}}])  # a second copy: ignored
+    text = D.weakest_scores([tmp_path / "a.csv", tmp_path / "b.csv"])
+    row = [line for line in text.splitlines() if line.startswith("| m |")][0].split("|")
+    d = np.array([1.0, 2.0, 4.0])
+    t_all = d.mean() / (d.std(ddof=1) / np.sqrt(3))
+    t_clip = 2.5 / (np.std([1.0, 4.0], ddof=1) / np.sqrt(2))  # 1.67 < t_all = 2.65: the weakest
+    assert float(row[3]) == pytest.approx(t_all, abs=0.01) and float(row[9]) == pytest.approx(t_clip, abs=0.01)
+    assert row[10].strip() == f"{min(t_all, t_clip):.2f} (clip_pu21_psnr)" and row[2].strip() == "3"
+    assert D.main(["--weakest", str(tmp_path / "a.csv"), "--baseline", "nope"]) == 2
+    assert D.main(["--weakest", str(tmp_path / "missing.csv")]) == 2
+    assert D.main(["--weakest", str(tmp_path / "a.csv"), str(tmp_path / "b.csv")]) == 0
+    assert "| m | 3 |" in capsys.readouterr().out
+
+
 def test_clipped_stats_align_then_measure_the_clipped_pixels():
     ldr = np.full((10, 10, 3), 0.5)
     ldr[:, 5:] = 1.0  # 50 clipped pixels

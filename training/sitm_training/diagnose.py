@@ -9,6 +9,11 @@ the simulated camera of each sample (exposure mode and response curve, from the 
 
 ``python -m sitm_training.diagnose --per-image EVAL/per_image.csv --samples data/sitm256/test [--baseline linear]``
 
+and, to choose between candidates without the test split, per method the t-statistic of each score's per-image
+difference to a baseline and the weakest of them (the rows of several evaluations merged by image id):
+
+``python -m sitm_training.diagnose --weakest EVAL1/per_image.csv [EVAL2/per_image.csv ...] [--baseline linear]``
+
 and, on a folder of (LDR, HDR) pairs, what each method makes of the input's clipped pixels, against the ground
 truth (the linearized input and each model, every result scale-aligned as the evaluation does):
 
@@ -149,6 +154,44 @@ def by_camera(per_image: Path, samples: Path, baseline: str = "linear") -> str:
     return "\n".join(lines) + "\n"
 
 
+def weakest_scores(per_image: list[Path], baseline: str = "linear") -> str:
+    """Per method, the t-statistic of its per-image difference to ``baseline`` for each score (mean over images
+    / standard error, images without the score left out), and the weakest of them, as markdown. The rows of
+    several ``per_image.csv`` files are merged by image id (each method once per id), so methods scored in
+    different runs on the same pairs compare on the same images."""
+    import csv
+    import math
+
+    rows: dict[str, dict[str, dict[str, str]]] = {}
+    for f in per_image:
+        with open(f, newline="") as fh:
+            for r in csv.DictReader(fh):
+                if r["status"] == "ok":
+                    rows.setdefault(r["id"], {}).setdefault(r["method"], r)
+    methods = sorted({m for r in rows.values() for m in r} - {baseline})
+    if not any(baseline in r for r in rows.values()):
+        raise ValueError(f"no image has a result of the baseline {baseline!r}")
+
+    def num(v: str | None) -> float:
+        return float(v) if v not in (None, "", "nan", "None") else float("nan")
+
+    lines = [f"t-statistic of the per-image difference (method - {baseline}) over the images both have; "
+             "positive = the method is better:", "",
+             "| method | images | " + " | ".join(SCORES) + " | weakest |", "| --- | ---: |" + " ---: |" * (len(SCORES) + 1)]
+    for m in methods:
+        ts, n = [], 0
+        for k in SCORES:
+            d = np.array([num(r[m].get(k)) - num(r[baseline].get(k)) for r in rows.values() if m in r and baseline in r])
+            n = max(n, len(d))
+            d = d[np.isfinite(d)]
+            sd = d.std(ddof=1) if d.size > 1 else float("nan")
+            ts.append(d.mean() / (sd / math.sqrt(d.size)) if d.size > 1 and sd > 0 else float("nan"))
+        weakest = int(np.nanargmin(ts)) if np.isfinite(ts).any() else None
+        tail = f"{ts[weakest]:.2f} ({SCORES[weakest]})" if weakest is not None else "-"
+        lines.append(f"| {m} | {n} | " + " | ".join(f"{t:.2f}" for t in ts) + f" | {tail} |")
+    return "\n".join(lines) + "\n"
+
+
 def table(results: dict[str, dict[str, tuple[np.ndarray, int]]]) -> str:
     lines = ["| model | " + " | ".join(f"{r}: up / mid / down (images)" for r in REGIONS) + " |",
              "| --- |" + " ---: |" * len(REGIONS)]
@@ -218,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--highlights", action="store_true",
                    help="with --images PAIRS: detail and level of each result in the input's clipped pixels")
     p.add_argument("--per-image", type=Path, help="an evaluation's per_image.csv (instead of --images/--weights)")
+    p.add_argument("--weakest", type=Path, nargs="+", metavar="CSV",
+                   help="per_image.csv files: per method the t-statistic of each score's difference to --baseline, "
+                        "and the weakest (the rule that picks between candidates off the test split)")
     p.add_argument("--samples", type=Path,
                    help="the samples' .npz folder (e.g. data/sitm256/test): with --per-image, required; with --images, "
                         "one row per exposure mode of the samples (clipping / under-exposed)")
@@ -226,6 +272,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-pixels", type=int, default=50)
     p.add_argument("--out", type=Path, default=None, help="also write the table here")
     args = p.parse_args(argv)
+    if args.weakest:
+        missing = [f for f in args.weakest if not f.is_file()]
+        if missing:
+            print(f"error: {missing[0]}: no such file", file=sys.stderr)
+            return 2
+        try:
+            text = weakest_scores(args.weakest, args.baseline)
+        except (ValueError, KeyError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(text, end="")
+        if args.out is not None:
+            write_bytes_atomic(args.out, text.encode())
+        return 0
     if args.per_image is not None:
         if args.samples is None or not args.samples.is_dir() or not args.per_image.is_file():
             print("error: --per-image needs an existing per_image.csv and --samples DIR", file=sys.stderr)
