@@ -22,6 +22,7 @@ from sitm_training.data.build import (
     build,
     export_split,
     load_manifest,
+    load_sample_meta,
     load_sample,
     make_plan,
     verify,
@@ -180,6 +181,24 @@ def test_plan_counts() -> None:
     assert 0.70 < b_share < 0.80  # weight 3 of 4 (900 draws: sigma 0.015)
     assert [p.source for p in plan if p.split == "test"] == ["t1", "t2", "t1", "t2", "t1"]
     assert [p.index for p in plan] == list(range(405))
+
+
+def test_export_subset_real_scenes_per_exposure_mode(tmp_path: Path, built: Path) -> None:
+    manifest = load_manifest(built)
+    train = [r for r in manifest["samples"] if r["split"] == "train"]
+    real = [r for r in train if not r["source"].startswith("procedural")]
+    assert real and len(real) < len(train)  # the fixture has both kinds
+    pairs = export_split(built, tmp_path / "real", "train", real_only=True)
+    assert sorted(p["id"] for p in pairs) == sorted(r["id"] for r in real)
+    modes = {r["id"]: load_sample_meta(built / r["file"])["exposure"]["mode"] for r in real}
+    one = export_split(built, tmp_path / "one", "train", real_only=True, per_mode=1, seed=3)
+    got = [modes[p["id"]] for p in one]
+    assert sorted(got) == sorted(set(modes.values()))  # one of each mode present
+    again = export_split(built, tmp_path / "again", "train", real_only=True, per_mode=1, seed=3)
+    assert [p["id"] for p in again] == [p["id"] for p in one]  # the draw is the seed's
+    assert json.loads((tmp_path / "one" / "pairs.json").read_text())["per_mode"] == 1
+    with pytest.raises(ValueError, match="per_mode"):
+        export_split(built, tmp_path / "bad", "train", per_mode=0)
 
 
 def test_export_split_as_pairs(tmp_path: Path, built: Path) -> None:

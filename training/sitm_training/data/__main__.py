@@ -90,6 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--root", type=Path, required=True, help="a built data set")
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--split", default="test", choices=("train", "val", "test"))
+    e.add_argument("--real-only", action="store_true", help="only the samples of real HDR sources")
+    e.add_argument("--per-mode", type=int, default=None,
+                   help="at most N samples of each exposure mode (clipping / under-exposed), drawn with --seed")
+    e.add_argument("--seed", type=int, default=0, help="with --per-mode: the draw's seed")
 
     i = sub.add_parser(
         "import-sice", help="convert SICE-style bracketed stacks (Debevec-merged HDR) into a built data set"
@@ -204,7 +208,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "export":
-        pairs = B.export_split(args.root, args.out, args.split)
+        try:
+            pairs = B.export_split(args.root, args.out, args.split, real_only=args.real_only,
+                                   per_mode=args.per_mode, seed=args.seed)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         print(f"{len(pairs)} {args.split} pairs written to {args.out}")
         return 0
 

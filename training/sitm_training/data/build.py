@@ -591,19 +591,36 @@ def verify(root: str | os.PathLike[str]) -> list[str]:
 
 
 def export_split(
-    root: str | os.PathLike[str], out: str | os.PathLike[str], split: str = "test"
+    root: str | os.PathLike[str], out: str | os.PathLike[str], split: str = "test", *, real_only: bool = False,
+    per_mode: int | None = None, seed: int = 0,
 ) -> list[dict[str, Any]]:
     """Write a split as evaluation pairs: ``out/<id>.png`` (LDR input), ``out/<id>.exr`` (float32 HDR),
     ``out/labels/<id>_up.png`` / ``<id>_down.png``, and ``out/pairs.json`` (ids, files, EVs, sources).
+
+    ``real_only`` keeps the samples of real HDR sources (not ``procedural/*``); ``per_mode`` keeps at most that
+    many samples of each exposure mode (``meta["exposure"]["mode"]``), the first ones in an order shuffled with
+    ``seed``: e.g. a small real-scene set from the train split for choosing between models.
     """
     root, out = Path(root), Path(out)
     manifest = load_manifest(root)
+    records = [r for r in manifest["samples"] if r["split"] == split
+               and not (real_only and str(r.get("source", "")).startswith("procedural"))]
+    if per_mode is not None:
+        if per_mode < 1:
+            raise ValueError(f"per_mode must be >= 1, got {per_mode}")
+        np.random.default_rng(seed).shuffle(records)
+        taken: dict[str, int] = {}
+        chosen = []
+        for rec in records:
+            mode = str(load_sample_meta(root / rec["file"]).get("exposure", {}).get("mode"))
+            if taken.get(mode, 0) < per_mode:
+                taken[mode] = taken.get(mode, 0) + 1
+                chosen.append(rec)
+        records = chosen
     out.mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(exist_ok=True)
     pairs = []
-    for rec in manifest["samples"]:
-        if rec["split"] != split:
-            continue
+    for rec in records:
         s = load_sample(root / rec["file"])
         sid = rec["id"]
         write_png(out / f"{sid}.png", s.ldr)
@@ -625,7 +642,8 @@ def export_split(
     _write_atomic(
         out / "pairs.json",
         json.dumps(
-            {"split": split, "from": str(root), "recipe_hash": manifest["recipe_hash"], "pairs": pairs}, indent=1
+            {"split": split, "from": str(root), "recipe_hash": manifest["recipe_hash"], "real_only": real_only,
+             "per_mode": per_mode, "seed": seed if per_mode is not None else None, "pairs": pairs}, indent=1
         ).encode(),
     )
     return pairs
