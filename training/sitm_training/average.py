@@ -70,6 +70,10 @@ def _git_commit() -> str | None:
 
 def average(a: Path, b: Path, alpha: float, out: Path, cards: list[Path] | None = None) -> dict:
     """Write the average of ``a`` and ``b`` to ``out`` and its card to ``out.with_suffix('.json')``; returns the card."""
+    runs = [json.loads(Path(c).read_text()) for c in (cards or [])]
+    recipes = {json.dumps(r.get("data", {}).get("recipe_hash")) for r in runs}
+    if len(recipes) > 1:
+        raise ValueError(f"the cards come from different data sets ({sorted(recipes)})")
     na, nb = load_weights(a), load_weights(b)
     if na.preset != nb.preset:
         raise ValueError(f"{a} and {b} have different presets ({na.preset.name} vs {nb.preset.name})")
@@ -79,10 +83,6 @@ def average(a: Path, b: Path, alpha: float, out: Path, cards: list[Path] | None 
     provenance = {"alpha": alpha, "a": {"path": str(a), "sha256": _sha256(a)}, "b": {"path": str(b), "sha256": _sha256(b)},
                   "tensors_averaged": len(changed), "tensors": len(state)}
     save_weights(na, out, metadata={META_KEY: json.dumps(provenance)})
-    runs = [json.loads(Path(c).read_text()) for c in (cards or [])]
-    recipes = {json.dumps(r.get("data", {}).get("recipe_hash")) for r in runs}
-    if len(recipes) > 1:
-        raise ValueError(f"the cards come from different data sets ({sorted(recipes)})")
     card = {"average": provenance, "runs": runs, "git_commit": _git_commit(),
             "step": sum(int(r.get("step") or 0) for r in runs),
             "train_seconds": sum(float(r.get("train_seconds") or 0.0) for r in runs),
@@ -111,8 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         card = average(args.a, args.b, args.alpha, args.out, args.card)
-    except (ValueError, json.JSONDecodeError) as err:
+    except (ValueError, RuntimeError, OSError) as err:  # JSONDecodeError is a ValueError
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # safetensors' own error type for a file that is not safetensors
+        if type(err).__name__ != "SafetensorError":
+            raise
+        print(f"error: not a weights file: {err}", file=sys.stderr)
         return 2
     print(f"wrote {args.out} ({card['average']['tensors_averaged']} of {card['average']['tensors']} tensors differ) "
           f"and {args.out.with_suffix('.json')}")

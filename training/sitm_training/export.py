@@ -1,4 +1,5 @@
-"""Package trained weights for shipping: ``python -m sitm_training.export --run RUN --out DIR/NAME``.
+"""Package trained weights for shipping: ``python -m sitm_training.export --run RUN --out DIR/NAME``
+(or ``--weights FILE [--card CARD]``).
 
 Writes ``NAME.safetensors`` (float32, preset in the metadata), ``NAME-fp32.onnx`` and ``NAME-fp16.onnx`` (the
 network graph for TensorRT; see ``sitm_trt.model.export_onnx``) and ``NAME.json``, the card: preset, the
@@ -52,6 +53,9 @@ def export(weights: Path, out: Path, run_card: dict | None = None, eval_dir: Pat
     if run_card:
         card["training"] = {k: run_card.get(k) for k in ("step", "train_seconds", "losses", "validation", "perceptual",
                                                           "git_commit", "config", "torch", "device", "started")}
+        if "average" in run_card:  # a card of python -m sitm_training.average: the averaged runs and how
+            card["training"]["average"] = run_card["average"]
+            card["training"]["runs"] = run_card.get("runs")
         card["data"] = run_card.get("data")
     if eval_dir is not None:
         card["evaluation"] = {"table": (eval_dir / "table.md").read_text(),
@@ -70,12 +74,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", type=Path, help="a training run folder (uses RUN/ckpt/model.safetensors and RUN/card.json)")
     p.add_argument("--weights", type=Path, help="a weights file (instead of --run)")
     p.add_argument("--out", type=Path, required=True, help="DIR/NAME: writes NAME.safetensors, NAME.json, NAME-*.onnx")
+    p.add_argument("--card", type=Path, help="with --weights: the training card to put in the card (a run's "
+                                              "card.json, or the .json that python -m sitm_training.average writes)")
     p.add_argument("--eval", type=Path, help="an evaluation output folder to put in the card")
     args = p.parse_args(argv)
     if (args.run is None) == (args.weights is None):
         p.error("give exactly one of --run and --weights")
+    if args.card is not None and args.run is not None:
+        p.error("--card goes with --weights (--run uses RUN/card.json)")
     weights = args.weights or args.run / "ckpt" / "model.safetensors"
-    run_card = json.loads((args.run / "card.json").read_text()) if args.run else None
+    card_file = args.run / "card.json" if args.run else args.card
+    for f in (weights, card_file):
+        if f is not None and not f.is_file():
+            print(f"error: {f}: no such file", file=sys.stderr)
+            return 2
+    run_card = json.loads(card_file.read_text()) if card_file else None
     card = export(weights, args.out, run_card, args.eval)
     print(json.dumps({k: card[k] for k in ("name", "sha256", "parameters", "bytes")}, indent=2))
     return 0
