@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=Path,
                    help="the samples' .npz folder (e.g. data/sitm256/test): with --per-image, required; with --images, "
                         "one row per exposure mode of the samples (clipping / under-exposed)")
-    p.add_argument("--baseline", default="linear", help="with --per-image: the method to compare against")
+    p.add_argument("--baseline", default="linear", help="with --per-image or --weakest: the method to compare against")
     p.add_argument("--limit", type=int, default=None, help="the first N images (sorted by name)")
     p.add_argument("--min-pixels", type=int, default=50)
     p.add_argument("--out", type=Path, default=None, help="also write the table here")
