@@ -272,75 +272,68 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-pixels", type=int, default=50)
     p.add_argument("--out", type=Path, default=None, help="also write the table here")
     args = p.parse_args(argv)
-    if args.weakest:
-        missing = [f for f in args.weakest if not f.is_file()]
-        if missing:
-            print(f"error: {missing[0]}: no such file", file=sys.stderr)
-            return 2
-        try:
-            text = weakest_scores(args.weakest, args.baseline)
-        except (ValueError, KeyError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        print(text, end="")
-        if args.out is not None:
-            write_bytes_atomic(args.out, text.encode())
-        return 0
-    if args.per_image is not None:
-        if args.samples is None or not args.samples.is_dir() or not args.per_image.is_file():
-            print("error: --per-image needs an existing per_image.csv and --samples DIR", file=sys.stderr)
-            return 2
-        text = by_camera(args.per_image, args.samples, args.baseline)
-        print(text, end="")
-        if args.out is not None:
-            write_bytes_atomic(args.out, text.encode())
-        return 0
-    if args.images is None or not args.weights:
-        print("error: give --images DIR and --weights, or --per-image CSV --samples DIR", file=sys.stderr)
-        return 2
-    if not args.images.is_dir():
-        print(f"error: {args.images}: no such folder", file=sys.stderr)
-        return 2
-    if args.highlights:
-        specs = [spec.rpartition("=")[::2] if "=" in spec else (Path(spec).stem, spec) for spec in args.weights]
-        missing = [path for _, path in specs if not Path(path).is_file()]
-        if missing:
-            print(f"error: {missing[0]}: no such weights file", file=sys.stderr)
-            return 2
-        try:
-            text = highlights(args.images, specs, args.min_pixels, args.limit)
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        print(text, end="")
-        if args.out is not None:
-            write_bytes_atomic(args.out, text.encode())
-        return 0
-    files = sorted(f for f in args.images.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES)[:args.limit]
-    if not files:
-        print(f"error: {args.images}: no images ({', '.join(_IMAGE_SUFFIXES)})", file=sys.stderr)
-        return 2
     try:
-        groups = exposure_groups(files, args.samples) if args.samples is not None else {"": files}
-    except (OSError, KeyError, ValueError) as err:
-        print(f"error: --samples {args.samples}: {err}", file=sys.stderr)
+        text = _run(args)
+    except _UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
-    results = {}
-    for spec in args.weights:
-        name, _, path = spec.rpartition("=") if "=" in spec else (Path(spec).stem, "", spec)
-        if not Path(path).is_file():
-            print(f"error: {path}: no such weights file", file=sys.stderr)
-            return 2
-        masks_of = network_masks(path)
-        for group, members in groups.items():
-            row = f"{name}, {group} inputs ({len(members)})" if group else name
-            results[row] = mask_stats(masks_of, (read_ldr(f) for f in members), args.min_pixels)
-    text = f"Masks of Eq. 7 by input region, over {len(files)} images of `{args.images}`:\n\n" + table(results)
     print(text, end="")
     if args.out is not None:
         write_bytes_atomic(args.out, text.encode())
     return 0
 
+
+class _UsageError(Exception):
+    """Bad arguments or inputs: the CLI prints the message and exits with 2."""
+
+
+def _weight_specs(specs: list[str]) -> list[tuple[str, str]]:
+    """``NAME=PATH`` or ``PATH`` (named by its stem) -> ``(name, path)``, every file checked to exist."""
+    pairs = [tuple(spec.rpartition("=")[::2]) if "=" in spec else (Path(spec).stem, spec) for spec in specs]
+    missing = [path for _, path in pairs if not Path(path).is_file()]
+    if missing:
+        raise _UsageError(f"{missing[0]}: no such weights file")
+    return pairs
+
+
+def _run(args: argparse.Namespace) -> str:
+    """The table the arguments ask for, as markdown."""
+    if args.weakest:
+        missing = [f for f in args.weakest if not f.is_file()]
+        if missing:
+            raise _UsageError(f"{missing[0]}: no such file")
+        try:
+            return weakest_scores(args.weakest, args.baseline)
+        except (ValueError, KeyError) as err:
+            raise _UsageError(str(err)) from err
+    if args.per_image is not None:
+        if args.samples is None or not args.samples.is_dir() or not args.per_image.is_file():
+            raise _UsageError("--per-image needs an existing per_image.csv and --samples DIR")
+        return by_camera(args.per_image, args.samples, args.baseline)
+    if args.images is None or not args.weights:
+        raise _UsageError("give --images DIR and --weights, or --per-image CSV --samples DIR")
+    if not args.images.is_dir():
+        raise _UsageError(f"{args.images}: no such folder")
+    specs = _weight_specs(args.weights)
+    if args.highlights:
+        try:
+            return highlights(args.images, specs, args.min_pixels, args.limit)
+        except ValueError as err:
+            raise _UsageError(str(err)) from err
+    files = sorted(f for f in args.images.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES)[:args.limit]
+    if not files:
+        raise _UsageError(f"{args.images}: no images ({', '.join(_IMAGE_SUFFIXES)})")
+    try:
+        groups = exposure_groups(files, args.samples) if args.samples is not None else {"": files}
+    except (OSError, KeyError, ValueError) as err:
+        raise _UsageError(f"--samples {args.samples}: {err}") from err
+    results = {}
+    for name, path in specs:
+        masks_of = network_masks(path)
+        for group, members in groups.items():
+            row = f"{name}, {group} inputs ({len(members)})" if group else name
+            results[row] = mask_stats(masks_of, (read_ldr(f) for f in members), args.min_pixels)
+    return f"Masks of Eq. 7 by input region, over {len(files)} images of `{args.images}`:\n\n" + table(results)
 
 if __name__ == "__main__":
     sys.exit(main())
