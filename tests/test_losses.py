@@ -309,11 +309,13 @@ def test_generator_adds_the_pu21_terms_only_when_weighted():
     out = net.forward_train(*ops.pre(image))
     gt = [rand(1, 3, 32, 32, seed=s) for s in (12, 13)] + [rand(1, 3, 32, 32, seed=14) * 3]
     plain = SITMLoss(None).generator(out, image, *gt)
-    both = SITMLoss(None, LossWeights(lambda_pu21=0.5, lambda_grad=2.0, lambda_mask=1.5, lambda_psnr=0.02)).generator(
-        out, image, *gt)
+    both = SITMLoss(None, LossWeights(lambda_pu21=0.5, lambda_grad=2.0, lambda_mask=1.5, lambda_psnr=0.02,
+                                      lambda_clip=0.7)).generator(out, image, *gt)
     hdr = ops.post(out.masks, image, out.image_up, out.image_down, out.coef)
     extra = (0.5 * pu21_hdr_loss(hdr, gt[2]).item() + 2.0 * pu21_gradient_loss(hdr, gt[2]).item()
-             + 1.5 * mask_prior_loss(out.masks, image).item() + 0.02 * pu21_psnr_loss(hdr, gt[2]).item())
+             + 1.5 * mask_prior_loss(out.masks, image).item() + 0.02 * pu21_psnr_loss(hdr, gt[2]).item()
+             + 0.7 * pu21_clipped_loss(hdr, gt[2], image).item())
+    assert pu21_clipped_loss(hdr, gt[2], image).item() > 0  # the random input has over-exposed pixels
     assert both.hdr.item() == pytest.approx(plain.hdr.item() + extra, rel=1e-5)
     under = torch.tensor([1.0])
     scoped = SITMLoss(None, LossWeights(lambda_mask=1.5, mask_scope="under")).generator(out, image, *gt, under=under)

@@ -47,6 +47,7 @@ __all__ = [
     "progressive_loss",
     "hdr_loss",
     "pu21_torch",
+    "pu21_error",
     "pu21_hdr_loss",
     "pu21_gradient_loss",
     "pu21_psnr_loss",
@@ -298,25 +299,48 @@ def _pu21_display(x: torch.Tensor, white: float, peak: float) -> torch.Tensor:
     return pu21_torch((x.float() * white).clamp_max(peak))
 
 
-def pu21_hdr_loss(hdr: torch.Tensor, target: torch.Tensor, white: float = 100.0, peak: float = 4000.0) -> torch.Tensor:
-    """``mean |PU21(D(H)) - PU21(D(H_gt))| / 256`` per RGB value, ``D(x) = clip(white x, 0.005, peak)``: the
-    evaluation's display model (:class:`sitm_training.metrics.Display`, 1.0 -> 100 cd/m^2 on a 4000-nit
-    display) and PU21 encoding, divided by PU21's peak so the term is about as large as Eq. 15's."""
+def pu21_error(hdr: torch.Tensor, target: torch.Tensor, white: float = 100.0, peak: float = 4000.0) -> torch.Tensor:
+    """``(PU21(D(H)) - PU21(D(H_gt))) / 256`` per RGB value, ``D(x) = clip(white x, 0.005, peak)``: the evaluation's
+    display model (:class:`sitm_training.metrics.Display`, 1.0 -> 100 cd/m^2 on a 4000-nit display) and PU21
+    encoding, divided by PU21's peak. Every PU21 term below is a function of it, so :class:`SITMLoss` encodes
+    once per step however many of them are on."""
     from .metrics import PU21_PEAK
 
-    return (_pu21_display(hdr, white, peak) - _pu21_display(target, white, peak)).abs().mean() / PU21_PEAK
+    return (_pu21_display(hdr, white, peak) - _pu21_display(target, white, peak)) / PU21_PEAK
+
+
+def _l1_term(e: torch.Tensor) -> torch.Tensor:
+    return e.abs().mean()
+
+
+def _gradient_term(e: torch.Tensor) -> torch.Tensor:
+    dx = (e[..., :, 1:] - e[..., :, :-1]).abs().mean()
+    dy = (e[..., 1:, :] - e[..., :-1, :]).abs().mean()
+    return 0.5 * (dx + dy)
+
+
+def _clipped_term(e: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    w = over_exposure_mask(image)
+    per_w = w.sum(dim=(1, 2, 3))
+    has = per_w > 0
+    per_image = (w * e.abs().mean(dim=1, keepdim=True)).sum(dim=(1, 2, 3)) / per_w.clamp_min(1e-12)
+    return (per_image * has).sum() / has.sum().clamp_min(1)
+
+
+def _psnr_term(e: torch.Tensor, floor: float = 1e-10) -> torch.Tensor:
+    return (10.0 * torch.log10(e.square().flatten(1).mean(dim=1) + floor)).mean()
+
+
+def pu21_hdr_loss(hdr: torch.Tensor, target: torch.Tensor, white: float = 100.0, peak: float = 4000.0) -> torch.Tensor:
+    """``mean |PU21(D(H)) - PU21(D(H_gt))| / 256`` per RGB value (:func:`pu21_error`), about as large as Eq. 15's."""
+    return _l1_term(pu21_error(hdr, target, white, peak))
 
 
 def pu21_gradient_loss(hdr: torch.Tensor, target: torch.Tensor, white: float = 100.0, peak: float = 4000.0) -> torch.Tensor:
     """``mean |d PU21(D(H)) - d PU21(D(H_gt))| / 256`` over the horizontal and vertical neighbour differences
-    ``d`` of every RGB channel (display ``D`` as in :func:`pu21_hdr_loss`): local contrast in a perceptually
-    uniform domain, which the per-pixel terms weigh only weakly (a blend that softens detail costs little there)."""
-    from .metrics import PU21_PEAK
-
-    e = _pu21_display(hdr, white, peak) - _pu21_display(target, white, peak)
-    dx = (e[..., :, 1:] - e[..., :, :-1]).abs().mean()
-    dy = (e[..., 1:, :] - e[..., :-1, :]).abs().mean()
-    return 0.5 * (dx + dy) / PU21_PEAK
+    ``d`` of every RGB channel (:func:`pu21_error`): local contrast in a perceptually uniform domain, which the
+    per-pixel terms weigh only weakly (a blend that softens detail costs little there)."""
+    return _gradient_term(pu21_error(hdr, target, white, peak))
 
 
 def pu21_clipped_loss(hdr: torch.Tensor, target: torch.Tensor, image: torch.Tensor, white: float = 100.0,
@@ -326,14 +350,7 @@ def pu21_clipped_loss(hdr: torch.Tensor, target: torch.Tensor, image: torch.Tens
     images that have any (zero, with a gradient, when none has). Where the input clipped is where ITM has to
     restore what was lost, and the evaluation's clipped score averages per image in the same way; a term over all
     pixels gives those few pixels little weight."""
-    from .metrics import PU21_PEAK
-
-    w = over_exposure_mask(image)
-    e = (_pu21_display(hdr, white, peak) - _pu21_display(target, white, peak)).abs().mean(dim=1, keepdim=True)
-    per_w = w.sum(dim=(1, 2, 3))
-    has = per_w > 0
-    per_image = (w * e).sum(dim=(1, 2, 3)) / per_w.clamp_min(1e-12)
-    return (per_image * has).sum() / has.sum().clamp_min(1) / PU21_PEAK
+    return _clipped_term(pu21_error(hdr, target, white, peak), image)
 
 
 def pu21_psnr_loss(hdr: torch.Tensor, target: torch.Tensor, white: float = 100.0, peak: float = 4000.0,
@@ -342,11 +359,7 @@ def pu21_psnr_loss(hdr: torch.Tensor, target: torch.Tensor, white: float = 100.0
     :func:`pu21_hdr_loss`: the evaluation's score as it is averaged (per image in dB, then over images), which
     rewards being exact on some images more than an L1 over all pixels does. ``floor`` caps a perfect image at
     100 dB. (The evaluation aligns the scale first; this term, like the L1 one, sees the raw output.)"""
-    from .metrics import PU21_PEAK
-
-    e = _pu21_display(hdr, white, peak) - _pu21_display(target, white, peak)
-    mse = e.square().flatten(1).mean(dim=1) / PU21_PEAK**2
-    return (10.0 * torch.log10(mse + floor)).mean()
+    return _psnr_term(pu21_error(hdr, target, white, peak), floor)
 
 
 def align_scale_torch(hdr: torch.Tensor, target: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -487,15 +500,16 @@ class SITMLoss(nn.Module):
         prog = self.exposure(out.pyramid_up, out.pyramid_down, gt_up, gt_down)
         hdr = ops.post(out.masks, image, out.image_up, out.image_down, out.coef)
         l_h = hdr_loss(hdr, gt_hdr, w.mu)
-        hdr_pu = hdr * align_scale_torch(hdr, gt_hdr, image) if w.align else hdr
-        if w.lambda_pu21:
-            l_h = l_h + w.lambda_pu21 * pu21_hdr_loss(hdr_pu, gt_hdr)
-        if w.lambda_grad:
-            l_h = l_h + w.lambda_grad * pu21_gradient_loss(hdr_pu, gt_hdr)
-        if w.lambda_clip:
-            l_h = l_h + w.lambda_clip * pu21_clipped_loss(hdr_pu, gt_hdr, image)
-        if w.lambda_psnr:
-            l_h = l_h + w.lambda_psnr * pu21_psnr_loss(hdr_pu, gt_hdr)
+        if w.lambda_pu21 or w.lambda_grad or w.lambda_clip or w.lambda_psnr:
+            e = pu21_error(hdr * align_scale_torch(hdr, gt_hdr, image) if w.align else hdr, gt_hdr)
+            if w.lambda_pu21:
+                l_h = l_h + w.lambda_pu21 * _l1_term(e)
+            if w.lambda_grad:
+                l_h = l_h + w.lambda_grad * _gradient_term(e)
+            if w.lambda_clip:
+                l_h = l_h + w.lambda_clip * _clipped_term(e, image)
+            if w.lambda_psnr:
+                l_h = l_h + w.lambda_psnr * _psnr_term(e)
         if w.lambda_mask:
             l_h = l_h + w.lambda_mask * mask_prior_loss(out.masks, image, under, w.mask_scope)
         gan = prog.new_zeros(())
