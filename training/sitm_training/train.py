@@ -481,7 +481,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--hdr-psnr", type=float, default=defaults.hdr_psnr,
                    help="weight of minus the per-image PU21-PSNR in dB added in stage 2 (0.01: 1 dB = 0.01; default 0)")
     p.add_argument("--hdr-align", action="store_true",
-                   help="the PU21 terms (--hdr-pu21/--hdr-grad/--hdr-psnr) compare after scaling H like the evaluation "
+                   help="the PU21 terms (--hdr-pu21/--hdr-grad/--hdr-clip/--hdr-psnr) compare after scaling H like the evaluation "
                         "does (median log-ratio over well-exposed pixels, no gradient); Eq. 15 stays absolute")
     p.add_argument("--mask-prior", type=float, default=defaults.mask_prior,
                    help="weight of a term pulling Eq. 7 towards the input where it is well exposed (default 0)")

@@ -609,10 +609,10 @@ def export_split(
         if per_mode < 1:
             raise ValueError(f"per_mode must be >= 1, got {per_mode}")
         np.random.default_rng(seed).shuffle(records)
-        taken: dict[str, int] = {}
+        taken: dict[bool | None, int] = {}
         chosen = []
         for rec in records:
-            mode = str(load_sample_meta(root / rec["file"]).get("exposure", {}).get("mode"))
+            mode = under_exposed(load_sample_meta(root / rec["file"]))
             if taken.get(mode, 0) < per_mode:
                 taken[mode] = taken.get(mode, 0) + 1
                 chosen.append(rec)
