@@ -113,9 +113,9 @@ def test_git_commit_marks_uncommitted_changes(monkeypatch):
         return subprocess.CompletedProcess(cmd, 0, stdout=out, stderr="")
 
     monkeypatch.setattr(T.subprocess, "run", fake_run)
-    assert T._git_commit() == "abc123"
+    assert T.git_commit() == "abc123"
     status["out"] = " M training/sitm_training/losses.py\n"
-    assert T._git_commit() == "abc123+dirty"
+    assert T.git_commit() == "abc123+dirty"
 
 
 def test_oversample_under_weights_follow_the_sample_meta(tmp_path, monkeypatch):

@@ -15,9 +15,7 @@ stay in one basin of the loss); for unrelated weights it makes a useless network
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,13 +25,12 @@ from sitm_trt.io import write_bytes_atomic
 from sitm_trt.model import save_weights
 from sitm_trt.model.serialization import load_weights
 
+from .export import sha256_file
+from .train import git_commit
+
 META_KEY = "sitm_training.average"
 
 __all__ = ["average_state", "average", "META_KEY"]
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def average_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
@@ -57,17 +54,6 @@ def average_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], alpha:
     return out
 
 
-def _git_commit() -> str | None:
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=True, cwd=Path(__file__).resolve().parent).stdout.strip()
-        return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def average(a: Path, b: Path, alpha: float, out: Path, cards: list[Path] | None = None) -> dict:
     """Write the average of ``a`` and ``b`` to ``out`` and its card to ``out.with_suffix('.json')``; returns the card."""
     runs = [json.loads(Path(c).read_text()) for c in (cards or [])]
@@ -77,13 +63,14 @@ def average(a: Path, b: Path, alpha: float, out: Path, cards: list[Path] | None 
     na, nb = load_weights(a), load_weights(b)
     if na.preset != nb.preset:
         raise ValueError(f"{a} and {b} have different presets ({na.preset.name} vs {nb.preset.name})")
-    state = average_state(na.state_dict(), nb.state_dict(), alpha)
-    changed = sorted(k for k, v in na.state_dict().items() if v.is_floating_point() and not torch.equal(v, nb.state_dict()[k]))
+    sa, sb = na.state_dict(), nb.state_dict()
+    state = average_state(sa, sb, alpha)
+    changed = sum(1 for k, v in sa.items() if v.is_floating_point() and not torch.equal(v, sb[k]))
     na.load_state_dict(state, strict=True)
-    provenance = {"alpha": alpha, "a": {"path": str(a), "sha256": _sha256(a)}, "b": {"path": str(b), "sha256": _sha256(b)},
-                  "tensors_averaged": len(changed), "tensors": len(state)}
+    provenance = {"alpha": alpha, "a": {"path": str(a), "sha256": sha256_file(a)}, "b": {"path": str(b), "sha256": sha256_file(b)},
+                  "tensors_averaged": changed, "tensors": len(state)}
     save_weights(na, out, metadata={META_KEY: json.dumps(provenance)})
-    card = {"average": provenance, "runs": runs, "git_commit": _git_commit(),
+    card = {"average": provenance, "runs": runs, "git_commit": git_commit(),
             "step": sum(int(r.get("step") or 0) for r in runs),
             "train_seconds": sum(float(r.get("train_seconds") or 0.0) for r in runs),
             "data": runs[0].get("data") if runs else None,

@@ -21,7 +21,7 @@ from sitm_trt.model import export_onnx, save_weights
 from sitm_trt.model.serialization import load_weights
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -45,8 +45,8 @@ def export(weights: Path, out: Path, run_card: dict | None = None, eval_dir: Pat
     card = {
         "name": out.name,
         "preset": net.preset.to_dict(),
-        "sha256": _sha256(files["weights"]),
-        "onnx": {"fp32": _sha256(files["fp32"]), "fp16": _sha256(files["fp16"])},
+        "sha256": sha256_file(files["weights"]),
+        "onnx": {"fp32": sha256_file(files["fp32"]), "fp16": sha256_file(files["fp16"])},
         "parameters": sum(p.numel() for p in net.parameters()),
         "bytes": {k: p.stat().st_size for k, p in files.items()},
     }

@@ -88,7 +88,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
     """HEAD, with ``+dirty`` when tracked files have uncommitted changes (the run's code is then not HEAD's)."""
     here = Path(__file__).resolve().parent
     try:
@@ -334,7 +334,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     card_path = run_dir / "card.json"
     card: dict[str, Any] = {
         "preset": get_preset(cfg.preset).to_dict(), "config": cfg.to_dict(), "seed": cfg.seed,
-        "git_commit": _git_commit(), "data": {"root": os.path.abspath(cfg.data), "recipe": manifest.get("recipe"),
+        "git_commit": git_commit(), "data": {"root": os.path.abspath(cfg.data), "recipe": manifest.get("recipe"),
                                                "recipe_hash": manifest.get("recipe_hash")},
         "perceptual": perceptual.kind, "torch": torch.__version__, "device": str(device), "world_size": d.world,
         "init": {"path": os.path.abspath(cfg.init), "sha256": sha256_file(Path(cfg.init))} if cfg.init else None,
