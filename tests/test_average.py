@@ -102,3 +102,32 @@ def test_export_takes_the_average_card(tmp_path):
         assert (out.parent / f"default-{prec}.onnx").is_file()
     assert not list(out.parent.glob("*.tmp*"))
     assert E.main(["--weights", str(soup), "--card", str(tmp_path / "nope.json"), "--out", str(out)]) == 2
+
+
+def test_export_takes_a_chain_of_fine_tune_cards(tmp_path, capsys):
+    """Weights from a fine-tune of a fine-tune: every run's card, the newest first; steps and seconds add up."""
+    from sitm_training import export as E
+
+    _, _, _, pb = _pair(tmp_path)
+    cards = []
+    for i, (step, secs, loss) in enumerate([(2000, 600.0, 0.5), (2000, 2400.0, 0.7), (13500, 11000.0, 0.9)]):
+        c = tmp_path / f"card{i}.json"
+        c.write_text(json.dumps({"step": step, "train_seconds": secs, "losses": {"total": loss},
+                                 "data": {"recipe_hash": "abc"}, "perceptual": "ssim-substitute"}))
+        cards.append(c)
+    out = tmp_path / "pkg" / "default"
+    assert E.main(["--weights", str(pb), "--out", str(out)] + [f"--card={c}" for c in cards]) == 0
+    training = json.loads(out.with_suffix(".json").read_text())["training"]
+    assert training["step"] == 17500 and training["train_seconds"] == pytest.approx(14000.0)
+    assert training["losses"] == {"total": 0.5}  # the run that wrote the weights
+    assert [r["step"] for r in training["runs"]] == [2000, 2000, 13500]
+    # one card alone stays as it was: no "runs"
+    assert E.main(["--weights", str(pb), "--out", str(out), "--card", str(cards[2])]) == 0
+    training = json.loads(out.with_suffix(".json").read_text())["training"]
+    assert training["step"] == 13500 and "runs" not in training
+    # cards of different data sets: a clear error, the previous package untouched
+    before = out.with_suffix(".json").read_bytes()
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"step": 1, "data": {"recipe_hash": "xyz"}}))
+    assert E.main(["--weights", str(pb), "--out", str(out), "--card", str(cards[0]), "--card", str(other)]) == 2
+    assert "different data sets" in capsys.readouterr().err and out.with_suffix(".json").read_bytes() == before

@@ -25,7 +25,7 @@ from sitm_trt.io import write_bytes_atomic
 from sitm_trt.model import save_weights
 from sitm_trt.model.serialization import load_weights
 
-from .export import sha256_file
+from .export import combine_cards, sha256_file
 from .train import git_commit
 
 META_KEY = "sitm_training.average"
@@ -56,10 +56,7 @@ def average_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], alpha:
 
 def average(a: Path, b: Path, alpha: float, out: Path, cards: list[Path] | None = None) -> dict:
     """Write the average of ``a`` and ``b`` to ``out`` and its card to ``out.with_suffix('.json')``; returns the card."""
-    runs = [json.loads(Path(c).read_text()) for c in (cards or [])]
-    recipes = {json.dumps(r.get("data", {}).get("recipe_hash")) for r in runs}
-    if len(recipes) > 1:
-        raise ValueError(f"the cards come from different data sets ({sorted(recipes)})")
+    runs = combine_cards([json.loads(Path(c).read_text()) for c in (cards or [])])
     na, nb = load_weights(a), load_weights(b)
     if na.preset != nb.preset:
         raise ValueError(f"{a} and {b} have different presets ({na.preset.name} vs {nb.preset.name})")
@@ -70,11 +67,7 @@ def average(a: Path, b: Path, alpha: float, out: Path, cards: list[Path] | None 
     provenance = {"alpha": alpha, "a": {"path": str(a), "sha256": sha256_file(a)}, "b": {"path": str(b), "sha256": sha256_file(b)},
                   "tensors_averaged": changed, "tensors": len(state)}
     save_weights(na, out, metadata={META_KEY: json.dumps(provenance)})
-    card = {"average": provenance, "runs": runs, "git_commit": git_commit(),
-            "step": sum(int(r.get("step") or 0) for r in runs),
-            "train_seconds": sum(float(r.get("train_seconds") or 0.0) for r in runs),
-            "data": runs[0].get("data") if runs else None,
-            "perceptual": sorted({str(r.get("perceptual")) for r in runs}) if runs else None}
+    card = {"average": provenance, "git_commit": git_commit(), **runs}
     write_bytes_atomic(out.with_suffix(".json"), (json.dumps(card, indent=2) + "\n").encode())
     return card
 

@@ -1,11 +1,16 @@
 """Package trained weights for shipping: ``python -m sitm_training.export --run RUN --out DIR/NAME``
-(or ``--weights FILE [--card CARD]``).
+(or ``--weights FILE [--card CARD ...]``).
 
 Writes ``NAME.safetensors`` (float32, preset in the metadata), ``NAME-fp32.onnx`` and ``NAME-fp16.onnx`` (the
 network graph for TensorRT; see ``sitm_trt.model.export_onnx``) and ``NAME.json``, the card: preset, the
 sha256 of every file (``sitm_trt.load`` verifies the weights' one), the data recipe, the training run (steps,
 seconds, losses, perceptual loss kind, git commit) and, with ``--eval DIR``, the evaluation table written by
 ``python -m sitm_training.evaluate``. Every file is written to a temporary name first and then renamed.
+
+Weights that more than one run made (a fine-tune started with ``--init`` from another run's weights, and that
+one from a third) take every run's card, the one that wrote the weights first: ``--weights W --card
+FINETUNE/card.json --card BASE/card.json``. The card then counts the steps and seconds of all of them and keeps
+their cards under ``training.runs``; losses, options and validation are the first card's.
 """
 
 from __future__ import annotations
@@ -23,6 +28,28 @@ from sitm_trt.model.serialization import load_weights
 
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def combine_cards(runs: list[dict]) -> dict:
+    """The training summary of weights that several runs made (a chain of ``--init`` fine-tunes, or the runs
+    behind a weight average): their summed steps and seconds, their one data set (``ValueError`` when the
+    cards name different recipes), the perceptual loss kinds, and the cards themselves under ``runs``."""
+    recipes = {json.dumps((r.get("data") or {}).get("recipe_hash")) for r in runs}
+    if len(recipes) > 1:
+        raise ValueError(f"the cards come from different data sets ({sorted(recipes)})")
+    return {"runs": runs,
+            "step": sum(int(r.get("step") or 0) for r in runs),
+            "train_seconds": sum(float(r.get("train_seconds") or 0.0) for r in runs),
+            "data": runs[0].get("data") if runs else None,
+            "perceptual": sorted({str(r.get("perceptual")) for r in runs}) if runs else None}
+
+
+def lineage_card(cards: list[dict]) -> dict:
+    """One run card for weights made by ``cards[0]``'s run, started from ``cards[1]``'s weights, and so on."""
+    if len(cards) == 1:
+        return cards[0]
+    combined = combine_cards(cards)
+    return {**cards[0], **{k: combined[k] for k in ("runs", "step", "train_seconds")}}
 
 
 def export(weights: Path, out: Path, run_card: dict | None = None, eval_dir: Path | None = None) -> dict:
@@ -55,7 +82,8 @@ def export(weights: Path, out: Path, run_card: dict | None = None, eval_dir: Pat
                                                           "git_commit", "config", "torch", "device", "started")}
         if "average" in run_card:  # a card of python -m sitm_training.average: the averaged runs and how
             card["training"]["average"] = run_card["average"]
-            card["training"]["runs"] = run_card.get("runs")
+        if "runs" in run_card:  # an average's or a chain of fine-tunes' cards
+            card["training"]["runs"] = run_card["runs"]
         card["data"] = run_card.get("data")
     if eval_dir is not None:
         card["evaluation"] = {"table": (eval_dir / "table.md").read_text(),
@@ -74,21 +102,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", type=Path, help="a training run folder (uses RUN/ckpt/model.safetensors and RUN/card.json)")
     p.add_argument("--weights", type=Path, help="a weights file (instead of --run)")
     p.add_argument("--out", type=Path, required=True, help="DIR/NAME: writes NAME.safetensors, NAME.json, NAME-*.onnx")
-    p.add_argument("--card", type=Path, help="with --weights: the training card to put in the card (a run's "
-                                              "card.json, or the .json that python -m sitm_training.average writes)")
+    p.add_argument("--card", type=Path, action="append", default=[],
+                   help="with --weights: the training card to put in the card (a run's card.json, or the .json "
+                        "that python -m sitm_training.average writes); repeat it for the runs the weights' run "
+                        "started from, newest first")
     p.add_argument("--eval", type=Path, help="an evaluation output folder to put in the card")
     args = p.parse_args(argv)
     if (args.run is None) == (args.weights is None):
         p.error("give exactly one of --run and --weights")
-    if args.card is not None and args.run is not None:
+    if args.card and args.run is not None:
         p.error("--card goes with --weights (--run uses RUN/card.json)")
     weights = args.weights or args.run / "ckpt" / "model.safetensors"
-    card_file = args.run / "card.json" if args.run else args.card
-    for f in (weights, card_file):
-        if f is not None and not f.is_file():
+    card_files = [args.run / "card.json"] if args.run else args.card
+    for f in (weights, *card_files):
+        if not f.is_file():
             print(f"error: {f}: no such file", file=sys.stderr)
             return 2
-    run_card = json.loads(card_file.read_text()) if card_file else None
+    try:
+        run_card = lineage_card([json.loads(f.read_text()) for f in card_files]) if card_files else None
+    except ValueError as err:  # JSONDecodeError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     card = export(weights, args.out, run_card, args.eval)
     print(json.dumps({k: card[k] for k in ("name", "sha256", "parameters", "bytes")}, indent=2))
     return 0
