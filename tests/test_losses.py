@@ -434,3 +434,26 @@ def test_no_warning_with_weights(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert VGGPerceptual(path).kind == "vgg16-pool3-5"
+
+
+def test_input_down_label_is_the_input_moved_by_the_ev_below_the_highlights():
+    """``--down-label input``: below 0.8 the label is the input moved by ``ev_down`` in linear light (checked
+    against the NumPy sRGB curves of sitm_trt.io), from 0.9 up the data set's label, and a linear blend between."""
+    from sitm_trt.io import srgb_eotf, srgb_oetf
+    from sitm_training.losses import input_down_label
+
+    rng = np.random.default_rng(5)
+    ldr = torch.from_numpy(rng.uniform(0.0, 0.79, size=(2, 3, 4, 5)).astype(np.float32))
+    ldr[:, :, 0, 0] = 0.0  # black stays black
+    ldr[1, :, 3, :] = torch.tensor([0.95, 0.2, 0.3]).view(3, 1)  # a highlight row: max channel 0.95
+    ldr[1, :, 2, 4] = torch.tensor([0.85, 0.1, 0.1])  # half way up the ramp
+    down = torch.from_numpy(rng.uniform(0, 1, size=(2, 3, 4, 5)).astype(np.float32))
+    ev = torch.tensor([-1.0, -2.5])
+    got = input_down_label(ldr, down, ev).numpy()
+    want = np.stack([srgb_oetf(srgb_eotf(ldr[i].numpy()) * 2.0 ** ev[i].item()) for i in range(2)])
+    below = np.ones((2, 4, 5), bool)
+    below[1, 3, :] = below[1, 2, 4] = False
+    np.testing.assert_allclose(got.transpose(0, 2, 3, 1)[below], want.transpose(0, 2, 3, 1)[below], atol=2e-6)
+    np.testing.assert_array_equal(got[1, :, 3, :], down[1, :, 3, :].numpy())
+    np.testing.assert_allclose(got[1, :, 2, 4], 0.5 * want[1, :, 2, 4] + 0.5 * down[1, :, 2, 4].numpy(), atol=2e-6)
+    assert got[0, :, 0, 0].tolist() == [0.0, 0.0, 0.0]

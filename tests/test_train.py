@@ -166,3 +166,28 @@ def test_mask_prior_under_scope_trains_and_checks_its_data(tmp_path, tiny_data):
     assert card["step"] == 2 and card["config"]["mask_prior_scope"] == "under"
     with pytest.raises(ValueError, match="--mask-prior-scope must be one of"):
         train(dataclasses.replace(cfg, out=str(tmp_path / "bad"), mask_prior_scope="dark"))
+
+
+def test_down_label_input_is_what_stage_1_trains_on(tmp_path, tiny_data, monkeypatch):
+    import dataclasses
+
+    import sitm_training.train as T
+
+    calls = []
+    real = T.input_down_label
+
+    def spy(ldr, down, ev):
+        out = real(ldr, down, ev)
+        calls.append((ldr.shape, float((out - down).abs().max())))
+        return out
+
+    monkeypatch.setattr(T, "input_down_label", spy)
+    cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "run"), stage1_steps=2, stage2_steps=0, batch=2,
+                      crop=32, workers=0, gan=False, down_label="input")
+    with pytest.warns(UserWarning, match="perceptual loss of Eq. 10 is REPLACED"):
+        card = train(cfg)
+    assert card["step"] == 2 and card["config"]["down_label"] == "input"
+    assert len(calls) == 2 and all(shape[0] == 2 for shape, _ in calls)
+    assert max(diff for _, diff in calls) > 0  # the label the loss saw is not the data set's
+    with pytest.raises(ValueError, match="--down-label must be one of"):
+        train(dataclasses.replace(cfg, out=str(tmp_path / "bad"), down_label="clean"))

@@ -37,6 +37,8 @@ from .discriminator import MaskAwareDiscriminator, mix
 from .masks import over_exposure_mask, under_exposure_mask
 
 __all__ = [
+    "DOWN_LABELS",
+    "input_down_label",
     "VGG16_CFG",
     "VGG16_POOL_INDICES",
     "VGG16Features",
@@ -389,6 +391,34 @@ def highlight_ramp(image: torch.Tensor) -> torch.Tensor:
     """``clip((0.9 - max_c I) / 0.1, 0, 1)`` (``(N, 1, H, W)``): 1 below the highlights, 0 from 0.9 up."""
     lo, hi = MASK_PRIOR_HIGHLIGHT
     return ((hi - image.amax(dim=1, keepdim=True)) / (hi - lo)).clamp(0.0, 1.0)
+
+
+DOWN_LABELS = ("data", "input")
+
+
+def _srgb_decode(v: torch.Tensor) -> torch.Tensor:
+    v = v.clamp(0.0, 1.0)
+    return torch.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+
+
+def _srgb_encode(x: torch.Tensor) -> torch.Tensor:
+    x = x.clamp(0.0, 1.0)
+    return torch.where(x <= 0.0031308, 12.92 * x, 1.055 * x.clamp_min(0.0031308) ** (1.0 / 2.4) - 0.055)
+
+
+def input_down_label(ldr: torch.Tensor, down: torch.Tensor, ev_down: torch.Tensor) -> torch.Tensor:
+    """The exposure-down label ``--down-label input`` trains the ADEM on: the data set's label in and around the
+    highlights, and below them the input itself moved by the label's EV in linear light,
+    ``w sRGB(sRGB^-1(I) 2^ev_down) + (1 - w) down`` with ``w`` = :func:`highlight_ramp` of the input.
+
+    The data set's label is an 8-bit rendering through the simulated camera; for an input that is already
+    under-exposed, its shadows are a few code values of read noise with the camera's white balance, and the
+    ADEM learns to reproduce that noise, which the fusion then blends into the result (docs/training.md).
+    Below the highlights a darker exposure holds nothing the input does not, so there the label is the input.
+    """
+    scaled = _srgb_decode(ldr) * torch.exp2(ev_down.to(ldr.dtype)).view(-1, 1, 1, 1)
+    w = highlight_ramp(ldr)
+    return w * _srgb_encode(scaled) + (1.0 - w) * down
 
 
 def mask_prior_weight(image: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,8 @@ from sitm_trt.model.serialization import load_weights
 from sitm_trt.weights import sha256_file
 
 from .discriminator import MaskAwareDiscriminator
-from .losses import MASK_PRIOR_SCOPES, LossWeights, SITMLoss, VGGPerceptual, mask_aware_g_loss
+from .losses import (DOWN_LABELS, MASK_PRIOR_SCOPES, LossWeights, SITMLoss, VGGPerceptual, input_down_label,
+                     mask_aware_g_loss)
 from .masks import over_exposure_mask, under_exposure_mask
 
 __all__ = ["TrainConfig", "train", "main"]
@@ -80,6 +81,7 @@ class TrainConfig:
     mask_prior: float = 0.0  # weight of losses.mask_prior_loss (0 = the paper's loss)
     mask_prior_scope: str = "well"  # where it acts: "well" (well-exposed pixels), "under" (under-exposed samples)
     #                                 or "down" (no M_down below the highlights)
+    down_label: str = "data"  # the ADEM's label: "data" (the data set's) or "input" (losses.input_down_label)
     oversample_under: float = 1.0  # draw under-exposed training samples this many times as often (1 = uniform)
     freeze_exposure: bool = False  # stage 2 trains the MEFM only (EAB, AUEM, ADEM fixed): a fusion fine-tune
     init: str | None = None  # start a new run from these weights (fresh optimizer, step 0): a fine-tune
@@ -266,6 +268,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     val_set = SampleDataset(cfg.data, "val", crop=None, augment=False)
     if len(train_set) == 0:
         raise ValueError(f"{cfg.data}: the train split is empty")
+    if cfg.down_label not in DOWN_LABELS:
+        raise ValueError(f"--down-label must be one of {DOWN_LABELS}, got {cfg.down_label!r}")
     if cfg.mask_prior_scope not in MASK_PRIOR_SCOPES:
         raise ValueError(f"--mask-prior-scope must be one of {MASK_PRIOR_SCOPES}, got {cfg.mask_prior_scope!r}")
     if cfg.mask_prior and cfg.mask_prior_scope == "under":  # fail before the first step, not at it
@@ -391,6 +395,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 g["lr"] = _lr_at(cfg, step)
             batch = next(batches)
             ldr, gt_up, gt_down, gt_hdr = (batch[k].to(device, non_blocking=True) for k in ("ldr", "up", "down", "hdr"))
+            if cfg.down_label == "input":
+                gt_down = input_down_label(ldr, gt_down, batch["ev_down"].to(device))
             pre = ops.pre(ldr, stride=1)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 if stage == 1:  # EAB + AUEM + ADEM on the exposure labels
@@ -489,6 +495,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="where the mask prior acts: 'well' (well-exposed pixels of every sample, default), 'under' "
                         "(everything below the highlights, in the samples of under-exposing cameras only) or 'down' "
                         "(M_down pulled to 0 below the highlights, every sample)")
+    p.add_argument("--down-label", default=defaults.down_label, choices=list(DOWN_LABELS),
+                   help="the exposure-down label: 'data' (the data set's, default) or 'input' (below the highlights, "
+                        "the input moved by the label's EV in linear light; losses.input_down_label)")
     p.add_argument("--oversample-under", type=float, default=defaults.oversample_under,
                    help="draw under-exposed training samples K times as often (default 1: uniform)")
     p.add_argument("--init", default=None, help="start a new run from these weights (.safetensors; fresh optimizer)")
