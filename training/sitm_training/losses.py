@@ -413,7 +413,8 @@ def input_down_label(ldr: torch.Tensor, down: torch.Tensor, ev_down: torch.Tenso
 
     The data set's label is an 8-bit rendering through the simulated camera; for an input that is already
     under-exposed, its shadows are a few code values of read noise with the camera's white balance, and the
-    ADEM learns to reproduce that noise, which the fusion then blends into the result (docs/training.md).
+    ADEM learns to reproduce that noise, which the fusion then blends into the result (docs/training.md, third
+    round: it helped JOD on under-exposed inputs, but less than the exposure-up image costs there).
     Below the highlights a darker exposure holds nothing the input does not, so there the label is the input.
     """
     scaled = _srgb_decode(ldr) * torch.exp2(ev_down.to(ldr.dtype)).view(-1, 1, 1, 1)
