@@ -1,5 +1,5 @@
-"""What the experiment scripts share: the import path, a torch sRGB decoding, and the make-init / train / eval
-commands of a script that patches the PyTorch reference in its own process."""
+"""What the experiment scripts share: the import path, the torch sRGB decoding (``sitm_training.losses``), and
+the make-init / train / eval commands of a script that patches the PyTorch reference in its own process."""
 from __future__ import annotations
 
 import sys
@@ -13,12 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # sitm_training, w
 
 from sitm_trt.model.mefm import _softplus_inverse as softplus_inverse  # noqa: E402,F401  (re-exported)
 from sitm_trt.model.serialization import load_weights  # noqa: E402
-
-
-def srgb_decode(x: torch.Tensor) -> torch.Tensor:
-    """IEC 61966-2-1 decoding of ``x`` clamped to [0, 1] (torch; ``sitm_trt.io.srgb_eotf`` is the NumPy one)."""
-    x = x.clamp(0.0, 1.0)
-    return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+from sitm_training.losses import srgb_decode  # noqa: E402,F401  (re-exported)
 
 
 def evaluate(weights: str, pairs: str, out: str, name: str, description: str, baselines: tuple[str, ...],

@@ -112,26 +112,37 @@ def exposure_groups(files: list[Path], samples: Path) -> dict[str, list[Path]]:
 SCORES = ("pu21_psnr", "pu21_ssim", "jod", "mu_psnr", "tm_psnr", "tm_ssim", "clip_pu21_psnr")
 
 
+def _per_image_rows(files: list[Path]) -> dict[str, dict[str, dict[str, str]]]:
+    """``{image id: {method: row}}`` of the successful rows of ``per_image.csv`` files (the first row of each
+    method and image wins), so methods scored in different runs on the same pairs line up by image."""
+    import csv
+
+    rows: dict[str, dict[str, dict[str, str]]] = {}
+    for f in files:
+        with open(f, newline="") as fh:
+            for r in csv.DictReader(fh):
+                if r["status"] == "ok":
+                    rows.setdefault(r["id"], {}).setdefault(r["method"], r)
+    return rows
+
+
+def _num(v: str | None) -> float:
+    """A score cell as a float; empty, ``nan`` and ``None`` cells are NaN."""
+    return float(v) if v not in (None, "", "nan", "None") else float("nan")
+
+
 def by_camera(per_image: Path, samples: Path, baseline: str = "linear") -> str:
     """Mean (method - baseline) per score, grouped by exposure mode and by (mode, response), as markdown.
 
     ``per_image``: the ``per_image.csv`` of ``python -m sitm_training.evaluate``; ``samples``: the folder of
     the samples' ``.npz`` files (``meta`` holds the camera). Rows with a failed method are left out."""
-    import csv
     from collections import defaultdict
 
     from sitm_training.data import load_sample_meta
 
-    rows: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
-    with open(per_image, newline="") as f:
-        for r in csv.DictReader(f):
-            if r["status"] == "ok":
-                rows[r["id"]][r["method"]] = r
+    rows = _per_image_rows([per_image])
     methods = sorted({m for r in rows.values() for m in r} - {baseline})
     groups: dict[tuple, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
-
-    def num(v: str) -> float:
-        return float(v) if v not in ("", "nan", "None") else float("nan")
 
     for sid, by_method in rows.items():
         if baseline not in by_method:
@@ -140,7 +151,7 @@ def by_camera(per_image: Path, samples: Path, baseline: str = "linear") -> str:
         mode, response = meta["exposure"]["mode"], meta["camera"]["response"]["kind"]
         for m in methods:
             if m in by_method:
-                d = [num(by_method[m][k]) - num(by_method[baseline][k]) for k in SCORES]
+                d = [_num(by_method[m][k]) - _num(by_method[baseline][k]) for k in SCORES]
                 for key in (("all",), (mode,), (mode, response)):
                     groups[key][m].append(d)
     lines = [f"Mean (method - {baseline}) by simulated camera; positive = the method is better:", "",
@@ -159,36 +170,27 @@ def weakest_scores(per_image: list[Path], baseline: str = "linear") -> str:
     / standard error, images without the score left out), and the weakest of them, as markdown. The rows of
     several ``per_image.csv`` files are merged by image id (each method once per id), so methods scored in
     different runs on the same pairs compare on the same images."""
-    import csv
     import math
 
-    rows: dict[str, dict[str, dict[str, str]]] = {}
-    for f in per_image:
-        with open(f, newline="") as fh:
-            for r in csv.DictReader(fh):
-                if r["status"] == "ok":
-                    rows.setdefault(r["id"], {}).setdefault(r["method"], r)
+    rows = _per_image_rows(per_image)
     methods = sorted({m for r in rows.values() for m in r} - {baseline})
     if not any(baseline in r for r in rows.values()):
         raise ValueError(f"no image has a result of the baseline {baseline!r}")
-
-    def num(v: str | None) -> float:
-        return float(v) if v not in (None, "", "nan", "None") else float("nan")
 
     lines = [f"t-statistic of the per-image difference (method - {baseline}) over the images both have; "
              "positive = the method is better:", "",
              "| method | images | " + " | ".join(SCORES) + " | weakest |", "| --- | ---: |" + " ---: |" * (len(SCORES) + 1)]
     for m in methods:
-        ts, n = [], 0
+        both = [r for r in rows.values() if m in r and baseline in r]
+        ts = []
         for k in SCORES:
-            d = np.array([num(r[m].get(k)) - num(r[baseline].get(k)) for r in rows.values() if m in r and baseline in r])
-            n = max(n, len(d))
+            d = np.array([_num(r[m].get(k)) - _num(r[baseline].get(k)) for r in both])
             d = d[np.isfinite(d)]
             sd = d.std(ddof=1) if d.size > 1 else float("nan")
             ts.append(d.mean() / (sd / math.sqrt(d.size)) if d.size > 1 and sd > 0 else float("nan"))
         weakest = int(np.nanargmin(ts)) if np.isfinite(ts).any() else None
         tail = f"{ts[weakest]:.2f} ({SCORES[weakest]})" if weakest is not None else "-"
-        lines.append(f"| {m} | {n} | " + " | ".join(f"{t:.2f}" for t in ts) + f" | {tail} |")
+        lines.append(f"| {m} | {len(both)} | " + " | ".join(f"{t:.2f}" for t in ts) + f" | {tail} |")
     return "\n".join(lines) + "\n"
 
 

@@ -39,6 +39,8 @@ from .masks import over_exposure_mask, under_exposure_mask
 __all__ = [
     "DOWN_LABELS",
     "input_down_label",
+    "srgb_decode",
+    "srgb_encode",
     "VGG16_CFG",
     "VGG16_POOL_INDICES",
     "VGG16Features",
@@ -396,12 +398,14 @@ def highlight_ramp(image: torch.Tensor) -> torch.Tensor:
 DOWN_LABELS = ("data", "input")
 
 
-def _srgb_decode(v: torch.Tensor) -> torch.Tensor:
+def srgb_decode(v: torch.Tensor) -> torch.Tensor:
+    """IEC 61966-2-1 decoding of ``v`` clamped to [0, 1] (torch; ``sitm_trt.io.srgb_eotf`` is the NumPy one)."""
     v = v.clamp(0.0, 1.0)
     return torch.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
 
 
-def _srgb_encode(x: torch.Tensor) -> torch.Tensor:
+def srgb_encode(x: torch.Tensor) -> torch.Tensor:
+    """IEC 61966-2-1 encoding of ``x`` clamped to [0, 1] (torch; ``sitm_trt.io.srgb_oetf`` is the NumPy one)."""
     x = x.clamp(0.0, 1.0)
     return torch.where(x <= 0.0031308, 12.92 * x, 1.055 * x.clamp_min(0.0031308) ** (1.0 / 2.4) - 0.055)
 
@@ -417,9 +421,9 @@ def input_down_label(ldr: torch.Tensor, down: torch.Tensor, ev_down: torch.Tenso
     round: it helped JOD on under-exposed inputs, but less than the exposure-up image costs there).
     Below the highlights a darker exposure holds nothing the input does not, so there the label is the input.
     """
-    scaled = _srgb_decode(ldr) * torch.exp2(ev_down.to(ldr.dtype)).view(-1, 1, 1, 1)
+    scaled = srgb_decode(ldr) * torch.exp2(ev_down.to(ldr.dtype)).view(-1, 1, 1, 1)
     w = highlight_ramp(ldr)
-    return w * _srgb_encode(scaled) + (1.0 - w) * down
+    return w * srgb_encode(scaled) + (1.0 - w) * down
 
 
 def mask_prior_weight(image: torch.Tensor) -> torch.Tensor:
