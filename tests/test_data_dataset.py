@@ -11,8 +11,9 @@ pytest.importorskip("cv2")
 torch = pytest.importorskip("torch")
 
 from sitm_training.data import ProceduralDataset, SampleDataset  # noqa: E402
-from sitm_training.data.build import PlanItem, Recipe, build, generate_item, load_manifest, load_sample  # noqa: E402
-from sitm_training.data.camera import CameraConfig  # noqa: E402
+from sitm_training.data.build import (PlanItem, Recipe, Sample, build, generate_item, load_manifest,  # noqa: E402
+                                      load_sample, relabel_up)
+from sitm_training.data.camera import Camera, CameraConfig, jpeg_roundtrip  # noqa: E402
 from sitm_training.data.dataset import augment  # noqa: E402
 
 RECIPE = Recipe(seed=1, n=6, n_test=2, size=24, val_fraction=0.2, camera=CameraConfig(jpeg_prob=0.5))
@@ -133,3 +134,54 @@ def test_procedural_dataset_matches_a_build() -> None:
         ds[3]
     crops = ProceduralDataset(2, size=24, seed=0, crop=16, augment=True)
     assert crops[0]["ldr"].shape == (3, 16, 16)
+
+
+def _samples(root: Path, split: str) -> list:
+    return [load_sample(root / r["file"]) for r in load_manifest(root)["samples"] if r["split"] == split]
+
+
+def test_relabel_up_reshoots_the_label_at_another_ev(root: Path) -> None:
+    s = _samples(root, "train")[0]
+    cam = Camera.from_dict(s.meta["camera"])
+    for ev in (0.5, 1.0, 2.5):
+        got = relabel_up(s, ev, None)
+        # the reference, by hand: exposure, clip, response, 8 bits (and the camera's JPEG, when it has one)
+        want = np.rint(cam.response(s.hdr.astype(np.float32) * np.float32(2.0**ev)) * 255.0).astype(np.uint8)
+        if cam.jpeg_quality is not None:
+            want = jpeg_roundtrip(want, cam.jpeg_quality)
+        assert got.up.dtype == np.uint8 and np.array_equal(got.up, want)
+        assert got.ev_up == ev and got.ev_down == s.ev_down
+        assert got.ldr is s.ldr and got.down is s.down and got.hdr is s.hdr
+    # shot again at the build's own EV (with noise), it is the stored label up to the noise draw
+    again = relabel_up(s, s.ev_up, np.random.default_rng(3)).up.astype(np.float64)
+    assert np.abs(again - s.up).mean() < 3.0
+    assert relabel_up(s, 1.0, None).up.astype(np.float64).mean() < relabel_up(s, 2.0, None).up.astype(np.float64).mean()
+
+
+def test_relabel_up_refuses_what_it_cannot_do(root: Path) -> None:
+    s = _samples(root, "train")[0]
+    with pytest.raises(ValueError, match="ev > 0"):
+        relabel_up(s, 0.0, None)
+    bare = Sample(s.ldr, s.up, s.down, s.hdr, s.ev_up, s.ev_down, "sice/x", {})
+    with pytest.raises(ValueError, match="no simulated camera"):
+        relabel_up(bare, 1.0, None)
+    with pytest.raises(ValueError, match="up_ev_max"):
+        SampleDataset(root, "train", up_ev_max=-1.0)
+
+
+def test_up_ev_max_caps_only_the_labels_above_it(root: Path) -> None:
+    stored = _samples(root, "train")
+    evs = sorted({s.ev_up for s in stored})
+    # a cap below every label (all shot again), and one at the largest (a label at the cap is kept)
+    for cap in (evs[0] - 0.5, evs[-1]):
+        ds = SampleDataset(root, "train", crop=None, augment=False, up_ev_max=cap)
+        for i, s in enumerate(stored):
+            item = ds[i]
+            assert float(item["ev_up"]) == min(s.ev_up, cap)
+            if s.ev_up > cap:
+                assert not np.allclose(item["up"].numpy(), _chw(s.up / 255.0))
+                assert torch.equal(item["up"], ds[i]["up"])  # the same noise draw every time it is read
+                assert item["up"].mean() < torch.from_numpy(_chw(s.up / 255.0)).mean()  # fewer EV: darker
+            else:
+                np.testing.assert_allclose(item["up"].numpy(), _chw(s.up / 255.0), atol=1e-6)
+            np.testing.assert_allclose(item["ldr"].numpy(), _chw(s.ldr / 255.0), atol=1e-6)

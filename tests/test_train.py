@@ -191,3 +191,27 @@ def test_down_label_input_is_what_stage_1_trains_on(tmp_path, tiny_data, monkeyp
     assert max(diff for _, diff in calls) > 0  # the label the loss saw is not the data set's
     with pytest.raises(ValueError, match="--down-label must be one of"):
         train(dataclasses.replace(cfg, out=str(tmp_path / "bad"), down_label="clean"))
+
+
+def test_up_ev_max_is_the_label_stage_1_trains_on(tmp_path, tiny_data, monkeypatch):
+    import dataclasses
+
+    import sitm_training.data.dataset as D
+
+    seen = []
+    real = D.SampleDataset
+
+    def spy(*args, **kw):
+        ds = real(*args, **kw)
+        seen.append((args[1], kw.get("up_ev_max")))
+        return ds
+
+    monkeypatch.setattr(D, "SampleDataset", spy)
+    cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "run"), stage1_steps=2, stage2_steps=0, batch=2,
+                      crop=32, workers=0, gan=False, up_ev_max=1.0)
+    with pytest.warns(UserWarning, match="perceptual loss of Eq. 10 is REPLACED"):
+        card = train(cfg)
+    assert card["step"] == 2 and card["config"]["up_ev_max"] == 1.0
+    assert sorted(seen) == [("train", 1.0), ("val", 1.0)]  # the validation PSNR is against the same labels
+    with pytest.raises(ValueError, match="--up-ev-max must be > 0"):
+        train(dataclasses.replace(cfg, out=str(tmp_path / "bad"), up_ev_max=0.0))

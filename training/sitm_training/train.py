@@ -82,6 +82,7 @@ class TrainConfig:
     mask_prior_scope: str = "well"  # where it acts: "well" (well-exposed pixels), "under" (under-exposed samples)
     #                                 or "down" (no M_down below the highlights)
     down_label: str = "data"  # the ADEM's label: "data" (the data set's) or "input" (losses.input_down_label)
+    up_ev_max: float | None = None  # shoot the exposure-up labels of more EV again at this EV (data.relabel_up)
     oversample_under: float = 1.0  # draw under-exposed training samples this many times as often (1 = uniform)
     freeze_exposure: bool = False  # stage 2 trains the MEFM only (EAB, AUEM, ADEM fixed): a fusion fine-tune
     init: str | None = None  # start a new run from these weights (fresh optimizer, step 0): a fine-tune
@@ -264,8 +265,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         (run_dir / "val").mkdir(exist_ok=True)
 
     manifest = load_manifest(cfg.data)
-    train_set = SampleDataset(cfg.data, "train", crop=cfg.crop, augment=True, seed=cfg.seed)
-    val_set = SampleDataset(cfg.data, "val", crop=None, augment=False)
+    if cfg.up_ev_max is not None and not cfg.up_ev_max > 0:
+        raise ValueError(f"--up-ev-max must be > 0 EV, got {cfg.up_ev_max}")
+    train_set = SampleDataset(cfg.data, "train", crop=cfg.crop, augment=True, seed=cfg.seed, up_ev_max=cfg.up_ev_max)
+    val_set = SampleDataset(cfg.data, "val", crop=None, augment=False, up_ev_max=cfg.up_ev_max)
     if len(train_set) == 0:
         raise ValueError(f"{cfg.data}: the train split is empty")
     if cfg.down_label not in DOWN_LABELS:
@@ -498,6 +501,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--down-label", default=defaults.down_label, choices=list(DOWN_LABELS),
                    help="the exposure-down label: 'data' (the data set's, default) or 'input' (below the highlights, "
                         "the input moved by the label's EV in linear light; losses.input_down_label)")
+    p.add_argument("--up-ev-max", type=float, default=defaults.up_ev_max,
+                   help="exposure-up labels of more than this many EV above the input are shot again at this EV by the "
+                        "sample's simulated camera (data.relabel_up); default: the data set's labels")
     p.add_argument("--oversample-under", type=float, default=defaults.oversample_under,
                    help="draw under-exposed training samples K times as often (default 1: uniform)")
     p.add_argument("--init", default=None, help="start a new run from these weights (.safetensors; fresh optimizer)")

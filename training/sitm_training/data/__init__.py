@@ -4,7 +4,7 @@
 ``docs/data.md`` for the recipe, the label criterion, the sources and their licenses.
 """
 
-from .build import Recipe, Sample, build, export_split, generate_item, load_manifest, load_sample, load_sample_meta, make_sample, under_exposed, verify
+from .build import Recipe, Sample, build, export_split, generate_item, load_manifest, load_sample, load_sample_meta, make_sample, relabel_up, under_exposed, verify
 from .camera import Camera, CameraConfig, Response
 from .stack import LabelCriterion, choose_labels
 
@@ -28,6 +28,7 @@ __all__ = [
     "load_sample",
     "load_sample_meta",
     "make_sample",
+    "relabel_up",
     "under_exposed",
     "verify",
 ]

@@ -39,7 +39,7 @@ import numpy as np
 
 from sitm_trt.io import ImageReadError, write_exr, write_png
 
-from .camera import CameraConfig, apply_color, capture, render, sample_camera, sample_exposure
+from .camera import Camera, CameraConfig, apply_color, capture, render, sample_camera, sample_exposure
 from .procedural import generate_scene
 from .sources import TEST_SOURCE_IDS, HDRSource, sample_view
 from .stack import DEFAULT_EVS, LabelCriterion, choose_labels
@@ -52,6 +52,7 @@ __all__ = [
     "PlanItem",
     "BuildError",
     "make_sample",
+    "relabel_up",
     "make_plan",
     "generate_item",
     "build",
@@ -167,6 +168,24 @@ def make_sample(radiance: np.ndarray, rng: np.random.Generator, recipe: Recipe =
         "clipped_fraction": float((hdr.max(axis=-1) >= 1.0).mean()),
     }
     return Sample(ldr, up, down, hdr, choice.ev_up, choice.ev_down, source, meta)
+
+
+def relabel_up(sample: Sample, ev: float, rng: np.random.Generator | None) -> Sample:
+    """``sample`` with its exposure-up label shot again at ``ev`` (EV relative to the input) by the sample's own
+    simulated camera (``meta["camera"]``) from its stored radiance: the same :func:`~.camera.capture` as the
+    build (noise, clipping, response, 8 bits, JPEG), so only the EV differs from a label the build chose.
+    ``rng=None`` shoots without noise.
+
+    Raises ``ValueError`` for a sample without a simulated camera (a real bracketed stack) or ``ev <= 0``.
+    """
+    if not ev > 0:
+        raise ValueError(f"an exposure-up label needs ev > 0, got {ev}")
+    cam = sample.meta.get("camera") if isinstance(sample.meta, dict) else None
+    if cam is None:
+        raise ValueError(f"sample {sample.source!r} records no simulated camera (meta['camera']), "
+                         "so its exposure-up label cannot be shot again at another EV")
+    up = capture(sample.hdr.astype(np.float32), Camera.from_dict(cam), float(ev), rng)
+    return Sample(sample.ldr, up, sample.down, sample.hdr, float(ev), sample.ev_down, sample.source, sample.meta)
 
 
 @dataclass(frozen=True)

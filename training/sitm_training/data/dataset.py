@@ -29,7 +29,8 @@ from torch.utils.data import Dataset
 
 from sitm_trt.io import ImageReadError, read_hdr, read_ldr, to_float
 
-from .build import PlanItem, Recipe, Sample, generate_item, load_manifest, load_sample, make_sample, under_exposed
+from .build import (PlanItem, Recipe, Sample, generate_item, load_manifest, load_sample, make_sample, relabel_up,
+                    under_exposed)
 from .real import MergedStack, SICEStack, find_pairs, find_sice_stacks, merge_stack, scan_hdr_files, stack_sample
 from .sources import validate_radiance
 from .stack import LabelCriterion
@@ -115,7 +116,9 @@ class SampleDataset(_Augmented):
     """A data set built by ``python -m sitm_training.data build`` (one split of it).
 
     ``crop=None`` returns whole images; otherwise ``crop x crop`` (random when ``augment``, centred
-    otherwise). ``check=True`` verifies every file's checksum at construction (raising ``ValueError`` with
+    otherwise). ``up_ev_max``: a sample whose exposure-up label is more than this many EV above the input gets
+    its label shot again at ``up_ev_max`` (:func:`~.build.relabel_up`; the noise draw is fixed per item, like a
+    stored label's). ``check=True`` verifies every file's checksum at construction (raising ``ValueError`` with
     the broken files' names before any training step); otherwise a corrupt file raises ``ValueError`` naming
     it when read.
     """
@@ -128,8 +131,12 @@ class SampleDataset(_Augmented):
         augment: bool = True,
         seed: int | None = None,
         check: bool = False,
+        up_ev_max: float | None = None,
     ) -> None:
         super().__init__(crop, augment, seed)
+        if up_ev_max is not None and not up_ev_max > 0:
+            raise ValueError(f"up_ev_max must be > 0 EV, got {up_ev_max}")
+        self.up_ev_max = up_ev_max
         self.root = Path(root)
         self.manifest = load_manifest(self.root)
         if split not in ("train", "val", "test"):
@@ -162,7 +169,11 @@ class SampleDataset(_Augmented):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
-        return self._finish(index, load_sample(self.root / rec["file"]), rec["id"])
+        s = load_sample(self.root / rec["file"])
+        if self.up_ev_max is not None and s.ev_up > self.up_ev_max:
+            rng = np.random.default_rng(np.random.SeedSequence([0 if self.seed is None else self.seed, index, 0x75]))
+            s = relabel_up(s, self.up_ev_max, rng)
+        return self._finish(index, s, rec["id"])
 
 
 class ProceduralDataset(_Augmented):
