@@ -108,12 +108,8 @@ def test_engine_for_the_shipped_weights(rtx, tmp_path):
     """The shipped default weights come with their ONNX exports (checksummed in the card) and build into a
     real TensorRT-RTX engine for the default profile (64x64 .. 3840x2160) without a GPU."""
     from sitm_trt.backends.tensorrt_backend import prepare_engine
-    from sitm_trt.weights import WeightsError
 
-    try:
-        w = load("default")
-    except WeightsError as err:
-        pytest.skip(f"no shipped default weights: {err}")
+    w = load("default")  # shipped since the fifth training round (docs/training.md): missing is a packaging bug
     for precision in ("fp16", "fp32"):
         path = w.onnx(precision)
         assert path.parent == w.path.parent, "the shipped export must be used, not a fresh one"
