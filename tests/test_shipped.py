@@ -109,3 +109,26 @@ def test_quickstart_main_job(tmp_path):
     assert hdr.shape == sample.shape and np.isfinite(hdr).all() and hdr.max() > 1.0
     preview = read_ldr(exr.with_suffix(".preview.png"))
     assert preview.shape == sample.shape and preview.std() > 10
+
+
+def test_shipped_onnx_graphs_compute_the_shipped_weights(default):
+    """The ONNX files TensorRT builds from (no torch at run time) are the shipped weights' network: float32 on
+    onnxruntime matches PyTorch, float16 stays within a small multiple of PyTorch's own float16 error."""
+    ort = pytest.importorskip("onnxruntime")
+    from sitm_trt.model.export import INPUT_NAMES, OUTPUT_NAMES, example_inputs
+
+    net = default.model().eval()
+    args = example_inputs(1, 96, 160, seed=11)
+    with torch.no_grad():
+        ref = net(*args)
+        half = default.model().eval().half()(*(t.half() for t in args))
+    for precision, feed in (("fp32", args), ("fp16", tuple(t.half() for t in args))):
+        sess = ort.InferenceSession(str(default.onnx(precision)), providers=["CPUExecutionProvider"])
+        outs = sess.run(None, {n: t.numpy() for n, t in zip(INPUT_NAMES, feed)})
+        for o, r, h, field in zip(outs, ref, half, OUTPUT_NAMES):
+            assert o.shape == tuple(r.shape), (precision, field)
+            if precision == "fp32":
+                np.testing.assert_allclose(o, r.numpy(), rtol=1e-4, atol=1e-4, err_msg=field)
+            else:
+                err, err_torch = np.abs(o.astype(np.float32) - r.numpy()).max(), (h.float() - r).abs().max().item()
+                assert err <= 4 * err_torch + 1e-3, f"{field}: onnx fp16 error {err:.2e}, torch fp16 {err_torch:.2e}"
