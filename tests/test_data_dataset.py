@@ -141,21 +141,29 @@ def _samples(root: Path, split: str) -> list:
 
 
 def test_relabel_up_reshoots_the_label_at_another_ev(root: Path) -> None:
-    s = _samples(root, "train")[0]
-    cam = Camera.from_dict(s.meta["camera"])
-    for ev in (0.5, 1.0, 2.5):
-        got = relabel_up(s, ev, None)
-        # the reference, by hand: exposure, clip, response, 8 bits (and the camera's JPEG, when it has one)
-        want = np.rint(cam.response(s.hdr.astype(np.float32) * np.float32(2.0**ev)) * 255.0).astype(np.uint8)
-        if cam.jpeg_quality is not None:
-            want = jpeg_roundtrip(want, cam.jpeg_quality)
-        assert got.up.dtype == np.uint8 and np.array_equal(got.up, want)
-        assert got.ev_up == ev and got.ev_down == s.ev_down
-        assert got.ldr is s.ldr and got.down is s.down and got.hdr is s.hdr
-    # shot again at the build's own EV (with noise), it is the stored label up to the noise draw
-    again = relabel_up(s, s.ev_up, np.random.default_rng(3)).up.astype(np.float64)
-    assert np.abs(again - s.up).mean() < 3.0
-    assert relabel_up(s, 1.0, None).up.astype(np.float64).mean() < relabel_up(s, 2.0, None).up.astype(np.float64).mean()
+    samples = _samples(root, "train")
+    assert {Camera.from_dict(s.meta["camera"]).jpeg_quality is None for s in samples} == {True, False}  # both paths
+    for s in samples:
+        cam = Camera.from_dict(s.meta["camera"])
+        for ev in (0.5, 2.5):
+            got = relabel_up(s, ev, None)
+            # the reference, by hand: exposure, clip, response, 8 bits (and the camera's JPEG, when it has one)
+            want = np.rint(cam.response(s.hdr.astype(np.float32) * np.float32(2.0**ev)) * 255.0).astype(np.uint8)
+            if cam.jpeg_quality is not None:
+                want = jpeg_roundtrip(want, cam.jpeg_quality)
+            assert got.up.dtype == np.uint8 and np.array_equal(got.up, want)
+            assert got.ev_up == ev and got.ev_down == s.ev_down
+            assert got.ldr is s.ldr and got.down is s.down and got.hdr is s.hdr
+            assert got.meta["labels"]["ev_up"] == ev and got.meta["labels"]["ev_up_stored"] == s.ev_up
+            assert s.meta["labels"]["ev_up"] == s.ev_up  # the sample it came from is left as it was
+        # shot again at the build's own EV with noise, it is the stored label up to the noise draw: about as far from
+        # it as the noise-free shot, and nearer than a shot one EV brighter with the same noise
+        def dist(ev: float, rng: np.random.Generator | None) -> float:
+            return float(np.abs(relabel_up(s, ev, rng).up.astype(np.float64) - s.up).mean())
+
+        again = dist(s.ev_up, np.random.default_rng(3))
+        assert again <= 2 * dist(s.ev_up, None) + 1.0 and again < dist(s.ev_up + 1.0, np.random.default_rng(3))
+        assert relabel_up(s, 1.0, None).up.astype(np.float64).mean() < relabel_up(s, 2.0, None).up.mean()
 
 
 def test_relabel_up_refuses_what_it_cannot_do(root: Path) -> None:
@@ -169,11 +177,21 @@ def test_relabel_up_refuses_what_it_cannot_do(root: Path) -> None:
         SampleDataset(root, "train", up_ev_max=-1.0)
 
 
+def test_up_ev_max_refuses_a_data_set_without_cameras_up_front(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sitm_training.data.dataset as D
+
+    monkeypatch.setattr(D, "load_sample_meta", lambda path: {"labels": {}})  # as a real bracketed stack records
+    with pytest.raises(ValueError, match="simulated camera"):
+        SampleDataset(root, "train", crop=None, up_ev_max=0.5)
+    SampleDataset(root, "train", crop=None, up_ev_max=99.0)  # no label above the cap: nothing to shoot again, accepted
+
+
 def test_up_ev_max_caps_only_the_labels_above_it(root: Path) -> None:
     stored = _samples(root, "train")
     evs = sorted({s.ev_up for s in stored})
-    # a cap below every label (all shot again), and one at the largest (a label at the cap is kept)
-    for cap in (evs[0] - 0.5, evs[-1]):
+    assert len(evs) >= 2
+    # a cap below every label (all shot again), one between labels (some), one at the largest (a label at the cap is kept)
+    for cap in (evs[0] - 0.5, (evs[0] + evs[-1]) / 2, evs[-1]):
         ds = SampleDataset(root, "train", crop=None, augment=False, up_ev_max=cap)
         for i, s in enumerate(stored):
             item = ds[i]

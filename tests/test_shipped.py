@@ -49,6 +49,7 @@ def test_card_evaluation_beats_both_baselines_on_every_metric(default):
     assert len(models) == 1 and {"linear", "banterle"} <= set(baselines)
     assert ev["images"] >= 90 and ev["jod"].startswith("ColorVideoVDP")  # JOD was computed, not skipped
     model = methods[models[0]]
+    assert default.sha256[:12] in model["description"]  # the evaluation scored this very file
     for metric in ev["metrics"]:
         assert model[metric] is not None and math.isfinite(model[metric]), metric
         for b in baselines:

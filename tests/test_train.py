@@ -198,20 +198,20 @@ def test_up_ev_max_is_the_label_stage_1_trains_on(tmp_path, tiny_data, monkeypat
 
     import sitm_training.data.dataset as D
 
-    seen = []
-    real = D.SampleDataset
+    shot = []
+    real = D.relabel_up
 
-    def spy(*args, **kw):
-        ds = real(*args, **kw)
-        seen.append((args[1], kw.get("up_ev_max")))
-        return ds
+    def spy(sample, ev, rng):
+        shot.append((sample.ev_up, ev))
+        return real(sample, ev, rng)
 
-    monkeypatch.setattr(D, "SampleDataset", spy)
+    monkeypatch.setattr(D, "relabel_up", spy)
     cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "run"), stage1_steps=2, stage2_steps=0, batch=2,
-                      crop=32, workers=0, gan=False, up_ev_max=1.0)
+                      crop=32, workers=0, gan=False, up_ev_max=1.0, val_every=2)
     with pytest.warns(UserWarning, match="perceptual loss of Eq. 10 is REPLACED"):
         card = train(cfg)
     assert card["step"] == 2 and card["config"]["up_ev_max"] == 1.0
-    assert sorted(seen) == [("train", 1.0), ("val", 1.0)]  # the validation PSNR is against the same labels
+    # the training batches' labels above +1 EV were shot again at +1 (and so were the validation's)
+    assert shot and all(stored > 1.0 and ev == 1.0 for stored, ev in shot)
     with pytest.raises(ValueError, match="--up-ev-max must be > 0"):
         train(dataclasses.replace(cfg, out=str(tmp_path / "bad"), up_ev_max=0.0))

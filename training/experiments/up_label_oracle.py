@@ -7,7 +7,8 @@ for: the linearized input; the model's result; the result without ``I_up`` (its 
 with the model's own masks, ``I_down`` and curve, ``I_up`` replaced by the sample's own label, by the input moved by
 the label's EV in linear light (``sRGB(min(1, sRGB^-1(I) 2^ev_up))``), and by the label shot again by the sample's
 simulated camera at each EV (default 1,2,3,4; ``data.relabel_up``, noise drawn with seed 0). Then the means.
-Needs ``cvvdp`` (the evaluation environment).
+Images must be a multiple of the network's stride (16) in size, as the exported pairs (256x256) are. Needs ``cvvdp``
+(the evaluation environment).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import srgb_decode  # noqa: F401  (sets the import path)
+from _common import srgb_decode  # (importing _common also puts sitm_training on the import path)
 
 from sitm_trt import ops  # noqa: E402
 from sitm_trt.io import read_hdr, read_ldr, srgb_eotf, to_float  # noqa: E402

@@ -173,8 +173,9 @@ def make_sample(radiance: np.ndarray, rng: np.random.Generator, recipe: Recipe =
 def relabel_up(sample: Sample, ev: float, rng: np.random.Generator | None) -> Sample:
     """``sample`` with its exposure-up label shot again at ``ev`` (EV relative to the input) by the sample's own
     simulated camera (``meta["camera"]``) from its stored radiance: the same :func:`~.camera.capture` as the
-    build (noise, clipping, response, 8 bits, JPEG), so only the EV differs from a label the build chose.
-    ``rng=None`` shoots without noise.
+    build (noise, clipping, response, 8 bits, JPEG), so only the EV (and, from the float16-stored radiance, a
+    rounding of 2**-11) differs from a label the build chose. ``rng=None`` shoots without noise. The returned
+    sample's ``meta["labels"]`` says ``ev_up`` (the new EV) and ``ev_up_stored`` (the build's).
 
     Raises ``ValueError`` for a sample without a simulated camera (a real bracketed stack) or ``ev <= 0``.
     """
@@ -185,7 +186,9 @@ def relabel_up(sample: Sample, ev: float, rng: np.random.Generator | None) -> Sa
         raise ValueError(f"sample {sample.source!r} records no simulated camera (meta['camera']), "
                          "so its exposure-up label cannot be shot again at another EV")
     up = capture(sample.hdr.astype(np.float32), Camera.from_dict(cam), float(ev), rng)
-    return Sample(sample.ldr, up, sample.down, sample.hdr, float(ev), sample.ev_down, sample.source, sample.meta)
+    labels = {**sample.meta.get("labels", {}), "ev_up": float(ev), "ev_up_stored": float(sample.ev_up)}
+    return Sample(sample.ldr, up, sample.down, sample.hdr, float(ev), sample.ev_down, sample.source,
+                  {**sample.meta, "labels": labels})
 
 
 @dataclass(frozen=True)

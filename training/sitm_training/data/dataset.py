@@ -29,8 +29,8 @@ from torch.utils.data import Dataset
 
 from sitm_trt.io import ImageReadError, read_hdr, read_ldr, to_float
 
-from .build import (PlanItem, Recipe, Sample, generate_item, load_manifest, load_sample, make_sample, relabel_up,
-                    under_exposed)
+from .build import (PlanItem, Recipe, Sample, generate_item, load_manifest, load_sample, load_sample_meta, make_sample,
+                    relabel_up, under_exposed)
 from .real import MergedStack, SICEStack, find_pairs, find_sice_stacks, merge_stack, scan_hdr_files, stack_sample
 from .sources import validate_radiance
 from .stack import LabelCriterion
@@ -118,7 +118,7 @@ class SampleDataset(_Augmented):
     ``crop=None`` returns whole images; otherwise ``crop x crop`` (random when ``augment``, centred
     otherwise). ``up_ev_max``: a sample whose exposure-up label is more than this many EV above the input gets
     its label shot again at ``up_ev_max`` (:func:`~.build.relabel_up`; the noise draw is fixed per item, like a
-    stored label's). ``check=True`` verifies every file's checksum at construction (raising ``ValueError`` with
+    stored label's: seeded by ``seed`` (0 when ``None``) and the item's position in the split). ``check=True`` verifies every file's checksum at construction (raising ``ValueError`` with
     the broken files' names before any training step); otherwise a corrupt file raises ``ValueError`` naming
     it when read.
     """
@@ -146,6 +146,11 @@ class SampleDataset(_Augmented):
         size = int(self.manifest["recipe"]["size"])
         if crop is not None and crop > size:
             raise ValueError(f"crop {crop} is larger than the stored size {size} of {self.root}")
+        if up_ev_max is not None:  # fail here, not in a DataLoader worker at the first relabelled item
+            above = next((r for r in self.records if float(r.get("ev_up", 0.0)) > up_ev_max), None)
+            if above is not None and "camera" not in load_sample_meta(self.root / above["file"]):
+                raise ValueError(f"up_ev_max needs samples from a simulated camera (meta['camera']) to shoot their "
+                                 f"labels again; {self.root / above['file']} records none (a real bracketed stack?)")
         if not self.manifest.get("complete"):
             log.warning(
                 "%s: the build is incomplete; using the %d finished %s samples", self.root, len(self.records), split
