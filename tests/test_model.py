@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -392,6 +394,21 @@ def test_weights_round_trip(tmp_path):
         header = json.loads(f.read(header_len))
     assert header["__metadata__"]["recipe"] == "unit-test"
     assert Preset.from_json(header["__metadata__"]["sitm_trt.preset"]) == TINY
+    # the same weights give the same bytes, in any process (safetensors' own header order varies per process)
+    meta = {f"k{i}": str(i) for i in range(12)}
+    blobs = set()
+    for i in range(3):
+        save_weights(net, tmp_path / f"same{i}.safetensors", metadata=meta)
+        blobs.add((tmp_path / f"same{i}.safetensors").read_bytes())
+    code = ("import sys, torch; from sitm_trt.model import load_weights, save_weights; "
+            "save_weights(load_weights(sys.argv[1]), sys.argv[2], metadata={f'k{i}': str(i) for i in range(12)})")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "same0.safetensors"), str(tmp_path / "other.safetensors")],
+                   check=True, timeout=120)
+    blobs.add((tmp_path / "other.safetensors").read_bytes())
+    assert len(blobs) == 1
+    n = int.from_bytes(next(iter(blobs))[:8], "little")
+    keys = list(json.loads(next(iter(blobs))[8 : 8 + n])["__metadata__"])
+    assert keys == sorted(keys)
     half = tmp_path / "h.safetensors"
     save_weights(net, half, dtype=torch.float16)
     assert half.stat().st_size < path.stat().st_size

@@ -50,7 +50,26 @@ def save_weights(
     # a wheel would carry to every user).
     from sitm_trt.io import write_bytes_atomic
 
-    write_bytes_atomic(path, st.save(tensors, metadata=meta))
+    write_bytes_atomic(path, _canonical_header(st.save(tensors, metadata=meta)))
+
+
+def _canonical_header(blob: bytes) -> bytes:
+    """``blob`` (a safetensors file) with its JSON header in a fixed order: ``safetensors`` writes the metadata from
+    a hash map, so the same weights would give different bytes (and sha256) in every process. The header keeps
+    its length (compact JSON, padded with spaces as the format allows), so the data offsets stay valid."""
+    import json
+    import struct
+
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + n])
+    ordered = {}
+    if "__metadata__" in header:
+        ordered["__metadata__"] = dict(sorted(header.pop("__metadata__").items()))
+    ordered.update(sorted(header.items(), key=lambda kv: (kv[1]["data_offsets"][0], kv[0])))
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > n:  # cannot happen for the same content; keep the library's bytes rather than break offsets
+        return blob
+    return blob[:8] + text + b" " * (n - len(text)) + blob[8 + n :]
 
 
 def read_preset(path: str | os.PathLike) -> Preset:
