@@ -366,7 +366,7 @@ def test_cli_without_pairs_writes_nothing(tmp_path, caplog):
     assert "does not exist" in caplog.text
 
 
-def test_model_method_runs_the_pipeline(pairs, tmp_path):
+def test_model_method_runs_the_pipeline(pairs, tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
     pytest.importorskip("safetensors")
     from sitm_trt.model import SITMNet, predict_hdr, save_weights
@@ -376,6 +376,9 @@ def test_model_method_runs_the_pipeline(pairs, tmp_path):
     weights = tmp_path / "tiny.safetensors"
     save_weights(net, weights)
     method = E.ModelMethod(weights, "tiny")
+    assert f"`{weights.resolve()}`" in method.description  # outside the working directory: the whole path
+    monkeypatch.chdir(tmp_path)
+    assert "`tiny.safetensors`" in E.ModelMethod(weights, "tiny").description  # inside it: relative, no home directory
     ldr = read_ldr(pairs / "a.png")
     got = method(ldr, E.Pair("a", pairs / "a.png", pairs / "a.exr"))
     with torch.no_grad():

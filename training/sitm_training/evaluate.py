@@ -128,7 +128,12 @@ class ModelMethod(Method):
         self.name, self.device = name, device
         self.weights = sitm_trt.load(weights)
         self.pipeline = sitm_trt.Pipeline(self.weights, backend="torch", precision="fp32")  # the reference, any device
-        self.description = f"SITM, weights `{self.weights.path}` (sha256 {self.weights.sha256[:12]}...)"
+        path = Path(self.weights.path)
+        try:  # relative to where the command ran, so a table (and a card that carries it) names no home directory
+            path = path.relative_to(Path.cwd())
+        except ValueError:
+            pass
+        self.description = f"SITM, weights `{path}` (sha256 {self.weights.sha256[:12]}...)"
 
     def __call__(self, ldr: np.ndarray, pair: Pair) -> np.ndarray:
         if self.device == "cpu":
