@@ -36,6 +36,15 @@ def run(tiny_data, out, steps2):
         return train(cfg)
 
 
+def train_small(data, out, **options):
+    """A few steps at batch 2 on 32-pixel crops, no discriminator: ``(config, card)``; a ``ValueError`` for a bad
+    option comes out before any step. ``options`` override anything (steps, the option under test)."""
+    cfg = TrainConfig(**{"data": str(data), "out": str(out), "batch": 2, "crop": 32, "workers": 0, "gan": False,
+                         **options})
+    with pytest.warns(UserWarning, match="perceptual loss of Eq. 10 is REPLACED"):
+        return cfg, train(cfg)
+
+
 def test_two_stages_checkpoint_and_resume(tiny_data, tmp_path):
     card = run(tiny_data, tmp_path, steps2=2)
     assert card["step"] == 5 and card["perceptual"] == "ssim-substitute"
@@ -150,19 +159,15 @@ def test_oversample_under_weights_follow_the_sample_meta(tmp_path, monkeypatch):
                       workers=0, oversample_under=0.0)
     with pytest.raises(ValueError, match="--oversample-under must be > 0"):
         train(cfg)
-    cfg = dataclasses.replace(cfg, oversample_under=4.0)
-    with pytest.warns(UserWarning, match="perceptual loss of Eq. 10 is REPLACED"):
-        card = train(cfg)
+    _, card = train_small(root, tmp_path / "run", stage1_steps=1, stage2_steps=0, gan=True, oversample_under=4.0)
     assert card["step"] == 1 and card["config"]["oversample_under"] == 4.0
 
 
 def test_mask_prior_under_scope_trains_and_checks_its_data(tmp_path, tiny_data):
     import dataclasses
 
-    cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "run"), stage1_steps=0, stage2_steps=2, batch=2,
-                      crop=32, workers=0, gan=False, mask_prior=1.0, mask_prior_scope="under")
-    with pytest.warns(UserWarning, match="perceptual loss of Eq. 10 is REPLACED"):
-        card = train(cfg)
+    cfg, card = train_small(tiny_data, tmp_path / "run", stage1_steps=0, stage2_steps=2, mask_prior=1.0,
+                            mask_prior_scope="under")
     assert card["step"] == 2 and card["config"]["mask_prior_scope"] == "under"
     with pytest.raises(ValueError, match="--mask-prior-scope must be one of"):
         train(dataclasses.replace(cfg, out=str(tmp_path / "bad"), mask_prior_scope="dark"))
@@ -182,10 +187,7 @@ def test_down_label_input_is_what_stage_1_trains_on(tmp_path, tiny_data, monkeyp
         return out
 
     monkeypatch.setattr(T, "input_down_label", spy)
-    cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "run"), stage1_steps=2, stage2_steps=0, batch=2,
-                      crop=32, workers=0, gan=False, down_label="input")
-    with pytest.warns(UserWarning, match="perceptual loss of Eq. 10 is REPLACED"):
-        card = train(cfg)
+    cfg, card = train_small(tiny_data, tmp_path / "run", stage1_steps=2, stage2_steps=0, down_label="input")
     assert card["step"] == 2 and card["config"]["down_label"] == "input"
     assert len(calls) == 2 and all(shape[0] == 2 for shape, _ in calls)
     assert max(diff for _, diff in calls) > 0  # the label the loss saw is not the data set's
@@ -206,10 +208,7 @@ def test_up_ev_max_is_the_label_stage_1_trains_on(tmp_path, tiny_data, monkeypat
         return real(sample, ev, rng)
 
     monkeypatch.setattr(D, "relabel_up", spy)
-    cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "run"), stage1_steps=2, stage2_steps=0, batch=2,
-                      crop=32, workers=0, gan=False, up_ev_max=1.0, val_every=2)
-    with pytest.warns(UserWarning, match="perceptual loss of Eq. 10 is REPLACED"):
-        card = train(cfg)
+    cfg, card = train_small(tiny_data, tmp_path / "run", stage1_steps=2, stage2_steps=0, up_ev_max=1.0, val_every=2)
     assert card["step"] == 2 and card["config"]["up_ev_max"] == 1.0
     # the training batches' labels above +1 EV were shot again at +1 (and so were the validation's)
     assert shot and all(stored > 1.0 and ev == 1.0 for stored, ev in shot)

@@ -1,5 +1,6 @@
-"""What the experiment scripts share: the import path, the torch sRGB decoding (``sitm_training.losses``), and
-the make-init / train / eval commands of a script that patches the PyTorch reference in its own process."""
+"""What the experiment scripts share: the import path, the torch sRGB decoding (``sitm_training.losses``), the
+evaluation's JOD of one result and a mask edit (for the scripts that take Eq. 7 apart image by image), and the
+make-init / train / eval commands of a script that patches the PyTorch reference in its own process."""
 from __future__ import annotations
 
 import sys
@@ -14,6 +15,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # sitm_training, w
 from sitm_trt.model.mefm import _softplus_inverse as softplus_inverse  # noqa: E402,F401  (re-exported)
 from sitm_trt.model.serialization import load_weights  # noqa: E402
 from sitm_training.losses import srgb_decode  # noqa: E402,F401  (re-exported)
+
+
+def jod_scorer() -> Callable[[np.ndarray, np.ndarray, np.ndarray], float]:
+    """``score(pred, gt, ldr)``: ColorVideoVDP JOD of ``pred`` scale-aligned to ``gt`` over ``ldr``'s well-exposed
+    pixels, on the evaluation's display (docs/evaluation.md). Needs ``cvvdp``."""
+    from sitm_training import metrics as M
+
+    display = M.Display()
+    jod = M.JOD(display)
+
+    def score(pred: np.ndarray, gt: np.ndarray, ldr: np.ndarray) -> float:
+        return jod(display(pred * M.align_scale(pred, gt, ldr)), display(gt))
+
+    return score
+
+
+def without(masks: torch.Tensor, k: int) -> torch.Tensor:
+    """Eq. 7's masks ``(M_up, M_mid, M_down)`` with mask ``k`` moved into ``M_mid`` (that image left out)."""
+    m = masks.clone()
+    m[:, 1] += m[:, k]
+    m[:, k] = 0
+    return m
 
 
 def evaluate(weights: str, pairs: str, out: str, name: str, description: str, baselines: tuple[str, ...],

@@ -15,19 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # sitm_training, without installing it
+from _common import jod_scorer, load_weights, without  # (importing _common also puts sitm_training on the import path)
 
-from sitm_trt import ops  # noqa: E402
-from sitm_trt.io import read_hdr, read_ldr, srgb_eotf, to_float  # noqa: E402
-from sitm_trt.model.serialization import load_weights  # noqa: E402
-from sitm_training import metrics as M  # noqa: E402
-
-
-def _without(masks: torch.Tensor, k: int) -> torch.Tensor:
-    m = masks.clone()
-    m[:, 1] += m[:, k]
-    m[:, k] = 0
-    return m
+from sitm_trt import ops
+from sitm_trt.io import read_hdr, read_ldr, srgb_eotf, to_float
 
 
 def main(argv: list[str]) -> int:
@@ -36,11 +27,7 @@ def main(argv: list[str]) -> int:
         return 2
     net = load_weights(argv[0]).eval()
     root, ids = Path(argv[1]), argv[2].split(",")
-    display = M.Display()
-    jod = M.JOD(display)
-
-    def score(pred: np.ndarray, gt: np.ndarray, ldr: np.ndarray) -> float:
-        return jod(display(pred * M.align_scale(pred, gt, ldr)), display(gt))
+    score = jod_scorer()
 
     print("id | linear | result | Eq. 8 only | without I_up | without I_down | M_up / M_mid / M_down")
     for i in ids:
@@ -53,7 +40,7 @@ def main(argv: list[str]) -> int:
             out = net(*pre)
             mid = torch.zeros_like(out.masks)
             mid[:, 1] = 1
-            variants = [out.masks, mid, _without(out.masks, 0), _without(out.masks, 2)]
+            variants = [out.masks, mid, without(out.masks, 0), without(out.masks, 2)]
             hdrs = [ops.post(m, pre.image, out.image_up, out.image_down, out.coef, h, w)[0].numpy().transpose(1, 2, 0)
                     for m in variants]
         scores = [score(srgb_eotf(ldr), gt, ldr)] + [score(p, gt, ldr) for p in hdrs]

@@ -19,14 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import srgb_decode  # (importing _common also puts sitm_training on the import path)
+from _common import jod_scorer, load_weights, srgb_decode, without  # (also puts sitm_training on the import path)
 
-from sitm_trt import ops  # noqa: E402
-from sitm_trt.io import read_hdr, read_ldr, srgb_eotf, to_float  # noqa: E402
-from sitm_trt.model.serialization import load_weights  # noqa: E402
-from sitm_training import metrics as M  # noqa: E402
-from sitm_training.data.build import load_sample, relabel_up  # noqa: E402
-from sitm_training.losses import srgb_encode  # noqa: E402
+from sitm_trt import ops
+from sitm_trt.io import read_hdr, read_ldr, srgb_eotf, to_float
+from sitm_training.data.build import load_sample, relabel_up
+from sitm_training.losses import srgb_encode
 
 
 def _chw(a: np.ndarray) -> torch.Tensor:
@@ -40,11 +38,7 @@ def main(argv: list[str]) -> int:
     net = load_weights(argv[0]).eval()
     root, ids, samples = Path(argv[1]), argv[2].split(","), Path(argv[3])
     evs = [float(e) for e in argv[4].split(",")] if len(argv) == 5 else [1.0, 2.0, 3.0, 4.0]
-    display = M.Display()
-    jod = M.JOD(display)
-
-    def score(pred: np.ndarray, gt: np.ndarray, ldr: np.ndarray) -> float:
-        return jod(display(pred * M.align_scale(pred, gt, ldr)), display(gt))
+    score = jod_scorer()
 
     names = ["linear", "result", "without I_up", "I_up = label", "I_up = input x 2^ev"] + [f"label at +{e:g}" for e in evs]
     print("id | label EV | " + " | ".join(names))
@@ -60,9 +54,7 @@ def main(argv: list[str]) -> int:
         with torch.no_grad():
             pre = ops.pre(x, stride=net.stride)
             out = net(*pre)
-            no_up = out.masks.clone()
-            no_up[:, 1] += no_up[:, 0]
-            no_up[:, 0] = 0
+            no_up = without(out.masks, 0)
             moved = srgb_encode(srgb_decode(x) * float(2.0**s.ev_up))
             ups = [_chw(s.up), moved] + [_chw(relabel_up(s, e, np.random.default_rng(0)).up) for e in evs]
             hdrs = [ops.post(out.masks, pre.image, out.image_up, out.image_down, out.coef, h, w),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 
 import torch
 
@@ -57,9 +59,6 @@ def _canonical_header(blob: bytes) -> bytes:
     """``blob`` (a safetensors file) with its JSON header in a fixed order: ``safetensors`` writes the metadata from
     a hash map, so the same weights would give different bytes (and sha256) in every process. The header keeps
     its length (compact JSON, padded with spaces as the format allows), so the data offsets stay valid."""
-    import json
-    import struct
-
     (n,) = struct.unpack("<Q", blob[:8])
     header = json.loads(blob[8 : 8 + n])
     ordered = {}

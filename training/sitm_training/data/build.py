@@ -181,7 +181,7 @@ def relabel_up(sample: Sample, ev: float, rng: np.random.Generator | None) -> Sa
     """
     if not ev > 0:
         raise ValueError(f"an exposure-up label needs ev > 0, got {ev}")
-    cam = sample.meta.get("camera") if isinstance(sample.meta, dict) else None
+    cam = sample.meta.get("camera")
     if cam is None:
         raise ValueError(f"sample {sample.source!r} records no simulated camera (meta['camera']), "
                          "so its exposure-up label cannot be shot again at another EV")
