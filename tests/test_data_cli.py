@@ -37,6 +37,7 @@ def test_build_verify_export(
         "--size",
         "24",
         "--no-debian",
+        "--no-registry",
         "--no-progress",
         "--hdr-dir",
         str(user),
@@ -60,7 +61,8 @@ def test_build_verify_export(
         "pairs.json",
     ]
 
-    other = ["build", "--out", str(out), "--n", "5", "--n-test", "1", "--size", "24", "--no-debian", "--no-progress"]
+    other = ["build", "--out", str(out), "--n", "5", "--n-test", "1", "--size", "24", "--no-debian", "--no-registry",
+             "--no-progress"]
     assert main(other) == 1  # another recipe in the same folder
     assert "another recipe" in caplog.text
 
@@ -72,7 +74,7 @@ def test_fetch_error_and_sources_listing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setattr(S.shutil, "which", lambda name: None)
-    assert main(["fetch", "--cache", str(tmp_path)]) == 1
+    assert main(["fetch", "--cache", str(tmp_path), "--no-npm", "--no-pypi"]) == 1  # no network in tests
     assert "apt-get not found" in caplog.text
     assert main(["sources", "--cache", str(tmp_path)]) == 0
     assert "missing: blender/city" in capsys.readouterr().out

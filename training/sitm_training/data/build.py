@@ -41,7 +41,7 @@ from sitm_trt.io import ImageReadError, write_exr, write_png
 
 from .camera import Camera, CameraConfig, apply_color, capture, render, sample_camera, sample_exposure
 from .procedural import generate_scene
-from .sources import TEST_SOURCE_IDS, HDRSource, sample_view
+from .sources import HDRSource, sample_view, source_split
 from .stack import DEFAULT_EVS, LabelCriterion, choose_labels
 
 __all__ = [
@@ -82,6 +82,7 @@ class Recipe:
     n_test: int = 96  # test samples, cut from the held-out real sources
     size: int = 320  # stored side length (square); the Datasets crop 256 from it
     val_fraction: float = 0.05  # of n, procedural
+    n_val_real: int = 0  # more val samples, cut from the held-out validation scenes (VAL_SOURCE_IDS, val/ dirs)
     real_fraction: float = 0.5  # of the train samples, from real (non-test) sources when there are any
     evs: tuple[float, ...] = DEFAULT_EVS
     dynamic_range: tuple[float, float] = (1e3, 1e7)  # procedural scenes
@@ -89,8 +90,8 @@ class Recipe:
     criterion: LabelCriterion = field(default_factory=LabelCriterion)
 
     def __post_init__(self) -> None:
-        if self.n < 0 or self.n_test < 0:
-            raise ValueError(f"n and n_test must be >= 0, got {self.n}, {self.n_test}")
+        if self.n < 0 or self.n_test < 0 or self.n_val_real < 0:
+            raise ValueError(f"n, n_test and n_val_real must be >= 0, got {self.n}, {self.n_test}, {self.n_val_real}")
         if self.size < 16:
             raise ValueError(f"size must be at least 16, got {self.size}")
         if not 0.0 <= self.val_fraction < 1.0 or not 0.0 <= self.real_fraction <= 1.0:
@@ -99,7 +100,9 @@ class Recipe:
             raise ValueError(f"evs must hold 0 and EVs on both sides, got {self.evs}")
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {"n_val_real": self.n_val_real} if self.n_val_real else {}  # absent when 0: older hashes hold
         return {
+            **extra,
             "seed": self.seed,
             "n": self.n,
             "n_test": self.n_test,
@@ -122,6 +125,7 @@ class Recipe:
             n_test=int(d["n_test"]),
             size=int(d["size"]),
             val_fraction=float(d["val_fraction"]),
+            n_val_real=int(d.get("n_val_real", 0)),
             real_fraction=float(d["real_fraction"]),
             evs=tuple(float(e) for e in d["evs"]),
             dynamic_range=(float(d["dynamic_range"][0]), float(d["dynamic_range"][1])),
@@ -206,13 +210,24 @@ class PlanItem:
         return f"{self.split}/{self.id}.npz"
 
 
-def make_plan(recipe: Recipe, train_sources: Sequence[HDRSource], test_sources: Sequence[HDRSource]) -> list[PlanItem]:
+def make_plan(
+    recipe: Recipe,
+    train_sources: Sequence[HDRSource],
+    test_sources: Sequence[HDRSource],
+    val_sources: Sequence[HDRSource] = (),
+) -> list[PlanItem]:
     """Which sample comes from which source, in which split (deterministic for the recipe's seed).
 
     Indices ``0 .. n_train-1`` are train, then ``n_val`` val (procedural), then ``n_test`` test (round-robin
-    over the held-out real sources; procedural when there are none). Among the train samples exactly
-    ``round(real_fraction * n_train)`` are real (sources drawn by weight), at random positions.
+    over the held-out real sources; procedural when there are none), then ``n_val_real`` val (round-robin over
+    the held-out validation scenes; none when there are none). Among the train samples exactly
+    ``round(real_fraction * n_train)`` are real (sources drawn by weight), at random positions. A source in
+    more than one of the lists is refused: scenes are held out whole.
     """
+    ids = [[s.id for s in group] for group in (train_sources, test_sources, val_sources)]
+    shared = (set(ids[0]) & set(ids[1])) | (set(ids[0]) & set(ids[2])) | (set(ids[1]) & set(ids[2]))
+    if shared:
+        raise ValueError(f"sources in more than one split: {sorted(shared)}")
     rng = np.random.default_rng(np.random.SeedSequence([recipe.seed, 0x5EED]))
     n_val = int(round(recipe.n * recipe.val_fraction))
     n_train = recipe.n - n_val
@@ -233,13 +248,16 @@ def make_plan(recipe: Recipe, train_sources: Sequence[HDRSource], test_sources: 
     for i in range(recipe.n_test):
         src = test_sources[i % len(test_sources)].id if test_sources else "procedural"
         plan.append(PlanItem(base + i, "test", src))
+    base += recipe.n_test
+    if val_sources:  # indices after the test split: the samples of earlier recipes keep their index and pixels
+        plan += [PlanItem(base + i, "val", val_sources[i % len(val_sources)].id) for i in range(recipe.n_val_real)]
     return plan
 
 
 class _SourceCache:
     """Loads real sources on first use and keeps a few in memory."""
 
-    def __init__(self, sources: Sequence[HDRSource], capacity: int = 12) -> None:
+    def __init__(self, sources: Sequence[HDRSource], capacity: int = 64) -> None:  # all 35 fetched: ~120 MB
         self.sources = {s.id: s for s in sources}
         self.capacity = capacity
         self.loaded: dict[str, np.ndarray] = {}
@@ -439,15 +457,19 @@ def build(
     """Build (or resume) the data set in ``out``; returns the manifest.
 
     ``sources`` are the real HDR sources: those in :data:`TEST_SOURCE_IDS` or whose id starts with
-    ``test/`` feed the test split, the others the train split. Without real train sources the train split
-    is procedural, and without held-out sources the test split is procedural: both are logged as warnings
-    and recorded in the manifest (``test_is_real``). Samples whose file exists and matches the manifest's
-    checksum (or, when the manifest was not yet updated, loads as a complete sample) are kept.
+    ``test/`` feed the test split, those in :data:`VAL_SOURCE_IDS` or whose id starts with ``val/`` the
+    ``n_val_real`` real samples of the val split, the others the train split (whole scenes: the train split
+    never sees a held-out scene). Without real train sources the train split is procedural, without held-out
+    test sources the test split is procedural, and without validation scenes the val split has no real
+    samples: all are logged as warnings and recorded in the manifest (``test_is_real``, ``val_has_real``).
+    Samples whose file exists and matches the manifest's checksum (or, when the manifest was not yet updated,
+    loads as a complete sample) are kept.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    test_sources = [s for s in sources if s.id in TEST_SOURCE_IDS or s.id.startswith("test/")]
-    train_sources = [s for s in sources if s not in test_sources]
+    test_sources = [s for s in sources if source_split(s.id) == "test"]
+    val_sources = [s for s in sources if source_split(s.id) == "val"]
+    train_sources = [s for s in sources if source_split(s.id) == "train"]
     if not train_sources and recipe.real_fraction > 0:
         log.warning(
             "NO REAL HDR SOURCES for training: the train split is procedural only "
@@ -455,10 +477,13 @@ def build(
         )
     if not test_sources and recipe.n_test > 0:
         log.warning("NO HELD-OUT REAL HDR SOURCES: the test split is procedural, not real images")
+    if not val_sources and recipe.n_val_real > 0:
+        log.warning("NO HELD-OUT REAL VALIDATION SCENES: the val split has no real samples "
+                    "(run `python -m sitm_training.data fetch`)")
     recipe_dict = recipe.to_dict()
-    source_dicts = [s.to_dict() | {"split": "test" if s in test_sources else "train"} for s in sources]
+    source_dicts = [s.to_dict() | {"split": source_split(s.id)} for s in sources]
     rhash = _recipe_hash(recipe_dict, source_dicts)
-    plan = make_plan(recipe, train_sources, test_sources)
+    plan = make_plan(recipe, train_sources, test_sources, val_sources)
 
     done: dict[str, dict[str, Any]] = {}
     manifest_path = out / "manifest.json"
@@ -502,6 +527,8 @@ def build(
         "sources": source_dicts,
         "test_source_ids": sorted(s.id for s in test_sources),
         "test_is_real": bool(test_sources),
+        "val_source_ids": sorted(s.id for s in val_sources),
+        "val_has_real": bool(val_sources) and recipe.n_val_real > 0,
         "train_has_real": bool(train_sources),
         "software": {
             "python": sys.version.split()[0],
