@@ -1,10 +1,12 @@
 # Optional CUDA for sitm-trt.
 #   SITM_WITH_CUDA=AUTO (default): build the CUDA kernels when a CUDA compiler is found, else CPU only.
 #   SITM_WITH_CUDA=ON: require CUDA (fatal error with a hint when nvcc is missing).  OFF: CPU only.
-#   CMAKE_CUDA_ARCHITECTURES is respected; the default is machine code for sm_80, 86, 89, 90, 100, 120 plus
-#   PTX for sm_120 so newer GPUs can JIT.
+#   CMAKE_CUDA_ARCHITECTURES is respected; the default (SitmCudaArchs.cmake) is machine code for sm_80, 86, 89,
+#   90, 100, 120 plus PTX for sm_120 so newer GPUs can JIT, and without sm_100/sm_120 for an nvcc older than
+#   12.8 (which does not know them) instead of a failing build.
 # Sets SITM_CUDA_ENABLED, SITM_CUDA_ARCHS, and report strings for build_info().
 include(CheckLanguage)
+include(${CMAKE_CURRENT_LIST_DIR}/SitmCudaArchs.cmake)
 
 set(SITM_WITH_CUDA "AUTO" CACHE STRING "Build the CUDA kernels: AUTO, ON or OFF")
 set_property(CACHE SITM_WITH_CUDA PROPERTY STRINGS AUTO ON OFF)
@@ -31,10 +33,17 @@ else()
 endif()
 
 if(SITM_CUDA_ENABLED)
-  if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES OR CMAKE_CUDA_ARCHITECTURES STREQUAL "")
-    set(CMAKE_CUDA_ARCHITECTURES "80-real;86-real;89-real;90-real;100-real;120-real;120-virtual")
+  # The default list depends on the nvcc version, known only once the language is enabled (the compiler
+  # check then uses nvcc's own default architecture, which it always supports).
+  set(_sitm_user_archs "")
+  if(DEFINED CMAKE_CUDA_ARCHITECTURES AND NOT CMAKE_CUDA_ARCHITECTURES STREQUAL "")
+    set(_sitm_user_archs "${CMAKE_CUDA_ARCHITECTURES}")
   endif()
   enable_language(CUDA)
+  if(_sitm_user_archs STREQUAL "")
+    sitm_default_cuda_archs("${CMAKE_CUDA_COMPILER_VERSION}" _sitm_archs)
+    set(CMAKE_CUDA_ARCHITECTURES "${_sitm_archs}")
+  endif()
   set(CMAKE_CUDA_STANDARD 17)
   set(CMAKE_CUDA_STANDARD_REQUIRED ON)
   set(SITM_CUDA_ARCHS "${CMAKE_CUDA_ARCHITECTURES}")

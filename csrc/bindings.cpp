@@ -37,6 +37,8 @@ DType parse_any_dtype(const std::string& op, const std::string& s) {
 
 bool is_float(DType t) { return t == DType::F32 || t == DType::F16; }
 
+constexpr int64_t kMaxStride = int64_t{1} << 16;  // pre's padding multiple; a 17-level network would need more
+
 // Checks a float tensor of exactly `shape` (entries < 0 are free and filled in from the tensor).
 void expect_float(const std::string& op, const char* arg, const TensorView& v, std::vector<int64_t> shape,
                   const char* pattern) {
@@ -163,8 +165,14 @@ py::tuple pre(const py::capsule& frame_cap, int64_t stride, const std::string& d
     a.h = hwc3 ? s[0] : s[1];
     a.w = hwc3 ? s[1] : s[2];
   }
-  a.hp = padded_size(a.h, stride);
-  a.wp = padded_size(a.w, stride);
+  // Padded sizes with checked arithmetic (the kernels' padded_size would overflow for a huge stride), and the
+  // outputs' total size checked before anything is allocated.
+  if (stride > kMaxStride)
+    bad(op, "stride must be <= " + std::to_string(kMaxStride) + " (a network stride is 2 ** (levels - 1)), got " +
+                std::to_string(stride));
+  a.hp = checked_mul("pre", "stride", checked_add("pre", "stride", a.h, stride - 1) / stride, stride);
+  a.wp = checked_mul("pre", "stride", checked_add("pre", "stride", a.w, stride - 1) / stride, stride);
+  checked_nbytes("pre", "out (frame padded to the stride)", {a.n, 5, a.hp, a.wp}, Buffer::itemsize(out_type));
   std::array<py::object, 4> given{py::none(), py::none(), py::none(), py::none()};
   if (!outs.is_none()) {
     auto t = outs.cast<py::tuple>();
@@ -284,8 +292,10 @@ py::object post(const py::capsule& masks_cap, const py::capsule& image_cap, cons
                 const py::capsule& down_cap, const py::capsule& coef_cap, int64_t height, int64_t width,
                 const std::string& layout, const std::string& dtype, const py::object& out, uintptr_t stream,
                 const std::string& transfer, const py::object& matrix, const py::object& luma, double ref_white,
-                double peak, const std::string& code_range, int bits, const py::object& stats) {
+                double peak, const std::string& code_range, int bits, const py::object& stats,
+                const std::string& fusion) {
   const std::string op = "post";
+  if (fusion != "paper" && fusion != "residual") bad(op, "fusion must be 'paper' or 'residual', got '" + fusion + "'");
   const bool quantized = dtype == "uint16";
   const DType out_type = quantized ? DType::U16 : parse_float_dtype(op, dtype);
   const bool yuv = layout == "yuv420p";
@@ -328,6 +338,7 @@ py::object post(const py::capsule& masks_cap, const py::capsule& image_cap, cons
   }
   PostArgs a{m.data, img.data, up.data, down.data, m.dtype, c.view.data, c.view.dtype, c.per_channel,
              n, hp, wp, h, w, o.data(), out_type, hwc};
+  a.fusion = fusion == "residual" ? Fusion::Residual : Fusion::Paper;
   a.encode = encode;
   a.enc = enc;
   a.out_yuv420 = yuv;
@@ -355,7 +366,15 @@ std::shared_ptr<Buffer> empty(std::vector<int64_t> shape, const std::string& dty
   if (device == "cpu") {
     d = {kDLCPU, 0};
   } else if (device.rfind("cuda", 0) == 0) {
-    d = {kDLCUDA, device.size() > 5 ? std::stoi(device.substr(5)) : 0};
+    int id = 0;
+    const std::string rest = device.substr(4);
+    if (!rest.empty()) {
+      const std::string num = rest.substr(1);
+      if (rest[0] != ':' || num.empty() || num.size() > 4 || num.find_first_not_of("0123456789") != std::string::npos)
+        bad("empty", "device must be 'cpu' or 'cuda[:N]', got '" + device + "'");
+      id = std::stoi(num);
+    }
+    d = {kDLCUDA, id};
   } else {
     bad("empty", "device must be 'cpu' or 'cuda[:N]', got '" + device + "'");
   }
@@ -474,6 +493,10 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("data_ptr", [](const Buffer& b) { return reinterpret_cast<uintptr_t>(b.data()); })
       .def_property_readonly("nbytes", &Buffer::nbytes)
       .def_property_readonly("capacity", &Buffer::capacity)
+      .def_property_readonly("pinned", &Buffer::pinned)
+      .def_property_readonly("stream", &Buffer::stream,
+                             "The stream of the memory's last use (a cudaStream_t as an integer): the next use on "
+                             "another stream waits for it, and the memory is freed stream-ordered on it")
       .def("view",
            [](const std::shared_ptr<Buffer>& self, std::vector<int64_t> shape, py::object dtype, py::object stream) {
              const DType t = dtype.is_none() ? self->dtype() : parse_any_dtype("Buffer.view", dtype.cast<std::string>());
@@ -482,7 +505,8 @@ PYBIND11_MODULE(_C, m) {
              return std::make_shared<Buffer>(*self, t, std::move(shape), s);
            },
            py::arg("shape"), py::arg("dtype") = py::none(), py::arg("stream") = py::none(),
-           "The same memory with another shape (and dtype) that fits in the allocation; no copy.")
+           "The same memory with another shape (and dtype) that fits in the allocation; no copy. With `stream`, "
+           "the view is used on that stream: it first waits (on the device) for the memory's last use.")
       .def(
           "__dlpack__",
           [](const std::shared_ptr<Buffer>& self, py::object stream, py::object max_version, py::object dl_device,
@@ -506,7 +530,10 @@ PYBIND11_MODULE(_C, m) {
           py::kw_only(), py::arg("stream") = py::none(), py::arg("max_version") = py::none(),
           py::arg("dl_device") = py::none(), py::arg("copy") = py::none())
       .def("__dlpack_device__",
-           [](const Buffer& b) { return py::make_tuple(b.device().is_cuda() ? int(kDLCUDA) : int(kDLCPU), b.device().id); })
+           [](const Buffer& b) {  // the device the capsule names too (Buffer::dl_device)
+             const DLDevice d = b.dl_device();
+             return py::make_tuple(int(d.device_type), int(d.device_id));
+           })
       .def("__repr__", [](const Buffer& b) {
         return "Buffer(" + std::string(dtype_name(b.dtype())) + " " + shape_str(b.shape()) + " on " + b.device().str() + ")";
       });
@@ -537,7 +564,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("coef"), py::arg("height"), py::arg("width"), py::arg("layout"), py::arg("dtype"), py::arg("out"),
         py::arg("stream"), py::arg("transfer") = "linear", py::arg("matrix") = py::none(),
         py::arg("luma") = py::none(), py::arg("ref_white") = 203.0, py::arg("peak") = 1000.0,
-        py::arg("code_range") = "limited", py::arg("bits") = 10, py::arg("stats") = py::none());
+        py::arg("code_range") = "limited", py::arg("bits") = 10, py::arg("stats") = py::none(),
+        py::arg("fusion") = "paper");
   m.def("view_info", [](const py::capsule& cap) {
     TensorView v = view_from_capsule(cap, "view_info", "tensor");
     py::dict d;
@@ -557,6 +585,14 @@ PYBIND11_MODULE(_C, m) {
         py::call_guard<py::gil_scoped_release>(),
         py::arg("stream") = 0, py::arg("device") = 0);
   m.def("device_properties", &device_props, py::arg("device") = 0);
+  m.def("stream_create", &cuda_stream_create, py::arg("device") = 0,
+        "A new non-blocking CUDA stream on `device` (as an integer); destroy it with stream_destroy");
+  m.def("stream_destroy", &cuda_stream_destroy, py::arg("stream"));
+  m.def("stream_wait", &cuda_stream_wait, py::arg("consumer"), py::arg("producer"), py::arg("device") = 0,
+        "The consumer stream waits (on the device, not the host) for the work enqueued on the producer so far");
+  m.def("_stream_trace", &stream_trace_enable, py::arg("on"),
+        "Test hook: record the cross-stream waits and frees of Buffers (cleared); see _stream_trace_take");
+  m.def("_stream_trace_take", &stream_trace_take, "Test hook: the recorded (kind, stream, other) entries");
   m.def("current_device", &cuda_current_device);
   m.def("set_device", &cuda_set_device, py::arg("device"));
   m.def("memory_info", [](int device) {

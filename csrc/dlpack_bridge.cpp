@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
+#include <utility>
 #include <stdexcept>
 
 namespace py = pybind11;
@@ -61,6 +62,9 @@ TensorView make_view(const DLTensor& t, bool read_only, std::shared_ptr<void> ow
   TensorView v;
   v.owner = std::move(owner);
   v.read_only = read_only;
+  if (t.ndim < 0 || static_cast<size_t>(t.ndim) > kMaxRank)
+    fail(op, arg, "has " + std::to_string(t.ndim) + " dimensions (at most " + std::to_string(kMaxRank) + ")");
+  if (t.ndim > 0 && t.shape == nullptr) fail(op, arg, "has no shape");
   v.shape.assign(t.shape, t.shape + t.ndim);
   switch (t.device.device_type) {
     case kDLCPU:
@@ -74,8 +78,8 @@ TensorView make_view(const DLTensor& t, bool read_only, std::shared_ptr<void> ow
   if (!to_dtype(t.dtype, &v.dtype))
     fail(op, arg, "has unsupported dtype " + dl_dtype_str(t.dtype) + " " + shape_str(v.shape) +
                       " (expected float32, float16, uint8 or uint16)");
-  int64_t numel = 1;
-  for (int64_t s : v.shape) numel *= s;
+  const int64_t numel = checked_nbytes(op, arg, v.shape, itemsize(v.dtype)) / itemsize(v.dtype);
+  if (numel > 0 && t.data == nullptr) fail(op, arg, "has a null data pointer");
   if (t.strides != nullptr && numel > 0) {
     int64_t expected = 1;
     for (int d = t.ndim - 1; d >= 0; --d) {
@@ -93,6 +97,43 @@ TensorView make_view(const DLTensor& t, bool read_only, std::shared_ptr<void> ow
 
 }  // namespace
 
+int64_t checked_mul(const char* op, const char* arg, int64_t a, int64_t b) {
+  int64_t r = 0;
+  if (a < 0 || b < 0 || __builtin_mul_overflow(a, b, &r) || r > kMaxBytes)
+    fail(op, arg, "size " + std::to_string(a) + " x " + std::to_string(b) + " overflows (limit " +
+                      std::to_string(kMaxBytes) + ")");
+  return r;
+}
+
+int64_t checked_add(const char* op, const char* arg, int64_t a, int64_t b) {
+  int64_t r = 0;
+  if (a < 0 || b < 0 || __builtin_add_overflow(a, b, &r) || r > kMaxBytes)
+    fail(op, arg, "size " + std::to_string(a) + " + " + std::to_string(b) + " overflows (limit " +
+                      std::to_string(kMaxBytes) + ")");
+  return r;
+}
+
+int64_t checked_nbytes(const char* op, const char* arg, const std::vector<int64_t>& shape, int64_t itemsize) {
+  if (shape.size() > kMaxRank)
+    fail(op, arg, shape_str(shape) + " has " + std::to_string(shape.size()) + " dimensions (at most " +
+                      std::to_string(kMaxRank) + ")");
+  // The product of all non-zero dimensions must fit too: kernels compute planes (h * w) even when n == 0.
+  int64_t nonzero = itemsize, zero = 0;
+  for (int64_t s : shape) {
+    if (s < 0) fail(op, arg, shape_str(shape) + " has a negative dimension");
+    if (s == 0) {
+      zero = 1;
+      continue;
+    }
+    int64_t r = 0;
+    if (__builtin_mul_overflow(nonzero, s, &r) || r > kMaxBytes)
+      fail(op, arg, shape_str(shape) + " is too large: more than " + std::to_string(kMaxBytes) + " bytes of " +
+                        std::to_string(itemsize) + "-byte elements (or a size that overflows int64)");
+    nonzero = r;
+  }
+  return zero ? 0 : nonzero;
+}
+
 std::string Device::str() const { return is_cuda() ? "cuda:" + std::to_string(id) : "cpu"; }
 
 std::string shape_str(const std::vector<int64_t>& shape) {
@@ -104,10 +145,8 @@ std::string shape_str(const std::vector<int64_t>& shape) {
   return s.str();
 }
 
-int64_t TensorView::numel() const {
-  int64_t n = 1;
-  for (int64_t s : shape) n *= s;
-  return n;
+int64_t TensorView::numel() const {  // checked when the view was made
+  return checked_nbytes("view", "shape", shape, 1);
 }
 
 std::string TensorView::describe() const {
@@ -152,40 +191,87 @@ TensorView view_from_capsule(const py::capsule& capsule, const char* op, const c
 // Buffer
 // ------------------------------------------------------------------------------------------------------
 
+namespace {
+std::mutex g_trace_mu;
+bool g_trace_on = false;
+std::vector<std::tuple<std::string, uintptr_t, uintptr_t>> g_trace;
+
+void trace(const char* kind, uintptr_t a, uintptr_t b) {
+  std::lock_guard<std::mutex> lock(g_trace_mu);
+  if (g_trace_on) g_trace.emplace_back(kind, a, b);
+}
+}  // namespace
+
+void stream_trace_enable(bool on) {
+  std::lock_guard<std::mutex> lock(g_trace_mu);
+  g_trace_on = on;
+  g_trace.clear();
+}
+
+std::vector<std::tuple<std::string, uintptr_t, uintptr_t>> stream_trace_take() {
+  std::lock_guard<std::mutex> lock(g_trace_mu);
+  return std::exchange(g_trace, {});
+}
+
+Storage::~Storage() {
+  trace("free", last_stream, 0);
+  if (device.is_cuda()) cuda_free_async(ptr, device.id, last_stream);  // never a synchronizing cudaFree
+  else if (pinned) cuda_free_host(ptr);
+  else std::free(ptr);
+}
+
+void Storage::use_on(uintptr_t stream) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stream == last_stream) return;  // same stream: already ordered
+  if (device.is_cuda()) cuda_stream_wait(stream, last_stream, device.id);  // event on the last, waited on by the new
+  trace("wait", stream, last_stream);
+  last_stream = stream;
+}
+
+uintptr_t Storage::stream() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return last_stream;
+}
+
 Buffer::Buffer(DType dtype, std::vector<int64_t> shape, Device device, uintptr_t stream, bool pinned)
-    : pinned_(pinned && !device.is_cuda()), dtype_(dtype), shape_(std::move(shape)), device_(device), stream_(stream) {
-  for (int64_t s : shape_)
-    if (s < 0) throw std::invalid_argument("Buffer: negative dimension in " + shape_str(shape_));
-  capacity_ = nbytes();
+    : dtype_(dtype), shape_(std::move(shape)), device_(device) {
+  capacity_ = checked_nbytes("empty", "shape", shape_, sitm::itemsize(dtype_));
+  const bool host_pinned = pinned && !device.is_cuda();
+  void* p = nullptr;
   if (device_.is_cuda()) {
-    const int id = device_.id;
-    storage_ = std::shared_ptr<void>(cuda_alloc(capacity_, id, stream), [id](void* p) { cuda_free(p, id); });
-  } else if (pinned_) {
-    storage_ = std::shared_ptr<void>(cuda_alloc_host(capacity_), [](void* p) { cuda_free_host(p); });
+    p = cuda_alloc(capacity_, device_.id, stream);
+  } else if (host_pinned) {
+    p = cuda_alloc_host(capacity_);
   } else {
     const size_t rounded = static_cast<size_t>((capacity_ + 63) / 64 * 64);
-    void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+    p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
     if (p == nullptr) throw std::bad_alloc();
-    storage_ = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
+  }
+  try {
+    storage_ = std::make_shared<Storage>(p, device_, host_pinned, stream);
+  } catch (...) {
+    { Storage cleanup(p, device_, host_pinned, stream); }  // frees p the same way
+    throw;
   }
 }
 
 Buffer::Buffer(const Buffer& base, DType dtype, std::vector<int64_t> shape, std::optional<uintptr_t> stream)
-    : storage_(base.storage_), capacity_(base.capacity_), pinned_(base.pinned_), dtype_(dtype),
-      shape_(std::move(shape)), device_(base.device_), stream_(stream.value_or(base.stream_)) {
-  for (int64_t s : shape_)
-    if (s < 0) throw std::invalid_argument("Buffer.view: negative dimension in " + shape_str(shape_));
-  if (nbytes() > capacity_)
+    : storage_(base.storage_), capacity_(base.capacity_), dtype_(dtype), shape_(std::move(shape)),
+      device_(base.device_) {
+  if (checked_nbytes("Buffer.view", "shape", shape_, sitm::itemsize(dtype_)) > capacity_)
     throw std::invalid_argument("Buffer.view: " + std::string(dtype_name(dtype)) + " " + shape_str(shape_) + " needs " +
                                 std::to_string(nbytes()) + " bytes, the buffer has " + std::to_string(capacity_));
+  if (stream) storage_->use_on(*stream);  // the old stream's pending use is waited on, never dropped
+}
+
+DLDevice Buffer::dl_device() const {
+  return {device_.is_cuda() ? kDLCUDA : kDLCPU, device_.is_cuda() ? device_.id : 0};
 }
 
 int64_t Buffer::itemsize(DType t) { return sitm::itemsize(t); }
 
-int64_t Buffer::nbytes() const {
-  int64_t n = sitm::itemsize(dtype_);
-  for (int64_t s : shape_) n *= s;
-  return n;
+int64_t Buffer::nbytes() const {  // checked when the buffer was made
+  return checked_nbytes("Buffer", "shape", shape_, sitm::itemsize(dtype_));
 }
 
 namespace {
@@ -202,7 +288,7 @@ template <typename Managed>
 void fill_tensor(Export<Managed>* e) {
   DLTensor& t = e->managed.dl_tensor;
   t.data = e->keep->data();
-  t.device = {e->keep->device().is_cuda() ? kDLCUDA : (e->keep->pinned() ? kDLCUDAHost : kDLCPU), e->keep->device().id};
+  t.device = e->keep->dl_device();  // the same as __dlpack_device__ (pinned host memory: kDLCPU)
   t.ndim = static_cast<int32_t>(e->shape.size());
   t.dtype = to_dl(e->keep->dtype());
   t.shape = e->shape.data();
@@ -229,12 +315,17 @@ void capsule_destructor(PyObject* cap, const char* live_name) {
 
 py::capsule Buffer::to_dlpack(const std::shared_ptr<Buffer>& self, std::optional<int64_t> consumer_stream,
                               bool versioned) {
-  if (self->device_.is_cuda() && consumer_stream && *consumer_stream != -1) {
-    // DLPack stream numbers: 1 = legacy default stream, 2 = per-thread default stream, else a handle.
-    const int64_t s = *consumer_stream;
-    if (s == 0) throw std::invalid_argument("__dlpack__: stream 0 is ambiguous for CUDA (use 1 or 2)");
-    const uintptr_t consumer = s == 1 ? 0 : static_cast<uintptr_t>(s);
-    cuda_stream_wait(consumer, self->stream_, self->device_.id);
+  if (!consumer_stream || *consumer_stream != -1) {
+    // DLPack stream numbers: None = the legacy default stream (Array API), -1 = no ordering, 1 = legacy
+    // default stream, 2 = per-thread default stream (cudaStreamPerThread is the handle 0x2), else a handle.
+    const int64_t s = consumer_stream.value_or(1);
+    if (s == 0 && self->device_.is_cuda())
+      throw std::invalid_argument("__dlpack__: stream 0 is ambiguous for CUDA (use 1 or 2)");
+    if (s < -1) throw std::invalid_argument("__dlpack__: stream must be None, -1, 1, 2 or a stream handle, got " +
+                                            std::to_string(s));
+    // The consumer's stream waits for the last use, then is the last use (host memory: the same bookkeeping
+    // without CUDA calls, the CPU twin the tests check).
+    self->use_on(s == 1 ? 0 : static_cast<uintptr_t>(s));
   }
   if (versioned) {
     auto* e = new Export<DLManagedTensorVersioned>();

@@ -1,24 +1,46 @@
 """Shared test helpers. GPU tests carry the `gpu` marker and are skipped, at run time, without a CUDA device;
-nothing here touches the GPU at import or collection."""
+nothing here touches the GPU at import or collection.
+
+``SITM_REQUIRE_GPU=1`` (what tools/gpu_check.sh sets) turns every skip of a `gpu` test into a failure, whatever
+skipped it (no device, a CPU-only build, TensorRT missing inside the test), and so does a test module holding
+`gpu` tests that is skipped whole at collection (an ``importorskip`` at module level): a GPU run cannot pass by
+skipping."""
 
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
 
 
+def require_gpu() -> bool:
+    return os.environ.get("SITM_REQUIRE_GPU", "") == "1"
+
+
 @functools.lru_cache(maxsize=None)
-def cuda_available() -> bool:
+def cuda_missing() -> str | None:
+    """Why the CUDA tests cannot run here, or None when they can."""
     try:
         import torch
     except ImportError:
-        return False
+        return "torch is not installed"
     if not torch.cuda.is_available():
-        return False
+        return f"torch {torch.__version__} sees no CUDA device"
     from sitm_trt import kernels
 
-    return bool(kernels.build_info()["cuda"])
+    if not kernels.build_info()["cuda"]:
+        return "the sitm-trt extension was built without CUDA"
+    from sitm_trt import runtime_device
+
+    count, why = runtime_device.cuda_devices()  # e.g. a driver too old for the static CUDA 13 runtime
+    if not count:
+        return f"torch sees a GPU but the sitm-trt extension cannot use it: {why}"
+    return None
+
+
+def cuda_available() -> bool:
+    return cuda_missing() is None
 
 
 def cpu_and_cuda():
@@ -28,7 +50,36 @@ def cpu_and_cuda():
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("gpu") is not None and not cuda_available():
-        pytest.skip("needs a CUDA device and a CUDA build of sitm-trt")
+        pytest.skip(f"needs a CUDA device and a CUDA build of sitm-trt ({cuda_missing()})")
+
+
+def _skip_reason(longrepr) -> str:
+    return longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if (rep.skipped and not hasattr(rep, "wasxfail") and require_gpu()
+            and item.get_closest_marker("gpu") is not None):
+        rep.outcome = "failed"
+        rep.longrepr = f"SITM_REQUIRE_GPU=1: this gpu test was skipped: {_skip_reason(rep.longrepr)}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.skipped and require_gpu() and isinstance(collector, pytest.Module):
+        try:
+            holds_gpu_tests = "mark.gpu" in collector.path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            holds_gpu_tests = False
+        if holds_gpu_tests:
+            rep.outcome = "failed"
+            rep.longrepr = (f"SITM_REQUIRE_GPU=1: {collector.nodeid} holds gpu tests and was skipped whole at "
+                            f"collection: {_skip_reason(rep.longrepr)}")
 
 
 @pytest.fixture(autouse=True)

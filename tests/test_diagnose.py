@@ -92,7 +92,8 @@ def test_by_camera_groups_differences_to_the_baseline(tmp_path):
     cams = {"a": ("clip", "srgb"), "b": ("under", "srgb"), "c": ("under", "gamma")}
     for sid, (mode, kind) in cams.items():
         meta = {"exposure": {"mode": mode}, "camera": {"response": {"kind": kind}}}
-        np.savez(samples / f"{sid}.npz", meta=np.array(json.dumps(meta)))
+        scene = "s1" if sid in "ab" else "s2"
+        np.savez(samples / f"{sid}.npz", meta=np.array(json.dumps(meta)), source=np.array(f"real/{scene}"))
     per_image = tmp_path / "per_image.csv"
     scores = {"a": (30.0, 31.0), "b": (20.0, 19.0), "c": (25.0, 24.0)}  # (linear, model) PU21-PSNR
     with open(per_image, "w", newline="") as f:
@@ -109,6 +110,7 @@ def test_by_camera_groups_differences_to_the_baseline(tmp_path):
     assert cell("all", 0) == "-0.333"  # (+1 - 1 - 1) / 3
     assert cell("clip", 0) == "+1.000" and cell("under", 0) == "-1.000" and cell("under/gamma", 0) == "-1.000"
     assert cell("under", 6) == "-1.000"  # the clipped score: only b has it
+    assert cell("scene/real/s1", 0) == "+0.000" and cell("scene/real/s2", 0) == "-1.000"  # by whole scene
     assert rows["all"].split("|")[3].strip() == "3" and "broken" not in D.by_camera(per_image, samples)
     assert D.main(["--per-image", str(per_image)]) == 2  # --samples missing
 

@@ -116,3 +116,17 @@ def test_engine_for_the_shipped_weights(rtx, tmp_path):
     data, built, key = prepare_engine(w, precision="fp16", flavour=rtx, cache=EngineCache(tmp_path))
     assert built and key.profile.max_hw == (2160, 3840) and key.weights_sha256 == w.sha256
     assert not prepare_engine(w, precision="fp16", flavour=rtx, cache=EngineCache(tmp_path))[1]
+
+
+def test_what_each_gpu_gets_from_tensorrt():
+    """TensorRT-RTX's support matrix (7.5, 8.6, 8.9, 12.x) against classic TensorRT (7.5 and newer): A100, H100/H200
+    and B200 need classic TensorRT; the words of info()'s gpu_plan say so."""
+    from sitm_trt.backends.trt_engine import Flavour, gpu_plan, rtx_supports
+
+    rtx, classic = Flavour("tensorrt-rtx", None, "1.7"), Flavour("tensorrt", None, "10")
+    for cc, ok in {(7, 5): True, (8, 0): False, (8, 6): True, (8, 9): True, (9, 0): False, (10, 0): False,
+                   (12, 0): True, (12, 1): True, (7, 0): False}.items():
+        assert rtx_supports(*cc) is ok and rtx.supports_compute_capability(*cc) is ok, cc
+        assert classic.supports_compute_capability(*cc) is (cc >= (7, 5)), cc
+    assert "classic TensorRT only" in gpu_plan(9, 0) and "TensorRT-RTX does not support" in gpu_plan(8, 0)
+    assert "else TensorRT-RTX" in gpu_plan(8, 9) and "below TensorRT's minimum" in gpu_plan(7, 0)

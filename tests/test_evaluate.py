@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from sitm_training import evaluate as E
 from sitm_training import metrics as M
-from sitm_training.baselines import banterle, linearize
+from sitm_training.baselines import banterle, linearize, rempel
 from sitm_trt.io import read_ldr, srgb_oetf, write_exr, write_png
 
 # ------------------------------------------------------------------------------------------------ PSNR
@@ -234,6 +234,24 @@ def test_banterle_by_hand():
     assert out[0, 3, 1] / out[0, 3, 0] == pytest.approx(lin[1] / lin[0], rel=1e-6)  # colour by ratio
 
 
+def test_rempel_by_hand():
+    """A uniform grey frame has no clipped pixel: the linearized input unchanged. A clipped square is boosted by
+    the full factor at its centre (the blurred mask's maximum), its boost falls off smoothly outside it, and
+    pixels far from it stay linear."""
+    grey = np.full((48, 64, 3), 128, np.uint8)
+    np.testing.assert_array_equal(rempel(grey), linearize(grey))
+    x = grey.copy()
+    x[16:32, 24:40] = 255
+    out, lin = rempel(x, boost=4.0, sigma=1 / 16).astype(np.float64), linearize(x).astype(np.float64)
+    ratio = out[..., 1] / lin[..., 1]
+    assert ratio[24, 32] == pytest.approx(4.0, rel=1e-6)  # the centre of the square: the blurred mask's peak
+    assert 1.0 < ratio[24, 42] < ratio[24, 39] < 4.0  # just outside the square: boosted less, decreasing
+    assert ratio[0, 0] == pytest.approx(1.0, abs=1e-3)  # far away: unchanged
+    np.testing.assert_allclose(out[..., 0] / lin[..., 0], ratio, rtol=1e-6)  # one gain for all channels
+    with pytest.raises(ValueError, match="rempel: need boost >= 1"):
+        rempel(x, boost=0.5)
+
+
 # ----------------------------------------------------------------------------------------- end to end
 
 
@@ -299,7 +317,7 @@ def test_cli_scores_baselines_and_a_command(pairs, tmp_path):
     assert summary["methods"]["linear"]["jod"] is None  # --jod off
     lin_rows = [float(r["tm_ssim"]) for r in rows if r["method"] == "linear"]
     assert summary["methods"]["linear"]["tm_ssim"] == pytest.approx(np.mean(lin_rows), rel=1e-5)
-    assert {(r["id"], r["method"]) for r in rows} == {(i, m) for i in "abc" for m in ("linear", "banterle", "oracle")}
+    assert {(r["id"], r["method"]) for r in rows} == {(i, m) for i in "abc" for m in ("linear", "banterle", "rempel", "oracle")}
     for r in rows:
         assert r["status"] == "ok"
         if r["method"] == "oracle":  # the truth at half scale: alignment finds x2, every score is perfect
@@ -325,8 +343,8 @@ def test_cli_scores_baselines_and_a_command(pairs, tmp_path):
     assert "`broken`" in table and "`orphan`: no HDR" in table
     assert table.count("| oracle | inf |") == 1
     sheet = read_ldr(out / "contact_sheet.png")
-    # rows: header, input, banterle, oracle, ground truth (linear is the input row); columns: label + 3 images
-    assert sheet.shape == (18 + 4 * (32 + 2), 96 + 3 * (32 + 2), 3)
+    # rows: header, input, banterle, rempel, oracle, ground truth (linear is the input row); columns: label + 3 images
+    assert sheet.shape == (18 + 5 * (32 + 2), 96 + 3 * (32 + 2), 3)
 
 
 def test_cli_records_a_failing_method_and_exits_1(pairs, tmp_path):
@@ -375,6 +393,9 @@ def test_model_method_runs_the_pipeline(pairs, tmp_path, monkeypatch):
     net = SITMNet("compact").eval()
     weights = tmp_path / "tiny.safetensors"
     save_weights(net, weights)
+    elsewhere = tmp_path / "elsewhere"  # a working directory that does not contain the weights, wherever pytest runs
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     method = E.ModelMethod(weights, "tiny")
     assert f"`{weights.resolve()}`" in method.description  # outside the working directory: the whole path
     monkeypatch.chdir(tmp_path)

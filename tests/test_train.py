@@ -214,3 +214,16 @@ def test_up_ev_max_is_the_label_stage_1_trains_on(tmp_path, tiny_data, monkeypat
     assert shot and all(stored > 1.0 and ev == 1.0 for stored, ev in shot)
     with pytest.raises(ValueError, match="--up-ev-max must be > 0"):
         train(dataclasses.replace(cfg, out=str(tmp_path / "bad"), up_ev_max=0.0))
+
+
+def test_max_seconds_stops_with_a_checkpoint_and_the_run_resumes(tiny_data, tmp_path):
+    _, card = train_small(tiny_data, tmp_path, stage1_steps=2, stage2_steps=0, max_seconds=1e-6)
+    assert card["step"] == 0 and card["stopped"] == {"reason": "max_seconds", "max_seconds": 1e-6, "step": 0}
+    assert json.loads((tmp_path / "ckpt" / "state.json").read_text())["step"] == 0  # the checkpoint was written
+    assert json.loads((tmp_path / "card.json").read_text())["stopped"]["reason"] == "max_seconds"
+    _, card = train_small(tiny_data, tmp_path, stage1_steps=2, stage2_steps=0, max_seconds=600.0,
+                          log_every=1)  # an ample budget: runs to the end
+    assert card["step"] == 2 and "stopped" not in card
+    assert [int(r["step"]) for r in read_log(tmp_path / "log.csv")] == [1, 2]
+    with pytest.raises(ValueError, match="--max-seconds must be > 0"):
+        train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "bad"), workers=0, max_seconds=0.0))

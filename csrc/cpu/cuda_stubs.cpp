@@ -26,6 +26,7 @@ int cuda_device_count(std::string* error) {
 }
 void* cuda_alloc(int64_t, int, uintptr_t) { no_cuda("allocation"); }
 void cuda_free(void*, int) {}
+void cuda_free_async(void*, int, uintptr_t) {}
 void cuda_stream_wait(uintptr_t, uintptr_t, int) { no_cuda("stream wait"); }
 std::string cuda_runtime_version() { return ""; }
 void* cuda_alloc_host(int64_t) { no_cuda("pinned allocation"); }

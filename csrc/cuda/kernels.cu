@@ -49,7 +49,8 @@ __device__ __forceinline__ void load_coef(const void* coef, bool per_channel, in
 template <typename TC, typename TI, typename TO, bool HWC>
 __global__ void post_kernel(const TI* __restrict__ m, const TI* __restrict__ img, const TI* __restrict__ iu,
                             const TI* __restrict__ id, const TC* __restrict__ coef, bool per_channel,
-                            TO* __restrict__ out, int64_t n_img, int64_t hp, int64_t wp, int64_t h, int64_t w) {
+                            TO* __restrict__ out, int64_t n_img, int64_t hp, int64_t wp, int64_t h, int64_t w,
+                            Fusion fusion) {
   const int64_t plane = hp * wp, oplane = h * w, total = n_img * oplane;
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -62,8 +63,8 @@ __global__ void post_kernel(const TI* __restrict__ m, const TI* __restrict__ img
       float k[4];
       load_coef<TC>(coef, per_channel, n, c, k);
       const int64_t i = base + c * plane;
-      const float f = fuse_pixel(mu, mm, md, Scalar<TI>::load(img, i), Scalar<TI>::load(iu, i), Scalar<TI>::load(id, i));
-      const float v = curve_eval(f, k[0], k[1], k[2], k[3]);
+      const float v = hdr_pixel(fusion, mu, mm, md, Scalar<TI>::load(img, i), Scalar<TI>::load(iu, i),
+                                Scalar<TI>::load(id, i), k);
       if constexpr (HWC)
         Scalar<TO>::store(out, t * 3 + c, v);
       else
@@ -96,9 +97,10 @@ struct PostInputs {
   const void* coef;
   bool coef_half, per_channel;
   int64_t hp, wp;
+  Fusion fusion;
 };
 
-// Eq. 7 + Eq. 8 + encode_rgb for pixel (y, x) of image n.
+// Eq. 7 + Eq. 8 (or the residual fusion) + encode_rgb for pixel (y, x) of image n.
 template <typename TI>
 __device__ __forceinline__ void encoded_pixel(const PostInputs<TI>& in, const EncodeParams& e, int64_t n, int64_t y,
                                               int64_t x, float rgb[3], float& light) {
@@ -110,9 +112,8 @@ __device__ __forceinline__ void encoded_pixel(const PostInputs<TI>& in, const En
     float k[4];
     load_coef_rt(in.coef, in.coef_half, in.per_channel, n, c, k);
     const int64_t i = base + c * plane;
-    const float f = fuse_pixel(mu, mm, md, Scalar<TI>::load(in.img, i), Scalar<TI>::load(in.iu, i),
-                               Scalar<TI>::load(in.id, i));
-    rgb[c] = curve_eval(f, k[0], k[1], k[2], k[3]);
+    rgb[c] = hdr_pixel(in.fusion, mu, mm, md, Scalar<TI>::load(in.img, i), Scalar<TI>::load(in.iu, i),
+                       Scalar<TI>::load(in.id, i), k);
   }
   encode_rgb(e, rgb[0], rgb[1], rgb[2], light);
 }
@@ -361,7 +362,7 @@ void post_encode_cuda(const PostArgs& a, uintptr_t stream) {
     using TI = typename decltype(ti)::type;
     PostInputs<TI> in{static_cast<const TI*>(a.masks), static_cast<const TI*>(a.image),
                       static_cast<const TI*>(a.image_up), static_cast<const TI*>(a.image_down), a.coef,
-                      a.coef_type == DType::F16, a.coef_per_channel, a.hp, a.wp};
+                      a.coef_type == DType::F16, a.coef_per_channel, a.hp, a.wp, a.fusion};
     if (a.out_yuv420) {
       if (a.out_type != DType::U16) throw std::invalid_argument("post: yuv420p output must be uint16");
       post_yuv420_kernel<TI><<<grid, kThreads, 0, s>>>(in, a.enc, static_cast<uint16_t*>(a.out), a.stats, a.h, a.w);
@@ -404,7 +405,7 @@ void post_cuda(const PostArgs& a, uintptr_t stream) {
           post_kernel<TC, TI, TO, decltype(hwc)::value><<<grid_for(total), kThreads, 0, as_stream(stream)>>>(
               static_cast<const TI*>(a.masks), static_cast<const TI*>(a.image), static_cast<const TI*>(a.image_up),
               static_cast<const TI*>(a.image_down), static_cast<const TC*>(a.coef), a.coef_per_channel,
-              static_cast<TO*>(a.out), a.n, a.hp, a.wp, a.h, a.w);
+              static_cast<TO*>(a.out), a.n, a.hp, a.wp, a.h, a.w, a.fusion);
         };
         if (a.out_hwc)
           launch(std::true_type{});

@@ -47,6 +47,7 @@ int cuda_device_count(std::string* error) {
 }
 
 void* cuda_alloc(int64_t bytes, int device, uintptr_t stream) {
+  if (bytes < 0) throw std::invalid_argument("cudaMallocAsync: negative size " + std::to_string(bytes));
   DeviceGuard guard(device);
   void* ptr = nullptr;
   check(cudaMallocAsync(&ptr, static_cast<size_t>(bytes > 0 ? bytes : 1), as_stream(stream)), "cudaMallocAsync");
@@ -63,6 +64,23 @@ void cuda_free(void* ptr, int device) {
   }
   if (previous != device) cudaSetDevice(device);
   if (cudaFree(ptr) != cudaSuccess) cudaGetLastError();
+  if (previous != device) cudaSetDevice(previous);
+}
+
+void cuda_free_async(void* ptr, int device, uintptr_t stream) {
+  if (ptr == nullptr) return;
+  int previous = -1;
+  if (cudaGetDevice(&previous) != cudaSuccess) {  // called from deleters, which must not throw
+    cudaGetLastError();
+    return;
+  }
+  if (previous != device) cudaSetDevice(device);
+  // Stream-ordered: no host wait; the pool reuses the memory only after the work on `stream` so far.
+  const cudaError_t err = cudaFreeAsync(ptr, as_stream(stream));
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    if (cudaFree(ptr) != cudaSuccess) cudaGetLastError();  // correct but synchronizing: the rare fallback
+  }
   if (previous != device) cudaSetDevice(previous);
 }
 
@@ -94,6 +112,7 @@ void cuda_stream_wait(uintptr_t consumer, uintptr_t producer, int device) {
 }
 
 void* cuda_alloc_host(int64_t bytes) {
+  if (bytes < 0) throw std::invalid_argument("cudaMallocHost: negative size " + std::to_string(bytes));
   void* ptr = nullptr;
   check(cudaMallocHost(&ptr, static_cast<size_t>(bytes > 0 ? bytes : 1)), "cudaMallocHost");
   return ptr;

@@ -19,6 +19,8 @@ _LAZY_FUNCS = {
     "Pipeline": "sitm_trt.pipeline",
     "info": "sitm_trt.pipeline",
     "load": "sitm_trt.weights",
+    "WeightsError": "sitm_trt.errors",
+    "EngineError": "sitm_trt.errors",
 }
 _EXTRAS = {
     "torch": "pip install 'sitm-trt[torch]' (or see https://pytorch.org for a CUDA build)",
@@ -26,7 +28,7 @@ _EXTRAS = {
     "OpenEXR": "pip install openexr",
     "av": "pip install av",
 }
-_LAZY_MODULES = {"kernels", "ops", "model", "io", "backends", "cli", "bench", "video", "transfer"}
+_LAZY_MODULES = {"kernels", "ops", "model", "io", "backends", "cli", "bench", "video", "transfer", "errors", "memory"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,13 +1,19 @@
-"""Benchmarks: ``sitm-trt bench kernels | pipeline | video`` (or ``python -m sitm_trt.bench ...``).
+"""Benchmarks: ``sitm-trt bench kernels | pipeline | video | batch`` (or ``python -m sitm_trt.bench ...``).
 
 ``pipeline``: ms per frame of the pre kernel, the network and the post kernel and end to end, frames/s and
-peak memory, per backend, precision and preset (``--cpu-configs`` sweeps CPU threads and channels-last).
+peak memory, per backend, precision and preset, with the speed-up of each backend over torch; the backends
+run in one process and take turns frame by frame (``--backend torch onnxruntime``; ``--threads 1 2`` runs
+each thread count, ``--cpu-configs`` sweeps CPU threads and channels-last).
 ``video``: frames/s of ``sitm-trt video`` (decode + infer + encode) on a generated clip.
+``batch``: images/s of ``sitm-trt batch`` (Ray Data, a local Ray) with 1 and 2 workers against the plain
+sequential loop (read, infer, write one image after the other in this process), as ratios in one run.
 
 ``kernels``: per kernel, ms per frame, effective GB/s and the speed-up over equivalent torch eager code, at
 1080p and 4K, on the CPU always and on CUDA when a device is present. On the CPU the STREAM-triad bandwidth
 of this machine (``sitm_trt._C.cpu_triad_bandwidth``: ``a = b + s * c`` over 3 x 256 MiB arrays with the
-kernels' threads, 12 bytes per element) is the roof the kernels are compared against.
+kernels' threads, 12 bytes per element) is the roof the kernels are compared against, and each kernel is
+also timed alternately with a plain copy moving the same bytes (half of its reads + writes copied, same
+threads): "% of copy speed" is the copy's time over the kernel's.
 Timings: warm-up, then the median (and min/max) of ``--repeats`` runs; CUDA timings use CUDA events.
 """
 
@@ -37,6 +43,8 @@ class Row:
     torch_ms: float
     speedup: float
     bandwidth_fraction: float | None
+    copy_ms: float | None = None  # a plain copy moving the same bytes (read + written), timed alongside
+    copy_fraction: float | None = None  # copy_ms / ms: the kernel's speed as a fraction of the copy's
 
 
 def _time(fn: Callable[[], object], repeats: int, warmup: int, device: str) -> list[float]:
@@ -90,6 +98,36 @@ def _eager_curve(x, coef):
     return ((a[:, 3:4] * x + a[:, 2:3]) * x + a[:, 1:2]) * x + a[:, 0:1]
 
 
+def _same_bytes_copy(nbytes: int, device: str, threads: int):
+    """A plain copy whose reads + writes equal ``nbytes`` (``nbytes / 2`` bytes copied), split over ``threads``
+    threads on the CPU (``numpy.copyto`` releases the GIL), one ``copy_`` on CUDA."""
+    import torch
+
+    half = nbytes // 2
+    if device != "cpu":
+        src, dst = torch.ones(half, dtype=torch.uint8, device=device), torch.empty(half, dtype=torch.uint8, device=device)
+
+        def copy_cuda():
+            dst.copy_(src)
+
+        copy_cuda.close = lambda: None  # type: ignore[attr-defined]
+        return copy_cuda
+    import concurrent.futures
+
+    import numpy as np
+
+    src, dst = np.ones(half, np.uint8), np.empty(half, np.uint8)
+    bounds = [half * i // threads for i in range(threads + 1)]
+    parts = [(dst[a:b], src[a:b]) for a, b in zip(bounds, bounds[1:])]
+    pool = concurrent.futures.ThreadPoolExecutor(threads)
+
+    def copy():
+        list(pool.map(lambda p: np.copyto(*p), parts))
+
+    copy.close = pool.shutdown  # type: ignore[attr-defined]
+    return copy
+
+
 def bench_kernels(devices: list[str], resolutions: list[str], repeats: int, warmup: int, dtype: str) -> tuple[list[Row], dict]:
     import torch
 
@@ -128,12 +166,20 @@ def bench_kernels(devices: list[str], resolutions: list[str], repeats: int, warm
                  lambda: _eager_post(*nets, coef, h, w), 12 * isz * px + 12 * px),
             ]
             for name, ours, eager, nbytes in cases:
-                t = _time(ours, repeats, warmup, device)
+                copy = _same_bytes_copy(nbytes, device, max(1, K.get_num_threads()))
+                # The kernel and its same-bytes copy alternate, so machine load affects both alike.
+                t, tc = [], []
+                for _ in range(warmup):
+                    ours(), copy()
+                for _ in range(repeats):
+                    t += _time(ours, 1, 0, device)
+                    tc += _time(copy, 1, 0, device)
+                copy.close()
                 te = _time(eager, repeats, warmup, device)
-                ms, tms = statistics.median(t), statistics.median(te)
+                ms, tms, cms = statistics.median(t), statistics.median(te), statistics.median(tc)
                 gbps = nbytes / (ms * 1e-3) / 1e9
                 frac = gbps / header["cpu_triad_gbps"] if device == "cpu" else None
-                rows.append(Row(name, device, res, ms, min(t), max(t), gbps, tms, tms / ms, frac))
+                rows.append(Row(name, device, res, ms, min(t), max(t), gbps, tms, tms / ms, frac, cms, cms / ms))
     return rows, header
 
 
@@ -146,12 +192,15 @@ def format_table(rows: list[Row], header: dict) -> str:
         lines.append(f"- CPU STREAM-triad bandwidth: {header['cpu_triad_gbps']:.1f} GB/s")
     b = header["build"]
     lines.append(f"- extension: CUDA {'on (' + b['cuda_architectures'] + ')' if b['cuda'] else 'off'}, {b['cxx_compiler']}")
-    lines += ["", "| kernel | device | size | ms (median) | min-max | GB/s | % of triad | torch eager ms | speed-up |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "| kernel | device | size | ms (median) | min-max | GB/s | % of triad | copy of the same bytes ms | "
+              "% of copy speed | torch eager ms | speed-up |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         frac = f"{100 * r.bandwidth_fraction:.0f}%" if r.bandwidth_fraction is not None else "-"
+        copy = (f"{r.copy_ms:.2f} | {100 * r.copy_fraction:.0f}%" if r.copy_ms is not None and r.copy_fraction is not None
+                else "- | -")
         lines.append(f"| {r.kernel} | {r.device} | {r.resolution} | {r.ms:.2f} | {r.ms_min:.2f}-{r.ms_max:.2f} | "
-                     f"{r.gbps:.1f} | {frac} | {r.torch_ms:.2f} | {r.speedup:.1f}x |")
+                     f"{r.gbps:.1f} | {frac} | {copy} | {r.torch_ms:.2f} | {r.speedup:.1f}x |")
     return "\n".join(lines)
 
 
@@ -213,8 +262,8 @@ def _weights_for(preset: str, tmpdir: str, shipped: bool):
 def bench_pipeline(backends: list[str], presets: list[str], resolutions: list[str], repeats: int, warmup: int,
                    configs: list[dict] | None = None, weights_path: str | None = None) -> tuple[list[PipeRow], dict]:
     """``weights_path``: use these weights (their preset must be in ``presets``) instead of the shipped ones
-    or random-init ones."""
-    import resource
+    or random-init ones. ``backends``: ``BACKEND[:DEVICE[:PRECISION]]`` specs (:func:`backend_spec`); all of them
+    run in this one process, taking turns frame by frame."""
     import tempfile
 
     import torch
@@ -235,80 +284,126 @@ def bench_pipeline(backends: list[str], presets: list[str], resolutions: list[st
             header["tensorrt"] = f"{fl.name} {fl.version}"
         except ImportError:
             header["tensorrt"] = "none"
+    if any(b.startswith("onnxruntime") for b in backends):
+        import onnxruntime
+
+        header["onnxruntime"] = onnxruntime.__version__
     rows: list[PipeRow] = []
     configs = configs or [{}]
-    default_threads = torch.get_num_threads()
+    default_threads, default_kernel_threads = torch.get_num_threads(), K.get_num_threads()
+    specs = [backend_spec(b) for b in backends]
     with tempfile.TemporaryDirectory() as tmp:
-        for spec in backends:
-            backend, device, precision = spec.split(":")  # e.g. torch:cpu:fp32, tensorrt:cuda:fp16
-            for preset in presets:
-                weights = load_weights_for(preset, tmp, weights_path)
-                for cfg in configs:
-                    threads = cfg.get("threads", default_threads)
-                    torch.set_num_threads(threads)
-                    K.set_num_threads(threads)
+        for preset in presets:
+            weights = load_weights_for(preset, tmp, weights_path)
+            for cfg in configs:
+                threads = cfg.get("threads")
+                torch.set_num_threads(threads or default_threads)
+                K.set_num_threads(threads or default_kernel_threads)
+                pipes, seen = [], set()
+                for backend, device, precision in specs:
+                    # channels-last is a torch option: other backends get one row per thread count
+                    own = {k: v for k, v in cfg.items() if backend == "torch" or k != "channels_last"}
+                    label = ", ".join(f"{k}={v}" for k, v in own.items()) or "default"
+                    if (backend, device, precision, label) in seen:
+                        continue
+                    seen.add((backend, device, precision, label))
                     pipe = Pipeline(weights, backend=backend, precision=precision,
-                                    channels_last=cfg.get("channels_last"))
-                    for res in resolutions:
-                        h, w = RESOLUTIONS[res]
-                        dev = "cuda:0" if device == "cuda" else "cpu"
-                        frame = torch.randint(0, 256, (1, h, w, 3), dtype=torch.uint8).to(dev)
-                        be = pipe.backend_for(dev)
-                        s = be.stride
-                        hp, wp = -(-h // s) * s, -(-w // s) * s
-                        cuda = dev != "cpu"
-                        stream = torch.cuda.current_stream().cuda_stream if cuda else 0
-                        pre_out = tuple(pipe._pool.get(f"pre{i}", [1, c, hp, wp], be.dtype, dev, stream)
-                                        for i, c in enumerate((3, 3, 3, 2)))
-                        out = torch.empty(1, 3, h, w, device=dev)
-                        free_before = K.extension().memory_info(0)[0] if cuda else None
-                        # One frame = pre, network, post in sequence; each stage is timed inside the same
-                        # iteration (CUDA events on the GPU), so the stages add up to the end-to-end time.
+                                    channels_last=own.get("channels_last"), threads=threads)
+                    pipes.append((backend, device, precision, label, pipe))
+                for res in resolutions:
+                    h, w = RESOLUTIONS[res]
+                    runs = [(b, d, p, lab, pipe, _frame_runner(pipe, "cuda:0" if d == "cuda" else "cpu", h, w))
+                            for b, d, p, lab, pipe in pipes]
+                    for *_, run in runs:
                         for _ in range(warmup + 1):
-                            o = be.run(pre_out, stream)
-                            K.post(o[2], pre_out[0], o[0], o[1], o[3], height=h, width=w, out=out)
-                        stages: list[list[float]] = [[], [], [], []]
-                        for _ in range(repeats):
-                            if cuda:
-                                ev = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
-                                ev[0].record()
-                                K.pre(frame, stride=s, dtype=be.dtype, out=pre_out)
-                                ev[1].record()
-                                o = be.run(pre_out, stream)
-                                ev[2].record()
-                                K.post(o[2], pre_out[0], o[0], o[1], o[3], height=h, width=w, out=out)
-                                ev[3].record()
-                                ev[3].synchronize()
-                                t = [ev[0].elapsed_time(ev[i]) for i in range(1, 4)]
-                            else:
-                                t0 = time.perf_counter()
-                                K.pre(frame, stride=s, dtype=be.dtype, out=pre_out)
-                                t1 = time.perf_counter()
-                                o = be.run(pre_out, stream)
-                                t2 = time.perf_counter()
-                                K.post(o[2], pre_out[0], o[0], o[1], o[3], height=h, width=w, out=out)
-                                t3 = time.perf_counter()
-                                t = [(t1 - t0) * 1e3, (t2 - t0) * 1e3, (t3 - t0) * 1e3]
-                            stages[0].append(t[0])
-                            stages[1].append(t[1] - t[0])
-                            stages[2].append(t[2] - t[1])
-                            stages[3].append(t[2])
-                        t_pre, t_net, t_post = (statistics.median(x) for x in stages[:3])
-                        t_all = stages[3]
-                        if cuda:  # device memory taken by this configuration (extension buffers, TensorRT, torch)
-                            peak = (free_before - K.extension().memory_info(0)[0]) / 2**20
-                        else:
-                            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                            run()
+                    # The backends take turns frame by frame, so a busy machine slows them alike: the ratios
+                    # between rows of one run are the meaningful numbers.
+                    stages = {i: [[], [], [], []] for i in range(len(runs))}
+                    for _ in range(repeats):
+                        for i, (*_, run) in enumerate(runs):
+                            t = run()
+                            for k in range(4):
+                                stages[i][k].append(t[k])
+                    for i, (backend, device, precision, label, _pipe, run) in enumerate(runs):
+                        t_pre, t_net, t_post = (statistics.median(x) for x in stages[i][:3])
+                        t_all = stages[i][3]
                         med = statistics.median(t_all)
-                        label = ", ".join(f"{k}={v}" for k, v in cfg.items()) or "default"
                         rows.append(PipeRow(backend, device, precision, preset, res, label, t_pre, t_net, t_post, med,
-                                            min(t_all), max(t_all), 1e3 / med, peak))
+                                            min(t_all), max(t_all), 1e3 / med, run.memory_mb()))
     return rows, header
+
+
+def backend_spec(spec: str) -> tuple[str, str, str]:
+    """``BACKEND[:DEVICE[:PRECISION]]`` -> (backend, device, precision); e.g. ``onnxruntime`` is
+    ``onnxruntime:cpu:fp32``, ``tensorrt`` is ``tensorrt:cuda:fp16``."""
+    parts = spec.split(":")
+    names = ("torch", "onnxruntime", "tensorrt")
+    if parts[0] not in names or len(parts) > 3:
+        raise ValueError(f"backend spec {spec!r}: expected BACKEND[:DEVICE[:PRECISION]] with BACKEND one of {names}")
+    device = parts[1] if len(parts) > 1 else ("cuda" if parts[0] == "tensorrt" else "cpu")
+    precision = parts[2] if len(parts) > 2 else ("fp16" if parts[0] == "tensorrt" else "fp32")
+    if device not in ("cpu", "cuda") or precision not in ("fp32", "fp16"):
+        raise ValueError(f"backend spec {spec!r}: device must be cpu or cuda and precision fp32 or fp16")
+    return parts[0], device, precision
+
+
+def _frame_runner(pipe, dev: str, h: int, w: int):
+    """``run() -> [pre, network, post, end to end]`` ms of one frame through ``pipe``'s backend on ``dev``, each
+    stage timed inside the same iteration (CUDA events on the GPU) so the stages add up; ``run.memory_mb()``:
+    peak RSS on the CPU, device memory added since the runner was made on CUDA."""
+    import resource
+
+    import torch
+
+    from sitm_trt import kernels as K
+
+    frame = torch.randint(0, 256, (1, h, w, 3), dtype=torch.uint8).to(dev)
+    be = pipe.backend_for(dev)
+    s = be.stride
+    hp, wp = -(-h // s) * s, -(-w // s) * s
+    cuda = dev != "cpu"
+    stream = torch.cuda.current_stream().cuda_stream if cuda else 0
+    free_before = K.extension().memory_info(0)[0] if cuda else None
+    pre_out = tuple(pipe._pool.get(f"pre{i}", [1, c, hp, wp], be.dtype, dev, stream) for i, c in enumerate((3, 3, 3, 2)))
+    out = torch.empty(1, 3, h, w, device=dev)
+    fusion = pipe.weights.fusion  # the post kernel's cost depends on it
+
+    def run() -> list[float]:
+        if cuda:
+            ev = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+            ev[0].record()
+            K.pre(frame, stride=s, dtype=be.dtype, out=pre_out)
+            ev[1].record()
+            o = be.run(pre_out, stream)
+            ev[2].record()
+            K.post(o[2], pre_out[0], o[0], o[1], o[3], height=h, width=w, out=out, fusion=fusion)
+            ev[3].record()
+            ev[3].synchronize()
+            t = [ev[0].elapsed_time(ev[i]) for i in range(1, 4)]
+        else:
+            t0 = time.perf_counter()
+            K.pre(frame, stride=s, dtype=be.dtype, out=pre_out)
+            t1 = time.perf_counter()
+            o = be.run(pre_out, stream)
+            t2 = time.perf_counter()
+            K.post(o[2], pre_out[0], o[0], o[1], o[3], height=h, width=w, out=out, fusion=fusion)
+            t3 = time.perf_counter()
+            t = [(t1 - t0) * 1e3, (t2 - t0) * 1e3, (t3 - t0) * 1e3]
+        return [t[0], t[1] - t[0], t[2] - t[1], t[2]]
+
+    def memory_mb() -> float:
+        if cuda:  # device memory taken by this configuration (extension buffers, TensorRT, torch)
+            return (free_before - K.extension().memory_info(0)[0]) / 2**20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    run.memory_mb = memory_mb  # type: ignore[attr-defined]
+    return run
 
 
 def format_pipeline(rows: list[PipeRow], header: dict) -> str:
     lines = ["# sitm-trt pipeline benchmark (ms per frame, median)", ""]
-    for k in ("cpu", "torch", "gpu", "driver", "tensorrt"):
+    for k in ("cpu", "torch", "onnxruntime", "gpu", "driver", "tensorrt"):
         if k in header:
             lines.append(f"- {k}: {header[k]}")
     lines += ["", "| backend | device | precision | preset | size | config | pre | network | post | end to end "
@@ -318,6 +413,21 @@ def format_pipeline(rows: list[PipeRow], header: dict) -> str:
         lines.append(f"| {r.backend} | {r.device} | {r.precision} | {r.preset} | {r.resolution} | {r.config} | "
                      f"{r.pre_ms:.2f} | {r.net_ms:.1f} | {r.post_ms:.2f} | {r.total_ms:.1f} "
                      f"({r.total_min_ms:.1f}-{r.total_max_ms:.1f}) | {r.fps:.2f} | {mem} |")
+    torch_rows = {(r.device, r.preset, r.resolution, r.config): r for r in rows if r.backend == "torch"}
+    ratios = []
+    for r in rows:
+        if r.backend == "torch":
+            continue
+        key = (r.device, r.preset, r.resolution)
+        # the same config; for --cpu-configs (channels-last is torch's only) torch's default, channels-last on
+        t = torch_rows.get((*key, r.config)) or torch_rows.get((*key, f"{r.config}, channels_last=True"))
+        if t is not None:
+            ratios.append(f"| {r.backend} | {r.device} | {r.preset} | {r.resolution} | {t.config} | "
+                          f"{t.net_ms / r.net_ms:.2f}x | {t.total_ms / r.total_ms:.2f}x |")
+    if ratios:
+        lines += ["", "Speed-up over torch in the same run (torch ms / backend ms, medians):", "",
+                  "| backend | device | preset | size | config | network | end to end |", "|---|---|---|---|---|---:|---:|"]
+        lines += ratios
     return "\n".join(lines)
 
 
@@ -367,6 +477,68 @@ def bench_video(weights: str, resolution: str, frames: int, formats: list[str], 
     return rows
 
 
+def bench_batch(weights: str, n: int, height: int, width: int, workers: list[int], backend: str) -> dict:
+    """images/s of the sequential loop and of ``sitm_trt.batch.convert`` per worker count, on ``n`` generated
+    PNGs. The loop's pipeline is made and warmed before its clock starts. A batch job is timed whole (Ray
+    already running; starting the workers and their pipelines included) and in its steady state: the images
+    whose records arrived after the first one, over the time from the first record to the last."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from sitm_trt import batch, cli, io
+    from sitm_trt.pipeline import Pipeline
+
+    batch._ray()  # says what to install
+    rows: dict = {"images": n, "size": f"{width}x{height}", "backend": backend, "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "in"
+        src.mkdir()
+        y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+        rng = np.random.default_rng(0)
+        for i in range(n):  # gradients, a clipped block and noise: photo-like work for the PNG codec
+            img = np.stack([x / width, y / height, 0.5 + 0.5 * np.sin((x + y + 9 * i) / 30)], -1) * 255
+            img[height // 4: height // 2, width // 4: width // 2] = 255
+            img = np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+            io.write_png(src / f"img_{i:04d}.png", img)
+        files = sorted(src.iterdir())
+
+        pipe = Pipeline(weights, backend=backend)
+        device = cli._device("auto")
+        seq = Path(tmp) / "seq"
+        seq.mkdir()
+
+        def one(path: Path) -> None:
+            rgb, alpha, gray = cli.read_image(path)
+            hdr = cli._run_batch(pipe, rgb[None], device)[0]
+            cli.write_image_outputs(path, seq / (path.stem + ".exr"), hdr, alpha, gray, half=True, preview=False)
+
+        one(files[0])  # warm-up: backend creation, first-call costs
+        t0 = time.perf_counter()
+        for f in files:
+            one(f)
+        rows["sequential_s"] = time.perf_counter() - t0
+        rows["sequential_ips"] = n / rows["sequential_s"]
+        rows["backend_used"] = pipe.backend_for(device).name
+
+        with batch._ray_session(None, os.cpu_count(), None):  # a local Ray (or the one already running)
+            rows["workers"] = []
+            for k in workers:
+                res = batch.convert([str(src)], Path(tmp) / f"ray{k}", weights=weights, backend=backend, workers=k,
+                                    batch_size=1, progress=False)
+                if res.failed or res.done != n:
+                    raise RuntimeError(f"bench batch: {res.failed} of {n} images failed")
+                first, last = res.arrivals[0], res.arrivals[-1]
+                steady = (n - 1) / max(last - first, 1e-9)
+                rows["workers"].append({"workers": k, "seconds": res.seconds, "ips": n / res.seconds,
+                                        "startup_s": first, "steady_ips": steady,
+                                        "ratio": (n / res.seconds) / rows["sequential_ips"],
+                                        "steady_ratio": steady / rows["sequential_ips"]})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sitm-trt bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -381,11 +553,14 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--json", metavar="FILE", help="also write the rows and header as JSON")
     pp = sub.add_parser("pipeline", help="ms/frame per stage and end to end, per backend, precision and preset")
     pp.add_argument("--backend", nargs="+", default=None, metavar="BACKEND:DEVICE:PRECISION",
-                    help="e.g. torch:cpu:fp32 torch:cuda:fp32 tensorrt:cuda:fp16 (default: all available)")
+                    help="BACKEND[:DEVICE[:PRECISION]], e.g. torch onnxruntime torch:cuda:fp32 tensorrt:cuda:fp16 "
+                         "(default: all available); all run in one process, taking turns frame by frame")
     pp.add_argument("--preset", nargs="+", default=["compact", "fast", "paper"], choices=["compact", "fast", "paper"])
     pp.add_argument("--resolution", nargs="+", choices=sorted(RESOLUTIONS), default=["512", "1080p", "4k"])
     pp.add_argument("--repeats", type=int, default=10)
     pp.add_argument("--warmup", type=int, default=2)
+    pp.add_argument("--threads", type=int, nargs="+", metavar="N",
+                    help="CPU thread counts to run each backend with (the network's and the kernels' threads)")
     pp.add_argument("--cpu-configs", action="store_true",
                     help="sweep the CPU configurations (threads 1/all, channels-last off/on) and report each")
     pp.add_argument("--json", metavar="FILE")
@@ -395,13 +570,40 @@ def main(argv: list[str] | None = None) -> int:
     vv.add_argument("--frames", type=int, default=24)
     vv.add_argument("--format", nargs="+", choices=["hdr10", "hlg", "exr"], default=["hdr10"])
     vv.add_argument("--device", default=None, help="cpu or cuda:N (default: the first GPU if any)")
+    vv.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    bb = sub.add_parser("batch", help="images/s of sitm-trt batch (Ray Data) for 1 and 2 workers vs the sequential loop")
+    bb.add_argument("--weights", default="default")
+    bb.add_argument("--images", type=int, default=64, help="generated PNGs (default 64)")
+    bb.add_argument("--size", default="256x256", help="WIDTHxHEIGHT of the images (default 256x256)")
+    bb.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    bb.add_argument("--backend", choices=["auto", "torch", "tensorrt"], default="auto")
     args = parser.parse_args(argv)
+
+    if args.what == "batch":
+        try:
+            w, h = (int(v) for v in args.size.lower().split("x"))
+        except ValueError:
+            parser.error(f"--size must be WIDTHxHEIGHT, got {args.size!r}")
+        if args.images < 2 or w < 1 or h < 1 or min(args.workers) < 1:
+            parser.error("--images must be >= 2, the size and --workers positive")
+        r = bench_batch(args.weights, args.images, h, w, args.workers, args.backend)
+        print(f"{r['images']} images {r['size']}, backend {r['backend_used']}, {r['cpus']} CPUs; sequential loop: "
+              f"{r['sequential_s']:.1f} s, {r['sequential_ips']:.2f} images/s")
+        print("| workers | job s | images/s (job) | vs sequential | first result after s | images/s after the first "
+              "| vs sequential |\n|---:|---:|---:|---:|---:|---:|---:|")
+        for row in r["workers"]:
+            print(f"| {row['workers']} | {row['seconds']:.1f} | {row['ips']:.2f} | {row['ratio']:.2f}x | "
+                  f"{row['startup_s']:.1f} | {row['steady_ips']:.2f} | {row['steady_ratio']:.2f}x |")
+        return 0
 
     if args.what == "video":
         rows = bench_video(args.weights, args.resolution, args.frames, args.format, args.device)
         print("| format | size | frames | seconds | frames/s (decode + infer + encode) |\n|---|---|---:|---:|---:|")
         for r in rows:
             print(f"| {r['format']} | {r['resolution']} | {r['frames']} | {r['seconds']:.1f} | {r['fps']:.2f} |")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"header": {"weights": args.weights, "device": args.device}, "rows": rows}, f, indent=2)
         return 0
 
     if args.what == "pipeline":
@@ -411,10 +613,19 @@ def main(argv: list[str] | None = None) -> int:
 
         backends = args.backend
         if backends is None:
-            backends = ["torch:cpu:fp32"]
+            backends = ["torch:cpu:fp32", "onnxruntime:cpu:fp32"]
             if torch.cuda.is_available():
                 backends += ["torch:cuda:fp32", "torch:cuda:fp16", "tensorrt:cuda:fp16", "tensorrt:cuda:fp32"]
-        configs = None
+        for b in backends:
+            try:
+                backend_spec(b)
+            except ValueError as err:
+                parser.error(str(err))
+        if args.threads and args.cpu_configs:
+            parser.error("--threads and --cpu-configs are alternatives")
+        if args.threads and min(args.threads) < 1:
+            parser.error("--threads: thread counts must be >= 1")
+        configs = [{"threads": t} for t in args.threads] if args.threads else None
         if args.cpu_configs:
             n = os.cpu_count() or 1
             # the default first, so "default vs best" is a ratio within one run

@@ -8,7 +8,6 @@ builds for the GPU it runs on. ``--output FILE`` also copies the engine out of t
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,22 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 built or found, 2 any failure (bad arguments, weights, cache, TensorRT), with one line
+    ``build-engine: error: ...`` on stderr."""
     args = parser().parse_args(argv)
+    from sitm_trt.errors import EngineError, WeightsError
+
+    try:
+        return _main(args)
+    except (WeightsError, EngineError, ImportError) as err:
+        print(f"build-engine: error: {err}", file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError) as err:  # a TensorRT build failure, an unwritable --output, ...
+        print(f"build-engine: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
     from sitm_trt import kernels
     from sitm_trt.backends.tensorrt_backend import prepare_engine
     from sitm_trt.backends.trt_engine import EngineCache, Profile, find_flavour
@@ -53,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.batch < 1:
         print("build-engine: --batch must be >= 1", file=sys.stderr)
+        return 2
+    if args.output is not None and args.output.is_dir():
+        print(f"build-engine: error: --output {args.output} is a folder (give a file name)", file=sys.stderr)
         return 2
     weights = load(args.weights)
     flavour = find_flavour(args.flavour)
@@ -71,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{time.perf_counter() - t0:.1f} s; {weights.preset_name}, {args.precision}, "
           f"{profile.padded(weights.stride).describe()}; target {key.target})")
     if args.output:
+        from sitm_trt.io import write_bytes_atomic
+
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, args.output)
+        write_bytes_atomic(args.output, data)  # never a partial copy
         print(f"copied to {args.output}")
     return 0
 

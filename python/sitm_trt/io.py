@@ -119,17 +119,32 @@ def _atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
 # ------------------------------------------------------------------------------------------------- LDR
 
 
-def read_ldr(path: str | os.PathLike[str]) -> np.ndarray:
+def read_ldr(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> np.ndarray:
     """Read a PNG/JPEG/TIFF as ``uint8`` or ``uint16`` ``(H, W, 3)`` RGB (bit depth of the file kept).
 
     Grayscale is replicated to RGB, alpha is dropped, EXIF orientation is ignored. Raises
     :class:`ImageReadError` for missing, truncated or undecodable files, float or 32-bit integer
     images, and images with zero pixels.
+
+    The size the header declares is checked before decoding (a small file may declare 20000 x 20000):
+    more than ``max_pixels`` pixels, or by default more than the memory budget (:mod:`sitm_trt.memory`)
+    holds at 16 bytes per pixel (the decoder's buffer and the RGB copy at 16 bits), raises MemoryError.
     """
     cv2 = _cv2()
     data = _read_bytes(path)
     if not data:
         raise ImageReadError(path, "empty file (0 bytes)")
+    from sitm_trt import memory
+
+    declared = memory.image_size(data)
+    if declared is not None:
+        h, w = declared
+        if max_pixels is None:
+            limit = memory.budget()
+            max_pixels = None if limit is None else limit // 16
+        if max_pixels is not None and h * w > max_pixels:
+            raise MemoryError(f"{path}: declares {w}x{h} pixels ({h * w / 1e6:.0f} MP), more than the "
+                              f"{max_pixels / 1e6:.0f} MP that fit the memory budget; not decoded")
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as err:

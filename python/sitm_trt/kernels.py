@@ -241,9 +241,14 @@ def ema(state: Any, x: Any, a: float, *, stream: Any = None) -> Any:
 def post(masks: Any, image: Any, image_up: Any, image_down: Any, coef: Any, *, height: int | None = None,
          width: int | None = None, layout: str = "nchw", dtype: Any = "float32", out: Any = None,
          stream: Any = None, transfer: str = "linear", gamut: str = "bt709", ref_white: float = 203.0,
-         peak_nits: float = 1000.0, code_range: str = "limited", bits: int = 10, stats: Any = None) -> Any:
+         peak_nits: float = 1000.0, code_range: str = "limited", bits: int = 10, stats: Any = None,
+         fusion: str = "paper") -> Any:
     """Fuse (Eq. 7) and curve (Eq. 8) in one pass, cropped to ``height x width`` (default: no crop), then
     optionally encoded for a display or a video encoder, still in the same pass.
+
+    ``fusion`` is the network's (``Preset.fusion``): ``"paper"`` (Eq. 7 then the cubic of Eq. 8, ``coef`` =
+    a0..a3) or ``"residual"`` (the three images merged in linear light, ``coef`` = log2 gain of I_up, log2 gain
+    of I_down, log gamma, 0; reference :func:`sitm_trt.ops.post`, docs/model.md).
 
     Inputs are the padded ``(N, 3, Hp, Wp)`` network outputs; the result is ``(N, 3, h, w)`` or, with
     ``layout="nhwc"``, ``(N, h, w, 3)``, in ``dtype``. The defaults give linear BT.709 HDR (1.0 = the input's
@@ -278,5 +283,5 @@ def post(masks: Any, image: Any, image_up: Any, image_down: Any, coef: Any, *, h
                            name, c.out(out, "out"), c.stream, transfer=transfer, matrix=matrix,
                            luma=list(T.luma_coefficients(gamut)), ref_white=float(ref_white),
                            peak=float(peak_nits), code_range=code_range, bits=int(bits),
-                           stats=c.out(stats, "stats"))
+                           stats=c.out(stats, "stats"), fusion=fusion)
     return out if out is not None else _wrap(res, masks)

@@ -10,7 +10,8 @@ Conventions shared with the kernels (see ``docs/kernels.md``):
   ``L_up = 1 - min(R, G, B)`` (AUEM), Sec. 3.2 of the paper;
 * ``masks`` is ``(N, 3, H, W)``: channels ``M_up, M_mid, M_down`` of Eq. 7;
 * ``coef`` is ``(N, 4)`` (one curve per image) or ``(N, 3, 4)`` (one per image and channel), with
-  ``coef[..., i] = a_i`` of Eq. 8;
+  ``coef[..., i] = a_i`` of Eq. 8 (for the residual fusion: the two log2 exposure gains and log gamma, see
+  :func:`residual_fuse`);
 * padding is reflect padding at the bottom and right edges up to a multiple of ``stride``; a pad wider
   than the image keeps reflecting (period ``2 * (size - 1)``), and a size of 1 repeats its only pixel.
 """
@@ -23,6 +24,9 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "FUSIONS",
+    "srgb_to_linear",
+    "residual_fuse",
     "PreOutputs",
     "normalize_frame",
     "guide_maps",
@@ -124,6 +128,43 @@ def curve(x: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
     return ((a3 * x + a2) * x + a1) * x + a0
 
 
+FUSIONS = ("paper", "residual")
+
+
+def srgb_to_linear(v: torch.Tensor) -> torch.Tensor:
+    """The inverse sRGB curve (IEC 61966-2-1) of ``clamp(v, 0, 1)``."""
+    v = v.clamp(0.0, 1.0)
+    return torch.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+
+
+def residual_fuse(masks: torch.Tensor, image: torch.Tensor, image_up: torch.Tensor, image_down: torch.Tensor,
+                  coef: torch.Tensor) -> torch.Tensor:
+    """The residual fusion (docs/model.md): the three images decoded to linear light, ``L(v) =
+    srgb^-1(v)^gamma`` with ``gamma = exp(k2)``, and merged with per-image exposure gains::
+
+        HDR = M_mid L(I) + M_up 2^k0 L(I_up) + M_down 2^k1 L(I_down)
+
+    ``coef`` holds ``(k0, k1, k2, k3)`` per image ``(N, 4)`` (or per image and channel ``(N, 3, 4)``); ``k3``
+    is unused. Masks ``(0, 1, 0)`` with ``k2 = 0`` give exactly ``srgb^-1(I)``, the linearized input.
+    """
+    k0, k1, k2, _ = _coef_planes(coef, image.shape[0])
+    gamma = torch.exp(k2)
+
+    def decode(v: torch.Tensor) -> torch.Tensor:
+        lin = srgb_to_linear(v)
+        # l^gamma with a finite gradient at l = 0 (where the value is 0 whatever gamma is); exactly l at gamma 1
+        # (torch's pow with a tensor exponent is not exact there), as the kernel computes it
+        powed = torch.where(lin > 0, lin.clamp_min(1e-30) ** gamma, torch.zeros_like(lin))
+        return torch.where(gamma == 1.0, lin, powed)
+
+    def term(mask: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        # like the kernel, an image whose mask is 0 contributes exactly 0 (even where its gain overflowed)
+        return torch.where(mask != 0, mask * value, torch.zeros_like(value))
+
+    return (term(masks[:, 1:2], decode(image)) + term(masks[:, 0:1], torch.exp2(k0) * decode(image_up))
+            + term(masks[:, 2:3], torch.exp2(k1) * decode(image_down)))
+
+
 def post(
     masks: torch.Tensor,
     image: torch.Tensor,
@@ -134,10 +175,18 @@ def post(
     width: int | None = None,
     layout: str = "nchw",
     dtype: torch.dtype = torch.float32,
+    fusion: str = "paper",
 ) -> torch.Tensor:
-    """Reference of the post kernel: fuse (Eq. 7), curve (Eq. 8), crop to ``height x width``, cast, lay out."""
+    """Reference of the post kernel: fuse (Eq. 7), curve (Eq. 8), crop to ``height x width``, cast, lay out.
+
+    ``fusion="residual"``: :func:`residual_fuse` instead of Eq. 7-8 (``Preset.fusion`` says which)."""
     f32 = [t.to(torch.float32) for t in (masks, image, image_up, image_down)]
-    hdr = curve(fuse(*f32), coef.to(torch.float32))
+    if fusion == "paper":
+        hdr = curve(fuse(*f32), coef.to(torch.float32))
+    elif fusion == "residual":
+        hdr = residual_fuse(*f32, coef.to(torch.float32))
+    else:
+        raise ValueError(f"post: fusion must be one of {FUSIONS}, got {fusion!r}")
     h = hdr.shape[-2] if height is None else height
     w = hdr.shape[-1] if width is None else width
     hdr = hdr[..., :h, :w]

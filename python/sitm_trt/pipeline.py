@@ -1,10 +1,12 @@
 """The whole pipeline of one frame: pre kernel -> network backend -> post kernel (ARCHITECTURE.md).
 
 ``Pipeline`` holds the weights, one backend per device and reusable buffers; ``infer`` runs a default,
-cached ``Pipeline``. The pipeline runs where the input lives: a CPU array on the CPU (torch backend), a CUDA
-array on its GPU (TensorRT when it can run there, else torch). On CUDA a call is stream-ordered like a torch
-op: everything is enqueued on the caller's stream (``stream=``, default the current torch/CuPy stream) and
-the host never waits.
+cached ``Pipeline``. The pipeline runs where the input lives: a CPU array on the CPU (ONNX Runtime, else
+torch), a CUDA array on its GPU (TensorRT when it can run there, else ONNX Runtime's CUDA execution provider
+when ``onnxruntime-gpu`` is installed, else torch). On CUDA a call is stream-ordered like a torch
+op: ordered after the caller's stream (``stream=``, default the current torch/CuPy stream), which is ordered
+after the call, and the host never waits; the work runs on the device's runtime stream
+(:mod:`sitm_trt.runtime_device`).
 
 Inputs: float32/float16 ``(N, 3, H, W)`` in [0, 1], or uint8/uint16 ``(H, W, 3)`` / ``(N, H, W, 3)``, as torch
 tensors, NumPy arrays or any DLPack array. LDR values outside [0, 1] are clamped and NaN becomes 0 (the pre
@@ -19,20 +21,24 @@ import threading
 import warnings
 from typing import Any
 
-from sitm_trt import kernels
-from sitm_trt.backends.trt_engine import EngineCache, Profile, TensorRTUnavailable, find_flavour
+from sitm_trt import kernels, runtime_device
+from sitm_trt.backends.trt_engine import EngineCache, Profile, TensorRTUnavailable, find_flavour, gpu_plan
 from sitm_trt.weights import Weights, WeightsError, load, resolve_path
 
 __all__ = ["Pipeline", "infer", "info", "load"]
 
-_BACKENDS = ("auto", "torch", "tensorrt")
+_BACKENDS = ("auto", "torch", "tensorrt", "onnxruntime")
 
 
 class Pipeline:
     """pre -> network -> post with fixed weights, backend choice and precision.
 
-    ``backend``: "auto" (TensorRT on a GPU where it can run, else torch), "torch" or "tensorrt".
-    ``precision``: "fp16" or "fp32"; default fp16 for TensorRT, fp32 for torch (the reference).
+    ``backend``: "auto" (CPU inputs: ONNX Runtime, else torch; CUDA inputs: TensorRT where it can run, else
+    ONNX Runtime's CUDA execution provider where ``onnxruntime-gpu`` is installed, else torch), "torch",
+    "tensorrt" or "onnxruntime".
+    ``precision``: "fp16" or "fp32"; default fp16 for TensorRT, fp32 for torch (the reference) and ONNX Runtime.
+    ``threads``: CPU threads of the network: ONNX Runtime's intra-op pool of this pipeline's session; for the
+    torch backend ``torch.set_num_threads`` (process-wide). ``None``: the engine's default (docs/runtime.md).
     ``profile``: the TensorRT shape range (:class:`~sitm_trt.backends.trt_engine.Profile`).
     ``cache_dir``: where TensorRT engines are cached (default ``~/.cache/sitm-trt/engines``).
     ``tile``: memory-bounded inference for very large frames: windows of ``tile`` pixels with the whole-frame
@@ -46,7 +52,7 @@ class Pipeline:
     def __init__(self, weights: str | Weights = "default", *, backend: str = "auto", precision: str | None = None,
                  profile: Profile | None = None, cache_dir: str | None = None, compile: bool = False,
                  channels_last: bool | None = None, tile: int | None = None, overlap: int | None = None, log=None,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = False, threads: int | None = None):
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
         if precision not in (None, "fp16", "fp32"):
@@ -60,6 +66,9 @@ class Pipeline:
         self.channels_last = channels_last
         self.log = log
         self.cuda_graphs = bool(cuda_graphs)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        self.threads = threads
         if tile is not None and tile < 1:
             raise ValueError(f"tile must be a positive number of pixels or None, got {tile}")
         self.tile, self.overlap = tile, overlap
@@ -67,7 +76,7 @@ class Pipeline:
         self._fallbacks: dict[str, Any] = {}
         self._backends: dict[str, Any] = {}
         self._pool = kernels.BufferPool()
-        self.auto_reason: str | None = None  # why backend="auto" did not use TensorRT, when it did not
+        self.auto_reason: str | None = None  # why backend="auto" did not use TensorRT / ONNX Runtime, when it did not
         self._lock = threading.RLock()  # one call at a time: buffers and engine contexts are shared
 
     # -- backends ------------------------------------------------------------------------------------------
@@ -83,8 +92,14 @@ class Pipeline:
         if device == "cpu":
             if choice == "tensorrt":
                 raise ValueError("backend='tensorrt' needs the input on a CUDA device; this input is on the CPU "
-                                 "(move it to the GPU, or use backend='torch' / 'auto')")
+                                 "(move it to the GPU, or use backend='onnxruntime' / 'torch' / 'auto')")
+            if choice in ("auto", "onnxruntime"):
+                backend = self._onnxruntime(device, required=choice == "onnxruntime")
+                if backend is not None:
+                    return backend
             return self._torch(device)
+        if choice == "onnxruntime":
+            return self._onnxruntime(device, required=True)
         if choice in ("auto", "tensorrt"):
             try:
                 from sitm_trt.backends.tensorrt_backend import TensorRTBackend, TensorRTCannotRun
@@ -98,8 +113,28 @@ class Pipeline:
                 if choice == "tensorrt":
                     raise
                 self.auto_reason = f"TensorRT not used on {device}: {err}"
+                from sitm_trt.backends.onnxruntime_backend import cuda_provider_available
+
+                if choice == "auto" and cuda_provider_available():
+                    warnings.warn(f"sitm-trt: {self.auto_reason}; running ONNX Runtime's CUDA execution provider",
+                                  RuntimeWarning, stacklevel=4)
+                    return self._onnxruntime(device, required=True)
                 warnings.warn(f"sitm-trt: {self.auto_reason}; running the PyTorch backend", RuntimeWarning, stacklevel=4)
         return self._torch(device)
+
+    def _onnxruntime(self, device: str, required: bool):
+        """The ONNX Runtime backend for ``device``; None (with ``auto_reason`` set) when it is not installed and
+        not ``required``."""
+        from sitm_trt.backends.onnxruntime_backend import OnnxRuntimeBackend, OnnxRuntimeUnavailable
+
+        try:
+            return OnnxRuntimeBackend(self.weights, device=device, precision=self.precision or "fp32",
+                                      threads=self.threads)
+        except OnnxRuntimeUnavailable as err:
+            if required:
+                raise
+            self.auto_reason = f"ONNX Runtime not used on {device}: {err}"
+            return None
 
     def _torch_for(self, device: str):
         """A torch backend for ``device``: the pipeline's own when it is torch, else one made for tiles and for
@@ -119,8 +154,11 @@ class Pipeline:
             from sitm_trt.backends.torch_backend import TorchBackend
         except ImportError as err:
             raise ImportError("the torch backend needs PyTorch: pip install 'sitm-trt[torch]'") from err
-        return TorchBackend(self.weights, device=device, precision=self.precision or "fp32", compile=self.compile,
-                            channels_last=self.channels_last)
+        backend = TorchBackend(self.weights, device=device, precision=self.precision or "fp32", compile=self.compile,
+                               channels_last=self.channels_last)
+        if self.threads is not None and device == "cpu":
+            backend._torch.set_num_threads(self.threads)
+        return backend
 
     # -- the call ------------------------------------------------------------------------------------------
     def __call__(self, x: Any, *, out: Any = None, stream: Any = None, layout: str = "nchw", dtype: str = "float32") -> Any:
@@ -137,6 +175,7 @@ class Pipeline:
         shape = tuple(int(s) for s in getattr(x, "shape", ()))
         n, h, w, unbatched = _frame_geometry(shape, getattr(x, "dtype", None))
         handle = kernels._stream_handle(x, dev, stream)
+        x = runtime_device.contiguous(x, handle)  # any strides: one copy (on the caller's stream) when not compact
         hwc = layout != "nchw"
         if n == 0 or h == 0 or w == 0:  # nothing to compute: an empty result of the right shape
             kernels.pre(x)  # still validates dtype, channels and layout
@@ -148,27 +187,35 @@ class Pipeline:
 
             return infer_tiled(self._torch_for(device).model, x, tile=self.tile, overlap=self.overlap,
                                layout=layout, dtype=dtype, out=out)
+        if device == "cpu":  # the memory guard (sitm_trt.memory): refuse before allocating what cannot fit
+            from sitm_trt import memory
+
+            memory.check(self.weights, n, h, w)
         backend = self.backend_for(device)
         s = backend.stride
         hp, wp = -(-h // s) * s, -(-w // s) * s
         fits = getattr(backend, "profile", None)
         if fits is not None and not fits.contains(n, hp, wp) and self.backend_choice == "auto":
             backend = self._torch_for(device)  # outside the engine's shape range: the reference backend
-        pre_out = tuple(self._pool.get(f"pre{i}", [n, c, hp, wp], backend.dtype, device, handle)
-                        for i, c in enumerate((3, 3, 3, 2)))
-        kernels.pre(x, stride=s, dtype=backend.dtype, out=pre_out, stream=handle)
-        up, down, masks, coef = backend.run(pre_out, handle)
-        if out is None:
-            oshape = [n, h, w, 3] if hwc else [n, 3, h, w]
-            result = kernels.extension().empty(oshape, dtype, device, handle)
+        oshape = [n, h, w, 3] if hwc else [n, 3, h, w]
+        # A result is allocated on the caller's stream before the entry fence, so the runtime stream's work
+        # is ordered after the allocation (docs/runtime.md, "Streams and buffers").
+        result = kernels.extension().empty(oshape, dtype, device, handle) if out is None else None
+        target = out[None] if (out is not None and hwc and unbatched and len(getattr(out, "shape", ())) == 3) else out
+        # CUDA: everything on the device's runtime stream (never the legacy default stream), fenced against the
+        # caller's stream on entry and exit; the pooled buffers are only ever used on that stream.
+        with runtime_device.scope(device, handle) as run:
+            pre_out = tuple(self._pool.get(f"pre{i}", [n, c, hp, wp], backend.dtype, device, run)
+                            for i, c in enumerate((3, 3, 3, 2)))
+            kernels.pre(x, stride=s, dtype=backend.dtype, out=pre_out, stream=run)
+            up, down, masks, coef = backend.run(pre_out, run)
             kernels.post(masks, pre_out[0], up, down, coef, height=h, width=w, layout="nhwc" if hwc else "nchw",
-                         dtype=dtype, out=result, stream=handle)
-            result = kernels._wrap(result, x)
-            return result[0] if (hwc and unbatched) else result
-        target = out[None] if (hwc and unbatched and len(getattr(out, "shape", ())) == 3) else out
-        kernels.post(masks, pre_out[0], up, down, coef, height=h, width=w, layout="nhwc" if hwc else "nchw",
-                     dtype=dtype, out=target, stream=handle)
-        return out
+                         dtype=dtype, out=result if out is None else target, stream=run, fusion=self.weights.fusion)
+        if out is not None:
+            return out
+        # The caller's stream is now the result's last use: its free is ordered after the caller's work on it.
+        result = kernels._wrap(result.view(oshape, None, handle), x)
+        return result[0] if (hwc and unbatched) else result
 
     def describe(self) -> dict:
         return {"weights": str(self.weights.path), "preset": self.weights.preset_name,
@@ -233,10 +280,18 @@ def info() -> dict:
     except ImportError:
         out["torch"] = "not installed (pip install 'sitm-trt[torch]')"
     try:
+        import onnxruntime as ort
+
+        out["onnxruntime"] = {"version": ort.__version__, "providers": list(ort.get_available_providers())}
+        cpu_auto, ort_cuda = "onnxruntime", "CUDAExecutionProvider" in out["onnxruntime"]["providers"]
+    except ImportError as e:
+        out["onnxruntime"] = f"unavailable: {e}"
+        cpu_auto, ort_cuda = "torch", False
+    try:
         fl = find_flavour()
         out["tensorrt"] = {"flavour": fl.name, "version": fl.version,
-                           "note": "TensorRT-RTX runs on RTX-class GPUs (sm_80/86/89/120), not on Hopper (sm_90: "
-                                   "H100/H200); use classic TensorRT there" if fl.is_rtx else ""}
+                           "note": "TensorRT-RTX runs on sm_75/86/89/12x, not on A100 (sm_80), H100/H200 (sm_90) or "
+                                   "B200 (sm_100); use classic TensorRT there" if fl.is_rtx else ""}
     except TensorRTUnavailable as e:
         fl = None
         out["tensorrt"] = f"unavailable: {e}"
@@ -246,10 +301,12 @@ def info() -> dict:
     except WeightsError as e:
         out["weights"] = f"unavailable: {e}"
     reasons = []
-    if count and fl is not None:
+    if count:
         props = kernels.extension().device_properties(0)
+        out["gpu_plan"] = gpu_plan(*props["compute_capability"])  # what this GPU gets, whatever is installed
+    if count and fl is not None:
         if fl.supports_compute_capability(*props["compute_capability"]):
-            out["auto"] = f"tensorrt ({fl.name}) on cuda:0 for CUDA inputs; torch on the CPU for CPU inputs"
+            out["auto"] = f"tensorrt ({fl.name}) on cuda:0 for CUDA inputs; {cpu_auto} on the CPU for CPU inputs"
         else:
             reasons.append(f"{fl.name} cannot run on {props['name']} (sm_{''.join(map(str, props['compute_capability']))})")
     if "auto" not in out:
@@ -257,6 +314,7 @@ def info() -> dict:
             reasons.append("no CUDA device")
         elif fl is None:
             reasons.append("no TensorRT")
-        out["auto"] = "torch (CUDA inputs on the GPU, CPU inputs on the CPU)"
+        gpu_auto = "onnxruntime (CUDA execution provider)" if ort_cuda else "torch"
+        out["auto"] = f"{cpu_auto} on the CPU for CPU inputs; {gpu_auto} on the GPU for CUDA inputs"
         out["auto_reason"] = "TensorRT not used: " + "; ".join(reasons)
     return out

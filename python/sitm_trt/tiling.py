@@ -523,7 +523,8 @@ class _Runner:
             if h <= 0 or w <= 0:
                 return
             core = [st._core(v) for v in (masks, pre.image, up, down)]
-            hdr = ops.post(*core, coef, h, w, layout="nhwc" if layout != "nchw" else "nchw", dtype=out.dtype)
+            hdr = ops.post(*core, coef, h, w, layout="nhwc" if layout != "nchw" else "nchw", dtype=out.dtype,
+                           fusion=net.preset.fusion)
             if layout == "nchw":
                 out[:, :, t.core_top : t.core_top + h, t.core_left : t.core_left + w] = hdr
             else:
@@ -555,7 +556,7 @@ def _single(net: SITMNet, frame: _Frame, state: GlobalState | None, out: torch.T
         res = net.forward_state(*pre, state.to(frame.device))
     if out is not None:
         out.copy_(ops.post(res.masks, pre.image, res.image_up, res.image_down, res.coef, frame.h, frame.w,
-                           layout="nhwc" if layout != "nchw" else "nchw", dtype=out.dtype))
+                           layout="nhwc" if layout != "nchw" else "nchw", dtype=out.dtype, fusion=net.preset.fusion))
     return state, out
 
 
@@ -619,8 +620,18 @@ def _out_view(out: Any, shape: tuple[int, ...], f: _Frame) -> torch.Tensor:
     if isinstance(out, torch.Tensor):
         t = out
     elif np is not None and isinstance(out, np.ndarray):
+        if not out.flags.writeable:  # torch.from_numpy would only warn, then write into it
+            raise ValueError("infer_tiled: out is read-only")
         t = torch.from_numpy(out)
     elif hasattr(out, "__dlpack__"):
+        try:  # a DLPack 1.x producer flags read-only memory; the extension reads the flag for us
+            from sitm_trt import kernels
+
+            read_only = kernels.extension().view_info(out.__dlpack__(max_version=(1, 0)))["read_only"]
+        except (ImportError, TypeError, ValueError, BufferError):
+            read_only = False
+        if read_only:
+            raise ValueError("infer_tiled: out is read-only")
         t = torch.from_dlpack(out)
     else:
         raise TypeError(

@@ -24,16 +24,22 @@ seconds, reset at scene cuts (:class:`SceneCutDetector`). The EAB exposure featu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fractions
 import json
 import math
 import os
 import queue
+import re
+import signal
+import stat
 import struct
 import sys
+import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -70,10 +76,109 @@ MASTERING_PRIMARIES = {
     "bt2020": T.PRIMARIES["bt2020"],
 }
 _END = object()  # end of a queue
+_MAX_DAMAGED_RUN = 64  # damaged video packets in a row before the input counts as unreadable
 
 
 class VideoError(RuntimeError):
     """A video that cannot be read or written: unreadable input, missing encoder, bad output path, ..."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Output files: secure temporaries, leftovers of killed runs, SIGTERM
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _temp_re(target: Path) -> re.Pattern:
+    """Names of the temporaries of ``target``: ``.NAME.<random>.partial.EXT`` / ``.NAME.<random>.remux.EXT``."""
+    return re.compile(re.escape(f".{target.name}.") + r"[A-Za-z0-9_]+\.(partial|remux)" + re.escape(target.suffix))
+
+
+def _claim_temp(target: Path, tag: str) -> tuple[Any, Path]:
+    """A new, exclusively created file with an unpredictable name beside ``target`` (``mkstemp``: O_EXCL, so
+    never a planted file or symlink), open for writing and locked (``flock``) while this process lives, so
+    another run can tell it from a leftover. Returns (file object, path)."""
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".{tag}{target.suffix}", dir=target.parent)
+    try:
+        os.fchmod(fd, _file_mode())  # what a plain open() would give (mkstemp makes 0600)
+        _try_lock(fd)
+        return os.fdopen(fd, "w+b"), Path(name)
+    except BaseException:
+        os.close(fd)
+        os.unlink(name)
+        raise
+
+
+def _try_lock(fd: int) -> bool:
+    """An exclusive, non-blocking flock on ``fd``; False when another process holds it (True without fcntl)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _clean_leftovers(target: Path, log: Callable[[str], None]) -> None:
+    """Removes the temporaries of earlier runs writing ``target`` that were killed (SIGKILL, power loss): regular
+    files of ours matching :func:`_temp_re` that no live process holds locked. A locked one means another
+    conversion is writing ``target`` right now: refused, so two runs never silently clobber one output."""
+    pattern = _temp_re(target)
+    try:
+        names = os.listdir(target.parent)
+    except OSError:
+        return
+    for name in names:
+        if not pattern.fullmatch(name):
+            continue
+        p = target.parent / name
+        try:
+            st = os.lstat(p)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+                continue  # never follow or remove what is not a plain file of ours
+            fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        try:
+            if not _try_lock(fd):
+                raise VideoError(f"{target}: another conversion is writing it now (its temporary {name} is in use)")
+            os.unlink(p)
+            log(f"removed {p}, left by an interrupted earlier run")
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(fd)
+
+
+class _SigtermAsInterrupt:
+    """While converting in the main thread, SIGTERM stops the run like Ctrl-C (the output is closed, playable,
+    with the frames done so far) and raises :class:`sitm_trt.errors.Terminated`. Only when SIGTERM has its
+    default action: a handler the application installed is left alone. A second SIGTERM is ignored while the
+    output is being closed."""
+
+    def __enter__(self) -> _SigtermAsInterrupt:
+        self.previous = None
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            from sitm_trt.errors import Terminated
+
+            def handler(signum: int, frame: Any) -> None:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                raise Terminated(f"terminated by signal {signum} (SIGTERM)")
+
+            self.previous = signal.signal(signal.SIGTERM, handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 def _av() -> Any:
@@ -267,6 +372,8 @@ class FrameProcessor:
         self.detector = SceneCutDetector(scene_cut)
         self.cuts: list[int] = []
         self.backend = pipeline.backend_for(device)
+        weights = getattr(pipeline, "weights", None)  # stand-in pipelines (tests) may carry no weights handle
+        self.fusion = getattr(weights, "fusion", "paper")
         self.cuda = device.startswith("cuda")
         self.dev_index = int(device.split(":")[1]) if self.cuda else 0
         self.ext = kernels.extension()
@@ -356,12 +463,12 @@ class FrameProcessor:
         stats = slot.dev_stats if self.cuda else slot.host_stats
         if self.encoding == "linear":
             kernels.post(masks, pre[0], up, down, coef, height=oh, width=ow, layout="nhwc", dtype=self.dtype,
-                         out=out, stats=stats, ref_white=self.ref_white, stream=stream)
+                         out=out, stats=stats, ref_white=self.ref_white, stream=stream, fusion=self.fusion)
         else:
             kernels.post(masks, pre[0], up, down, coef, height=oh, width=ow, layout="yuv420p", dtype="uint16",
                          transfer=self.encoding, gamut="bt2020", ref_white=self.ref_white,
                          peak_nits=self.peak_nits, code_range="limited", bits=10, out=out, stats=stats,
-                         stream=stream)
+                         stream=stream, fusion=self.fusion)
         event = None
         if self.cuda:
             for dst, src in ((slot.host_out, slot.dev_out), (slot.host_stats, slot.dev_stats)):
@@ -382,6 +489,21 @@ class FrameProcessor:
 # ---------------------------------------------------------------------------------------------------------
 # Decoding
 # ---------------------------------------------------------------------------------------------------------
+
+
+def _peek(path: Path) -> tuple[int, bool]:
+    """(display rotation in degrees counter-clockwise, interlaced?) from the first decodable video frame;
+    (0, False) when none decodes (the conversion then reports the input)."""
+    av = _av()
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                return 0, False
+            for frame in c.decode(video=0):
+                return int(round(getattr(frame, "rotation", 0) or 0)) % 360, bool(frame.interlaced_frame)
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError, ValueError):
+        pass
+    return 0, False
 
 
 def _open_input(path: str | os.PathLike) -> Any:
@@ -524,11 +646,14 @@ class _VideoSink:
 
     _MP4_AUDIO = {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}
 
-    def __init__(self, tmp: Path, source: Any, opts: VideoOptions, fmt: str, width: int, height: int):
+    def __init__(self, tmp: Path, source: Any, opts: VideoOptions, fmt: str, width: int, height: int,
+                 file: Any = None, rotation: int = 0):
         av = _av()
         self.av, self.path, self.opts, self.fmt = av, tmp, opts, fmt
         ext = tmp.suffix.lower()
-        self.container = av.open(str(tmp), "w", format=_MUXERS[ext])
+        # Through the file object of the exclusively created temporary (_claim_temp): FFmpeg never opens a path.
+        self.file = file
+        self.container = av.open(file if file is not None else str(tmp), "w", format=_MUXERS[ext])
         vin = source.streams.video[0]
         rate = vin.average_rate or vin.guessed_rate or fractions.Fraction(25)
         s = self.container.add_stream("libx265", rate=rate)
@@ -553,6 +678,8 @@ class _VideoSink:
             params.append(opts.x265_params)
         s.options = {"crf": f"{opts.crf:g}", "preset": opts.preset, "profile": "main10",
                      "x265-params": ":".join(params)}
+        if rotation:  # the input's display matrix, carried over (the pixels stay as coded)
+            s.set_display_rotation(rotation)
         self.stream = s
         self.time_base = s.time_base
         self.audio: dict[int, Any] = {}
@@ -600,15 +727,19 @@ class _VideoSink:
                     self.container.mux(packet)
         finally:
             self.container.close()
+            if self.file is not None:
+                self.file.flush()
+                os.fsync(self.file.fileno())
 
 
 def _finalize_hdr10(partial: Path, target: Path, sei: bytes) -> None:
     """Remux ``partial`` into ``target`` (atomically) with ``sei`` before the slices of every keyframe."""
     av = _av()
-    tmp = target.with_name(f".{target.name}.remux{target.suffix}")
-    inp = av.open(str(partial))
+    fh, tmp = _claim_temp(target, "remux")
+    inp = None
     try:
-        out = av.open(str(tmp), "w", format=_MUXERS[target.suffix.lower()])
+        inp = av.open(str(partial))
+        out = av.open(fh, "w", format=_MUXERS[target.suffix.lower()])
         try:
             vin = inp.streams.video[0]
             extradata = vin.codec_context.extradata or b""
@@ -630,12 +761,16 @@ def _finalize_hdr10(partial: Path, target: Path, sei: bytes) -> None:
                 out.mux(packet)
         finally:
             out.close()
+        fh.flush()
+        os.fsync(fh.fileno())
+        os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     finally:
-        inp.close()
-    os.replace(tmp, target)
+        if inp is not None:
+            inp.close()
+        fh.close()
 
 
 class _ExrSink:
@@ -666,6 +801,24 @@ class _ExrSink:
 
     def close(self) -> None:
         self.io.write_bytes_atomic(self.folder / "sequence.json", json.dumps(self.meta, indent=1).encode())
+        self.removed = self.remove_stale()
+
+    def remove_stale(self) -> int:
+        """Removes the files of the folder that match the frame pattern but are not frames of this run (an
+        earlier, longer run's tail when overwriting), so the folder and ``sequence.json`` agree."""
+        name = Path(self.pattern).name
+        m = re.search(r"%0?\d*d", name)
+        if m is None:
+            return 0
+        frame_re = re.compile(re.escape(name[: m.start()]) + r"\d+" + re.escape(name[m.end():]))
+        keep = {f["file"] for f in self.meta["frames"]}
+        removed = 0
+        for entry in os.listdir(self.folder):
+            if entry not in keep and frame_re.fullmatch(entry):
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+                    os.unlink(self.folder / entry)  # a symlink is removed itself, never followed
+                    removed += 1
+        return removed
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -695,11 +848,16 @@ def _exr_pattern(dst: Path) -> str:
 
 
 def _default_device() -> str:
-    try:
-        count, _ = kernels.extension().cuda_devices()
-    except ImportError:
-        return "cpu"
-    return "cuda:0" if count else "cpu"
+    """cuda:0 when the extension can use a GPU; else the CPU, with a warning when a GPU is there but unusable
+    (a driver too old for the extension's CUDA runtime) rather than silently."""
+    from sitm_trt import runtime_device
+
+    count, why = runtime_device.cuda_devices()
+    if count:
+        return "cuda:0"
+    if "driver" in why.lower() and "no NVIDIA driver" not in why:  # a GPU with a driver too old: say so
+        warnings.warn(f"sitm-trt: running on the CPU: {why}", RuntimeWarning, stacklevel=3)
+    return "cpu"
 
 
 def _estimate_frames(container: Any) -> int | None:
@@ -741,20 +899,55 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, weights: Any = "d
     opts = options or VideoOptions()
     opts.check()
     src, dst = Path(src), Path(dst)
+    say = log or (lambda m: None)
     if not src.exists():
         raise VideoError(f"{src}: no such file")
     fmt = _output_kind(dst, opts.format)
+    temp = None  # (file, path) of the exclusively created temporary the video is written to
     if fmt != "exr":
         _check_encoder()
         if dst.exists() and not overwrite:
             raise VideoError(f"{dst}: exists (pass overwrite=True / --overwrite to replace it)")
         if not dst.parent.is_dir():
             raise VideoError(f"{dst.parent}: no such folder")
+        if dst.is_dir():
+            raise VideoError(f"{dst}: is a folder")
+        if dst.exists() and os.path.samefile(src, dst):
+            raise VideoError(f"{dst}: is the input itself")
+        _clean_leftovers(dst, say)
+        try:  # before any decoding or network work: a read-only or full folder fails here, cleanly
+            temp = _claim_temp(dst, "partial")
+        except OSError as err:
+            raise VideoError(f"{dst}: cannot write into {dst.parent} ({err.strerror or err})") from err
     else:
         pattern = _exr_pattern(dst)
         folder = Path(pattern).parent
         if folder.is_dir() and any(folder.iterdir()) and not overwrite:
             raise VideoError(f"{folder}: is not empty (pass overwrite=True / --overwrite to write into it)")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".sitm-write-check.", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            raise VideoError(f"{folder}: cannot write the EXR sequence there ({err.strerror or err})") from err
+    try:
+        with _SigtermAsInterrupt():
+            return _convert(src, dst, fmt, opts, temp, pattern if fmt == "exr" else "", weights, pipeline, device,
+                            backend, precision, progress, on_frame, say, cuda_graphs)
+    finally:
+        if temp is not None:
+            temp[0].close()
+            temp[1].unlink(missing_ok=True)  # gone already when the output was made from it
+
+
+def _convert(src: Path, dst: Path, fmt: str, opts: VideoOptions, temp: Any, pattern: str, weights: Any,
+             pipeline: Any, device: str | None, backend: str, precision: str | None, progress: bool,
+             on_frame: Callable[[int], None] | None, log: Callable[[str], None], cuda_graphs: bool) -> VideoResult:
+    rotation, interlaced = _peek(src)
+    if interlaced:
+        raise VideoError(f"{src}: is interlaced; sitm-trt does not deinterlace (a frame-based network would "
+                         "smear the fields): deinterlace first, e.g. ffmpeg -i IN -vf bwdif OUT")
     container = _open_input(src)
     try:
         if pipeline is None:
@@ -764,6 +957,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, weights: Any = "d
         device = device or _default_device()
         vin = container.streams.video[0]
         w, h = vin.codec_context.width, vin.codec_context.height
+        if device == "cpu" and hasattr(getattr(pipeline, "weights", None), "preset_json"):  # the memory guard
+            from sitm_trt import memory
+
+            memory.check(pipeline.weights, 1, h, w, what=str(src))
         encoding = {"hdr10": "pq", "hlg": "hlg", "exr": "linear"}[fmt]
         proc = FrameProcessor(pipeline, device, encoding=encoding, dtype="float16" if opts.exr_half else "float32",
                               ref_white=opts.ref_white, peak_nits=opts.peak_nits, smoothing=opts.smoothing,
@@ -773,12 +970,17 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, weights: Any = "d
             sink: Any = _ExrSink(pattern, container, opts.exr_half, opts.ref_white)
             partial = None
         else:
-            partial = dst.with_name(f".{dst.name}.partial{dst.suffix}")
-            sink = _VideoSink(partial, container, opts, fmt, ow, oh)
+            partial = temp[1]
+            sink = _VideoSink(partial, container, opts, fmt, ow, oh, file=temp[0], rotation=rotation)
+        if rotation:
+            log(f"{src.name}: display rotation {rotation} degrees (counter-clockwise) "
+                + ("carried to the output" if fmt != "exr" else "recorded in sequence.json; the EXR frames are "
+                   "stored as coded, not rotated"))
+        if fmt == "exr":
+            sink.meta["rotation"] = rotation
         if (ow, oh) != (w, h):
-            (log or (lambda m: None))(f"{src.name}: {w}x{h} cropped to {ow}x{oh} (4:2:0 needs even sizes)")
-        return _run(container, proc, sink, opts, fmt, src, dst, partial, (ow, oh), progress, on_frame,
-                    log or (lambda m: None))
+            log(f"{src.name}: {w}x{h} cropped to {ow}x{oh} (4:2:0 needs even sizes)")
+        return _run(container, proc, sink, opts, fmt, src, dst, partial, (ow, oh), progress, on_frame, log)
     finally:
         container.close()
 
@@ -799,6 +1001,35 @@ def _run(container: Any, proc: FrameProcessor, sink: Any, opts: VideoOptions, fm
     bar = tqdm(total=min(total) if total else None, unit="frame", disable=not progress,
                desc=f"{src.name} -> {dst.name}", dynamic_ncols=True, leave=True)
 
+    av = _av()
+    damaged = {"packets": 0, "run": 0, "repeated": 0, "last_error": ""}
+    held: dict[str, Any] = {"rgb": None, "pts": None, "origin": None}  # the last good frame, the first one's pts
+    decoded: dict[str, int | None] = {"frames": None}  # set when the input was read to its end
+
+    pending = {"count": 0}  # damaged video packets whose frames are not yet filled in
+    rate = vin.average_rate or vin.guessed_rate
+    period = 1 / (rate * vin.time_base) if rate and vin.time_base else 0  # one frame, in pts (a Fraction)
+
+    def emit_pending(before: int | None) -> bool:
+        """Fills the gap between the last good frame and the frame at ``before`` (the end of the input: None)
+        with copies of that last good frame, one per missing frame period and at most one per damaged packet,
+        so the output keeps its length and timing (a decoder may report a damaged packet late, with frame
+        threads, so the gap in timestamps says where the lost frames were)."""
+        if held["rgb"] is None or held["pts"] is None or held["origin"] is None or period <= 0:
+            return True
+        origin = held["origin"]  # the first frame's pts: frame n sits at origin + n * period (rounded)
+        base, k = round((held["pts"] - origin) / period), 1
+        while pending["count"] > 0 and (before is None or origin + (base + k + 0.5) * period <= before):
+            pts = origin + int(round((base + k) * period))
+            pending["count"] -= 1
+            damaged["repeated"] += 1
+            if not _put(q_in, ("video", held["rgb"], pts, float(pts * vin.time_base)), stop_decode):
+                return False
+            k += 1
+        if before is not None:
+            pending["count"] = 0
+        return True
+
     def decode() -> None:
         try:
             index, last = 0, None
@@ -810,11 +1041,33 @@ def _run(container: Any, proc: FrameProcessor, sink: Any, opts: VideoOptions, fm
                         if not _put(q_in, ("audio", packet), stop_decode):
                             break
                     continue
-                for frame in packet.decode():
+                try:
+                    frames = packet.decode()
+                except av.error.EOFError:
+                    break
+                except av.error.FFmpegError as err:  # a damaged packet: conceal it, like FFmpeg does
+                    damaged["packets"] += 1
+                    damaged["run"] += 1
+                    damaged["last_error"] = str(err)
+                    if damaged["run"] > _MAX_DAMAGED_RUN:
+                        raise VideoError(f"{damaged['run']} damaged video packets in a row ({err})") from err
+                    pending["count"] += 1  # filled with the previous frame once the next good one shows the gap
+                    continue
+                damaged["run"] = 0
+                for frame in frames:
+                    if frame.pts is not None and pending["count"] and not emit_pending(frame.pts):
+                        return
                     last = _frame_time(frame, index, vin.average_rate, last)
-                    if not _put(q_in, ("video", _rgb(frame), frame.pts, last), stop_decode):
+                    rgb = _rgb(frame)
+                    held.update(rgb=rgb, pts=frame.pts)
+                    if held["origin"] is None:
+                        held["origin"] = frame.pts
+                    if not _put(q_in, ("video", rgb, frame.pts, last), stop_decode):
                         return
                     index += 1
+            if pending["count"] and not emit_pending(None):
+                return
+            decoded["frames"] = index
         except BaseException as err:  # noqa: BLE001 - handed to the caller
             failure = err
             if not isinstance(err, KeyboardInterrupt):
@@ -892,17 +1145,28 @@ def _run(container: Any, proc: FrameProcessor, sink: Any, opts: VideoOptions, fm
         encoder.join()
         decoder.join(timeout=5)
         bar.close()
+    if damaged["packets"]:
+        log(f"{src}: {damaged['packets']} damaged video packets skipped, {damaged['repeated']} of them replaced by the "
+            f"previous frame to keep the timing (last error: {damaged['last_error']})")
+    declared = int(vin.frames or 0)
+    if decoded["frames"] is not None and declared and decoded["frames"] + damaged["packets"] < declared and not (
+            opts.max_frames is not None and decoded["frames"] >= opts.max_frames):
+        log(f"{src}: truncated? its header announces {declared} frames, the data ended after {decoded['frames']}")
     failure = interrupted or (errors[0] if errors else None)
     written = getattr(sink, "frames", None)
     written = len(sink.meta["frames"]) if fmt == "exr" else written
     try:
         sink.close()
-    except BaseException:
+    except BaseException as err:
         if partial is not None:
             partial.unlink(missing_ok=True)
         if failure is not None:
             raise failure
+        if isinstance(err, (OSError, _av().error.FFmpegError)):
+            raise VideoError(f"{dst}: cannot write the output ({err}); nothing was written") from err
         raise
+    if fmt == "exr" and getattr(sink, "removed", 0):
+        log(f"{sink.folder}: removed {sink.removed} frame files of an earlier run that this run did not write")
     max_cll = max_fall = None
     if fmt != "exr":
         assert partial is not None
@@ -919,9 +1183,12 @@ def _run(container: Any, proc: FrameProcessor, sink: Any, opts: VideoOptions, fm
                 partial.unlink()
             else:
                 os.replace(partial, dst)
-        except BaseException:
+        except BaseException as err:
+            partial.unlink(missing_ok=True)
             if failure is not None:
                 raise failure
+            if isinstance(err, (OSError, _av().error.FFmpegError)):
+                raise VideoError(f"{dst}: cannot write the output ({err}); nothing was written") from err
             raise
     if failure is not None:
         what = "interrupted" if isinstance(failure, KeyboardInterrupt) else f"stopped by an error ({failure})"

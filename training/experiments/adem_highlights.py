@@ -13,7 +13,7 @@ from _common import load_weights
 from sitm_training.data import SampleDataset
 from sitm_trt import ops
 
-weights = sys.argv[1] if len(sys.argv) > 1 else "training/checkpoints/compact-v3/model.safetensors"
+weights = sys.argv[1] if len(sys.argv) > 1 else "python/sitm_trt/weights/default.safetensors"
 root = sys.argv[2] if len(sys.argv) > 2 else "data/sitm256"
 net = load_weights(weights)
 split = sys.argv[3] if len(sys.argv) > 3 else "test"

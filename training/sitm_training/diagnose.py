@@ -35,7 +35,7 @@ can be in ``dark`` and in another region.
 
 Each image contributes its mean masks over a region when the region has at least ``--min-pixels`` pixels;
 the table gives the mean over those images and how many there were. A model whose masks are ``(0, 1, 0)``
-everywhere has reduced Eq. 7 to the input and does all its work in the curve (docs/training.md, "Status").
+everywhere has reduced Eq. 7 to the input and does all its work in the curve (training/LOG.md, "Status").
 Writes a markdown table to stdout (and ``--out FILE`` atomically).
 """
 
@@ -132,7 +132,8 @@ def _num(v: str | None) -> float:
 
 
 def by_camera(per_image: Path, samples: Path, baseline: str = "linear") -> str:
-    """Mean (method - baseline) per score, grouped by exposure mode and by (mode, response), as markdown.
+    """Mean (method - baseline) per score, grouped by exposure mode, by (mode, response) and by scene (the
+    sample's source), as markdown.
 
     ``per_image``: the ``per_image.csv`` of ``python -m sitm_training.evaluate``; ``samples``: the folder of
     the samples' ``.npz`` files (``meta`` holds the camera). Rows with a failed method are left out."""
@@ -149,10 +150,12 @@ def by_camera(per_image: Path, samples: Path, baseline: str = "linear") -> str:
             continue
         meta = load_sample_meta(samples / f"{sid}.npz")
         mode, response = meta["exposure"]["mode"], meta["camera"]["response"]["kind"]
+        with np.load(samples / f"{sid}.npz") as z:
+            scene = str(z["source"])
         for m in methods:
             if m in by_method:
                 d = [_num(by_method[m][k]) - _num(by_method[baseline][k]) for k in SCORES]
-                for key in (("all",), (mode,), (mode, response)):
+                for key in (("all",), (mode,), (mode, response), ("scene", scene)):
                     groups[key][m].append(d)
     lines = [f"Mean (method - {baseline}) by simulated camera; positive = the method is better:", "",
              "| group | method | images | " + " | ".join(SCORES) + " |", "| --- | --- | ---: |" + " ---: |" * len(SCORES)]

@@ -528,12 +528,13 @@ class SITMLoss(nn.Module):
         gt_hdr: torch.Tensor,
         disc: MaskAwareDiscriminator | None = None,
         under: torch.Tensor | None = None,
+        fusion: str = "paper",
     ) -> GeneratorLoss:
         """``out``: a ``SITMTrainOutput``; ``image`` the network's input ``I``; ground truths at its size;
         ``under`` (``(N,)``, 1 for samples of an under-exposing camera) for the mask prior's ``"under"`` scope."""
         w = self.weights
         prog = self.exposure(out.pyramid_up, out.pyramid_down, gt_up, gt_down)
-        hdr = ops.post(out.masks, image, out.image_up, out.image_down, out.coef)
+        hdr = ops.post(out.masks, image, out.image_up, out.image_down, out.coef, fusion=fusion)
         l_h = hdr_loss(hdr, gt_hdr, w.mu)
         if w.lambda_pu21 or w.lambda_grad or w.lambda_clip or w.lambda_psnr:
             e = pu21_error(hdr * align_scale_torch(hdr, gt_hdr, image) if w.align else hdr, gt_hdr)

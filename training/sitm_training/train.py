@@ -9,7 +9,8 @@ A run folder holds: ``card.json`` (the run card: preset, data recipe, seed, git 
 kind, the options, the latest losses and validation), ``log.csv`` (one row per logged step), ``ckpt/``
 (``model.safetensors`` + ``disc.safetensors`` weights, ``optim.pt`` optimizer states, ``state.json`` step and
 stage; all written atomically) and ``val/`` (contact sheets: input | result | ground truth, tone mapped alike).
-Re-running the same command resumes from the checkpoint. SIGINT/SIGTERM save a checkpoint before exiting.
+Re-running the same command resumes from the checkpoint. SIGINT/SIGTERM save a checkpoint before exiting, and so
+does the end of a ``--max-seconds`` wall-clock budget (the card then says ``stopped``).
 Several GPUs: ``torchrun --nproc_per_node N -m sitm_training.train ...`` (DistributedDataParallel).
 """
 
@@ -53,6 +54,7 @@ class TrainConfig:
     data: str
     out: str
     preset: str = "compact"
+    fusion: str = "paper"  # Preset.fusion: "paper" (Eq. 7-8) or "residual" (docs/model.md, "The residual fusion")
     stage1_steps: int = 2000
     stage2_steps: int = 4000
     batch: int = 8
@@ -86,6 +88,7 @@ class TrainConfig:
     oversample_under: float = 1.0  # draw under-exposed training samples this many times as often (1 = uniform)
     freeze_exposure: bool = False  # stage 2 trains the MEFM only (EAB, AUEM, ADEM fixed): a fusion fine-tune
     init: str | None = None  # start a new run from these weights (fresh optimizer, step 0): a fine-tune
+    max_seconds: float | None = None  # wall-clock budget of this process: stop, checkpoint and write the card
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -211,6 +214,23 @@ def exposure_weights(dataset: SampleDataset, oversample_under: float) -> list[fl
     return weights
 
 
+def load_init(net: SITMNet, init: SITMNet, path: str) -> list[str]:
+    """Copy ``init``'s weights into ``net``. Between the two fusions (``--fusion residual --init`` of
+    paper-fusion weights) the MEFM's mask and coefficient heads keep ``net``'s initialisation (zero: the residual
+    heads start at the linearized input), whatever their shapes; returns their names."""
+    src, dst = init.state_dict(), net.state_dict()
+    heads = ("mefm.mask_head.", "mefm.coef_head.") if init.preset.fusion != net.preset.fusion else ()
+    fresh = sorted(k for k in dst if k not in src or src[k].shape != dst[k].shape or k.startswith(heads))
+    extra = sorted(k for k in src if k not in dst)
+    if init.preset.fusion == net.preset.fusion and (fresh or extra):
+        raise ValueError(f"--init {path}: the weights do not fit the network ({fresh + extra})")
+    net.load_state_dict({k: v for k, v in src.items() if k in dst and k not in fresh}, strict=False)
+    if fresh:
+        print(f"--init {path}: {init.preset.fusion} -> {net.preset.fusion} fusion; freshly initialised: "
+              f"{', '.join(fresh)}", file=sys.stderr)
+    return fresh
+
+
 @torch.no_grad()
 def validate(net: SITMNet, dataset, device: torch.device, n: int, sheet: Path | None = None) -> dict[str, float]:
     """Mean mu-law L1 (Eq. 15) and mu-law PSNR of the HDR, and PSNR of the exposure images, on ``n`` images."""
@@ -224,7 +244,7 @@ def validate(net: SITMNet, dataset, device: torch.device, n: int, sheet: Path | 
         h, w = ldr.shape[-2:]
         pre = ops.pre(ldr, stride=net.stride)
         out = net(*pre)
-        hdr = ops.post(out.masks, pre.image, out.image_up, out.image_down, out.coef, h, w)
+        hdr = ops.post(out.masks, pre.image, out.image_up, out.image_down, out.coef, h, w, fusion=net.preset.fusion)
         gt = item["hdr"][None].to(device)
         tm, tg = ops.mu_law(hdr), ops.mu_law(gt)
         stats["val_hdr_l1"] += float((tm - tg).abs().mean())
@@ -265,6 +285,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         (run_dir / "val").mkdir(exist_ok=True)
 
     manifest = load_manifest(cfg.data)
+    if cfg.max_seconds is not None and not cfg.max_seconds > 0:
+        raise ValueError(f"--max-seconds must be > 0, got {cfg.max_seconds}")
     if cfg.up_ev_max is not None and not cfg.up_ev_max > 0:
         raise ValueError(f"--up-ev-max must be > 0 EV, got {cfg.up_ev_max}")
     train_set = SampleDataset(cfg.data, "train", crop=cfg.crop, augment=True, seed=cfg.seed, up_ev_max=cfg.up_ev_max)
@@ -293,7 +315,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                         num_workers=cfg.workers, drop_last=True, persistent_workers=cfg.workers > 0,
                         generator=torch.Generator().manual_seed(cfg.seed))
 
-    net = SITMNet(cfg.preset).to(device)
+    net = SITMNet(dataclasses.replace(get_preset(cfg.preset), fusion=cfg.fusion)).to(device)
     disc = MaskAwareDiscriminator(width=cfg.disc_width, max_width=cfg.disc_max_width).to(device) if cfg.gan else None
     perceptual = VGGPerceptual(cfg.vgg).to(device)
     criterion = SITMLoss(perceptual, LossWeights(lambda_pu21=cfg.hdr_pu21, lambda_grad=cfg.hdr_grad, lambda_clip=cfg.hdr_clip,
@@ -308,6 +330,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         state = json.loads(state_path.read_text())
         if state.get("config", {}).get("preset") != cfg.preset:
             raise ValueError(f"{run_dir}: the checkpoint is of preset {state['config'].get('preset')!r}, not {cfg.preset!r}")
+        if state.get("config", {}).get("fusion", "paper") != cfg.fusion:
+            raise ValueError(f"{run_dir}: the checkpoint's fusion is {state['config'].get('fusion', 'paper')!r}, "
+                             f"not {cfg.fusion!r}")
         net.load_state_dict(load_weights(ckpt / "model.safetensors").state_dict())
         optim = torch.load(ckpt / "optim.pt", map_location=device, weights_only=True)
         opt_g.load_state_dict(optim["g"])
@@ -324,7 +349,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         init = load_weights(cfg.init)
         if init.preset.name != cfg.preset:
             raise ValueError(f"--init {cfg.init}: preset {init.preset.name!r}, not {cfg.preset!r}")
-        net.load_state_dict(init.state_dict())
+        load_init(net, init, cfg.init)
 
     if cfg.freeze_exposure:
         if step < cfg.stage1_steps:
@@ -393,6 +418,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     avg: dict[str, float] = {}
     try:
         while step < total and not stop["now"]:
+            if cfg.max_seconds is not None and time.perf_counter() - t_start >= cfg.max_seconds:
+                card["stopped"] = {"reason": "max_seconds", "max_seconds": cfg.max_seconds, "step": step}
+                break
             stage = 1 if step < cfg.stage1_steps else 2
             for g in opt_g.param_groups:
                 g["lr"] = _lr_at(cfg, step)
@@ -416,7 +444,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     out = gmodel(2, *pre)
                     up, down = out.image_up, out.image_down
                     under = batch["under"].to(device) if "under" in batch else None
-                    loss, prog, gan, hdr_l = criterion.generator(out, pre.image, gt_up, gt_down, gt_hdr, gdisc, under)
+                    loss, prog, gan, hdr_l = criterion.generator(out, pre.image, gt_up, gt_down, gt_hdr, gdisc, under,
+                                                                 fusion=cfg.fusion)
             opt_g.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt_g)
@@ -475,6 +504,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="a data set built by `python -m sitm_training.data build`")
     p.add_argument("--out", required=True, help="the run folder (resumed when it holds a checkpoint)")
     p.add_argument("--preset", default=defaults.preset, choices=["paper", "compact", "fast"])
+    p.add_argument("--fusion", default=defaults.fusion, choices=["paper", "residual"],
+                   help="how the masks and coefficients make HDR: the paper's Eq. 7-8, or the residual fusion around "
+                        "the linearized input (docs/model.md); with --init of paper weights the two MEFM heads start fresh")
     for name in ("stage1_steps", "stage2_steps", "batch", "crop", "disc_width", "disc_max_width", "workers", "seed",
                  "log_every", "val_every", "ckpt_every", "val_images", "threads"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
@@ -507,6 +539,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--oversample-under", type=float, default=defaults.oversample_under,
                    help="draw under-exposed training samples K times as often (default 1: uniform)")
     p.add_argument("--init", default=None, help="start a new run from these weights (.safetensors; fresh optimizer)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="wall-clock budget of this process, counted from the first step and checked before each "
+                        "step: once spent, stop as after SIGTERM (checkpoint, card with 'stopped'); rerunning resumes. "
+                        "The lr schedule still follows the step counts")
     p.add_argument("--freeze-exposure", action="store_true",
                    help="stage 2 updates only the MEFM (a fusion fine-tune from a trained checkpoint)")
     p.add_argument("--no-gan", action="store_true", help="train without the mask-aware discriminator")

@@ -82,6 +82,7 @@ struct PostArgs {
   void* out;
   DType out_type;
   bool out_hwc;
+  Fusion fusion = Fusion::Paper;  // Eq. 7 + 8, or the residual fusion (pixel_math.h)
   bool encode = false;
   EncodeParams enc{};
   bool out_yuv420 = false;
@@ -121,9 +122,12 @@ void ema_cuda(const EmaArgs& a, uintptr_t stream);
 // Device memory and devices (csrc/cuda/runtime.cu, or the stubs).
 int cuda_device_count(std::string* error);  // 0 and a reason when there is no usable device
 void* cuda_alloc(int64_t bytes, int device, uintptr_t stream);
-// Frees with cudaFree, which waits for the device's pending work: the memory may still be read by work on
-// any stream (a consumer's), and the allocating stream may be gone by now.
+// Frees with cudaFree, which synchronizes the device: only for the fallback below.
 void cuda_free(void* ptr, int device);
+// Frees stream-ordered (cudaFreeAsync) on `stream`, the stream the memory was last used on: the host never
+// waits, and the memory returns to the pool after the work enqueued on `stream` so far. If the free cannot be
+// enqueued (e.g. that stream was destroyed), falls back to cuda_free. Never throws (called from deleters).
+void cuda_free_async(void* ptr, int device, uintptr_t stream);
 void cuda_stream_wait(uintptr_t consumer, uintptr_t producer, int device);  // consumer waits for producer's work
 std::string cuda_runtime_version();
 void* cuda_alloc_host(int64_t bytes);  // pinned host memory

@@ -138,8 +138,27 @@ struct PrePixel {
   float l_up;    // 1 - min(R, G, B): AUEM's guide
 };
 
+// Max / min of two floats that are never NaN (the pre pass's values are sanitized first). On the host these
+// are plain comparisons that the compiler inlines and vectorizes: fmaxf/fminf are libm calls on x86-64
+// without SSE4.1 (they must handle NaN), which made the CPU pre pass several times slower than a copy.
+SITM_HD float max_sanitized(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return fmaxf(a, b);
+#else
+  return a > b ? a : b;
+#endif
+}
+SITM_HD float min_sanitized(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return fminf(a, b);
+#else
+  return a < b ? a : b;
+#endif
+}
+
+// r, g, b: sanitized (clamped to [0, 1], no NaN).
 SITM_HD PrePixel pre_pixel(float r, float g, float b) {
-  return {fmaxf(fmaxf(r, g), b), 1.0f - fminf(fminf(r, g), b)};
+  return {max_sanitized(max_sanitized(r, g), b), 1.0f - min_sanitized(min_sanitized(r, g), b)};
 }
 
 // One output pixel of the pre pass: read source pixel (n, sy, sx) - float NCHW (clamped to [0, 1], NaN -> 0)
@@ -184,6 +203,41 @@ SITM_HD float fuse_pixel(float m_up, float m_mid, float m_down, float i, float i
 
 // H = a3 x^3 + a2 x^2 + a1 x + a0, evaluated in Horner form (the PyTorch reference uses the same order).
 SITM_HD float curve_eval(float x, float a0, float a1, float a2, float a3) { return ((a3 * x + a2) * x + a1) * x + a0; }
+
+// The residual fusion (docs/model.md, "The residual fusion"): the three images are decoded to linear light
+// with the inverse sRGB curve raised to a per-image power gamma = exp(k[2]), and merged in radiance with the
+// per-image exposure gains 2^k[0] (exposure-up image) and 2^k[1] (exposure-down image):
+//   HDR = M_mid L(I) + M_up 2^k0 L(I_up) + M_down 2^k1 L(I_down),   L(v) = srgb^-1(clamp(v, 0, 1))^gamma.
+// k[3] is unused (0). With masks (0, 1, 0) and k[2] = 0 the result is exactly srgb^-1(I): the linearized
+// input, the network's starting point. An image whose mask is 0 is not decoded (the masks are sparse).
+SITM_HD float srgb_to_linear(float v) {
+  v = clamp01(v);
+  return v <= 0.04045f ? v / 12.92f : powf((v + 0.055f) / 1.055f, 2.4f);
+}
+
+SITM_HD float decode_gamma(float v, float gamma) {
+  const float l = srgb_to_linear(v);
+  return (gamma == 1.0f || l <= 0.0f) ? l : powf(l, gamma);
+}
+
+SITM_HD float residual_pixel(float m_up, float m_mid, float m_down, float i, float i_up, float i_down,
+                             const float k[4]) {
+  const float gamma = k[2] == 0.0f ? 1.0f : expf(k[2]);
+  float v = m_mid != 0.0f ? m_mid * decode_gamma(i, gamma) : 0.0f;
+  if (m_up != 0.0f) v += m_up * (exp2f(k[0]) * decode_gamma(i_up, gamma));
+  if (m_down != 0.0f) v += m_down * (exp2f(k[1]) * decode_gamma(i_down, gamma));
+  return v;
+}
+
+// The fusion modes of the post kernel: the paper's Eq. 7 + Eq. 8, or the residual fusion above.
+enum class Fusion : int { Paper = 0, Residual = 1 };
+
+// One output channel of the post kernel for either fusion.
+SITM_HD float hdr_pixel(Fusion fusion, float m_up, float m_mid, float m_down, float i, float i_up, float i_down,
+                        const float k[4]) {
+  if (fusion == Fusion::Residual) return residual_pixel(m_up, m_mid, m_down, i, i_up, i_down, k);
+  return curve_eval(fuse_pixel(m_up, m_mid, m_down, i, i_up, i_down), k[0], k[1], k[2], k[3]);
+}
 
 // One step of the exponential moving average of the curve coefficients over video frames:
 // a * state + (1 - a) * x, and exactly x when a == 0 (a reset: the old state, possibly uninitialized memory,

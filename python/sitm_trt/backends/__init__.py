@@ -1,4 +1,4 @@
-"""Network backends: one interface, two implementations.
+"""Network backends: one interface, three implementations.
 
 A backend runs the network between the pre and post kernels. ``run(inputs, stream)`` takes the four
 padded network inputs (extension Buffers, ``sitm_trt._C.Buffer``, on the backend's device, dtype
@@ -9,6 +9,8 @@ padded network inputs (extension Buffers, ``sitm_trt._C.Buffer``, on the backend
 - :class:`~sitm_trt.backends.torch_backend.TorchBackend`: the PyTorch module, CPU or CUDA.
 - :class:`~sitm_trt.backends.tensorrt_backend.TensorRTBackend`: a TensorRT engine (classic or RTX), CUDA only,
   no torch needed.
+- :class:`~sitm_trt.backends.onnxruntime_backend.OnnxRuntimeBackend`: an ONNX Runtime session, CPU (the CPU
+  default) or CUDA with ``onnxruntime-gpu``, no torch needed.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, Protocol, Sequence
 
 
 class Backend(Protocol):
-    name: str  # "torch" | "tensorrt"
+    name: str  # "torch" | "tensorrt" | "onnxruntime"
     device: str  # "cpu" | "cuda:N"
     precision: str  # "fp32" | "fp16"
     dtype: str  # dtype of the network inputs and image outputs: "float32" | "float16"

@@ -2,7 +2,8 @@
 
 No torch at run time: device memory, copies and device queries come from the sitm-trt extension, the engine
 from the weights' shipped ONNX. Inputs are bound by their device pointers (``set_tensor_address``), the
-outputs are reusable extension buffers, the work is enqueued on the caller's stream.
+outputs are reusable extension buffers; the engine runs on the device's runtime stream, fenced against the
+caller's stream (:mod:`sitm_trt.runtime_device`), never on the legacy default stream.
 """
 
 from __future__ import annotations
@@ -200,26 +201,52 @@ class TensorRTBackend:
 
     def run(self, inputs: Sequence[Any], stream: int = 0) -> tuple[Any, Any, Any, Any]:
         """``inputs``: extension Buffers (``sitm_trt._C.Buffer``: device pointer and shape), as the Pipeline
-        passes them; the outputs are Buffers too, reused across calls."""
+        passes them; the outputs are Buffers too, reused across calls.
+
+        The engine always runs on this device's runtime stream (``sitm_trt.runtime_device``), never on the
+        legacy default stream: it waits for ``stream`` on entry and ``stream`` waits for it on exit (device-side
+        waits; the Pipeline passes the runtime stream itself, so both are no-ops there). One stream per device
+        also means the execution context's scratch memory is never used by two calls at once."""
+        from sitm_trt import runtime_device
+
         n, _, h, w = inputs[0].shape
         if not self.profile.contains(n, h, w):
             raise ValueError(f"tensorrt backend: a padded batch of {n} x {w}x{h} is outside the engine's profile "
                              f"({self.profile.describe()}); build an engine with a larger profile "
                              "(sitm-trt build-engine --max WxH) or use backend='torch'")
-        ctx = self._context
-        outs = []
-        with self._on_device():
-            for name, x in zip(INPUTS, inputs):
-                ctx.set_input_shape(name, tuple(x.shape))
-                ctx.set_tensor_address(name, x.data_ptr)
-            for name in OUTPUTS:
-                shape = [n, 4] if name == "coef" else [n, 3, h, w]
-                buf = self._outputs.get(name, shape, self._out_dtypes[name], self.device, stream)
-                ctx.set_tensor_address(name, buf.data_ptr)
-                outs.append(buf)
+        rt = runtime_device.runtime_for(self._device_index)
+        with self._on_device(), rt.scope(int(stream)) as s:
+            outs = self._bind(inputs, s)
             if self._replay is not None:
                 key = (n, h, w, *(x.data_ptr for x in inputs), *(b.data_ptr for b in outs))
-                self._replay.run(key, ctx.execute_async_v3, stream)
-            elif not ctx.execute_async_v3(stream):
+                self._replay.run(key, self._context.execute_async_v3, s)
+            elif not self._context.execute_async_v3(s):
                 raise RuntimeError("tensorrt backend: execute_async_v3 failed (see the TensorRT log above)")
+        if int(stream) != s:  # the caller's stream reads the outputs next: their last use moves there
+            outs = [b.view(list(b.shape), None, int(stream)) for b in outs]
         return tuple(outs)
+
+    def _bind(self, inputs: Sequence[Any], stream: int) -> list[Any]:
+        """Sets the input shapes and addresses (checked against the engine), then binds output buffers of the
+        shapes the context reports; returns the output buffers (views used on ``stream``)."""
+        ctx, engine = self._context, self._engine
+        for name, x in zip(INPUTS, inputs):
+            want = self._dtype_name(engine.get_tensor_dtype(name))
+            got = str(getattr(x, "dtype", "?"))
+            if got != want:
+                raise ValueError(f"tensorrt backend: input {name!r} is {got} but the engine takes {want} "
+                                 f"({self.precision} engine)")
+            if not ctx.set_input_shape(name, tuple(int(d) for d in x.shape)):
+                raise ValueError(f"tensorrt backend: the engine refused input {name!r} of shape {tuple(x.shape)} "
+                                 f"(profile {self.profile.describe()}; see the TensorRT log above)")
+            ctx.set_tensor_address(name, x.data_ptr)
+        outs = []
+        for name in OUTPUTS:
+            shape = [int(d) for d in ctx.get_tensor_shape(name)]
+            if not shape or any(d < 0 for d in shape):
+                raise RuntimeError(f"tensorrt backend: output {name!r} has unresolved shape {shape} after the input "
+                                   "shapes were set (missing or inconsistent input shapes)")
+            buf = self._outputs.get(name, shape, self._out_dtypes[name], self.device, stream)
+            ctx.set_tensor_address(name, buf.data_ptr)
+            outs.append(buf)
+        return outs

@@ -49,13 +49,17 @@ class TorchBackend:
         return f"torch {self._torch.__version__} on {self.device} ({self.precision}{', channels-last' if self.channels_last else ''})"
 
     def _stream_ctx(self, stream: int):
+        """The network runs on ``stream``, the one the pre and post kernels use (stream 0 included: torch's
+        legacy default stream), never on whatever torch's current stream is: the caching allocator then
+        orders the reuse of the network's outputs after the post kernel that reads them."""
         torch = self._torch
         if not self.device.startswith("cuda"):
             return contextlib.nullcontext()
-        current = torch.cuda.current_stream(self.device)
-        if stream in (0, current.cuda_stream):
+        if int(stream) == 0:
+            return torch.cuda.stream(torch.cuda.default_stream(self.device))
+        if int(stream) == torch.cuda.current_stream(self.device).cuda_stream:
             return contextlib.nullcontext()
-        return torch.cuda.stream(torch.cuda.ExternalStream(stream, device=self.device))
+        return torch.cuda.stream(torch.cuda.ExternalStream(int(stream), device=self.device))
 
     def run(self, inputs: Sequence[Any], stream: int = 0) -> tuple[Any, Any, Any, Any]:
         torch = self._torch

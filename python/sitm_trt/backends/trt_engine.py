@@ -5,7 +5,7 @@ Classic TensorRT (``import tensorrt``) is used when importable, otherwise Tensor
 a strongly typed network from the ONNX graph, so the graph's dtypes decide the precision: an FP16 engine
 comes from the FP16 export (normalization kept in FP32 by explicit casts), an FP32 engine from the FP32
 export. TensorRT-RTX builds ahead of time without a GPU; its engines run on Ampere and later *RTX-class*
-GPUs (compute capability 8.0, 8.6, 8.9, 12.x) and not on Hopper (sm_90: H100/H200), which need classic
+GPUs (compute capability 7.5, 8.6, 8.9, 12.x) and not on A100 (sm_80), Hopper (sm_90: H100/H200) or B200 (sm_100), which need classic
 TensorRT.
 
 Engines are cached under ``$SITM_TRT_CACHE/engines`` (default ``~/.cache/sitm-trt/engines``), keyed by
@@ -55,8 +55,29 @@ class Flavour:
         """Whether engines of this flavour can run on a GPU of that compute capability."""
         if not self.is_rtx:
             return (major, minor) >= (7, 5)
-        # TensorRT-RTX's default AOT targets: 8.0, 8.6, 8.9 and 12.x (RTX Blackwell); no 9.0 (Hopper) or 10.x.
-        return (major, minor) in ((8, 0), (8, 6), (8, 9)) or major >= 12
+        return rtx_supports(major, minor)
+
+
+RTX_COMPUTE_CAPABILITIES = ((7, 5), (8, 6), (8, 9))
+"""TensorRT-RTX's support matrix: Turing (7.5), RTX Ampere (8.6), Ada (8.9) and RTX Blackwell (12.x). The 1.7
+wheel's ``ComputeCapability`` enum also lists SM80, but the support matrix does not include the A100, so it is
+not used there; Hopper (9.0) and datacenter Blackwell (10.x) are in neither."""
+
+
+def rtx_supports(major: int, minor: int) -> bool:
+    """Whether TensorRT-RTX engines run on a GPU of compute capability ``major.minor``."""
+    return (major, minor) in RTX_COMPUTE_CAPABILITIES or major == 12
+
+
+def gpu_plan(major: int, minor: int) -> str:
+    """What a GPU of compute capability ``major.minor`` gets from ``backend="auto"``, in words (``info()``)."""
+    cc = f"sm_{major}{minor}"
+    if (major, minor) < (7, 5):
+        return f"{cc}: below TensorRT's minimum (7.5): ONNX Runtime's CUDA provider if installed, else torch"
+    if rtx_supports(major, minor):
+        return f"{cc}: classic TensorRT if installed, else TensorRT-RTX (pip install 'sitm-trt[tensorrt-rtx]')"
+    return (f"{cc}: classic TensorRT only (pip install tensorrt-cu13; TensorRT-RTX does not support it); without it "
+            "ONNX Runtime's CUDA provider if installed, else torch")
 
 
 _FLAVOURS = (("tensorrt", "tensorrt"), ("tensorrt-rtx", "tensorrt_rtx"), ("tensorrt-rtx", "tensorrt_rtx_bindings"))
@@ -216,16 +237,22 @@ class EngineCache:
 
     def store(self, key: EngineKey, data: bytes) -> Path:
         engine, meta, _ = self.paths(key)
-        self.root.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(engine, data)
         info = {"key": _jsonable(key), "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        write_bytes_atomic(meta, json.dumps(info, indent=2).encode())
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(engine, data)
+            write_bytes_atomic(meta, json.dumps(info, indent=2).encode())
+        except OSError as err:  # a read-only or full cache
+            from sitm_trt.errors import EngineError
+
+            raise EngineError(f"cannot store the engine in the cache {self.root} ({err.strerror or err}); "
+                              "set SITM_TRT_CACHE or --cache-dir to a writable folder") from err
         return engine
 
     def invalidate(self, key: EngineKey) -> None:
         for p in self.paths(key)[:2]:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # a read-only cache: store() then says so
                 p.unlink()
 
     def get_or_build(self, key: EngineKey, build: Callable[[], bytes],
@@ -237,15 +264,27 @@ class EngineCache:
         if data is not None and (validate is None or validate(data)):
             return data, False
         rejected = None if data is None else hashlib.sha256(data).digest()
-        self.root.mkdir(parents=True, exist_ok=True)
-        with _file_lock(self.paths(key)[2]):
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            lock = _file_lock(self.paths(key)[2])
+            lock.__enter__()
+        except OSError as err:
+            from sitm_trt.errors import EngineError
+
+            raise EngineError(f"cannot use the engine cache {self.root} ({err.strerror or err}); "
+                              "set SITM_TRT_CACHE or --cache-dir to a writable folder") from err
+        try:
             data = self.load(key)  # another process may have built it while we waited
             if (data is not None and hashlib.sha256(data).digest() != rejected
                     and (validate is None or validate(data))):
                 return data, False
             data = build()
             if validate is not None and not validate(data):
-                raise RuntimeError(f"a freshly built engine for {key.preset} ({key.flavour} {key.flavour_version}, "
-                                   f"{key.precision}) does not load here")
+                from sitm_trt.errors import EngineError
+
+                raise EngineError(f"a freshly built engine for {key.preset} ({key.flavour} {key.flavour_version}, "
+                                  f"{key.precision}) does not load here")
             self.store(key, data)
             return data, True
+        finally:
+            lock.__exit__(None, None, None)

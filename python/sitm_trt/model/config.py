@@ -19,6 +19,9 @@ from typing import Any
 __all__ = ["Preset", "PRESETS", "get_preset", "preset_names"]
 
 THUMB_SIZE = 256  # Sec. 3.4: the EAB input is the LDR image resized to 256 x 256
+MAX_LEVELS = 12  # limits a preset read from a file must respect (Preset._check_limits): stride <= 2048
+MAX_WIDTH = 4096
+MAX_CONVS = 16
 
 
 @dataclass(frozen=True)
@@ -60,9 +63,14 @@ class Preset:
     negative_slope: float = 0.2
     """LeakyReLU slope used everywhere."""
     thumb_size: int = THUMB_SIZE
+    fusion: str = "paper"
+    """How the post kernel makes HDR of the three images: ``"paper"`` (Eq. 7 masks, then the cubic of Eq. 8 on
+    the fused sRGB values) or ``"residual"`` (the images merged in linear light with per-image exposure gains;
+    an untrained network returns the linearized input; docs/model.md, "The residual fusion")."""
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
+        self._check_limits()
         levels = len(self.widths)
         if levels < 2:
             raise ValueError(f"Preset {self.name!r}: need at least 2 levels, got widths={self.widths}")
@@ -84,10 +92,49 @@ class Preset:
                 f"the EAB token grid {self.thumb_size // 4} must be a multiple of eab_window {self.eab_window}",
             ),
             (self.mefm_width >= 1 and self.mefm_local >= 1 and self.mefm_dilated >= 1, "MEFM sizes must be >= 1"),
+            (self.fusion in ("paper", "residual"), f"fusion must be 'paper' or 'residual', got {self.fusion!r}"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"Preset {self.name!r}: {msg}")
+
+    def _check_limits(self) -> None:
+        """Types and sane bounds of every field, checked before any size is computed from them: a preset read
+        from a file must not ask for a 2 ** 31 network stride or terabyte-sized layers."""
+
+        def bad(msg: str) -> None:
+            raise ValueError(f"Preset {self.name!r}: {msg}")
+
+        def ints(name: str, lo: int, hi: int) -> None:
+            v = getattr(self, name)
+            if not isinstance(v, tuple) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+                bad(f"{name} must be a list of integers, got {v!r}")
+            if len(v) > MAX_LEVELS:
+                bad(f"{name} has {len(v)} entries; at most {MAX_LEVELS} levels (network stride 2 ** (levels - 1))")
+            if any(not lo <= x <= hi for x in v):
+                bad(f"{name} entries must be in [{lo}, {hi}], got {v}")
+
+        if not isinstance(self.name, str):
+            bad(f"name must be a string, got {self.name!r}")
+        ints("widths", 1, MAX_WIDTH)
+        ints("enc_convs", 1, MAX_CONVS)
+        ints("dec_convs", 1, MAX_CONVS)
+        if not isinstance(self.cmab_levels, tuple) or not all(isinstance(x, bool) for x in self.cmab_levels):
+            bad(f"cmab_levels must be a list of booleans, got {self.cmab_levels!r}")
+        for name, lo, hi in (("cmab_reduction", 1, MAX_WIDTH), ("cmab_min_channels", 1, MAX_WIDTH),
+                             ("ca_reduction", 1, MAX_WIDTH), ("eab_dim", 1, MAX_WIDTH), ("eab_depth", 1, MAX_CONVS),
+                             ("eab_heads", 1, MAX_WIDTH), ("eab_window", 1, 1024), ("mefm_width", 1, MAX_WIDTH),
+                             ("mefm_local", 1, MAX_CONVS), ("mefm_dilated", 1, MAX_CONVS), ("mefm_dilation", 1, 64),
+                             ("thumb_size", 1, 4096)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                bad(f"{name} must be an integer in [{lo}, {hi}], got {v!r}")
+        for name, lo, hi in (("eab_mlp_ratio", 0.0, 64.0), ("negative_slope", 0.0, 1.0)):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi:
+                bad(f"{name} must be a number in [{lo}, {hi}], got {v!r}")
+        if not isinstance(self.description, str):
+            bad(f"description must be a string, got {self.description!r}")
 
     @property
     def levels(self) -> int:
@@ -103,6 +150,10 @@ class Preset:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preset:
+        if not isinstance(data, dict):
+            raise ValueError(f"Preset: expected a JSON object, got {type(data).__name__}")
+        if "name" not in data:
+            raise ValueError("Preset: missing key 'name'")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:

@@ -14,6 +14,17 @@ term is ExpandNet's concatenation of the broadcast global vector, written as a p
 Coefficients: ``a_i = softplus(linear(g))_i >= 0``, so ``H = a3 x^3 + a2 x^2 + a1 x + a0`` is non-negative and
 non-decreasing for every ``x >= 0``, at initialisation and after training. They start near
 :data:`COEF_INIT`, a convex expansion with ``H(1) ~ 1``.
+
+With ``Preset.fusion == "residual"`` (docs/model.md, "The residual fusion") the heads change, the branches stay:
+
+* masks: three gates ``m_up, m_down, b = clamp(conv3x3(...), 0, 1)``; ``m_up, m_down`` are scaled down where
+  their sum exceeds 1, ``M_mid = 1 - m_up - m_down``, ``M_up = m_up`` and ``M_down = m_down 2^(BOOST_EV b)`` (a
+  per-pixel gain on the exposure-down term, so masks need not sum to 1); the gate convolution starts at zero,
+  so an untrained network has masks ``(0, 1, 0)`` exactly;
+* ``g`` gains two analytic entries, the log2 exposure gains of I_up and I_down against I measured on the
+  thumbnails (:func:`exposure_gains`), and ``coef = (gain_up + d0, gain_down + d1, d2, 0)`` with ``d`` a
+  zero-initialised linear head of ``g``: the post kernel then computes
+  ``M_mid L(I) + M_up 2^coef0 L(I_up) + M_down 2^coef1 L(I_down)``, ``L = srgb^-1(.)^exp(coef2)``.
 """
 
 from __future__ import annotations
@@ -25,17 +36,51 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import ops
 from .blocks import ConvAct, cast, f32, linear32, thumbnail
 from .config import Preset
 from .state import StatSource
 
-__all__ = ["MEFM", "COEF_INIT"]
+__all__ = ["MEFM", "COEF_INIT", "exposure_gains"]
+
+GATE_LEAK = 0.01  # training only: gradient slope of the residual gates outside [0, 1] (the value is unchanged)
+BOOST_EV = 12.0  # the residual fusion's largest per-pixel gain on the exposure-down term, in EV
 
 COEF_INIT = (1e-3, 0.5, 0.25, 0.25)  # a0..a3 at initialisation (before the image-dependent part)
 
 
 def _softplus_inverse(y: float) -> float:
     return y + math.log(-math.expm1(-y))
+
+
+def exposure_gains(thumb: torch.Tensor) -> torch.Tensor:
+    """``(N, 9, t, t)`` thumbnails ``cat(I, I_up, I_down)`` -> ``(N, 2)`` float32: ``log2`` of the gain that
+    brings the linear light of I_up, and of I_down, to that of I (negative for I_up, positive for I_down).
+
+    Measured where both images are informative: pixels where each of the two is below its highlights (max RGB
+    < 0.9, the weight fading to 0 at 1.0) and above black (max RGB > 0.04, fading in from 0.02). ``log2((sum w lum(I) + eps) / (sum w lum(X) + eps))`` with ``lum`` the mean of the linear RGB, so a
+    frame with no such pixel gives 0; clamped to [-8, 8] EV."""
+    t = f32(thumb)
+    lin = ops.srgb_to_linear(t)
+    lum = [lin[:, 3 * k:3 * k + 3].mean(dim=1) for k in range(3)]
+    mx = [t[:, 3 * k:3 * k + 3].amax(dim=1) for k in range(3)]
+
+    def below_highlights(m: torch.Tensor) -> torch.Tensor:
+        return ((1.0 - m) / 0.1).clamp(0.0, 1.0)
+
+    def above_black(m: torch.Tensor) -> torch.Tensor:
+        return ((m - 0.02) / 0.02).clamp(0.0, 1.0)
+
+    eps = 1e-6 * t.shape[-1] * t.shape[-2]
+
+    def gain(w: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        num = (w * lum[0]).sum(dim=(1, 2)) + eps
+        den = (w * other).sum(dim=(1, 2)) + eps
+        return torch.log2(num / den).clamp(-8.0, 8.0)
+
+    valid = [below_highlights(m) * above_black(m) for m in mx]
+    w_up, w_down = valid[0] * valid[1], valid[0] * valid[2]
+    return torch.stack([gain(w_up, lum[1]), gain(w_down, lum[2])], dim=1)
 
 
 class MEFM(nn.Module):
@@ -54,9 +99,18 @@ class MEFM(nn.Module):
         self.fuse_dilated = nn.Conv2d(w, w, 1, bias=False)
         self.fuse_global = nn.Linear(w, w, bias=False)
         self.act = nn.LeakyReLU(s)
+        self.residual = p.fusion == "residual"
+        self.width = w
+        self.slope = s
+        if self.residual:
+            self.mask_head = nn.Conv2d(w, 3, 3, padding=1)
+            self.coef_head = nn.Linear(w, 3)
+            with torch.no_grad():
+                for t in (self.mask_head.weight, self.mask_head.bias, self.coef_head.weight, self.coef_head.bias):
+                    t.zero_()
+            return
         self.mask_head = nn.Conv2d(w, 3, 3, padding=1)
         self.coef_head = nn.Linear(w, 4)
-        self.slope = s
         with torch.no_grad():
             self.coef_head.weight.mul_(0.01)
             self.coef_head.bias.copy_(torch.tensor([_softplus_inverse(a) for a in COEF_INIT]))
@@ -95,11 +149,19 @@ class MEFM(nn.Module):
     def global_vector(self, thumb: torch.Tensor) -> torch.Tensor:
         """The global branch: ``(N, 9, t, t)`` thumbnails -> ``g`` ``(N, w)`` float32 (a whole-frame quantity)."""
         g = f32(self.glob(thumb)).mean(dim=(2, 3))
-        return F.leaky_relu(linear32(self.glob_fc, g), self.slope)
+        g = F.leaky_relu(linear32(self.glob_fc, g), self.slope)
+        if self.residual:  # the two measured exposure gains ride along as the last entries of g
+            g = torch.cat([g, exposure_gains(thumb)], dim=1)
+        return g
 
     def coefficients(self, g: torch.Tensor) -> torch.Tensor:
-        """``a0..a3`` ``(N, 4)`` float32 from ``g``: ``softplus(linear(g))``."""
-        return F.softplus(linear32(self.coef_head, g))
+        """``(N, 4)`` float32 from ``g``: ``softplus(linear(g))`` (a0..a3 of Eq. 8), or for the residual fusion
+        ``(gain_up + d0, gain_down + d1, d2, 0)`` with ``d = linear(g)`` (zero at initialisation)."""
+        if not self.residual:
+            return F.softplus(linear32(self.coef_head, g))
+        w = self.width
+        d = linear32(self.coef_head, g[:, :w])
+        return torch.cat([g[:, w:w + 2] + d[:, 0:2], d[:, 2:3], torch.zeros_like(d[:, 0:1])], dim=1)
 
     def masks(self, image: torch.Tensor, image_up: torch.Tensor, image_down: torch.Tensor,
               g: torch.Tensor) -> torch.Tensor:
@@ -107,6 +169,19 @@ class MEFM(nn.Module):
         operation here is local (3x3 convolutions), so it runs on tiles given the whole frame's ``g``."""
         x = torch.cat([image, image_up, image_down], dim=1)
         z = self.fuse_local(self.local(x)) + self.fuse_dilated(self.dilated(x))
-        z = z + cast(linear32(self.fuse_global, g), z.dtype)[:, :, None, None]
+        z = z + cast(linear32(self.fuse_global, g[:, :self.width]), z.dtype)[:, :, None, None]
         logits = self.mask_head(self.act(z))
-        return cast(torch.softmax(f32(logits), dim=1), image.dtype)
+        if not self.residual:
+            return cast(torch.softmax(f32(logits), dim=1), image.dtype)
+        z = f32(logits)
+        gates = z.clamp(0.0, 1.0)
+        if self.training:  # a small gradient where a gate is shut, so a gate can open again (value unchanged)
+            gates = gates + GATE_LEAK * (z - z.detach())
+        up, down, boost = gates[:, 0:1], gates[:, 1:2], gates[:, 2:3]
+        total = (up + down).clamp_min(1.0)
+        up, down = up / total, down / total
+        mid = (1.0 - up - down).clamp_min(0.0)
+        # M_down carries a per-pixel gain of up to BOOST_EV: the exposure-down labels are only 1-2 EV below the
+        # input, so the brightest highlights stay clipped in I_down too and need more than 2^k1 to come back
+        gain = torch.exp((BOOST_EV * math.log(2.0)) * boost)  # 2^(BOOST_EV b); ONNX opset 17 has no Exp2
+        return cast(torch.cat([up, mid, down * gain], dim=1), image.dtype)

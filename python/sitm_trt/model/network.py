@@ -192,4 +192,4 @@ def predict_hdr(net: SITMNet, frame: torch.Tensor) -> torch.Tensor:
     h, w = x.shape[-2:]
     pre = ops.pre(x, stride=net.stride)
     out = net(*pre)
-    return ops.post(out.masks, pre.image, out.image_up, out.image_down, out.coef, h, w)
+    return ops.post(out.masks, pre.image, out.image_up, out.image_down, out.coef, h, w, fusion=net.preset.fusion)

@@ -22,8 +22,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent
 PRESET_KEY = "sitm_trt.preset"
 
 
-class WeightsError(ValueError):
-    """A weights file that is missing, unreadable, or fails its checksum."""
+from sitm_trt.errors import WeightsError  # noqa: E402 - defined once for weights and engines
 
 
 ONNX_EXPORT_VERSION = 1
@@ -38,17 +37,91 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                "U16": 2, "U32": 4, "U64": 8, "BOOL": 1}
+
+
 def _safetensors_metadata(path: Path) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file, read from its JSON header (no torch, no safetensors)."""
+    """The ``__metadata__`` of a safetensors file, read from its JSON header (no torch, no safetensors).
+
+    The whole header is checked against the file, so a malformed or truncated file is a WeightsError here
+    and never reaches a parser that would fail with its own error type: a JSON object whose entries are
+    the metadata (a string map) and tensors of a known dtype whose shape matches their byte range, the
+    ranges tiling the data section, which ends where the file ends."""
     try:
         with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
+            head = f.read(8)
+            if len(head) < 8:
+                raise WeightsError(f"{path}: not a safetensors file ({len(head)} bytes)")
+            (n,) = struct.unpack("<Q", head)
             if n > 100 << 20:
                 raise WeightsError(f"{path}: not a safetensors file (header of {n} bytes)")
-            header = json.loads(f.read(n))
-    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as err:
+            raw = f.read(n)
+            size = os.fstat(f.fileno()).st_size
+        if len(raw) < n:
+            raise WeightsError(f"{path}: truncated (header of {n} bytes, file of {size})")
+        header = json.loads(raw)
+    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise WeightsError(f"{path}: cannot read a safetensors header: {err}") from err
-    return dict(header.get("__metadata__") or {})
+    if not isinstance(header, dict):
+        raise WeightsError(f"{path}: malformed safetensors header (a JSON {type(header).__name__}, not an object)")
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise WeightsError(f"{path}: malformed safetensors metadata (must map strings to strings)")
+    ranges = []
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        ok = (isinstance(t, dict) and t.get("dtype") in _DTYPE_BYTES and isinstance(t.get("shape"), list)
+              and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 40 for d in t["shape"])
+              and isinstance(t.get("data_offsets"), list) and len(t["data_offsets"]) == 2
+              and all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in t["data_offsets"]))
+        if not ok:
+            raise WeightsError(f"{path}: malformed safetensors entry for tensor {name!r}")
+        begin, end = t["data_offsets"]
+        count = _DTYPE_BYTES[t["dtype"]]
+        for d in t["shape"]:
+            count *= d
+        if end < begin or end - begin != count:
+            raise WeightsError(f"{path}: tensor {name!r} has data offsets [{begin}, {end}) that do not hold "
+                               f"{t['dtype']} {tuple(t['shape'])}")
+        ranges.append((begin, end, name))
+    pos = 0
+    for begin, end, name in sorted(ranges):
+        if begin != pos:
+            raise WeightsError(f"{path}: tensor {name!r} starts at byte {begin} of the data, expected {pos} "
+                               "(overlapping or gapped offsets)")
+        pos = end
+    if 8 + n + pos != size:
+        raise WeightsError(f"{path}: the header describes {8 + n + pos} bytes but the file has {size} "
+                           f"({'truncated' if size < 8 + n + pos else 'trailing data'})")
+    return dict(meta)
+
+
+def _check_preset_json(path: Path, text: str) -> None:
+    """The preset stored in a weights file is valid JSON and a valid Preset (its limits included), checked
+    without importing torch (config.py is loaded on its own when the package ``sitm_trt.model`` is not)."""
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise WeightsError(f"{path}: the preset in its metadata is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise WeightsError(f"{path}: the preset in its metadata is not a JSON object")
+    import sys
+
+    mod = sys.modules.get("sitm_trt.model.config") or sys.modules.get("_sitm_trt_preset_check")
+    if mod is None:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("_sitm_trt_preset_check",
+                                                      Path(__file__).resolve().parent.parent / "model" / "config.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod  # dataclasses look the module up while building the class
+        spec.loader.exec_module(mod)
+    try:
+        mod.Preset.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise WeightsError(f"{path}: invalid preset in its metadata: {err}") from err
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,9 +138,14 @@ class Weights:
         return json.loads(self.preset_json).get("name", "custom")
 
     @property
+    def fusion(self) -> str:
+        """``Preset.fusion`` of these weights ("paper" when the preset predates the field), read without torch."""
+        return json.loads(self.preset_json).get("fusion", "paper")
+
+    @property
     def stride(self) -> int:
         """The network stride, ``2 ** (levels - 1)`` as ``Preset.stride`` says, read without importing torch."""
-        return 2 ** (len(json.loads(self.preset_json)["widths"]) - 1)
+        return 2 ** (len(json.loads(self.preset_json).get("widths", (0,) * 5)) - 1)  # Preset's default: 5 levels
 
     def preset(self):
         from sitm_trt.model import Preset
@@ -78,7 +156,12 @@ class Weights:
         """The PyTorch network with these weights (float32, eval mode)."""
         from sitm_trt.model import load_weights
 
-        return load_weights(self.path, device=device)
+        try:
+            return load_weights(self.path, device=device)
+        except (ImportError, MemoryError):
+            raise
+        except Exception as err:  # safetensors' SafetensorError, load_state_dict's RuntimeError, ...
+            raise WeightsError(f"{self.path}: cannot load the weights: {err}") from err
 
     def onnx(self, precision: str, cache_dir: str | os.PathLike | None = None) -> Path:
         """The ONNX export for ``precision`` ("fp32" | "fp16"): shipped beside the weights, or exported once
@@ -96,7 +179,11 @@ class Weights:
         if not target.exists():
             from sitm_trt.model import export_onnx
 
-            tmp = target.with_suffix(f".{os.getpid()}.tmp")
+            import tempfile
+
+            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=root)  # O_EXCL, random
+            os.close(fd)
+            tmp = Path(name)
             try:
                 export_onnx(self.model(), tmp, fp16=precision == "fp16")
                 os.replace(tmp, target)
@@ -137,13 +224,19 @@ def load(path_or_name: str | os.PathLike | Weights = "default") -> Weights:
     if card_path.exists():
         try:
             card = json.loads(card_path.read_text())
-        except json.JSONDecodeError as err:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise WeightsError(f"{card_path}: unreadable card: {err}") from err
-    digest = sha256_file(p)
+        if not isinstance(card, dict):
+            raise WeightsError(f"{card_path}: unreadable card: not a JSON object")
+    try:
+        digest = sha256_file(p)
+    except OSError as err:
+        raise WeightsError(f"{p}: cannot read: {err.strerror or err}") from err
     if card.get("sha256") and card["sha256"] != digest:
         raise WeightsError(f"{p}: sha256 {digest} does not match its card {card_path.name} ({card['sha256']}); "
                            "the file is corrupt or was replaced")
     meta = _safetensors_metadata(p)
     if PRESET_KEY not in meta:
         raise WeightsError(f"{p}: not a sitm-trt weights file (no {PRESET_KEY!r} in its metadata)")
+    _check_preset_json(p, meta[PRESET_KEY])
     return Weights(p.resolve(), digest, meta[PRESET_KEY], card)
