@@ -58,8 +58,9 @@ def exposure_gains(thumb: torch.Tensor) -> torch.Tensor:
     brings the linear light of I_up, and of I_down, to that of I (negative for I_up, positive for I_down).
 
     Measured where both images are informative: pixels where each of the two is below its highlights (max RGB
-    < 0.9, the weight fading to 0 at 1.0) and above black (max RGB > 0.04, fading in from 0.02). ``log2((sum w lum(I) + eps) / (sum w lum(X) + eps))`` with ``lum`` the mean of the linear RGB, so a
-    frame with no such pixel gives 0; clamped to [-8, 8] EV."""
+    < 0.9, the weight fading to 0 at 1.0) and above black (max RGB > 0.04, fading in from 0.02).
+    ``log2((sum w lum(I) + eps) / (sum w lum(X) + eps))`` with ``lum`` the mean of the linear RGB, so a frame
+    with no such pixel gives 0; clamped to [-8, 8] EV."""
     t = f32(thumb)
     lin = ops.srgb_to_linear(t)
     lum = [lin[:, 3 * k:3 * k + 3].mean(dim=1) for k in range(3)]
