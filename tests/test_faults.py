@@ -365,17 +365,43 @@ def test_infer_full_disk_fails_one_file_and_continues(tmp_path):
         import errno, sys, tempfile, os
         from sitm_trt import cli, io
         real = io._atomic_write
-        def full(path, data):
+        def full(path, data, exclusive=False):
             if str(path).endswith("a.exr"):  # a real temporary, then the disk is full
                 fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".")
                 os.close(fd); os.unlink(tmp)
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-            real(path, data)
+            real(path, data, exclusive)
         io._atomic_write = full
         sys.exit(cli.main(["infer", "a.png", "b.png", "-o", "out", "--backend", "torch", "-q"]))
         """, cwd=tmp_path)
     clean_error(proc, 1, r"a.png: cannot write .*a.exr: No space left on device")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b.exr"]
+
+
+def test_two_infer_runs_cannot_both_write_one_output(tmp_path):
+    """Another run writes a.exr after this run's up-front check and before its write (patched in): this run
+    does not replace it (exit 1, the file named), and the other input is still converted."""
+    import cv2
+
+    for name in ("a", "b"):
+        cv2.imwrite(str(tmp_path / f"{name}.png"), np.full((16, 16, 3), 100, np.uint8))
+    race = """
+        import os, sys
+        from sitm_trt import cli, io
+        real = io._atomic_write
+        def racing(path, data, exclusive=False):
+            if str(path).endswith("a.exr") and not os.path.exists(path):
+                with open(path, "wb") as f:
+                    f.write(b"the other run")
+            real(path, data, exclusive)
+        io._atomic_write = racing
+        sys.exit(cli.main(["infer", "a.png", "b.png", "-o", "out", "--backend", "torch", "-q"] + sys.argv[1:]))
+        """
+    (tmp_path / "out").mkdir()
+    proc = run_py(race, cwd=tmp_path)
+    clean_error(proc, 1, r"a.png: .*a.exr: exists \(written by another run meanwhile; not replaced\)")
+    assert (tmp_path / "out" / "a.exr").read_bytes() == b"the other run"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.exr", "b.exr"]
 
 
 def test_tiled_inference_refuses_read_only_out():

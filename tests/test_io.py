@@ -296,3 +296,21 @@ def test_tonemap_preview_auto_exposure_black_and_nan() -> None:
     bad = np.array([[[np.nan, -5.0, np.inf]]], np.float32)
     out = io.tonemap_preview(bad, ev=0.0)
     np.testing.assert_array_equal(out[0, 0], [0, 0, 255])
+
+
+def test_exclusive_writes_never_replace_a_file_that_appeared(tmp_path: Path) -> None:
+    """``exclusive=True`` publishes with a hard link: a file written meanwhile by another run stays as it was,
+    the writer gets FileExistsError, and no temporary is left behind; without it the file is replaced."""
+    img = np.full((4, 5, 3), 0.5, np.float32)
+    for name, write in (("a.exr", io.write_exr), ("a.hdr", io.write_hdr), ("a.png", io.write_png)):
+        dst = tmp_path / name
+        dst.write_bytes(b"the other run's result")
+        with pytest.raises(FileExistsError, match="written by another run"):
+            write(dst, img, exclusive=True)
+        assert dst.read_bytes() == b"the other run's result"
+        write(dst, img)  # the default (and --overwrite): replaced
+        assert dst.read_bytes() != b"the other run's result"
+        fresh = tmp_path / f"new-{name}"
+        write(fresh, img, exclusive=True)  # nothing there: written
+        assert fresh.stat().st_size > 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporaries left

@@ -144,9 +144,11 @@ def read_image(path: Path, max_pixels: int | None = None) -> tuple[Any, Any, boo
 
 
 def write_image_outputs(src: Path, dst: Path, hdr: Any, alpha: Any, gray: bool, *, half: bool, preview: bool,
-                        notice: Any = None) -> None:
+                        notice: Any = None, exclusive: bool = False) -> None:
     """Write one converted image as ``sitm-trt infer`` does: the HDR file (gray kept gray, alpha kept in EXR and
-    dropped in .hdr with a ``notice``) and, with ``preview``, ``NAME.preview.png``; every file atomically."""
+    dropped in .hdr with a ``notice``) and, with ``preview``, ``NAME.preview.png``; every file atomically.
+    ``exclusive`` (``infer`` without ``--overwrite``): a file that appeared meanwhile is not replaced
+    (``FileExistsError``), so two runs writing the same output cannot both succeed."""
     import numpy as np
 
     from sitm_trt import io
@@ -154,13 +156,13 @@ def write_image_outputs(src: Path, dst: Path, hdr: Any, alpha: Any, gray: bool, 
     if gray:
         hdr = np.repeat(hdr.mean(axis=2, keepdims=True), 3, axis=2)
     if alpha is not None and dst.suffix.lower() == ".exr":
-        io.write_exr(dst, hdr, half=half, alpha=alpha)
+        io.write_exr(dst, hdr, half=half, alpha=alpha, exclusive=exclusive)
     else:
         if alpha is not None and notice is not None:
             notice(f"{src}: alpha dropped (Radiance .hdr has no alpha; use --format exr)")
-        io.write_hdr_image(dst, hdr, half=half)
+        io.write_hdr_image(dst, hdr, half=half, exclusive=exclusive)
     if preview:
-        io.write_png(dst.with_suffix(".preview.png"), io.tonemap_preview(hdr))
+        io.write_png(dst.with_suffix(".preview.png"), io.tonemap_preview(hdr), exclusive=exclusive)
 
 
 def _make_pipeline(args: argparse.Namespace) -> Any:
@@ -301,7 +303,8 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
         def write(src: Path, dst: Path, hdr: Any, alpha: Any, gray: bool) -> None:
             write_image_outputs(src, dst, hdr, alpha, gray, half=half, preview=args.preview,
-                                notice=lambda m: tqdm.write(f"sitm-trt: {m}", file=sys.stderr))
+                                notice=lambda m: tqdm.write(f"sitm-trt: {m}", file=sys.stderr),
+                                exclusive=not args.overwrite)
 
         def fail(src: Path, err: BaseException) -> None:
             msg = str(err) if str(err).startswith(str(src)) else f"{src}: {err}"

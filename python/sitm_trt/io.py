@@ -97,8 +97,11 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file (mkstemp makes 0600)
 
 
-def _atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+def _atomic_write(path: str | os.PathLike[str], data: bytes, exclusive: bool = False) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    ``exclusive``: publish with a hard link instead, which fails with ``FileExistsError`` when ``path`` exists
+    (another run wrote it meanwhile): two writers can never silently replace each other's file."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -107,7 +110,14 @@ def _atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise FileExistsError(f"{path}: exists (written by another run meanwhile; not replaced)") from None
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -189,7 +199,8 @@ def _quantize(img: np.ndarray, bits: int) -> np.ndarray:
     return np.rint(np.clip(x, 0.0, 1.0) * top).astype(dtype)
 
 
-def write_png(path: str | os.PathLike[str], img: np.ndarray, bits: int | None = None) -> None:
+def write_png(path: str | os.PathLike[str], img: np.ndarray, bits: int | None = None, *,
+              exclusive: bool = False) -> None:
     """Write an RGB (or gray ``(H, W)``) image as PNG, atomically.
 
     ``uint8``/``uint16`` arrays are written as they are (``bits`` defaults to their depth). Float arrays are
@@ -209,7 +220,7 @@ def write_png(path: str | os.PathLike[str], img: np.ndarray, bits: int | None = 
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(q))
     if not ok:  # pragma: no cover - OpenCV failure
         raise OSError(f"{path}: PNG encoding failed")
-    _atomic_write(path, buf.tobytes())
+    _atomic_write(path, buf.tobytes(), exclusive)
 
 
 # ------------------------------------------------------------------------------------------------- HDR
@@ -377,7 +388,7 @@ def _check_hdr_array(img: np.ndarray) -> np.ndarray:
     return img
 
 
-def write_hdr(path: str | os.PathLike[str], img: np.ndarray) -> None:
+def write_hdr(path: str | os.PathLike[str], img: np.ndarray, *, exclusive: bool = False) -> None:
     """Write float ``(H, W, 3)`` linear RGB as a Radiance ``.hdr`` (flat RGBE scanlines), atomically.
 
     RGBE keeps 8 bits of mantissa per channel with a shared exponent: the largest channel of each pixel is
@@ -388,10 +399,11 @@ def write_hdr(path: str | os.PathLike[str], img: np.ndarray) -> None:
     clean = np.nan_to_num(img.astype(np.float32), nan=0.0, posinf=np.finfo(np.float32).max, neginf=0.0)
     rgbe = _float_to_rgbe(np.maximum(clean, 0.0))
     header = f"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y {h} +X {w}\n".encode("ascii")
-    _atomic_write(path, header + rgbe.tobytes())
+    _atomic_write(path, header + rgbe.tobytes(), exclusive)
 
 
-def write_exr(path: str | os.PathLike[str], img: np.ndarray, half: bool = True, alpha: np.ndarray | None = None) -> None:
+def write_exr(path: str | os.PathLike[str], img: np.ndarray, half: bool = True, alpha: np.ndarray | None = None, *,
+              exclusive: bool = False) -> None:
     """Write float ``(H, W, 3)`` linear RGB as OpenEXR (ZIP compression), atomically.
 
     ``half=True`` stores float16 (values above 65504 become Inf: use ``half=False`` for such images).
@@ -412,7 +424,7 @@ def write_exr(path: str | os.PathLike[str], img: np.ndarray, half: bool = True, 
     header = {"compression": exr.ZIP_COMPRESSION, "type": exr.scanlineimage}
     buf = _io.BytesIO()
     exr.File(header, channels).write(buf)
-    _atomic_write(path, buf.getvalue())
+    _atomic_write(path, buf.getvalue(), exclusive)
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
@@ -420,13 +432,14 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     _atomic_write(path, data)
 
 
-def write_hdr_image(path: str | os.PathLike[str], img: np.ndarray, half: bool = False) -> None:
+def write_hdr_image(path: str | os.PathLike[str], img: np.ndarray, half: bool = False, *,
+                    exclusive: bool = False) -> None:
     """Write an HDR image by extension: ``.exr`` (float32 unless ``half``) or ``.hdr`` (RGBE)."""
     ext = Path(path).suffix.lower()
     if ext == ".exr":
-        write_exr(path, img, half=half)
+        write_exr(path, img, half=half, exclusive=exclusive)
     elif ext in (".hdr", ".rgbe", ".pic"):
-        write_hdr(path, img)
+        write_hdr(path, img, exclusive=exclusive)
     else:
         raise ValueError(f"{path}: unknown HDR extension {ext!r} (use .exr or .hdr)")
 
