@@ -314,3 +314,20 @@ def test_exclusive_writes_never_replace_a_file_that_appeared(tmp_path: Path) -> 
         write(fresh, img, exclusive=True)  # nothing there: written
         assert fresh.stat().st_size > 0
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporaries left
+
+
+def test_exclusive_write_without_hard_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a filesystem without hard links (os.link fails with EPERM) the exclusive write still publishes a new
+    file, and still refuses one that exists."""
+    import errno
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(io.os, "link", no_links)
+    img = np.full((4, 5, 3), 0.25, np.float32)
+    io.write_exr(tmp_path / "a.exr", img, exclusive=True)
+    np.testing.assert_allclose(io.read_hdr(tmp_path / "a.exr"), img, rtol=1e-3)
+    with pytest.raises(FileExistsError, match="written by another run"):
+        io.write_exr(tmp_path / "a.exr", img * 2, exclusive=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.exr"]

@@ -113,9 +113,13 @@ def _atomic_write(path: str | os.PathLike[str], data: bytes, exclusive: bool = F
         if exclusive:
             try:
                 os.link(tmp, path)
+                os.unlink(tmp)
             except FileExistsError:
                 raise FileExistsError(f"{path}: exists (written by another run meanwhile; not replaced)") from None
-            os.unlink(tmp)
+            except OSError:  # a filesystem without hard links (FAT, some network shares): check, then rename
+                if os.path.lexists(path):
+                    raise FileExistsError(f"{path}: exists (written by another run meanwhile; not replaced)") from None
+                os.replace(tmp, path)
         else:
             os.replace(tmp, path)
     except BaseException:
