@@ -130,3 +130,22 @@ def test_what_each_gpu_gets_from_tensorrt():
         assert classic.supports_compute_capability(*cc) is (cc >= (7, 5)), cc
     assert "classic TensorRT only" in gpu_plan(9, 0) and "TensorRT-RTX does not support" in gpu_plan(8, 0)
     assert "else TensorRT-RTX" in gpu_plan(8, 9) and "below TensorRT's minimum" in gpu_plan(7, 0)
+
+
+def test_build_engine_says_what_it_verified(rtx, tiny_weights_path, tmp_path, capsys):
+    """`sitm-trt build-engine` run twice: built, then found. Without a usable GPU the second report says the file
+    matched its sidecar but was not deserialized (a garbage file with a matching sidecar is not called an engine)."""
+    from sitm_trt import build_engine, kernels
+
+    args = ["--weights", str(tiny_weights_path), "--flavour", "tensorrt-rtx", "--min", "64x64", "--opt", "128x128",
+            "--max", "256x256", "--cache-dir", str(tmp_path)]
+    assert build_engine.main(args) == 0
+    assert " engine built: " in capsys.readouterr().out
+    assert build_engine.main(args) == 0
+    out = capsys.readouterr().out
+    ext = kernels.extension()
+    usable = ext.cuda_devices()[0] > 0 and rtx.supports_compute_capability(*ext.device_properties(0)["compute_capability"])
+    if usable:
+        assert "found in the cache (deserialized on this GPU)" in out
+    else:
+        assert "found in the cache (checksum matches its sidecar; not deserialized here" in out

@@ -80,10 +80,24 @@ def _main(args: argparse.Namespace) -> int:
     profile = Profile(min_hw=args.min, opt_hw=args.opt, max_hw=args.max, max_batch=args.batch)
     cache = EngineCache(args.cache_dir)
     t0 = time.perf_counter()
+    validate = None
+    if props is not None and flavour.supports_compute_capability(*props["compute_capability"]):
+        trt = flavour.module  # a cached engine must also deserialize on this GPU, or it is rebuilt
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+
+        def validate(data: bytes) -> bool:
+            return runtime.deserialize_cuda_engine(data) is not None
+
     data, built, key = prepare_engine(weights, precision=args.precision, profile=profile, flavour=flavour, cache=cache,
-                                      device_props=props, log=lambda m: print(m, file=sys.stderr))
+                                      device_props=props, validate=validate, log=lambda m: print(m, file=sys.stderr))
     path = cache.paths(key)[0]
-    what = "built" if built else "found in the cache"
+    if built:
+        what = "built"
+    elif validate is not None:
+        what = "found in the cache (deserialized on this GPU)"
+    else:  # a checksum that matches its sidecar proves the file is the one stored, not that it is an engine
+        what = ("found in the cache (checksum matches its sidecar; not deserialized here without a usable GPU: the "
+                "first use deserializes it and rebuilds it if that fails)")
     print(f"{flavour.name} {flavour.version} engine {what}: {path} ({len(data) / 1e6:.1f} MB, "
           f"{time.perf_counter() - t0:.1f} s; {weights.preset_name}, {args.precision}, "
           f"{profile.padded(weights.stride).describe()}; target {key.target})")
