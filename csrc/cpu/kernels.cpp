@@ -287,12 +287,13 @@ void post_impl(const PostArgs& a) {
       for (int c = 0; c < 3; ++c) {
         float k[4];
         load_coef_any(a.coef, a.coef_type, a.coef_per_channel, n, c, k);
+        const PixelCurve cv = prepare_curve(a.fusion, k);  // once per row and channel
         const int64_t ch = base + c * plane;
         for (int64_t x = 0; x < w; ++x) {
           const int64_t mi = base + x;
-          const float v = hdr_pixel(a.fusion, Scalar<TI>::load(m, mi), Scalar<TI>::load(m, mi + plane),
+          const float v = hdr_pixel(cv, Scalar<TI>::load(m, mi), Scalar<TI>::load(m, mi + plane),
                                     Scalar<TI>::load(m, mi + 2 * plane), Scalar<TI>::load(img, ch + x),
-                                    Scalar<TI>::load(iu, ch + x), Scalar<TI>::load(id, ch + x), k);
+                                    Scalar<TI>::load(iu, ch + x), Scalar<TI>::load(id, ch + x));
           if constexpr (HWC)
             Scalar<TO>::store(out, ((n * h + y) * w + x) * 3 + c, v);
           else
@@ -349,13 +350,14 @@ void encoded_row(const PostArgs& a, int64_t n, int64_t y, float* r, float* g, fl
   for (int c = 0; c < 3; ++c) {
     float k[4];
     load_coef_any(a.coef, a.coef_type, a.coef_per_channel, n, c, k);
+    const PixelCurve cv = prepare_curve(a.fusion, k);  // once per row and channel
     const int64_t ch = base + c * plane;
     float* dst = rgb[c];
     for (int64_t x = 0; x < a.w; ++x) {
       const int64_t mi = base + x;
-      dst[x] = hdr_pixel(a.fusion, Scalar<TI>::load(m, mi), Scalar<TI>::load(m, mi + plane),
+      dst[x] = hdr_pixel(cv, Scalar<TI>::load(m, mi), Scalar<TI>::load(m, mi + plane),
                          Scalar<TI>::load(m, mi + 2 * plane), Scalar<TI>::load(img, ch + x),
-                         Scalar<TI>::load(iu, ch + x), Scalar<TI>::load(id, ch + x), k);
+                         Scalar<TI>::load(iu, ch + x), Scalar<TI>::load(id, ch + x));
     }
   }
   for (int64_t x = 0; x < a.w; ++x) encode_rgb(a.enc, r[x], g[x], b[x], light[x]);

@@ -63,8 +63,8 @@ __global__ void post_kernel(const TI* __restrict__ m, const TI* __restrict__ img
       float k[4];
       load_coef<TC>(coef, per_channel, n, c, k);
       const int64_t i = base + c * plane;
-      const float v = hdr_pixel(fusion, mu, mm, md, Scalar<TI>::load(img, i), Scalar<TI>::load(iu, i),
-                                Scalar<TI>::load(id, i), k);
+      const float v = hdr_pixel(prepare_curve(fusion, k), mu, mm, md, Scalar<TI>::load(img, i),
+                                Scalar<TI>::load(iu, i), Scalar<TI>::load(id, i));
       if constexpr (HWC)
         Scalar<TO>::store(out, t * 3 + c, v);
       else
@@ -112,8 +112,8 @@ __device__ __forceinline__ void encoded_pixel(const PostInputs<TI>& in, const En
     float k[4];
     load_coef_rt(in.coef, in.coef_half, in.per_channel, n, c, k);
     const int64_t i = base + c * plane;
-    rgb[c] = hdr_pixel(in.fusion, mu, mm, md, Scalar<TI>::load(in.img, i), Scalar<TI>::load(in.iu, i),
-                       Scalar<TI>::load(in.id, i), k);
+    rgb[c] = hdr_pixel(prepare_curve(in.fusion, k), mu, mm, md, Scalar<TI>::load(in.img, i),
+                       Scalar<TI>::load(in.iu, i), Scalar<TI>::load(in.id, i));
   }
   encode_rgb(e, rgb[0], rgb[1], rgb[2], light);
 }

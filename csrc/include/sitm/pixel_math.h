@@ -220,23 +220,40 @@ SITM_HD float decode_gamma(float v, float gamma) {
   return (gamma == 1.0f || l <= 0.0f) ? l : powf(l, gamma);
 }
 
-SITM_HD float residual_pixel(float m_up, float m_mid, float m_down, float i, float i_up, float i_down,
-                             const float k[4]) {
-  const float gamma = k[2] == 0.0f ? 1.0f : expf(k[2]);
-  float v = m_mid != 0.0f ? m_mid * decode_gamma(i, gamma) : 0.0f;
-  if (m_up != 0.0f) v += m_up * (exp2f(k[0]) * decode_gamma(i_up, gamma));
-  if (m_down != 0.0f) v += m_down * (exp2f(k[1]) * decode_gamma(i_down, gamma));
-  return v;
-}
-
 // The fusion modes of the post kernel: the paper's Eq. 7 + Eq. 8, or the residual fusion above.
 enum class Fusion : int { Paper = 0, Residual = 1 };
 
+// One image's (and channel's) curve, prepared once from its four coefficients, not per pixel: the paper's
+// a0..a3, or the residual fusion's gamma = exp(k2) and exposure gains 2^k0, 2^k1.
+struct PixelCurve {
+  Fusion fusion;
+  float k[4];
+  float gamma, gain_up, gain_down;
+};
+
+SITM_HD PixelCurve prepare_curve(Fusion fusion, const float k[4]) {
+  PixelCurve c{fusion, {k[0], k[1], k[2], k[3]}, 1.0f, 1.0f, 1.0f};
+  if (fusion == Fusion::Residual) {
+    c.gamma = k[2] == 0.0f ? 1.0f : expf(k[2]);
+    c.gain_up = exp2f(k[0]);
+    c.gain_down = exp2f(k[1]);
+  }
+  return c;
+}
+
+SITM_HD float residual_pixel(float m_up, float m_mid, float m_down, float i, float i_up, float i_down,
+                             const PixelCurve& c) {
+  float v = m_mid != 0.0f ? m_mid * decode_gamma(i, c.gamma) : 0.0f;
+  if (m_up != 0.0f) v += m_up * (c.gain_up * decode_gamma(i_up, c.gamma));
+  if (m_down != 0.0f) v += m_down * (c.gain_down * decode_gamma(i_down, c.gamma));
+  return v;
+}
+
 // One output channel of the post kernel for either fusion.
-SITM_HD float hdr_pixel(Fusion fusion, float m_up, float m_mid, float m_down, float i, float i_up, float i_down,
-                        const float k[4]) {
-  if (fusion == Fusion::Residual) return residual_pixel(m_up, m_mid, m_down, i, i_up, i_down, k);
-  return curve_eval(fuse_pixel(m_up, m_mid, m_down, i, i_up, i_down), k[0], k[1], k[2], k[3]);
+SITM_HD float hdr_pixel(const PixelCurve& c, float m_up, float m_mid, float m_down, float i, float i_up,
+                        float i_down) {
+  if (c.fusion == Fusion::Residual) return residual_pixel(m_up, m_mid, m_down, i, i_up, i_down, c);
+  return curve_eval(fuse_pixel(m_up, m_mid, m_down, i, i_up, i_down), c.k[0], c.k[1], c.k[2], c.k[3]);
 }
 
 // One step of the exponential moving average of the curve coefficients over video frames:
