@@ -8,6 +8,7 @@ import json
 import math
 import re
 import struct
+import types
 from fractions import Fraction
 
 import numpy as np
@@ -112,6 +113,7 @@ class StubBackend:
 class StubPipeline:
     def __init__(self, gain: float = 0.0, center: float = 0.5):
         self.backend = StubBackend(gain, center)
+        self.weights = types.SimpleNamespace(fusion="paper")  # the stub's masks and coefficients are Eq. 7-8's
 
     def backend_for(self, device):
         return self.backend

@@ -372,8 +372,7 @@ class FrameProcessor:
         self.detector = SceneCutDetector(scene_cut)
         self.cuts: list[int] = []
         self.backend = pipeline.backend_for(device)
-        weights = getattr(pipeline, "weights", None)  # stand-in pipelines (tests) may carry no weights handle
-        self.fusion = getattr(weights, "fusion", "paper")
+        self.fusion = pipeline.weights.fusion
         self.cuda = device.startswith("cuda")
         self.dev_index = int(device.split(":")[1]) if self.cuda else 0
         self.ext = kernels.extension()
