@@ -97,20 +97,28 @@ TensorView make_view(const DLTensor& t, bool read_only, std::shared_ptr<void> ow
 
 }  // namespace
 
-int64_t checked_mul(const char* op, const char* arg, int64_t a, int64_t b) {
-  int64_t r = 0;
-  if (a < 0 || b < 0 || __builtin_mul_overflow(a, b, &r) || r > kMaxBytes)
-    fail(op, arg, "size " + std::to_string(a) + " x " + std::to_string(b) + " overflows (limit " +
+namespace {
+
+// r = a (sym) b for sizes: both operands non-negative, no overflow, the result within kMaxBytes.
+int64_t checked(const char* op, const char* arg, int64_t a, int64_t b, bool overflowed, int64_t r, const char* sym) {
+  if (a < 0 || b < 0 || overflowed || r > kMaxBytes)
+    fail(op, arg, "size " + std::to_string(a) + " " + sym + " " + std::to_string(b) + " overflows (limit " +
                       std::to_string(kMaxBytes) + ")");
   return r;
 }
 
+}  // namespace
+
+int64_t checked_mul(const char* op, const char* arg, int64_t a, int64_t b) {
+  int64_t r = 0;
+  const bool overflowed = __builtin_mul_overflow(a, b, &r);
+  return checked(op, arg, a, b, overflowed, r, "x");
+}
+
 int64_t checked_add(const char* op, const char* arg, int64_t a, int64_t b) {
   int64_t r = 0;
-  if (a < 0 || b < 0 || __builtin_add_overflow(a, b, &r) || r > kMaxBytes)
-    fail(op, arg, "size " + std::to_string(a) + " + " + std::to_string(b) + " overflows (limit " +
-                      std::to_string(kMaxBytes) + ")");
-  return r;
+  const bool overflowed = __builtin_add_overflow(a, b, &r);
+  return checked(op, arg, a, b, overflowed, r, "+");
 }
 
 int64_t checked_nbytes(const char* op, const char* arg, const std::vector<int64_t>& shape, int64_t itemsize) {
