@@ -398,10 +398,9 @@ def highlight_ramp(image: torch.Tensor) -> torch.Tensor:
 DOWN_LABELS = ("data", "input")
 
 
-def srgb_decode(v: torch.Tensor) -> torch.Tensor:
-    """IEC 61966-2-1 decoding of ``v`` clamped to [0, 1] (torch; ``sitm_trt.io.srgb_eotf`` is the NumPy one)."""
-    v = v.clamp(0.0, 1.0)
-    return torch.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+# IEC 61966-2-1 decoding of ``v`` clamped to [0, 1] (torch; ``sitm_trt.io.srgb_eotf`` is the NumPy one): the
+# library's, which the residual fusion's reference uses too.
+srgb_decode = ops.srgb_to_linear
 
 
 def srgb_encode(x: torch.Tensor) -> torch.Tensor:
