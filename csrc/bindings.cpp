@@ -239,7 +239,7 @@ py::none ema(const py::capsule& state_cap, const py::capsule& x_cap, double a, u
   return py::none();
 }
 
-// The output encoding of post, from the Python wrapper (sitm_trt.kernels.post fills it from sitm_trt.transfer).
+// The output encoding of post, from the Python wrapper (sitm_trt.kernels.post fills it from sitm_trt.media.transfer).
 EncodeParams parse_encoding(const std::string& op, const std::string& transfer, const py::object& matrix,
                             const py::object& luma, double ref_white, double peak, const std::string& code_range,
                             int bits, bool quantized) {

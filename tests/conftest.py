@@ -31,7 +31,7 @@ def cuda_missing() -> str | None:
 
     if not kernels.build_info()["cuda"]:
         return "the sitm-trt extension was built without CUDA"
-    from sitm_trt import runtime_device
+    from sitm_trt.runtime import device as runtime_device
 
     count, why = runtime_device.cuda_devices()  # e.g. a driver too old for the static CUDA 13 runtime
     if not count:

@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sitm_trt import batch, cli, io
-from sitm_trt.video import VideoOptions
+from sitm_trt.tools import batch
+from sitm_trt.tools import cli
+from sitm_trt.media import io
+from sitm_trt.media.video import VideoOptions
 from sitm_trt.weights import load
 
 from test_cli import images
@@ -34,7 +36,7 @@ VIDEO = ["--preset", "ultrafast", "--backend", "torch"]
 
 
 def start_cli(args, env=None, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "sitm_trt.cli", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "sitm_trt.tools.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}, **kw)
 
 
@@ -119,7 +121,7 @@ def test_help_and_bounded_retries_and_leftover_names(tmp_path, capsys):
 
     calls.clear()
     assert worker.attempt(corrupt) == (None, "ImageReadError: x.png: cannot decode image", 1) and len(calls) == 1
-    # what a killed writer leaves for a.exr (sitm_trt.io, a video temporary and what sitm_trt.video adds to it, an
+    # what a killed writer leaves for a.exr (sitm_trt.media.io, a video temporary and what sitm_trt.media.video adds to it, an
     # EXR sequence folder) is recognised; other files are not
     ours = [".a.exr.abcd1234.tmp", ".a.exr.abcd1234.tmp.mp4", "..a.exr.abcd1234.tmp.mp4.x9y8z7w6.partial.mp4",
             ".a.exr.abcd1234.old"]
@@ -263,7 +265,7 @@ def test_sigint_mid_way_then_rerun_completes_without_partial_files(cluster, libr
     out = tmp_path / "out"
     args = ["batch", str(src), "-o", str(out), *COMMON, *library["weights"], "--workers", "1", "-q"]
     # the child connects to this module's Ray; its own session, so the signal reaches it alone
-    proc = subprocess.Popen([sys.executable, "-m", "sitm_trt.cli", *args, "--address", cluster],
+    proc = subprocess.Popen([sys.executable, "-m", "sitm_trt.tools.cli", *args, "--address", cluster],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     book = out / "manifest.jsonl"
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from sitm_trt import bench
+from sitm_trt.tools import bench
 
 
 def test_kernel_benchmark_prints_every_kernel(tmp_path, capsys):

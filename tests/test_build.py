@@ -45,7 +45,7 @@ def test_import_without_torch():
         assert isinstance(out.image, np.ndarray) and out.image.shape == (1, 3, 4, 4), out.image.shape
         assert float(out.image.min()) == 1.0
         try:
-            sitm_trt.ops
+            sitm_trt.reference
         except ImportError as err:
             assert "pip install" in str(err) and err.__cause__ is not None, err
             print("OK")

@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from sitm_trt import cli, io
-from sitm_trt.pipeline import Pipeline
+from sitm_trt.tools import cli
+from sitm_trt.media import io
+from sitm_trt.runtime.pipeline import Pipeline
 
 from test_video import StubBackend, make_clip, test_frames  # noqa: F401 - test_frames is a helper
 
@@ -69,7 +70,7 @@ def test_help_for_every_command(capsys):
     import subprocess
     import sys
 
-    res = subprocess.run([sys.executable, "-m", "sitm_trt.cli", "info"], capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "-m", "sitm_trt.tools.cli", "info"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert {"extension", "auto"} <= set(json.loads(res.stdout))
 
@@ -158,7 +159,7 @@ def test_infer_errors(tmp_path, fast, capsys):
 
 
 def test_infer_sample(tmp_path, weights, capsys):
-    from sitm_trt.data import SAMPLE
+    from sitm_trt.samples import SAMPLE
 
     out = tmp_path / "coffee.exr"
     assert cli.main(["infer", "--sample", "-o", str(out), "--preview", "--weights", str(weights), "-q"]) == 0
@@ -190,7 +191,7 @@ def test_video_command(tmp_path, weights, capsys):
     import subprocess
     import sys
 
-    res = subprocess.run([sys.executable, "-m", "sitm_trt.cli", "video", str(tmp_path / "in.mp4"), str(out),
+    res = subprocess.run([sys.executable, "-m", "sitm_trt.tools.cli", "video", str(tmp_path / "in.mp4"), str(out),
                           "--weights", str(weights), "--device", "cpu", "--max-frames", "2", "--preset", "ultrafast",
                           "--peak-nits", "600"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
@@ -211,7 +212,7 @@ def test_video_command(tmp_path, weights, capsys):
 def test_video_cuda_graphs_flag_reaches_the_pipeline(tmp_path, weights, monkeypatch):
     """--cuda-graphs reaches the Pipeline that video.convert makes (TensorRT uses it; the torch backend on
     the CPU ignores it, and the frames are those of a run without it)."""
-    from sitm_trt import pipeline as P
+    from sitm_trt.runtime import pipeline as P
 
     made = []
 

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("cv2")
 pytest.importorskip("OpenEXR")
 
-from sitm_trt import io  # noqa: E402
+from sitm_trt.media import io  # noqa: E402
 from sitm_training.data import sources as S  # noqa: E402
 from sitm_training.data.__main__ import main  # noqa: E402
 

@@ -14,8 +14,8 @@ pytest.importorskip("cv2")
 pytest.importorskip("OpenEXR")
 torch = pytest.importorskip("torch")
 
-from sitm_trt import io  # noqa: E402
-from sitm_trt.io import ImageReadError  # noqa: E402
+from sitm_trt.media import io  # noqa: E402
+from sitm_trt.media.io import ImageReadError  # noqa: E402
 from sitm_training.data import HDRFolderDataset, PairFolderDataset, SampleDataset, SICEDataset, verify  # noqa: E402
 from sitm_training.data.camera import Camera, Response, capture  # noqa: E402
 from sitm_training.data.real import (  # noqa: E402

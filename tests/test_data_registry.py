@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("cv2")
 OpenEXR = pytest.importorskip("OpenEXR")
 
-from sitm_trt import io  # noqa: E402
+from sitm_trt.media import io  # noqa: E402
 from sitm_training.data import sources as S  # noqa: E402
 from sitm_training.data.__main__ import main  # noqa: E402
 from sitm_training.data.build import Recipe, load_sample, make_plan  # noqa: E402

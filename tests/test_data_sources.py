@@ -15,8 +15,8 @@ import pytest
 cv2 = pytest.importorskip("cv2")
 pytest.importorskip("OpenEXR")
 
-from sitm_trt import io  # noqa: E402
-from sitm_trt.io import ImageReadError  # noqa: E402
+from sitm_trt.media import io  # noqa: E402
+from sitm_trt.media.io import ImageReadError  # noqa: E402
 from sitm_training.data import sources as S  # noqa: E402
 
 

@@ -40,7 +40,7 @@ def test_mask_stats_average_per_image_then_over_images():
 
 
 def test_cli_on_weights(tmp_path, tiny_weights_path, capsys):
-    from sitm_trt.io import write_png
+    from sitm_trt.media.io import write_png
 
     rng = np.random.default_rng(0)
     for i in range(2):
@@ -60,7 +60,7 @@ def test_cli_on_weights(tmp_path, tiny_weights_path, capsys):
 def test_cli_groups_images_by_the_samples_exposure_mode(tmp_path, tiny_weights_path, capsys):
     import json
 
-    from sitm_trt.io import read_ldr, write_png
+    from sitm_trt.media.io import read_ldr, write_png
 
     images, samples = tmp_path / "images", tmp_path / "samples"
     images.mkdir(), samples.mkdir()
@@ -157,7 +157,7 @@ def test_clipped_stats_align_then_measure_the_clipped_pixels():
 
 
 def test_highlights_cli_on_pairs(tmp_path, tiny_weights_path, capsys):
-    from sitm_trt.io import write_exr, write_png
+    from sitm_trt.media.io import write_exr, write_png
 
     rng = np.random.default_rng(1)
     for i in range(2):

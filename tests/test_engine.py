@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sitm_trt.backends.trt_engine import EngineCache, EngineKey, Profile, find_flavour
+from sitm_trt.runtime.backends.trt_engine import EngineCache, EngineKey, Profile, find_flavour
 from sitm_trt.weights import load
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ def weights(tiny_weights_path):
 
 
 def test_build_cache_reuse_and_rebuild_after_corruption(rtx, weights, tmp_path):
-    from sitm_trt.backends.tensorrt_backend import prepare_engine
+    from sitm_trt.runtime.backends.tensorrt_backend import prepare_engine
 
     cache = EngineCache(tmp_path / "engines")
     kw = dict(precision="fp16", profile=SMALL, flavour=rtx, cache=cache)
@@ -62,7 +62,7 @@ def test_build_cache_reuse_and_rebuild_after_corruption(rtx, weights, tmp_path):
 
 
 def test_validate_rejects_incompatible_file(rtx, weights, tmp_path):
-    from sitm_trt.backends.tensorrt_backend import prepare_engine
+    from sitm_trt.runtime.backends.tensorrt_backend import prepare_engine
 
     cache = EngineCache(tmp_path)
     prepare_engine(weights, profile=SMALL, flavour=rtx, cache=cache)
@@ -78,7 +78,7 @@ def test_validate_rejects_incompatible_file(rtx, weights, tmp_path):
 
 def _build_in_process(args):
     root, path = args
-    from sitm_trt.backends.tensorrt_backend import prepare_engine
+    from sitm_trt.runtime.backends.tensorrt_backend import prepare_engine
 
     data, built, _ = prepare_engine(load(path), profile=SMALL, flavour=find_flavour("tensorrt-rtx"),
                                     cache=EngineCache(root))
@@ -107,7 +107,7 @@ def test_engine_key_digest_changes_with_every_field():
 def test_engine_for_the_shipped_weights(rtx, tmp_path):
     """The shipped default weights come with their ONNX exports (checksummed in the card) and build into a
     real TensorRT-RTX engine for the default profile (64x64 .. 3840x2160) without a GPU."""
-    from sitm_trt.backends.tensorrt_backend import prepare_engine
+    from sitm_trt.runtime.backends.tensorrt_backend import prepare_engine
 
     w = load("default")  # shipped since the fifth training round (docs/training.md): missing is a packaging bug
     for precision in ("fp16", "fp32"):
@@ -121,7 +121,7 @@ def test_engine_for_the_shipped_weights(rtx, tmp_path):
 def test_what_each_gpu_gets_from_tensorrt():
     """TensorRT-RTX's support matrix (7.5, 8.6, 8.9, 12.x) against classic TensorRT (7.5 and newer): A100, H100/H200
     and B200 need classic TensorRT; the words of info()'s gpu_plan say so."""
-    from sitm_trt.backends.trt_engine import Flavour, gpu_plan, rtx_supports
+    from sitm_trt.runtime.backends.trt_engine import Flavour, gpu_plan, rtx_supports
 
     rtx, classic = Flavour("tensorrt-rtx", None, "1.7"), Flavour("tensorrt", None, "10")
     for cc, ok in {(7, 5): True, (8, 0): False, (8, 6): True, (8, 9): True, (9, 0): False, (10, 0): False,
@@ -135,7 +135,8 @@ def test_what_each_gpu_gets_from_tensorrt():
 def test_build_engine_says_what_it_verified(rtx, tiny_weights_path, tmp_path, capsys):
     """`sitm-trt build-engine` run twice: built, then found. Without a usable GPU the second report says the file
     matched its sidecar but was not deserialized (a garbage file with a matching sidecar is not called an engine)."""
-    from sitm_trt import build_engine, kernels
+    from sitm_trt import kernels
+    from sitm_trt.tools import build_engine
 
     args = ["--weights", str(tiny_weights_path), "--flavour", "tensorrt-rtx", "--min", "64x64", "--opt", "128x128",
             "--max", "256x256", "--cache-dir", str(tmp_path)]

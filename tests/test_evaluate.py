@@ -16,7 +16,7 @@ import pytest
 from sitm_training import evaluate as E
 from sitm_training import metrics as M
 from sitm_training.baselines import banterle, linearize, rempel
-from sitm_trt.io import read_ldr, srgb_oetf, write_exr, write_png
+from sitm_trt.media.io import read_ldr, srgb_oetf, write_exr, write_png
 
 # ------------------------------------------------------------------------------------------------ PSNR
 
@@ -285,7 +285,7 @@ def pairs(tmp_path) -> Path:
 ORACLE = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from sitm_trt.io import read_hdr, write_exr
+    from sitm_trt.media.io import read_hdr, write_exr
     src, dst = Path(sys.argv[1]), sys.argv[2]
     if src.stem == {fail!r}:
         sys.exit("cannot do " + src.stem)
@@ -326,7 +326,7 @@ def test_cli_scores_baselines_and_a_command(pairs, tmp_path):
             assert float(r["pu21_ssim"]) == pytest.approx(1.0)
     # the linear baseline's numbers are the metrics module's on the same data
     ldr = read_ldr(pairs / "a.png")
-    from sitm_trt.io import read_hdr
+    from sitm_trt.media.io import read_hdr
 
     gt = read_hdr(pairs / "a.exr").astype(np.float64)
     lin = linearize(ldr).astype(np.float64)

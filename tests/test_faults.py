@@ -39,7 +39,7 @@ def run_py(code: str, *, cwd: Path | None = None, env: dict | None = None,
 
 def cli(*args: str, cwd: Path | None = None, env: dict | None = None,
         timeout: float = 180) -> subprocess.CompletedProcess:
-    code = "import sys; from sitm_trt import cli; sys.exit(cli.main(sys.argv[1:]))"
+    code = "import sys; from sitm_trt.tools import cli; sys.exit(cli.main(sys.argv[1:]))"
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
@@ -288,7 +288,7 @@ def _image_cases(tmp_path: Path) -> dict[str, Path]:
 def test_image_headers_are_read_without_decoding():
     import cv2
 
-    from sitm_trt import memory
+    from sitm_trt.runtime import memory
 
     img = np.zeros((37, 91, 3), np.uint8)
     for ext in (".png", ".jpg", ".tif"):
@@ -308,7 +308,7 @@ def test_malformed_images_are_reported_per_file(tmp_path):
     out = tmp_path / "out"
     # The peak is VmHWM of the child's own memory map: ru_maxrss would include the parent's (pytest's) peak,
     # which Linux carries over the fork/vfork + exec into the child's rusage (1.5 GB in a whole-suite run).
-    code = ("import sys; from sitm_trt import cli; rc = cli.main(sys.argv[1:]); "
+    code = ("import sys; from sitm_trt.tools import cli; rc = cli.main(sys.argv[1:]); "
             "print('maxrss_kb', next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:'))); "
             "sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code, "infer", *map(str, paths.values()), str(tmp_path / "good.png"),
@@ -363,7 +363,8 @@ def test_infer_full_disk_fails_one_file_and_continues(tmp_path):
         cv2.imwrite(str(tmp_path / f"{name}.png"), np.full((16, 16, 3), 100, np.uint8))
     proc = run_py("""
         import errno, sys, tempfile, os
-        from sitm_trt import cli, io
+        from sitm_trt.tools import cli
+        from sitm_trt.media import io
         real = io._atomic_write
         def full(path, data, exclusive=False):
             if str(path).endswith("a.exr"):  # a real temporary, then the disk is full
@@ -387,7 +388,8 @@ def test_two_infer_runs_cannot_both_write_one_output(tmp_path):
         cv2.imwrite(str(tmp_path / f"{name}.png"), np.full((16, 16, 3), 100, np.uint8))
     race = """
         import os, sys
-        from sitm_trt import cli, io
+        from sitm_trt.tools import cli
+        from sitm_trt.media import io
         real = io._atomic_write
         def racing(path, data, exclusive=False):
             if str(path).endswith("a.exr") and not os.path.exists(path):
@@ -422,7 +424,7 @@ def test_tiled_inference_refuses_read_only_out():
 # ---------------------------------------------------------------------------------------------------------
 
 def test_memory_estimate_and_budget(monkeypatch):
-    from sitm_trt import memory
+    from sitm_trt.runtime import memory
     from sitm_trt.model.config import PRESETS
 
     # 400 + 6 * (2 * sum(w_l / 4**l) + 3 * mefm_width), by hand for compact: 2 * 12.5 + 24 = 49 -> 694
@@ -544,7 +546,8 @@ def test_video_full_disk_during_the_remux_leaves_nothing(tmp_path):
     make_clip(tmp_path / "in.mp4", 3)
     proc = run_py("""
         import errno, os, sys
-        from sitm_trt import cli, video
+        from sitm_trt.tools import cli
+        from sitm_trt.media import video
         def full(partial, target, sei):
             fh, tmp = video._claim_temp(target, "remux")  # the real temporary, then the disk is full
             fh.close(); tmp.unlink()
@@ -561,7 +564,7 @@ def test_video_sigterm_leaves_a_playable_file(tmp_path):
     """SIGTERM is handled like Ctrl-C: exit status 143, a closed, playable file with the frames done so far,
     no temporary left."""
     make_clip(tmp_path / "in.mp4", 400)
-    cmd = [sys.executable, "-c", "import sys; from sitm_trt import cli; sys.exit(cli.main(sys.argv[1:]))",
+    cmd = [sys.executable, "-c", "import sys; from sitm_trt.tools import cli; sys.exit(cli.main(sys.argv[1:]))",
            "video", "in.mp4", "out.mp4", "--device", "cpu", "--backend", "torch", "--preset", "ultrafast"]
     err: list[str] = []
     with subprocess.Popen(cmd, cwd=tmp_path, stderr=subprocess.PIPE, text=True) as proc:
@@ -669,7 +672,7 @@ def test_video_damaged_packets_and_truncation(tmp_path):
 def test_gray_alpha_png_stays_gray_and_multipage_tiff_is_announced(tmp_path):
     import cv2
 
-    from sitm_trt import io
+    from sitm_trt.media import io
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from sitm_trt.backends.tensorrt_backend import GraphReplay
+from sitm_trt.runtime.backends.tensorrt_backend import GraphReplay
 
 
 class FakeGraph:
@@ -120,7 +120,7 @@ def test_context_creation_per_flavour():
     are some), classic TensorRT a plain context and stream capture."""
     from types import SimpleNamespace
 
-    from sitm_trt.backends.tensorrt_backend import TensorRTBackend
+    from sitm_trt.runtime.backends.tensorrt_backend import TensorRTBackend
 
     try:
         import tensorrt_rtx_bindings as rtx_module

@@ -1,4 +1,4 @@
-"""Tests of sitm_trt.io against independent references: OpenCV/OpenEXR written files and hand-made bytes."""
+"""Tests of sitm_trt.media.io against independent references: OpenCV/OpenEXR written files and hand-made bytes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 cv2 = pytest.importorskip("cv2")
 OpenEXR = pytest.importorskip("OpenEXR")
 
-from sitm_trt import io  # noqa: E402
+from sitm_trt.media import io  # noqa: E402
 
 
 def _rng(seed: int = 0) -> np.random.Generator:

@@ -1,4 +1,4 @@
-"""The C++/CUDA kernels against the PyTorch reference (sitm_trt.ops) and hand-computed values."""
+"""The C++/CUDA kernels against the PyTorch reference (sitm_trt.reference) and hand-computed values."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sitm_trt import kernels as K
-from sitm_trt import ops
+from sitm_trt import reference as ops
 
 from conftest import cpu_and_cuda
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sitm_trt import ops
+from sitm_trt import reference as ops
 from sitm_trt.model import Preset, SITMNet
 from sitm_training.discriminator import MaskAwareDiscriminator, mix
 from sitm_training.losses import (
@@ -438,8 +438,8 @@ def test_no_warning_with_weights(tmp_path):
 
 def test_input_down_label_is_the_input_moved_by_the_ev_below_the_highlights():
     """``--down-label input``: below 0.8 the label is the input moved by ``ev_down`` in linear light (checked
-    against the NumPy sRGB curves of sitm_trt.io), from 0.9 up the data set's label, and a linear blend between."""
-    from sitm_trt.io import srgb_eotf, srgb_oetf
+    against the NumPy sRGB curves of sitm_trt.media.io), from 0.9 up the data set's label, and a linear blend between."""
+    from sitm_trt.media.io import srgb_eotf, srgb_oetf
     from sitm_training.losses import input_down_label
 
     rng = np.random.default_rng(5)

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sitm_trt import ops
+from sitm_trt import reference as ops
 from sitm_trt.model import PRESETS, Preset, SITMNet, get_preset, load_weights, predict_hdr, read_preset, save_weights
 from sitm_trt.model.blocks import CMAB, SwinBlock, remap, thumbnail
 from sitm_trt.model.mefm import COEF_INIT

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from sitm_trt import kernels as K
-from sitm_trt import pipeline as P
+from sitm_trt.runtime import pipeline as P
 
 ATOL, RTOL = 1e-5, 1e-5
 
@@ -81,7 +81,7 @@ def test_threads_option():
 def test_onnxruntime_rejects_what_it_cannot_run(tmp_path):
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         P.Pipeline("default", backend="onnxruntime", precision="fp16")(_frame(16, 16))
-    from sitm_trt.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from sitm_trt.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     w = P.load("default")
     with pytest.raises(ValueError, match="not a sitm-trt network export"):
@@ -127,7 +127,8 @@ _NO_TORCH_CHILD = textwrap.dedent(
     except ImportError:
         pass
     import sitm_trt
-    from sitm_trt import cli, pipeline
+    from sitm_trt.tools import cli
+    from sitm_trt.runtime import pipeline
     frame = np.load(sys.argv[1])
     hdr = sitm_trt.infer(frame)
     np.save(sys.argv[2], hdr)
@@ -148,7 +149,7 @@ _NO_TORCH_CHILD = textwrap.dedent(
 def test_infer_and_cli_run_without_torch(tmp_path, pipes, tiny_weights_path):
     """In a process where torch cannot be imported, sitm_trt.infer and `sitm-trt infer` run ONNX Runtime with the
     shipped weights; the result matches the torch backend (this process) within the stated tolerance."""
-    from sitm_trt import io
+    from sitm_trt.media import io
 
     frame = _frame(72, 100, seed=7)
     np.save(tmp_path / "in.npy", frame)
@@ -176,7 +177,7 @@ def test_pre_fast_path_is_exact(h, w):
     """The chunked uint8/uint16 path (non-temporal stores from 16 MiB of outputs: the 540x1000 case) equals the
     PyTorch reference bit for bit, padding included; fp16 outputs too."""
     torch = pytest.importorskip("torch")
-    from sitm_trt import ops
+    from sitm_trt import reference as ops
 
     rng = np.random.default_rng(h)
     for frame in (rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8),
@@ -198,7 +199,7 @@ def test_info_names_onnxruntime_for_cpu_inputs():
 
 
 def test_bench_runs_backends_side_by_side():
-    from sitm_trt import bench
+    from sitm_trt.tools import bench
 
     assert bench.backend_spec("onnxruntime") == ("onnxruntime", "cpu", "fp32")
     assert bench.backend_spec("tensorrt") == ("tensorrt", "cuda", "fp16")
@@ -217,7 +218,7 @@ def test_cuda_execution_provider_matches_torch_on_the_gpu():
     # Not marked `gpu`: onnxruntime-gpu is optional (not in any extra), and under SITM_REQUIRE_GPU=1 a skipped
     # `gpu` test is a failure, so a GPU check without onnxruntime-gpu would fail here by design.
     from conftest import cuda_available, cuda_missing
-    from sitm_trt.backends.onnxruntime_backend import cuda_provider_available
+    from sitm_trt.runtime.backends.onnxruntime_backend import cuda_provider_available
 
     if not cuda_available():
         pytest.skip(f"needs a CUDA device and a CUDA build of sitm-trt ({cuda_missing()})")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import sitm_trt
-from sitm_trt import pipeline as P
+from sitm_trt.runtime import pipeline as P
 from sitm_trt.model import SITMNet, predict_hdr, save_weights
 from sitm_trt.weights import WeightsError, load
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from sitm_trt import kernels as K
-from sitm_trt import ops, transfer as T
+from sitm_trt import reference as ops
+from sitm_trt.media import transfer as T
 from sitm_trt.model import SITMNet, get_preset, predict_hdr
 from sitm_trt.model.mefm import exposure_gains
 
@@ -26,7 +27,7 @@ def residual_preset(name: str = "compact"):
 
 
 def srgb_decode_np(v: np.ndarray) -> np.ndarray:
-    """IEC 61966-2-1, written out independently of sitm_trt.ops."""
+    """IEC 61966-2-1, written out independently of sitm_trt.reference."""
     v = np.clip(v, 0.0, 1.0)
     return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
 
@@ -191,7 +192,7 @@ def test_residual_gates_learn_and_stay_exact_in_eval():
 
 
 def test_tiled_residual_equals_whole_frame():
-    from sitm_trt import tiling
+    from sitm_trt.runtime import tiling
 
     torch.manual_seed(0)
     net = SITMNet(residual_preset()).eval()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sitm_trt import pipeline as P
+from sitm_trt.runtime import pipeline as P
 from sitm_trt.weights import load
 
 pytestmark = pytest.mark.gpu

@@ -97,14 +97,14 @@ def test_infer_numpy_on_cpu_uses_the_default_weights(default):
 
 def test_quickstart_main_job(tmp_path):
     """The README Quickstart's first command after the install: the shipped sample through the default weights."""
-    from sitm_trt.io import read_hdr, read_ldr
+    from sitm_trt.media.io import read_hdr, read_ldr
 
     exr = tmp_path / "coffee.exr"
-    run = subprocess.run([sys.executable, "-m", "sitm_trt.cli", "infer", "--sample", "-o", str(exr), "--preview"],
+    run = subprocess.run([sys.executable, "-m", "sitm_trt.tools.cli", "infer", "--sample", "-o", str(exr), "--preview"],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     hdr = read_hdr(exr)
-    from sitm_trt.data import SAMPLE
+    from sitm_trt.samples import SAMPLE
 
     sample = read_ldr(SAMPLE)
     assert hdr.shape == sample.shape and np.isfinite(hdr).all() and hdr.max() > 1.0

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sitm_trt import kernels, runtime_device
+from sitm_trt import kernels
+from sitm_trt.runtime import device as runtime_device
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -192,7 +193,7 @@ def test_no_driver_here_is_not_called_too_old():
 
 
 def test_default_video_device_warns_when_the_driver_is_too_old(monkeypatch):
-    from sitm_trt import video
+    from sitm_trt.media import video
 
     monkeypatch.setattr(runtime_device, "cuda_devices", lambda: (0, "CUDA driver version is insufficient: ..."))
     with pytest.warns(RuntimeWarning, match="driver"):
@@ -230,7 +231,7 @@ class _FakeContext:
 
 
 def _fake_backend(ctx, engine_dtype="float16"):
-    from sitm_trt.backends.tensorrt_backend import TensorRTBackend
+    from sitm_trt.runtime.backends.tensorrt_backend import TensorRTBackend
 
     trt = types.SimpleNamespace(float32="f32", float16="f16")
     be = object.__new__(TensorRTBackend)
@@ -464,7 +465,7 @@ def test_cuda_buffer_export_orders_and_frees_on_the_stream(trace):
 @pytest.mark.gpu
 def test_torch_backend_runs_the_network_on_the_given_stream(tiny_weights_path):
     import torch
-    from sitm_trt.backends.torch_backend import TorchBackend
+    from sitm_trt.runtime.backends.torch_backend import TorchBackend
     from sitm_trt.weights import load
 
     be = TorchBackend(load(str(tiny_weights_path)), device="cuda:0")

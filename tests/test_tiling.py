@@ -1,4 +1,4 @@
-"""Tiled inference (sitm_trt.tiling): tiles that share the whole frame's state reproduce whole-frame inference."""
+"""Tiled inference (sitm_trt.runtime.tiling): tiles that share the whole frame's state reproduce whole-frame inference."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from conftest import cpu_and_cuda
 
-from sitm_trt import ops, tiling
+from sitm_trt import reference as ops
+from sitm_trt.runtime import tiling
 from sitm_trt.model import Preset, SITMNet, predict_hdr
 from sitm_trt.model.blocks import thumbnail
 from sitm_trt.model.state import GlobalState

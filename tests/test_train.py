@@ -77,7 +77,7 @@ def test_validation_sheet_is_not_blank(tiny_data, tmp_path):
     """The contact sheet shows input | result | ground truth with the same exposure for the last two."""
     from sitm_training.data import SampleDataset
     from sitm_training.train import validate
-    from sitm_trt.io import read_ldr
+    from sitm_trt.media.io import read_ldr
     from sitm_trt.model import SITMNet
 
     sheet = tmp_path / "sheet.png"

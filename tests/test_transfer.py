@@ -1,5 +1,5 @@
-"""HDR signal encoding: sitm_trt.transfer against colour-science and hand values from the standards, and the
-post kernel's encoding (PQ, HLG, BT.2020, code values, 4:2:0, light statistics) against sitm_trt.transfer."""
+"""HDR signal encoding: sitm_trt.media.transfer against colour-science and hand values from the standards, and the
+post kernel's encoding (PQ, HLG, BT.2020, code values, 4:2:0, light statistics) against sitm_trt.media.transfer."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sitm_trt import kernels as K
-from sitm_trt import transfer as T
+from sitm_trt.media import transfer as T
 
 from conftest import cpu_and_cuda
 

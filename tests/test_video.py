@@ -1,4 +1,4 @@
-"""sitm_trt.video: decode -> pipeline -> HEVC HDR10/HLG or EXR, checked by decoding the output: frame count,
+"""sitm_trt.media.video: decode -> pipeline -> HEVC HDR10/HLG or EXR, checked by decoding the output: frame count,
 timestamps, colour tags, HDR metadata, audio, pixel values against the image API; temporal smoothing and
 scene cuts; Ctrl-C and errors. Clips are generated here (tiny, no downloads)."""
 
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from sitm_trt import transfer as T
-from sitm_trt import video as V
+from sitm_trt.media import transfer as T
+from sitm_trt.media import video as V
 
 av = pytest.importorskip("av")
 
@@ -167,7 +167,7 @@ def test_read_frames_decodes_rgb_exactly_and_bt709_yuv_closely(tmp_path):
 
 
 def test_hdr10_matches_image_api_with_metadata_timestamps_and_audio(tmp_path, weights):
-    from sitm_trt.pipeline import Pipeline
+    from sitm_trt.runtime.pipeline import Pipeline
 
     frames = test_frames(4)
     times = make_clip(tmp_path / "in.mp4", frames, pts=[3, 4, 6, 7])  # late start, variable frame rate
@@ -240,7 +240,7 @@ def test_hlg_odd_size_is_cropped_and_tagged(tmp_path):
 
 
 def test_exr_sequence(tmp_path):
-    from sitm_trt import io
+    from sitm_trt.media import io
 
     frames = test_frames(3)
     times = make_clip(tmp_path / "in.mp4", frames)
@@ -421,7 +421,7 @@ def test_sigint_leaves_a_playable_file(tmp_path, weights):
     # Python keeps SIGINT ignored when it starts with it ignored (as under nohup or a background job of a
     # non-interactive shell, which is how CI may run us): give the child the normal Ctrl-C handler.
     boot = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-            "from sitm_trt import cli; sys.exit(cli.main(sys.argv[1:]))")
+            "from sitm_trt.tools import cli; sys.exit(cli.main(sys.argv[1:]))")
     cmd = [sys.executable, "-c", boot, *args]
     err: list[str] = []
     with subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) as proc:

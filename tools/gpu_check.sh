@@ -237,8 +237,8 @@ stage_trt() {
 
 stage_bench_kernels() {
   local rc=0
-  "$PY" -m sitm_trt.bench kernels --device cuda --repeats 50 --warmup 5 --json "$WORK/bench-kernels-float32.json" || rc=1
-  "$PY" -m sitm_trt.bench kernels --device cuda --repeats 50 --warmup 5 --dtype float16 \
+  "$PY" -m sitm_trt.tools.bench kernels --device cuda --repeats 50 --warmup 5 --json "$WORK/bench-kernels-float32.json" || rc=1
+  "$PY" -m sitm_trt.tools.bench kernels --device cuda --repeats 50 --warmup 5 --dtype float16 \
     --json "$WORK/bench-kernels-float16.json" || rc=1
   return $rc
 }
@@ -246,7 +246,7 @@ stage_bench_kernels() {
 stage_bench_pipeline() {
   local rc=0 preset
   for preset in compact fast paper; do  # one process per preset: a failure (memory) costs one preset only
-    "$PY" -m sitm_trt.bench pipeline --backend torch:cuda:fp32 torch:cuda:fp16 --preset "$preset" \
+    "$PY" -m sitm_trt.tools.bench pipeline --backend torch:cuda:fp32 torch:cuda:fp16 --preset "$preset" \
       --resolution 1080p 4k --repeats 20 --warmup 3 --json "$WORK/bench-pipeline-$preset.json" \
       || { rc=1; note "pipeline $preset failed"; }
   done
@@ -254,7 +254,7 @@ stage_bench_pipeline() {
 }
 
 stage_bench_video() {
-  "$PY" -m sitm_trt.bench video --resolution 1080p --frames 48 --format hdr10 --device cuda:0 \
+  "$PY" -m sitm_trt.tools.bench video --resolution 1080p --frames 48 --format hdr10 --device cuda:0 \
     --json "$WORK/bench-video.json"
 }
 

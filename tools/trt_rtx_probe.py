@@ -42,7 +42,7 @@ def main(argv: list[str]) -> int:
     state: dict = {}
 
     def load():
-        from sitm_trt.backends.trt_engine import find_flavour
+        from sitm_trt.runtime.backends.trt_engine import find_flavour
 
         fl = find_flavour("tensorrt-rtx")
         state["flavour"] = fl
@@ -59,8 +59,8 @@ def main(argv: list[str]) -> int:
         return {"flavour": fl.name, "version": fl.version, "module": fl.module.__name__}
 
     def build():
-        from sitm_trt.backends.tensorrt_backend import prepare_engine
-        from sitm_trt.backends.trt_engine import EngineCache, Profile
+        from sitm_trt.runtime.backends.tensorrt_backend import prepare_engine
+        from sitm_trt.runtime.backends.trt_engine import EngineCache, Profile
         from sitm_trt.weights import load as load_weights
 
         w = load_weights("default")
@@ -99,7 +99,7 @@ def main(argv: list[str]) -> int:
     def run():
         import torch
 
-        from sitm_trt.backends.trt_engine import INPUT_CHANNELS, INPUTS
+        from sitm_trt.runtime.backends.trt_engine import INPUT_CHANNELS, INPUTS
 
         trt = state["flavour"].module
         engine, ctx = state["trt_engine"], state["ctx"]

@@ -11,13 +11,13 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "infer", "Pipeline", "load", "info", "build_info", "kernels", "ops", "model"]
+__all__ = ["__version__", "infer", "Pipeline", "load", "info", "build_info", "kernels", "reference", "model"]
 
 _LAZY_FUNCS = {
     "build_info": "sitm_trt.kernels",
-    "infer": "sitm_trt.pipeline",
-    "Pipeline": "sitm_trt.pipeline",
-    "info": "sitm_trt.pipeline",
+    "infer": "sitm_trt.runtime.pipeline",
+    "Pipeline": "sitm_trt.runtime.pipeline",
+    "info": "sitm_trt.runtime.pipeline",
     "load": "sitm_trt.weights",
     "WeightsError": "sitm_trt.errors",
     "EngineError": "sitm_trt.errors",
@@ -28,7 +28,11 @@ _EXTRAS = {
     "OpenEXR": "pip install openexr",
     "av": "pip install av",
 }
-_LAZY_MODULES = {"kernels", "ops", "model", "io", "backends", "cli", "bench", "video", "transfer", "errors", "memory"}
+# Sub-packages and modules reachable as attributes (docs/architecture.md says which folder owns what). ``ops`` is
+# the name ``reference`` had before the 2026-12 layout; it stays an alias so code written against it keeps working.
+_LAZY_MODULES = {"kernels": "kernels", "reference": "reference", "ops": "reference", "model": "model",
+                 "runtime": "runtime", "media": "media", "tools": "tools", "errors": "errors", "weights": "weights",
+                 "samples": "samples"}
 
 
 def __getattr__(name: str) -> Any:
@@ -36,7 +40,7 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module(_LAZY_FUNCS[name]), name)
     if name in _LAZY_MODULES:
         try:
-            return importlib.import_module(f"sitm_trt.{name}")
+            return importlib.import_module(f"sitm_trt.{_LAZY_MODULES[name]}")
         except ModuleNotFoundError as err:
             if err.name in _EXTRAS:
                 raise ImportError(
@@ -47,4 +51,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY_FUNCS) | _LAZY_MODULES)
+    return sorted(set(globals()) | set(_LAZY_FUNCS) | set(_LAZY_MODULES))

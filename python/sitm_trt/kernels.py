@@ -6,7 +6,7 @@ producer's ``from_dlpack`` where it has one, else an ``sitm_trt._C.Buffer``), or
 
 CUDA work runs on ``stream`` (a ``torch.cuda.Stream``, a CuPy stream, or a raw ``cudaStream_t`` integer); by
 default on the caller's current torch (or CuPy) stream, so calls are ordered like torch ops and never
-synchronize the host. The math is ``sitm_trt.ops`` (the PyTorch reference); see ``docs/kernels.md``.
+synchronize the host. The math is ``sitm_trt.reference`` (the PyTorch reference); see ``docs/kernels.md``.
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def curve(x: Any, coef: Any, *, dtype: Any = "float32", out: Any = None, stream:
 def ema(state: Any, x: Any, a: float, *, stream: Any = None) -> Any:
     """In place: ``state = a * state + (1 - a) * x`` (``a`` in [0, 1]; ``a == 0`` copies ``x``, whatever
     ``state`` held). ``state`` is float32 shaped like ``x`` (float32 or float16), on its device; returns
-    ``state``. The curve-coefficient smoothing of video (``sitm_trt.video.CoefSmoother``), torch-free."""
+    ``state``. The curve-coefficient smoothing of video (``sitm_trt.media.video.CoefSmoother``), torch-free."""
     c = _Call("ema", x, "x", stream)
     extension().ema(c.cap(state, "state"), c.cap(x, "x"), float(a), c.stream)
     return state
@@ -248,11 +248,11 @@ def post(masks: Any, image: Any, image_up: Any, image_down: Any, coef: Any, *, h
 
     ``fusion`` is the network's (``Preset.fusion``): ``"paper"`` (Eq. 7 then the cubic of Eq. 8, ``coef`` =
     a0..a3) or ``"residual"`` (the three images merged in linear light, ``coef`` = log2 gain of I_up, log2 gain
-    of I_down, log gamma, 0; reference :func:`sitm_trt.ops.post`, docs/model.md).
+    of I_down, log gamma, 0; reference :func:`sitm_trt.reference.post`, docs/model.md).
 
     Inputs are the padded ``(N, 3, Hp, Wp)`` network outputs; the result is ``(N, 3, h, w)`` or, with
     ``layout="nhwc"``, ``(N, h, w, 3)``, in ``dtype``. The defaults give linear BT.709 HDR (1.0 = the input's
-    clipping level); the options below change what is written (reference: :mod:`sitm_trt.transfer`):
+    clipping level); the options below change what is written (reference: :mod:`sitm_trt.media.transfer`):
 
     * ``gamut="bt2020"``: convert the linear BT.709 result to BT.2020 primaries.
     * ``transfer="pq"`` (SMPTE ST 2084) or ``"hlg"`` (BT.2100): display light = linear * ``ref_white``
@@ -262,11 +262,11 @@ def post(masks: Any, image: Any, image_up: Any, image_down: Any, coef: Any, *, h
       BT.2100 narrow range, 64..940 for 10-bit luma; "full"). With ``layout="yuv420p"`` the result is planar
       4:2:0 Y'CbCr (BT.2020/BT.709 non-constant luminance, chroma sited left), ``(N, h*w + 2*ch*cw)`` with
       ``ch, cw = (h+1)//2, (w+1)//2``: what an encoder's ``yuv420p10le`` frame holds
-      (:func:`sitm_trt.transfer.split_yuv420p` gives the planes).
+      (:func:`sitm_trt.media.transfer.split_yuv420p` gives the planes).
     * ``stats``: a float32 ``(N, 2)`` array on the same device, overwritten with the max and the mean over the
       pixels of max(R, G, B) display light in cd/m2 (the per-frame terms of MaxCLL and MaxFALL).
     """
-    from sitm_trt import transfer as T
+    from sitm_trt.media import transfer as T
 
     c = _Call("post", masks, "masks", stream)
     name = str(dtype).replace("torch.", "").replace("numpy.", "")

@@ -11,7 +11,7 @@ import torch
 from _common import load_weights
 
 from sitm_training.data import SampleDataset
-from sitm_trt import ops
+from sitm_trt import reference as ops
 
 weights = sys.argv[1] if len(sys.argv) > 1 else "python/sitm_trt/weights/default.safetensors"
 root = sys.argv[2] if len(sys.argv) > 2 else "data/sitm256"

@@ -1,7 +1,7 @@
 """Oracle capacity of curve families (masks (0,1,0)): per-image best coefficients on val pairs."""
 import sys, numpy as np, torch, torch.nn.functional as F
 from _common import softplus_inverse, srgb_decode
-from sitm_trt import ops
+from sitm_trt import reference as ops
 from sitm_training.losses import pu21_hdr_loss
 from sitm_training import metrics as M
 from sitm_training.data import SampleDataset, load_sample_meta

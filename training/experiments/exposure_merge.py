@@ -1,6 +1,6 @@
 """Exploratory: exposure-compensated merge H = M_up C(I_up) 2^-ev_up + M_mid C(I) + M_down C(I_down) 2^-ev_down,
 one cubic C (Eq. 8's coefficients) and two per-image EVs from a new head on the MEFM's global vector, which
-``coef`` carries as columns 4 and 5. Patched into the PyTorch reference (``sitm_trt.ops.post``, the MEFM) in
+``coef`` carries as columns 4 and 5. Patched into the PyTorch reference (``sitm_trt.reference.post``, the MEFM) in
 this process only; ``inspect WEIGHTS PAIRS [N]`` prints the EVs and ``M_down`` in the clipped pixels."""
 import glob
 import sys
@@ -11,8 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from _common import main, softplus_inverse
 
-import sitm_trt.ops as ops
-from sitm_trt.io import read_ldr
+import sitm_trt.reference as ops
+from sitm_trt.media.io import read_ldr
 from sitm_trt.model import SITMNet
 from sitm_trt.model import mefm as MM
 from sitm_trt.model.blocks import linear32

@@ -17,8 +17,8 @@ import torch
 
 from _common import jod_scorer, load_weights, without  # (importing _common also puts sitm_training on the import path)
 
-from sitm_trt import ops
-from sitm_trt.io import read_hdr, read_ldr, srgb_eotf, to_float
+from sitm_trt import reference as ops
+from sitm_trt.media.io import read_hdr, read_ldr, srgb_eotf, to_float
 
 
 def main(argv: list[str]) -> int:

@@ -5,7 +5,7 @@ import sys
 import torch
 from _common import main, softplus_inverse, srgb_decode
 
-import sitm_trt.ops as ops
+import sitm_trt.reference as ops
 from sitm_trt.model.serialization import load_weights, save_weights
 
 COEF_INIT = (1e-4, 1.0, 0.05, 0.05)  # a0..a3: the linearized input, slightly convex

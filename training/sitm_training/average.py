@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from sitm_trt.io import write_bytes_atomic
+from sitm_trt.media.io import write_bytes_atomic
 from sitm_trt.model import save_weights
 from sitm_trt.model.serialization import load_weights
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from sitm_trt.io import srgb_eotf, to_float
+from sitm_trt.media.io import srgb_eotf, to_float
 
 __all__ = ["linearize", "banterle", "rempel", "BASELINES", "CITATIONS"]
 

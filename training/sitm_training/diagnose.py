@@ -50,8 +50,8 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from sitm_trt import ops
-from sitm_trt.io import read_ldr, write_bytes_atomic
+from sitm_trt import reference as ops
+from sitm_trt.media.io import read_ldr, write_bytes_atomic
 
 REGIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "dark": lambda lo, hi: lo < 0.05,
@@ -227,7 +227,7 @@ def clipped_stats(pred: np.ndarray, gt: np.ndarray, ldr01: np.ndarray, min_pixel
 def highlights(pairs: Path, weights: list[tuple[str, str]], min_pixels: int, limit: int | None = None) -> str:
     """The ``--highlights`` table for the ground truth, the linearized input and each ``(name, path)``."""
     import sitm_trt
-    from sitm_trt.io import read_hdr
+    from sitm_trt.media.io import read_hdr
 
     from .baselines import BASELINES, _ldr01
 

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sitm_trt.io import ImageReadError, read_hdr, read_ldr, to_float, write_exr, write_png
+from sitm_trt.media.io import ImageReadError, read_hdr, read_ldr, to_float, write_exr, write_png
 
 from . import metrics as M
 from .baselines import BASELINES, CITATIONS
@@ -221,7 +221,7 @@ def _parse_weights(spec: str, index: int, count: int) -> tuple[str, str]:
 
 def _find_pairs(root: Path) -> tuple[list[Pair], list[tuple[str, str]]]:
     """The pairs of ``root`` (``data.real.find_pairs``) and the stems with only one side, with the reason."""
-    from sitm_trt.io import HDR_EXTENSIONS, LDR_EXTENSIONS
+    from sitm_trt.media.io import HDR_EXTENSIONS, LDR_EXTENSIONS
 
     from .data.real import find_pairs
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sitm_trt import ops
+from sitm_trt import reference as ops
 
 from .discriminator import MaskAwareDiscriminator, mix
 from .masks import over_exposure_mask, under_exposure_mask
@@ -398,13 +398,13 @@ def highlight_ramp(image: torch.Tensor) -> torch.Tensor:
 DOWN_LABELS = ("data", "input")
 
 
-# IEC 61966-2-1 decoding of ``v`` clamped to [0, 1] (torch; ``sitm_trt.io.srgb_eotf`` is the NumPy one): the
+# IEC 61966-2-1 decoding of ``v`` clamped to [0, 1] (torch; ``sitm_trt.media.io.srgb_eotf`` is the NumPy one): the
 # library's, which the residual fusion's reference uses too.
 srgb_decode = ops.srgb_to_linear
 
 
 def srgb_encode(x: torch.Tensor) -> torch.Tensor:
-    """IEC 61966-2-1 encoding of ``x`` clamped to [0, 1] (torch; ``sitm_trt.io.srgb_oetf`` is the NumPy one)."""
+    """IEC 61966-2-1 encoding of ``x`` clamped to [0, 1] (torch; ``sitm_trt.media.io.srgb_oetf`` is the NumPy one)."""
     x = x.clamp(0.0, 1.0)
     return torch.where(x <= 0.0031308, 12.92 * x, 1.055 * x.clamp_min(0.0031308) ** (1.0 / 2.4) - 0.055)
 

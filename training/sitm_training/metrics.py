@@ -5,7 +5,7 @@ Everything here is NumPy (float64 inside) and works without torch; only :class:`
 torch + torchvision), imported when it is created.
 
 Images are ``(H, W, 3)`` linear RGB arrays (Rec. 709 primaries, the project's convention); LDR inputs are
-float in [0, 1] (``sitm_trt.io.to_float`` of the file's code values).
+float in [0, 1] (``sitm_trt.media.io.to_float`` of the file's code values).
 
 The protocol, per image and method (all defaults are the module constants below):
 

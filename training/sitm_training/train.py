@@ -35,8 +35,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
-from sitm_trt import ops
-from sitm_trt.io import tonemap_preview, write_bytes_atomic, write_png
+from sitm_trt import reference as ops
+from sitm_trt.media.io import tonemap_preview, write_bytes_atomic, write_png
 from sitm_trt.model import SITMNet, get_preset, save_weights
 from sitm_trt.model.serialization import load_weights
 from sitm_trt.weights import sha256_file

@@ -1,6 +1,6 @@
 """ONNX export of the network alone (the pre and post passes stay in the kernels).
 
-The graph has inputs ``image, image_down, image_up, guide`` (the fields of :class:`sitm_trt.ops.PreOutputs`)
+The graph has inputs ``image, image_down, image_up, guide`` (the fields of :class:`sitm_trt.reference.PreOutputs`)
 and outputs ``exposure_up, exposure_down, masks, coef`` (see :data:`OUTPUT_NAMES`) with dynamic batch,
 height and width (heights and widths must be multiples of the network stride; the pre kernel pads).
 
@@ -38,7 +38,7 @@ def example_inputs(
     batch: int, height: int, width: int, *, dtype: torch.dtype = torch.float32, seed: int = 0
 ) -> tuple[torch.Tensor, ...]:
     """Valid network inputs (the pre pass of a random frame) of the given padded size."""
-    from .. import ops
+    from .. import reference as ops
 
     g = torch.Generator().manual_seed(seed)
     frame = torch.rand(batch, 3, height, width, generator=g)

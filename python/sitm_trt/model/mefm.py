@@ -1,7 +1,7 @@
 """MEFM (Sec. 3.5): ExpandNet-style local, dilated and global branches over ``cat(I, I_up, I_down)``.
 
 Outputs the masks ``(M_up, M_mid, M_down)`` of Eq. 7 and the curve coefficients ``a0..a3`` of Eq. 8; the
-fusion and the curve themselves are :func:`sitm_trt.ops.fuse` / :func:`sitm_trt.ops.curve` (the post kernel).
+fusion and the curve themselves are :func:`sitm_trt.reference.fuse` / :func:`sitm_trt.reference.curve` (the post kernel).
 
 * local: ``mefm_local`` 3x3 convolutions at full resolution;
 * dilated: ``mefm_dilated`` 3x3 convolutions with dilation ``mefm_dilation`` at full resolution;
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import ops
+from .. import reference as ops
 from .blocks import ConvAct, cast, f32, linear32, thumbnail
 from .config import Preset
 from .state import StatSource

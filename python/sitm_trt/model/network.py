@@ -1,7 +1,7 @@
 """The full SITM network: EAB (shared) + AUEM + ADEM (CMAB-linked) + MEFM.
 
-Inputs are exactly the four tensors of :func:`sitm_trt.ops.pre`, outputs exactly the inputs of
-:func:`sitm_trt.ops.post`, so ``HDR = ops.post(masks, image, image_up, image_down, coef)``.
+Inputs are exactly the four tensors of :func:`sitm_trt.reference.pre`, outputs exactly the inputs of
+:func:`sitm_trt.reference.post`, so ``HDR = ops.post(masks, image, image_up, image_down, coef)``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .. import ops
+from .. import reference as ops
 from .blocks import EAB, cast, thumbnail
 from .config import Preset, get_preset
 from .exposure import ExposureUNet, bottleneck_pair, decode_levels, encode_levels, guide_pyramid
@@ -72,7 +72,7 @@ class SITMNet(nn.Module):
         if h % self.stride or w % self.stride:
             raise ValueError(
                 f"SITMNet: height and width must be multiples of stride {self.stride}, got {h}x{w} "
-                f"(pad with sitm_trt.ops.pre(frame, stride=net.stride))"
+                f"(pad with sitm_trt.reference.pre(frame, stride=net.stride))"
             )
         for name, t, c in (("image_down", image_down, 3), ("image_up", image_up, 3), ("guide", guide, 2)):
             if tuple(t.shape) != (n, c, h, w):
@@ -160,7 +160,7 @@ class SITMNet(nn.Module):
         out = self._run(image, image_down, image_up, guide, stats)
         return SITMOutput(out.image_up, out.image_down, out.masks, out.coef)  # type: ignore[union-attr]
 
-    # -- parts, for running the network in pieces (sitm_trt.tiling) ------------------------------------------
+    # -- parts, for running the network in pieces (sitm_trt.runtime.tiling) ------------------------------------------
     def encode_levels(self, x_up, x_down, guides, levels: range, stats: StatSource | None = None):
         """See :func:`sitm_trt.model.exposure.encode_levels` (both encoders, levels ``levels``)."""
         return encode_levels(self.auem, self.adem, x_up, x_down, guides, levels, stats)
@@ -186,7 +186,7 @@ class SITMNet(nn.Module):
 def predict_hdr(net: SITMNet, frame: torch.Tensor) -> torch.Tensor:
     """Reference pipeline of one frame: ``ops.pre`` (pad) -> ``net`` -> ``ops.post`` (fuse, curve, crop).
 
-    ``frame`` is anything :func:`sitm_trt.ops.normalize_frame` accepts; returns float32 ``(N, 3, H, W)``.
+    ``frame`` is anything :func:`sitm_trt.reference.normalize_frame` accepts; returns float32 ``(N, 3, H, W)``.
     """
     x = ops.normalize_frame(frame)
     h, w = x.shape[-2:]

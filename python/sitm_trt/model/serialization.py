@@ -50,7 +50,7 @@ def save_weights(
     meta = {**extra, PRESET_KEY: model.preset.to_json(indent=None), FORMAT_KEY: FORMAT}
     # Through the atomic writer: no partial file, and the mode a new file gets (save_file makes 0600, which
     # a wheel would carry to every user).
-    from sitm_trt.io import write_bytes_atomic
+    from sitm_trt.media.io import write_bytes_atomic
 
     write_bytes_atomic(path, _canonical_header(st.save(tensors, metadata=meta)))
 

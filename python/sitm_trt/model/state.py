@@ -19,12 +19,12 @@ field of GlobalState        what (paper)                                        
 
 Every field has a fixed shape whatever the frame size, so a state can be computed on one frame (or a
 downscaled proxy of it) and applied to another, smoothed over time (:meth:`GlobalState.lerp`), or assembled
-from per-tile partial sums (``sitm_trt.tiling``). The GFFB's bilinear resize of F_glo to the bottleneck size
+from per-tile partial sums (``sitm_trt.runtime.tiling``). The GFFB's bilinear resize of F_glo to the bottleneck size
 is not stored: it follows from ``f_glo`` and the frame size (``region=`` of ``SITMNet.forward_state``).
 
 :class:`StatSource` is how the network code asks for these quantities: each request names a key; a known
 value is returned as is, a missing one is computed from the tensor at hand (the whole-frame behaviour of
-``forward``) and recorded. Subclasses change what "missing" does (``sitm_trt.tiling`` accumulates partial
+``forward``) and recorded. Subclasses change what "missing" does (``sitm_trt.runtime.tiling`` accumulates partial
 sums over tile interiors instead).
 """
 

@@ -171,7 +171,7 @@ class Weights:
         shipped = self.path.with_name(f"{self.path.stem}-{precision}.onnx")
         if shipped.exists() and self.card.get("onnx", {}).get(precision) == sha256_file(shipped):
             return shipped
-        from sitm_trt.backends.trt_engine import cache_root
+        from sitm_trt.runtime.backends.trt_engine import cache_root
 
         root = Path(cache_dir) if cache_dir is not None else cache_root() / "onnx"
         root.mkdir(parents=True, exist_ok=True)

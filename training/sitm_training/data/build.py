@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from sitm_trt.io import ImageReadError, write_exr, write_png
+from sitm_trt.media.io import ImageReadError, write_exr, write_png
 
 from .camera import Camera, CameraConfig, apply_color, capture, render, sample_camera, sample_exposure
 from .procedural import generate_scene

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sitm_trt.io import ImageReadError, read_hdr, read_ldr, to_float
+from sitm_trt.media.io import ImageReadError, read_hdr, read_ldr, to_float
 
 from .build import (PlanItem, Recipe, Sample, generate_item, load_manifest, load_sample, load_sample_meta, make_sample,
                     relabel_up, under_exposed)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sitm_trt.io import HDR_EXTENSIONS, LDR_EXTENSIONS, ImageReadError, read_hdr, read_ldr, srgb_eotf
+from sitm_trt.media.io import HDR_EXTENSIONS, LDR_EXTENSIONS, ImageReadError, read_hdr, read_ldr, srgb_eotf
 
 from .build import Sample
 from .sources import validate_radiance

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from sitm_trt.io import HDR_EXTENSIONS, ImageReadError, read_hdr, read_ldr, write_exr
+from sitm_trt.media.io import HDR_EXTENSIONS, ImageReadError, read_hdr, read_ldr, write_exr
 
 __all__ = [
     "DebianFile",

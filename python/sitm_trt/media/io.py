@@ -141,14 +141,14 @@ def read_ldr(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> 
     images, and images with zero pixels.
 
     The size the header declares is checked before decoding (a small file may declare 20000 x 20000):
-    more than ``max_pixels`` pixels, or by default more than the memory budget (:mod:`sitm_trt.memory`)
+    more than ``max_pixels`` pixels, or by default more than the memory budget (:mod:`sitm_trt.runtime.memory`)
     holds at 16 bytes per pixel (the decoder's buffer and the RGB copy at 16 bits), raises MemoryError.
     """
     cv2 = _cv2()
     data = _read_bytes(path)
     if not data:
         raise ImageReadError(path, "empty file (0 bytes)")
-    from sitm_trt import memory
+    from sitm_trt.runtime import memory
 
     declared = memory.image_size(data)
     if declared is not None:

@@ -140,7 +140,7 @@ class OnnxRuntimeBackend:
 
     def _view(self, x: Any) -> tuple[int, tuple[int, ...], str]:
         """(address, shape, dtype) of a compact array: an extension Buffer (as the Pipeline passes), or any
-        DLPack array (e.g. the NumPy buffers of ``sitm_trt.video``), read through the extension's DLPack view."""
+        DLPack array (e.g. the NumPy buffers of ``sitm_trt.media.video``), read through the extension's DLPack view."""
         if isinstance(x, self._C.Buffer):
             return int(x.data_ptr), tuple(x.shape), str(x.dtype)
         from sitm_trt import kernels

@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from sitm_trt import kernels
-from sitm_trt import transfer as T
+from sitm_trt.media import transfer as T
 
 __all__ = [
     "FORMATS",
@@ -776,7 +776,7 @@ class _ExrSink:
     """An OpenEXR sequence, each frame written atomically, and ``sequence.json`` (timestamps) at the end."""
 
     def __init__(self, pattern: str, source: Any, half: bool, ref_white: float):
-        from sitm_trt import io as sio
+        from sitm_trt.media import io as sio
 
         self.io, self.pattern, self.half = sio, pattern, half
         self.folder = Path(pattern).parent
@@ -849,7 +849,7 @@ def _exr_pattern(dst: Path) -> str:
 def _default_device() -> str:
     """cuda:0 when the extension can use a GPU; else the CPU, with a warning when a GPU is there but unusable
     (a driver too old for the extension's CUDA runtime) rather than silently."""
-    from sitm_trt import runtime_device
+    from sitm_trt.runtime import device as runtime_device
 
     count, why = runtime_device.cuda_devices()
     if count:
@@ -950,14 +950,14 @@ def _convert(src: Path, dst: Path, fmt: str, opts: VideoOptions, temp: Any, patt
     container = _open_input(src)
     try:
         if pipeline is None:
-            from sitm_trt.pipeline import Pipeline
+            from sitm_trt.runtime.pipeline import Pipeline
 
             pipeline = Pipeline(weights, backend=backend, precision=precision, cuda_graphs=cuda_graphs)
         device = device or _default_device()
         vin = container.streams.video[0]
         w, h = vin.codec_context.width, vin.codec_context.height
         if device == "cpu" and hasattr(getattr(pipeline, "weights", None), "preset_json"):  # the memory guard
-            from sitm_trt import memory
+            from sitm_trt.runtime import memory
 
             memory.check(pipeline.weights, 1, h, w, what=str(src))
         encoding = {"hdr10": "pq", "hlg": "hlg", "exr": "linear"}[fmt]
@@ -1220,7 +1220,7 @@ def mean_log_luminance(frame: np.ndarray) -> float:
     """Mean log2 relative luminance of a frame: linear HDR float (H, W, 3), or uint8/uint16 sRGB-encoded."""
     arr = np.asarray(frame)
     if arr.dtype in (np.uint8, np.uint16):
-        from sitm_trt.io import srgb_eotf, to_float
+        from sitm_trt.media.io import srgb_eotf, to_float
 
         x = srgb_eotf(to_float(arr)).astype(np.float64)
     else:
@@ -1253,10 +1253,10 @@ def static_noisy_clip(frames: int = 48, height: int = 64, width: int = 96, noise
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    """``python -m sitm_trt.video flicker``: flicker with and without the temporal smoothing (docs/video.md)."""
+    """``python -m sitm_trt.media.video flicker``: flicker with and without the temporal smoothing (docs/video.md)."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m sitm_trt.video")
+    p = argparse.ArgumentParser(prog="python -m sitm_trt.media.video")
     sub = p.add_subparsers(dest="what", required=True)
     f = sub.add_parser("flicker", help="flicker of a static noisy synthetic clip, with and without smoothing")
     f.add_argument("--weights", default="default")
@@ -1270,7 +1270,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
                         "react more to the content, as a trained network may)")
     f.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
-    from sitm_trt.pipeline import Pipeline
+    from sitm_trt.runtime.pipeline import Pipeline
     from sitm_trt.weights import load
 
     h, w = (int(v) for v in args.size.lower().split("x"))

@@ -27,7 +27,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable, Iterator
 
-from sitm_trt.io import write_bytes_atomic
+from sitm_trt.media.io import write_bytes_atomic
 
 __all__ = ["Flavour", "find_flavour", "Profile", "EngineKey", "build_serialized", "EngineCache", "default_cache_dir", "cache_root",
            "TensorRTUnavailable"]

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sitm_trt import ops
+from sitm_trt import reference as ops
 from sitm_trt.model import Preset, SITMNet
 from sitm_trt.model.blocks import CMAB_DILATIONS, cast
 from sitm_trt.model.exposure import guide_pyramid
@@ -711,7 +711,7 @@ def global_state_tiled(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Measurement: python -m sitm_trt.tiling (seam error and peak memory against whole-frame inference)
+# Measurement: python -m sitm_trt.runtime.tiling (seam error and peak memory against whole-frame inference)
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -719,9 +719,9 @@ def _measure_frame(image: str | None, height: int, width: int):
     """The sample photo (or ``image``) resized to ``height x width``, uint8 HWC NumPy (a decoder's output)."""
     from pathlib import Path
 
-    from sitm_trt import io
+    from sitm_trt.media import io
 
-    path = image or str(Path(__file__).resolve().parent / "data" / "coffee.png")
+    path = image or str(Path(__file__).resolve().parent.parent / "samples" / "coffee.png")
     x = torch.from_numpy(io.read_ldr(path)).permute(2, 0, 1)[None].float()
     x = F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False)
     return x.round().clamp(0, 255 if x.max() <= 255 else 65535)[0].permute(1, 2, 0).to(torch.uint8).numpy()
@@ -843,7 +843,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
-    ap = argparse.ArgumentParser(prog="python -m sitm_trt.tiling", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m sitm_trt.runtime.tiling", description=main.__doc__)
     ap.add_argument("--weights", default="random", help="'random' (seed 0), 'default' or a weights file")
     ap.add_argument("--preset", default="compact", help="preset of --weights random")
     ap.add_argument("--size", default="4096x3072", help="WIDTHxHEIGHT of the test frame")
@@ -869,7 +869,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = [] if args.no_full else [("full", 0)]
         runs += [(m, t) for t in args.tile for m in (("tiled", "naive") if args.naive else ("tiled",))]
         for mode, t in runs:
-            cmd = [sys.executable, "-m", "sitm_trt.tiling", "--worker", mode, "--save", f"{tmp}/{mode}{t}.npy",
+            cmd = [sys.executable, "-m", "sitm_trt.runtime.tiling", "--worker", mode, "--save", f"{tmp}/{mode}{t}.npy",
                    "--frame", f"{tmp}/frame.npy",
                    "--weights", args.weights, "--preset", args.preset, "--size", args.size,
                    "--tile", str(t or 512), "--threads", str(args.threads)]

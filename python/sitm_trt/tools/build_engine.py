@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     from sitm_trt import kernels
-    from sitm_trt.backends.tensorrt_backend import prepare_engine
-    from sitm_trt.backends.trt_engine import EngineCache, Profile, find_flavour
+    from sitm_trt.runtime.backends.tensorrt_backend import prepare_engine
+    from sitm_trt.runtime.backends.trt_engine import EngineCache, Profile, find_flavour
     from sitm_trt.weights import load
 
     if not (args.min[0] <= args.opt[0] <= args.max[0] and args.min[1] <= args.opt[1] <= args.max[1]):
@@ -102,7 +102,7 @@ def _main(args: argparse.Namespace) -> int:
           f"{time.perf_counter() - t0:.1f} s; {weights.preset_name}, {args.precision}, "
           f"{profile.padded(weights.stride).describe()}; target {key.target})")
     if args.output:
-        from sitm_trt.io import write_bytes_atomic
+        from sitm_trt.media.io import write_bytes_atomic
 
         args.output.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(args.output, data)  # never a partial copy

@@ -6,7 +6,7 @@ torch), a CUDA array on its GPU (TensorRT when it can run there, else ONNX Runti
 when ``onnxruntime-gpu`` is installed, else torch). On CUDA a call is stream-ordered like a torch
 op: ordered after the caller's stream (``stream=``, default the current torch/CuPy stream), which is ordered
 after the call, and the host never waits; the work runs on the device's runtime stream
-(:mod:`sitm_trt.runtime_device`).
+(:mod:`sitm_trt.runtime.device`).
 
 Inputs: float32/float16 ``(N, 3, H, W)`` in [0, 1], or uint8/uint16 ``(H, W, 3)`` / ``(N, H, W, 3)``, as torch
 tensors, NumPy arrays or any DLPack array. LDR values outside [0, 1] are clamped and NaN becomes 0 (the pre
@@ -21,8 +21,9 @@ import threading
 import warnings
 from typing import Any
 
-from sitm_trt import kernels, runtime_device
-from sitm_trt.backends.trt_engine import EngineCache, Profile, TensorRTUnavailable, find_flavour, gpu_plan
+from sitm_trt import kernels
+from sitm_trt.runtime import device as runtime_device
+from sitm_trt.runtime.backends.trt_engine import EngineCache, Profile, TensorRTUnavailable, find_flavour, gpu_plan
 from sitm_trt.weights import Weights, WeightsError, load, resolve_path
 
 __all__ = ["Pipeline", "infer", "info", "load"]
@@ -39,7 +40,7 @@ class Pipeline:
     ``precision``: "fp16" or "fp32"; default fp16 for TensorRT, fp32 for torch (the reference) and ONNX Runtime.
     ``threads``: CPU threads of the network: ONNX Runtime's intra-op pool of this pipeline's session; for the
     torch backend ``torch.set_num_threads`` (process-wide). ``None``: the engine's default (docs/runtime.md).
-    ``profile``: the TensorRT shape range (:class:`~sitm_trt.backends.trt_engine.Profile`).
+    ``profile``: the TensorRT shape range (:class:`~sitm_trt.runtime.backends.trt_engine.Profile`).
     ``cache_dir``: where TensorRT engines are cached (default ``~/.cache/sitm-trt/engines``).
     ``tile``: memory-bounded inference for very large frames: windows of ``tile`` pixels with the whole-frame
     (global) state computed once, so tiles agree (docs/tiling.md; ``overlap=None`` picks the context that
@@ -102,7 +103,7 @@ class Pipeline:
             return self._onnxruntime(device, required=True)
         if choice in ("auto", "tensorrt"):
             try:
-                from sitm_trt.backends.tensorrt_backend import TensorRTBackend, TensorRTCannotRun
+                from sitm_trt.runtime.backends.tensorrt_backend import TensorRTBackend, TensorRTCannotRun
 
                 return TensorRTBackend(self.weights, device=int(device.split(":")[1]), precision=self.precision or "fp16",
                                        profile=self.profile, cache=self.cache, log=self.log,
@@ -113,7 +114,7 @@ class Pipeline:
                 if choice == "tensorrt":
                     raise
                 self.auto_reason = f"TensorRT not used on {device}: {err}"
-                from sitm_trt.backends.onnxruntime_backend import cuda_provider_available
+                from sitm_trt.runtime.backends.onnxruntime_backend import cuda_provider_available
 
                 if choice == "auto" and cuda_provider_available():
                     warnings.warn(f"sitm-trt: {self.auto_reason}; running ONNX Runtime's CUDA execution provider",
@@ -125,7 +126,7 @@ class Pipeline:
     def _onnxruntime(self, device: str, required: bool):
         """The ONNX Runtime backend for ``device``; None (with ``auto_reason`` set) when it is not installed and
         not ``required``."""
-        from sitm_trt.backends.onnxruntime_backend import OnnxRuntimeBackend, OnnxRuntimeUnavailable
+        from sitm_trt.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend, OnnxRuntimeUnavailable
 
         try:
             return OnnxRuntimeBackend(self.weights, device=device, precision=self.precision or "fp32",
@@ -151,7 +152,7 @@ class Pipeline:
 
     def _torch(self, device: str):
         try:
-            from sitm_trt.backends.torch_backend import TorchBackend
+            from sitm_trt.runtime.backends.torch_backend import TorchBackend
         except ImportError as err:
             raise ImportError("the torch backend needs PyTorch: pip install 'sitm-trt[torch]'") from err
         backend = TorchBackend(self.weights, device=device, precision=self.precision or "fp32", compile=self.compile,
@@ -183,12 +184,12 @@ class Pipeline:
                                                             handle), x)
             return out if out is not None else (empty[0] if (hwc and unbatched) else empty)
         if self.tile is not None:
-            from sitm_trt.tiling import infer_tiled
+            from sitm_trt.runtime.tiling import infer_tiled
 
             return infer_tiled(self._torch_for(device).model, x, tile=self.tile, overlap=self.overlap,
                                layout=layout, dtype=dtype, out=out)
-        if device == "cpu":  # the memory guard (sitm_trt.memory): refuse before allocating what cannot fit
-            from sitm_trt import memory
+        if device == "cpu":  # the memory guard (sitm_trt.runtime.memory): refuse before allocating what cannot fit
+            from sitm_trt.runtime import memory
 
             memory.check(self.weights, n, h, w)
         backend = self.backend_for(device)

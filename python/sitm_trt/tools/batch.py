@@ -4,13 +4,13 @@ Inputs are files, folders (walked recursively), globs, or URIs that pyarrow's fi
 ``gs://``, ``abfs://``, ``hdfs://``, ``file://``); a folder input keeps its sub-folders under the output folder.
 Each image gives what ``sitm-trt infer`` writes (``NAME.exr`` or ``NAME.hdr``, optionally
 ``NAME.preview.png``), each video what ``sitm-trt video`` writes (``NAME.mp4`` HDR10/HLG, or an EXR sequence
-in the folder ``NAME/``), with the same code (:func:`sitm_trt.cli.write_image_outputs`,
-:func:`sitm_trt.video.convert`), so the files are the same bytes.
+in the folder ``NAME/``), with the same code (:func:`sitm_trt.tools.cli.write_image_outputs`,
+:func:`sitm_trt.media.video.convert`), so the files are the same bytes.
 
 How it runs:
 
 * A Ray Dataset of (input, output, kind) rows goes through ``map_batches`` with :class:`Worker`, a class UDF
-  that holds one :class:`~sitm_trt.pipeline.Pipeline` per worker (an actor; ``--num-gpus-per-worker`` /
+  that holds one :class:`~sitm_trt.runtime.pipeline.Pipeline` per worker (an actor; ``--num-gpus-per-worker`` /
   ``--cpus-per-worker``). Images come in blocks of at most ``--batch``, and images of one size run through
   the network together as ``sitm-trt infer`` does.
 * Videos: one task per video (a block of one row): the frames of a video depend on each other through the
@@ -110,7 +110,7 @@ def _is_uri(s: str) -> bool:
 
 
 def _kind(name: str) -> str | None:
-    from sitm_trt.io import LDR_EXTENSIONS
+    from sitm_trt.media.io import LDR_EXTENSIONS
 
     ext = os.path.splitext(name)[1].lower()
     return "image" if ext in LDR_EXTENSIONS else "video" if ext in VIDEO_EXTENSIONS else None
@@ -118,7 +118,7 @@ def _kind(name: str) -> str | None:
 
 def _expand(patterns: Sequence[str], output_dir: Path) -> list[tuple[str, str, str]]:
     """(input, its path relative to the output folder without extension, kind) for each input file, in order."""
-    from sitm_trt.cli import UsageError, expand_inputs
+    from sitm_trt.tools.cli import UsageError, expand_inputs
 
     found: list[tuple[str, str, str]] = []
     out_real = os.path.realpath(output_dir)
@@ -177,7 +177,7 @@ def _uri(scheme: str, path: str) -> str:
 
 
 def _image_exts() -> tuple[str, ...]:
-    from sitm_trt.io import LDR_EXTENSIONS
+    from sitm_trt.media.io import LDR_EXTENSIONS
 
     return LDR_EXTENSIONS
 
@@ -217,9 +217,9 @@ def _complete(item: Item, preview: bool) -> bool:
 
 
 def _temporaries(target: Path) -> list[Path]:
-    """Leftovers of an interrupted write of ``target``: sitm_trt.io's ``.NAME.XXXXXXXX.tmp``, this module's
+    """Leftovers of an interrupted write of ``target``: sitm_trt.media.io's ``.NAME.XXXXXXXX.tmp``, this module's
     ``.NAME.XXXXXXXX.tmp.EXT`` (a video), ``.NAME.XXXXXXXX.tmp/`` (an EXR sequence), ``.NAME.XXXXXXXX.old/``,
-    and what sitm_trt.video writes beside the video temporary, ``..NAME.XXXXXXXX.tmp.EXT.*``."""
+    and what sitm_trt.media.video writes beside the video temporary, ``..NAME.XXXXXXXX.tmp.EXT.*``."""
     pattern = re.compile(r"^\.\.?" + re.escape(target.name) + r"\.[A-Za-z0-9_]{8}\.(tmp|old)(\.|$)")
     try:
         return [p for p in target.parent.iterdir() if pattern.match(p.name)]
@@ -242,12 +242,12 @@ def _remove(path: Path) -> None:
 
 def _permanent(err: BaseException) -> bool:
     """The input itself is unusable (unreadable image or video): retrying cannot help."""
-    from sitm_trt.io import ImageReadError
+    from sitm_trt.media.io import ImageReadError
 
     if isinstance(err, ImageReadError):
         return True
     try:
-        from sitm_trt.video import VideoError
+        from sitm_trt.media.video import VideoError
     except ImportError:  # pragma: no cover
         return False
     return isinstance(err, VideoError)
@@ -261,8 +261,8 @@ class _Worker:
     """The pipeline (made once per worker), fetching inputs from URIs, bounded retries."""
 
     def __init__(self, config: dict):
-        from sitm_trt import cli
-        from sitm_trt.pipeline import Pipeline
+        from sitm_trt.tools import cli
+        from sitm_trt.runtime.pipeline import Pipeline
 
         self.config = config
         self.device = cli._device(config["device"])
@@ -341,7 +341,7 @@ class Worker(_Worker):
     def images(self, rows: list[dict]) -> list[dict]:
         import numpy as np
 
-        from sitm_trt import cli
+        from sitm_trt.tools import cli
 
         cfg = self.config
         results: dict[int, dict] = {}
@@ -404,7 +404,7 @@ class Worker(_Worker):
                 "seconds": time.perf_counter() - t0}
 
     def _convert(self, src: Path, dst: Path, name: str) -> None:
-        from sitm_trt import video
+        from sitm_trt.media import video
 
         opts = video.VideoOptions(**self.config["video"])
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -419,7 +419,7 @@ class Worker(_Worker):
                           overwrite=True, log=_notice)
             if opts.format == "exr":
                 if name != str(src):  # a URI's local copy: sequence.json names the URI
-                    from sitm_trt.io import write_bytes_atomic
+                    from sitm_trt.media.io import write_bytes_atomic
 
                     meta = json.loads((tmp / "sequence.json").read_text())
                     meta["source"] = name
@@ -544,7 +544,7 @@ def convert(inputs: str | os.PathLike | Iterable[str | os.PathLike], output_dir:
     """Convert images and videos into ``output_dir`` on Ray Data (module docstring, docs/batch.md).
 
     ``format``/``half``/``preview``/``batch_size``: the image outputs, as ``sitm-trt infer`` (``-f``,
-    ``--float``, ``--preview``, ``--batch``). ``video_options``: a :class:`sitm_trt.video.VideoOptions`
+    ``--float``, ``--preview``, ``--batch``). ``video_options``: a :class:`sitm_trt.media.video.VideoOptions`
     (``format`` hdr10, hlg or exr; default hdr10) and ``video_container`` (mp4, mov, mkv). ``weights``,
     ``backend``, ``precision``, ``device``: as the other commands, per worker. ``address``: a Ray cluster
     (default ``$RAY_ADDRESS``, else a local Ray of ``num_cpus`` CPUs, default all, started and stopped here;
@@ -553,7 +553,7 @@ def convert(inputs: str | os.PathLike | Iterable[str | os.PathLike], output_dir:
     the input's fault. Returns the counts and this run's manifest records; Ctrl-C (KeyboardInterrupt) is
     re-raised after the manifest is flushed and the workers are stopped.
     """
-    from sitm_trt import video as V
+    from sitm_trt.media import video as V
     from sitm_trt.weights import load
 
     t_start = time.perf_counter()
@@ -678,8 +678,8 @@ def summary(result: BatchResult) -> str:
 
 
 def run_cli(args: Any) -> int:
-    """``sitm-trt batch`` (parsed by :func:`sitm_trt.cli.build_parser`)."""
-    from sitm_trt import cli
+    """``sitm-trt batch`` (parsed by :func:`sitm_trt.tools.cli.build_parser`)."""
+    from sitm_trt.tools import cli
 
     _ray()  # say what to install before anything else
     vopts = cli.video_options(args, args.video_format)

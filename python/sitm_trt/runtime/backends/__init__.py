@@ -6,10 +6,10 @@ padded network inputs (extension Buffers, ``sitm_trt._C.Buffer``, on the backend
 ``(exposure_up, exposure_down, masks, coef)`` as DLPack arrays on the same device, enqueued on ``stream``
 (a ``cudaStream_t`` integer; 0 on the CPU) without synchronizing the host.
 
-- :class:`~sitm_trt.backends.torch_backend.TorchBackend`: the PyTorch module, CPU or CUDA.
-- :class:`~sitm_trt.backends.tensorrt_backend.TensorRTBackend`: a TensorRT engine (classic or RTX), CUDA only,
+- :class:`~sitm_trt.runtime.backends.torch_backend.TorchBackend`: the PyTorch module, CPU or CUDA.
+- :class:`~sitm_trt.runtime.backends.tensorrt_backend.TensorRTBackend`: a TensorRT engine (classic or RTX), CUDA only,
   no torch needed.
-- :class:`~sitm_trt.backends.onnxruntime_backend.OnnxRuntimeBackend`: an ONNX Runtime session, CPU (the CPU
+- :class:`~sitm_trt.runtime.backends.onnxruntime_backend.OnnxRuntimeBackend`: an ONNX Runtime session, CPU (the CPU
   default) or CUDA with ``onnxruntime-gpu``, no torch needed.
 """
 

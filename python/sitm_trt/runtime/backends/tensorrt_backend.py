@@ -3,7 +3,7 @@
 No torch at run time: device memory, copies and device queries come from the sitm-trt extension, the engine
 from the weights' shipped ONNX. Inputs are bound by their device pointers (``set_tensor_address``), the
 outputs are reusable extension buffers; the engine runs on the device's runtime stream, fenced against the
-caller's stream (:mod:`sitm_trt.runtime_device`), never on the legacy default stream.
+caller's stream (:mod:`sitm_trt.runtime.device`), never on the legacy default stream.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import contextlib
 import warnings
 from typing import Any, Sequence
 
-from sitm_trt.backends.trt_engine import (INPUTS, OUTPUTS, EngineCache, EngineKey, Flavour, Profile,
+from sitm_trt.runtime.backends.trt_engine import (INPUTS, OUTPUTS, EngineCache, EngineKey, Flavour, Profile,
                                           build_serialized, find_flavour)
 from sitm_trt.kernels import BufferPool
 from sitm_trt.weights import Weights, sha256_file
@@ -203,11 +203,11 @@ class TensorRTBackend:
         """``inputs``: extension Buffers (``sitm_trt._C.Buffer``: device pointer and shape), as the Pipeline
         passes them; the outputs are Buffers too, reused across calls.
 
-        The engine always runs on this device's runtime stream (``sitm_trt.runtime_device``), never on the
+        The engine always runs on this device's runtime stream (``sitm_trt.runtime.device``), never on the
         legacy default stream: it waits for ``stream`` on entry and ``stream`` waits for it on exit (device-side
         waits; the Pipeline passes the runtime stream itself, so both are no-ops there). One stream per device
         also means the execution context's scratch memory is never used by two calls at once."""
-        from sitm_trt import runtime_device
+        from sitm_trt.runtime import device as runtime_device
 
         n, _, h, w = inputs[0].shape
         if not self.profile.contains(n, h, w):

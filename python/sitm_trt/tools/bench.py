@@ -1,4 +1,4 @@
-"""Benchmarks: ``sitm-trt bench kernels | pipeline | video | batch`` (or ``python -m sitm_trt.bench ...``).
+"""Benchmarks: ``sitm-trt bench kernels | pipeline | video | batch`` (or ``python -m sitm_trt.tools.bench ...``).
 
 ``pipeline``: ms per frame of the pre kernel, the network and the post kernel and end to end, frames/s and
 peak memory, per backend, precision and preset, with the speed-up of each backend over torch; the backends
@@ -269,7 +269,7 @@ def bench_pipeline(backends: list[str], presets: list[str], resolutions: list[st
     import torch
 
     from sitm_trt import kernels as K
-    from sitm_trt.pipeline import Pipeline
+    from sitm_trt.runtime.pipeline import Pipeline
 
     header = {"python": platform.python_version(), "torch": torch.__version__,
               "cpu": platform.processor() or platform.machine(), "build": K.build_info()}
@@ -278,7 +278,7 @@ def bench_pipeline(backends: list[str], presets: list[str], resolutions: list[st
         header["driver"] = K.extension().device_properties(0)["driver_version"]
     if any(b.startswith("tensorrt") for b in backends):  # import TensorRT only when it is benchmarked
         try:
-            from sitm_trt.backends.trt_engine import find_flavour
+            from sitm_trt.runtime.backends.trt_engine import find_flavour
 
             fl = find_flavour()
             header["tensorrt"] = f"{fl.name} {fl.version}"
@@ -461,7 +461,7 @@ def bench_video(weights: str, resolution: str, frames: int, formats: list[str], 
     import os
     import tempfile
 
-    from sitm_trt import video
+    from sitm_trt.media import video
 
     h, w = RESOLUTIONS[resolution]
     rows = []
@@ -478,7 +478,7 @@ def bench_video(weights: str, resolution: str, frames: int, formats: list[str], 
 
 
 def bench_batch(weights: str, n: int, height: int, width: int, workers: list[int], backend: str) -> dict:
-    """images/s of the sequential loop and of ``sitm_trt.batch.convert`` per worker count, on ``n`` generated
+    """images/s of the sequential loop and of ``sitm_trt.tools.batch.convert`` per worker count, on ``n`` generated
     PNGs. The loop's pipeline is made and warmed before its clock starts. A batch job is timed whole (Ray
     already running; starting the workers and their pipelines included) and in its steady state: the images
     whose records arrived after the first one, over the time from the first record to the last."""
@@ -488,8 +488,10 @@ def bench_batch(weights: str, n: int, height: int, width: int, workers: list[int
 
     import numpy as np
 
-    from sitm_trt import batch, cli, io
-    from sitm_trt.pipeline import Pipeline
+    from sitm_trt.tools import batch
+    from sitm_trt.tools import cli
+    from sitm_trt.media import io
+    from sitm_trt.runtime.pipeline import Pipeline
 
     batch._ray()  # says what to install
     rows: dict = {"images": n, "size": f"{width}x{height}", "backend": backend, "cpus": os.cpu_count()}

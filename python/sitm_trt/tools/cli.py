@@ -6,9 +6,9 @@ Grayscale inputs are converted as RGB with R = G = B and written gray (the mean 
 an alpha channel is kept in EXR outputs as ``A`` with the colour premultiplied (the OpenEXR convention)
 and dropped, with a notice, in ``.hdr`` outputs. Images of one size are batched (``--batch``).
 
-``sitm-trt video IN OUT``: see :mod:`sitm_trt.video` and docs/video.md.
+``sitm-trt video IN OUT``: see :mod:`sitm_trt.media.video` and docs/video.md.
 
-``sitm-trt batch INPUT... -o OUT``: images and videos on a Ray cluster; see :mod:`sitm_trt.batch` and docs/batch.md.
+``sitm-trt batch INPUT... -o OUT``: images and videos on a Ray cluster; see :mod:`sitm_trt.tools.batch` and docs/batch.md.
 
 Exit status: 0 done, 1 some inputs failed (each is reported), 2 bad usage or nothing could run (malformed
 weights, an engine that cannot be built or cached, a frame over the memory budget: one ``sitm-trt: error:``
@@ -73,7 +73,7 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
 
 def plan_outputs(inputs: list[Path], output: str | None, fmt: str) -> list[Path]:
     """Where each input's HDR goes: beside it, into the folder ``output``, or (one input) the file ``output``."""
-    from sitm_trt.io import HDR_EXTENSIONS, LDR_EXTENSIONS
+    from sitm_trt.media.io import HDR_EXTENSIONS, LDR_EXTENSIONS
 
     for p in inputs:
         ext = p.suffix.lower()
@@ -114,7 +114,7 @@ def read_image(path: Path, max_pixels: int | None = None) -> tuple[Any, Any, boo
     """(RGB uint8/uint16 (H, W, 3), alpha in [0, 1] float32 (H, W) or None, grayscale?) of an LDR file."""
     import numpy as np
 
-    from sitm_trt import io
+    from sitm_trt.media import io
 
     rgb = io.read_ldr(path, max_pixels=max_pixels)  # ImageReadError, or MemoryError from the declared size
     alpha, gray = None, False
@@ -151,7 +151,7 @@ def write_image_outputs(src: Path, dst: Path, hdr: Any, alpha: Any, gray: bool, 
     (``FileExistsError``), so two runs writing the same output cannot both succeed."""
     import numpy as np
 
-    from sitm_trt import io
+    from sitm_trt.media import io
 
     if gray:
         hdr = np.repeat(hdr.mean(axis=2, keepdims=True), 3, axis=2)
@@ -166,7 +166,7 @@ def write_image_outputs(src: Path, dst: Path, hdr: Any, alpha: Any, gray: bool, 
 
 
 def _make_pipeline(args: argparse.Namespace) -> Any:
-    from sitm_trt.pipeline import Pipeline
+    from sitm_trt.runtime.pipeline import Pipeline
 
     return Pipeline(args.weights, backend=args.backend, precision=args.precision, threads=getattr(args, "threads", None))
 
@@ -233,7 +233,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise UsageError(f"--batch must be >= 1, got {args.batch}")
     if args.sample:
-        from sitm_trt.data import SAMPLE
+        from sitm_trt.samples import SAMPLE
 
         args.inputs = [*args.inputs, str(SAMPLE)]
         if args.output is None:
@@ -262,7 +262,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
             raise UsageError(f"{folder}: no such folder for the outputs")
         if not os.access(folder, os.W_OK | os.X_OK):
             raise UsageError(f"{folder}: not writable (permission denied)")
-    from sitm_trt import memory
+    from sitm_trt.runtime import memory
 
     limit = memory.budget()
     max_pixels = None if limit is None else limit // memory.DECODED_BYTES_PER_PIXEL
@@ -292,7 +292,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
                        f"{memory.format_bytes(memory.fits(pipe.weights, 1, h, w)[1])} in one piece, "
                        f"{memory.format_bytes(limit)} available: converting in {tile}-pixel tiles", file=sys.stderr)
             if tile not in tiled:
-                from sitm_trt.pipeline import Pipeline
+                from sitm_trt.runtime.pipeline import Pipeline
 
                 try:
                     tiled[tile] = Pipeline(args.weights, backend="torch", tile=tile)
@@ -353,8 +353,8 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
 
 def video_options(args: argparse.Namespace, fmt: str | None) -> Any:
-    """The :class:`sitm_trt.video.VideoOptions` of the parsed video options (``_video_args``), checked."""
-    from sitm_trt import video
+    """The :class:`sitm_trt.media.video.VideoOptions` of the parsed video options (``_video_args``), checked."""
+    from sitm_trt.media import video
 
     opts = video.VideoOptions(
         format=fmt, peak_nits=args.peak_nits, ref_white=args.ref_white, crf=args.crf, preset=args.preset,
@@ -369,7 +369,7 @@ def video_options(args: argparse.Namespace, fmt: str | None) -> Any:
 
 
 def _cmd_video(args: argparse.Namespace) -> int:
-    from sitm_trt import video
+    from sitm_trt.media import video
 
     opts = video_options(args, args.format)
     res = video.convert(args.input, args.output, weights=args.weights, backend=args.backend,
@@ -388,7 +388,7 @@ def _cmd_video(args: argparse.Namespace) -> int:
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
-    from sitm_trt import batch
+    from sitm_trt.tools import batch
 
     return batch.run_cli(args)
 
@@ -429,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("inputs", nargs="*", metavar="IMAGE",
                      help="files or globs (quote globs for recursion: 'in/**/*.png')")
     inf.add_argument("--sample", action="store_true",
-                     help="also convert the sample photo shipped with sitm-trt (sitm_trt.data.SAMPLE, CC0)")
+                     help="also convert the sample photo shipped with sitm-trt (sitm_trt.samples.SAMPLE, CC0)")
     inf.add_argument("-o", "--output", help="output folder (default: beside each input), or a file name for one input")
     _image_args(inf)
     inf.add_argument("--skip-existing", action="store_true", help="skip inputs whose output exists")
@@ -507,11 +507,11 @@ def _video_args(vid: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
-        from sitm_trt import bench
+        from sitm_trt.tools import bench
 
         return bench.main(argv[1:])
     if argv[:1] == ["build-engine"]:
-        from sitm_trt import build_engine
+        from sitm_trt.tools import build_engine
 
         return build_engine.main(argv[1:])
     parser = build_parser()
@@ -521,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if os.environ.get("SITM_TRT_MEMORY_LIMIT"):  # a malformed limit is a usage error, not a traceback later
-            from sitm_trt import memory
+            from sitm_trt.runtime import memory
 
             try:
                 memory.budget()
@@ -540,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         _err(f"error: {err}")
         return 2
     except Exception as err:  # noqa: BLE001 - the command line reports, the library raises
-        from sitm_trt.video import VideoError
+        from sitm_trt.media.video import VideoError
 
         if isinstance(err, VideoError):
             _err(f"error: {err}")
