@@ -193,17 +193,17 @@ def test_no_driver_here_is_not_called_too_old():
 
 
 def test_default_video_device_warns_when_the_driver_is_too_old(monkeypatch):
-    from sitm_trt.media import video
+    from sitm_trt.media.video import conversion
 
     monkeypatch.setattr(runtime_device, "cuda_devices", lambda: (0, "CUDA driver version is insufficient: ..."))
     with pytest.warns(RuntimeWarning, match="driver"):
-        assert video._default_device() == "cpu"
+        assert conversion._default_device() == "cpu"
     monkeypatch.setattr(runtime_device, "cuda_devices", lambda: (1, ""))
-    assert video._default_device() == "cuda:0"
+    assert conversion._default_device() == "cuda:0"
     monkeypatch.setattr(runtime_device, "cuda_devices", lambda: (0, "... (no NVIDIA driver is installed)"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a machine without a GPU gets the CPU quietly
-        assert video._default_device() == "cpu"
+        assert conversion._default_device() == "cpu"
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import torch
 
 from sitm_trt.media import transfer as T
 from sitm_trt.media import video as V
+from sitm_trt.media.video import hevc_sei, sinks
 
 av = pytest.importorskip("av")
 
@@ -301,7 +302,7 @@ def test_clear_errors(tmp_path):
     with pytest.raises(V.VideoError, match="exists"):
         V.convert(tmp_path / "in.mp4", tmp_path / "exists.mp4", pipeline=pipe, progress=False)
     with pytest.raises(V.VideoError, match="encoder libnope is not in this FFmpeg build"):
-        V._check_encoder("libnope")
+        sinks._check_encoder("libnope")
     with pytest.raises(ValueError, match="ref_white"):
         V.VideoOptions(ref_white=2000).check()
 
@@ -394,13 +395,13 @@ def test_sei_nal_and_payloads():
     # ST 2086 as HEVC carries it: G, B, R, white in 0.00002 units; max, min in 0.0001 cd/m2
     assert struct.unpack(">8H2I", md) == (8500, 39850, 6550, 2300, 35400, 14600, 15635, 16450, 10000000, 1)
     cll = V.content_light_level_sei(0, 1)  # 00 00 00 01: needs emulation prevention
-    nal = V._sei_nal([(137, md), (144, cll)])
+    nal = hevc_sei._sei_nal([(137, md), (144, cll)])
     assert nal[:2] == b"\x4e\x01"  # prefix SEI, layer 0, temporal id 1
     assert b"\x00\x00\x00" not in nal and b"\x00\x00\x01" not in nal
     rbsp = unescape(nal[2:])
     assert rbsp == bytes([137, 24]) + md + bytes([144, 4]) + cll + b"\x80"
     au = b"".join(len(n).to_bytes(4, "big") + n for n in [b"\x40\x01vps", b"\x02\x01slice"])  # VPS, TRAIL_R
-    got = V._insert_before_vcl(au, nal, 4)
+    got = hevc_sei._insert_before_vcl(au, nal, 4)
     assert got == au[:9] + len(nal).to_bytes(4, "big") + nal + au[9:]
 
 
