@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sitm_trt.tools import batch
+from sitm_trt.tools import batch, batch_plan
 from sitm_trt.tools import cli
 from sitm_trt.media import io
 from sitm_trt.media.video import VideoOptions
@@ -128,7 +128,7 @@ def test_help_and_bounded_retries_and_leftover_names(tmp_path, capsys):
     others = ["a.exr", ".a.exr", ".b.exr.abcd1234.tmp", ".a.exr.preview.png", ".a.exr.abc.tmp", "x.a.exr.abcd1234.tmp"]
     for name in ours + others:
         (tmp_path / name).write_bytes(b"")
-    assert sorted(p.name for p in batch._temporaries(tmp_path / "a.exr")) == sorted(ours)
+    assert sorted(p.name for p in batch_plan.temporaries(tmp_path / "a.exr")) == sorted(ours)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from sitm_trt.runtime import tiling
 from sitm_trt.model import Preset, SITMNet, predict_hdr
 from sitm_trt.model.blocks import thumbnail
 from sitm_trt.model.state import GlobalState
+from sitm_trt.tools.tiling_probe import naive_tiles
 
 # Every block present (a CMAB at every level, so every fine level has a whole-frame gate), 64-pixel thumbnail.
 TINY = Preset(
@@ -119,7 +120,7 @@ def test_tiled_matches_the_full_frame(net, tile, overlap, coarse_level, tol):
     assert info["statistics"] == gates + means + [["mefm_g"]]
     assert info["passes"] == len(info["statistics"]) + 2
     # the same tiles, each with its own state (plain forward per tile), are off by orders of magnitude more
-    naive = torch.from_numpy(tiling._naive_tiles(net, frame, tile, overlap))
+    naive = torch.from_numpy(naive_tiles(net, frame, tile, overlap))
     assert (naive - ref).abs().max() > 100 * err.max()
 
 

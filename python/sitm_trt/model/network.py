@@ -45,7 +45,8 @@ class SITMNet(nn.Module):
     (heights and widths multiples of :attr:`stride`, any size) and returns :class:`SITMOutput`.
     :meth:`forward_train` also returns the progressive images of Eq. 11; :meth:`forward_exposure` runs
     only AUEM/ADEM (stage-1 training, with :meth:`exposure_parameters`). :meth:`global_state` returns the
-    whole-frame quantities and :meth:`forward_state` runs the network with given ones (tiles, video).
+    whole-frame quantities and :meth:`forward_state` runs the network with given ones (tiles, video);
+    :meth:`forward_with_state` returns the output and the quantities of one pass.
     """
 
     def __init__(self, preset: Preset | str = "compact") -> None:
@@ -138,6 +139,16 @@ class SITMNet(nn.Module):
         stats = StatSource()
         self._run(image, image_down, image_up, guide, stats)
         return GlobalState.from_values(stats.values, self.preset.levels)
+
+    def forward_with_state(
+        self, image: torch.Tensor, image_down: torch.Tensor, image_up: torch.Tensor, guide: torch.Tensor
+    ) -> tuple[SITMOutput, GlobalState]:
+        """``(forward(*inputs), global_state(*inputs))`` from one forward pass: the output and the whole-frame
+        quantities it used (``sitm_trt.runtime.tiling`` returns both for a frame that fits one tile)."""
+        stats = StatSource()
+        out = self._run(image, image_down, image_up, guide, stats)
+        state = GlobalState.from_values(stats.values, self.preset.levels)
+        return SITMOutput(out.image_up, out.image_down, out.masks, out.coef), state  # type: ignore[union-attr]
 
     def forward_state(
         self,

@@ -21,10 +21,17 @@ tiles agree:
 
 Peak memory is the windows' activations plus the output and the coarse levels (1/16 of the pixels at the
 default ``coarse_level`` 2 of ``compact``/``fast``); the full-resolution network inputs and the exposure
-images are never held for the whole frame. ``docs/tiling.md`` has the measured seam error, memory and time.
+images are never held for the whole frame. ``docs/tiling.md`` has the seam error, memory and time, measured
+by ``python -m sitm_trt.tools.tiling_probe``.
 
 With a given ``state`` (e.g. a state smoothed over video frames) no statistic pass is needed: two passes
 over the fine levels (the encoder for the coarse input, then the whole fine network).
+
+Why one module of about 700 lines: it is one algorithm. Its sections (geometry, frame views, thumbnails from
+pieces, the statistic gatherer, the driver) serve each other - the gatherer feeds the thumbnail accumulator
+and reads the tile geometry, the driver uses them all - and none is of use alone; as separate modules their
+private helpers would become an internal API to keep stable, and no part would read better on its own. The
+public part is ``__all__``.
 """
 
 from __future__ import annotations
@@ -549,9 +556,7 @@ def _single(net: SITMNet, frame: _Frame, state: GlobalState | None, out: torch.T
     s = net.stride
     pre = ops.pre(frame.crop(0, ops.padded_size(frame.h, s), 0, ops.padded_size(frame.w, s)), stride=1, dtype=dtype)
     if state is None:
-        stats = StatSource()
-        res = net._run(*pre, stats)
-        state = GlobalState.from_values(stats.values, net.preset.levels)
+        res, state = net.forward_with_state(*pre)
     else:
         res = net.forward_state(*pre, state.to(frame.device))
     if out is not None:
@@ -708,189 +713,3 @@ def global_state_tiled(
     frame up to the tiles' receptive-field truncation (see ``docs/tiling.md``)."""
     st, _, _ = _run(net_or_weights, frame, tile, overlap, coarse_level, None, "nchw", "float32", None, info, False)
     return st
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Measurement: python -m sitm_trt.runtime.tiling (seam error and peak memory against whole-frame inference)
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _measure_frame(image: str | None, height: int, width: int):
-    """The sample photo (or ``image``) resized to ``height x width``, uint8 HWC NumPy (a decoder's output)."""
-    from pathlib import Path
-
-    from sitm_trt.media import io
-
-    path = image or str(Path(__file__).resolve().parent.parent / "samples" / "coffee.png")
-    x = torch.from_numpy(io.read_ldr(path)).permute(2, 0, 1)[None].float()
-    x = F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False)
-    return x.round().clamp(0, 255 if x.max() <= 255 else 65535)[0].permute(1, 2, 0).to(torch.uint8).numpy()
-
-
-def _measure_net(weights: str, preset: str) -> SITMNet:
-    if weights == "random":
-        torch.manual_seed(0)
-        return SITMNet(preset).eval()
-    return _resolve_net(weights, torch.device("cpu")).eval()
-
-
-def _rss_kib(field: str) -> int:
-    """``VmRSS`` (now) or ``VmHWM`` (peak since the last reset) of this process, KiB (Linux)."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def _worker(args) -> dict:
-    import json
-    import time
-
-    import numpy as np
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    net = _measure_net(args.weights, args.preset)
-    _, args.overlap, level = _resolve_geometry(net.preset, args.tile, args.overlap, None)
-    frame = np.load(args.frame)
-    with open("/proc/self/clear_refs", "w") as fh:  # reset the peak (VmHWM) to the current RSS
-        fh.write("5")
-    base = _rss_kib("VmRSS")
-    info: dict = {}
-    t0, c0 = time.perf_counter(), time.process_time()
-    with torch.inference_mode():
-        if args.worker == "full":
-            from sitm_trt.model import predict_hdr
-
-            hdr = predict_hdr(net, torch.from_numpy(frame)).numpy()
-        elif args.worker == "naive":
-            hdr = _naive_tiles(net, frame, args.tile, args.overlap)
-        else:
-            hdr = infer_tiled(net, frame, tile=args.tile, overlap=args.overlap, info=info)
-    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    peak = _rss_kib("VmHWM")
-    np.save(args.save, hdr)
-    res = {"mode": args.worker, "preset": net.preset.name, "tile": args.tile, "overlap": args.overlap,
-           "coarse_level": level, "seconds": round(seconds, 1),
-           "cpu_seconds": round(cpu, 1),
-           "peak_rss_mib": round(peak / 1024), "rss_before_mib": round(base / 1024),  # frame, weights, torch
-           "peak_increase_mib": round((peak - base) / 1024), "threads": torch.get_num_threads(),
-           "tiles": info.get("tiles"), "passes": info.get("passes")}
-    print(json.dumps(res))
-    return res
-
-
-def _naive_tiles(net: SITMNet, frame, tile: int, overlap: int):
-    """Each window through ``forward`` with its own global state, cropped to the core (for comparison)."""
-    from sitm_trt.model import predict_hdr
-
-    f = _Frame(frame)
-    s = net.stride
-    out = torch.empty(f.n, 3, f.h, f.w)
-    with torch.inference_mode():
-        _naive_into(net, f, out, tile, overlap)
-    return out.numpy()
-
-
-def _naive_into(net: SITMNet, f: _Frame, out: torch.Tensor, tile: int, overlap: int) -> None:
-    from sitm_trt.model import predict_hdr
-
-    s = net.stride
-    for t in tile_grid(ops.padded_size(f.h, s), ops.padded_size(f.w, s), tile=tile, overlap=overlap, stride=s):
-        hdr = predict_hdr(net, ops.normalize_frame(f.crop(t.top, t.top + t.height, t.left, t.left + t.width)))
-        h, w = min(t.core_height, f.h - t.core_top), min(t.core_width, f.w - t.core_left)
-        if h > 0 and w > 0:
-            r, c = t.core_top - t.top, t.core_left - t.left
-            out[:, :, t.core_top : t.core_top + h, t.core_left : t.core_left + w] = hdr[:, :, r : r + h, c : c + w]
-
-
-def _errors(ref, hdr, grid: list[Tile], band: int = 2) -> dict:
-    """Max/mean absolute and relative (``|d| / max(|ref|, 1e-3)``) error, overall and within ``band``
-    pixels of a core boundary inside the frame (the seams) versus elsewhere."""
-    import numpy as np
-
-    d = np.abs(hdr.astype(np.float64) - ref.astype(np.float64))
-    rel = d / np.maximum(np.abs(ref), 1e-3)
-    h, w = ref.shape[-2:]
-    rows, cols = np.zeros(h, bool), np.zeros(w, bool)
-    for t in grid:
-        for b in (t.core_top, t.core_top + t.core_height):
-            if 0 < b < h:
-                rows[max(0, b - band) : b + band] = True
-        for b in (t.core_left, t.core_left + t.core_width):
-            if 0 < b < w:
-                cols[max(0, b - band) : b + band] = True
-    seam = rows[:, None] | cols[None, :]
-    dm = d.max(axis=(0, 1))
-
-    def stats(m) -> dict:
-        if not m.any():
-            return {"max_abs": 0.0, "mean_abs": 0.0, "max_rel": 0.0}
-        return {"max_abs": float(dm[m].max()), "mean_abs": float(d[..., m].mean()),
-                "max_rel": float(rel.max(axis=(0, 1))[m].max())}
-
-    return {"all": stats(np.ones_like(seam)), "seams": stats(seam), "elsewhere": stats(~seam),
-            "ref_range": [float(ref.min()), float(ref.max())]}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Measure tiled against whole-frame inference: seam error, peak memory (RSS, one process per run), time."""
-    import argparse
-    import json
-    import subprocess
-    import tempfile
-
-    import numpy as np
-
-    ap = argparse.ArgumentParser(prog="python -m sitm_trt.runtime.tiling", description=main.__doc__)
-    ap.add_argument("--weights", default="random", help="'random' (seed 0), 'default' or a weights file")
-    ap.add_argument("--preset", default="compact", help="preset of --weights random")
-    ap.add_argument("--size", default="4096x3072", help="WIDTHxHEIGHT of the test frame")
-    ap.add_argument("--image", default=None, help="image to resize to --size (default: the shipped sample)")
-    ap.add_argument("--tile", type=int, nargs="+", default=[256, 512])
-    ap.add_argument("--overlap", type=int, default=None, help="default: the preset's default_overlap")
-    ap.add_argument("--naive", action="store_true", help="also run tiles with per-tile state (the seams)")
-    ap.add_argument("--no-full", action="store_true", help="skip the whole-frame run (memory only)")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
-    ap.add_argument("--json", default=None, help="write the results here")
-    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--save", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--frame", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    args.width, args.height = (int(v) for v in args.size.lower().split("x"))
-    if args.worker:
-        args.tile = args.tile[0]
-        _worker(args)
-        return 0
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        np.save(f"{tmp}/frame.npy", _measure_frame(args.image, args.height, args.width))
-        runs = [] if args.no_full else [("full", 0)]
-        runs += [(m, t) for t in args.tile for m in (("tiled", "naive") if args.naive else ("tiled",))]
-        for mode, t in runs:
-            cmd = [sys.executable, "-m", "sitm_trt.runtime.tiling", "--worker", mode, "--save", f"{tmp}/{mode}{t}.npy",
-                   "--frame", f"{tmp}/frame.npy",
-                   "--weights", args.weights, "--preset", args.preset, "--size", args.size,
-                   "--tile", str(t or 512), "--threads", str(args.threads)]
-            if args.overlap is not None:
-                cmd += ["--overlap", str(args.overlap)]
-            line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-            res = json.loads(line)
-            if mode != "full" and not args.no_full:
-                ref, hdr = np.load(f"{tmp}/full0.npy"), np.load(f"{tmp}/{mode}{t}.npy")
-                s = 16
-                grid = tile_grid(ops.padded_size(args.height, s), ops.padded_size(args.width, s), tile=t,
-                                 overlap=res["overlap"], stride=s)
-                res["error"] = _errors(ref, hdr, grid)
-            print(json.dumps(res), flush=True)
-            results.append(res)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"args": {k: v for k, v in vars(args).items() if k not in ("worker", "save")},
-                       "results": results}, fh, indent=2)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

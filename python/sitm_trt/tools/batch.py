@@ -29,6 +29,10 @@ How it runs:
   finished; the next run continues with the rest.
 
 Ray (``pip install "sitm-trt[ray]"``) is imported only here, and only when a job runs.
+
+The parts: :mod:`sitm_trt.tools.batch_plan` (inputs -> items, and an item's outputs on disk),
+:mod:`sitm_trt.tools.batch_worker` (what a worker does with its rows); this module runs the job: the lock, the
+manifest, the Ray session and dataset, the command.
 """
 
 from __future__ import annotations
@@ -38,41 +42,21 @@ import dataclasses
 import json
 import math
 import os
-import re
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
-__all__ = ["convert", "BatchResult", "BatchError", "Worker", "plan", "Item", "MANIFEST_FIELDS",
-           "VIDEO_EXTENSIONS", "RAY_MISSING"]
+from sitm_trt.tools.batch_plan import BatchError, Item, complete, plan
+from sitm_trt.tools.batch_worker import Worker, notice
 
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".m4v", ".avi", ".webm", ".mts", ".m2ts", ".ts", ".mpg", ".mpeg",
-                    ".wmv", ".flv", ".3gp")
+__all__ = ["convert", "BatchResult", "BatchError", "Worker", "plan", "Item", "MANIFEST_FIELDS", "RAY_MISSING"]
+
 MANIFEST_FIELDS = ("input", "output", "kind", "status", "error", "seconds", "backend", "weights_sha256", "attempts",
                    "run")
 RAY_MISSING = 'sitm-trt batch needs Ray Data: pip install "sitm-trt[ray]" (or: pip install "ray[data]")'
 _LOCK_NAME = ".sitm-batch.lock"
 _OBJECT_STORE_BYTES = 256 * 2**20  # rows are paths and records; pixels never go through the object store
-
-
-class BatchError(ValueError):
-    """Bad inputs or options of a batch job (nothing was converted)."""
-
-
-@dataclasses.dataclass
-class Item:
-    input: str  # absolute local path or URI
-    output: str  # absolute path: a file, or the folder of an EXR sequence
-    kind: str  # "image" or "video"
-
-    def targets(self, preview: bool) -> list[Path]:
-        out = Path(self.output)
-        if self.kind == "image" and preview:
-            return [out, out.with_suffix(".preview.png")]
-        return [out]
 
 
 @dataclasses.dataclass
@@ -98,353 +82,6 @@ def _ray() -> Any:
     except ImportError as err:
         raise ImportError(RAY_MISSING) from err
     return ray
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Planning (driver side): inputs -> items
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _is_uri(s: str) -> bool:
-    return re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", s) is not None
-
-
-def _kind(name: str) -> str | None:
-    from sitm_trt.media.io import LDR_EXTENSIONS
-
-    ext = os.path.splitext(name)[1].lower()
-    return "image" if ext in LDR_EXTENSIONS else "video" if ext in VIDEO_EXTENSIONS else None
-
-
-def _expand(patterns: Sequence[str], output_dir: Path) -> list[tuple[str, str, str]]:
-    """(input, its path relative to the output folder without extension, kind) for each input file, in order."""
-    from sitm_trt.tools.cli import UsageError, expand_inputs
-
-    found: list[tuple[str, str, str]] = []
-    out_real = os.path.realpath(output_dir)
-
-    def add(src: str, rel: str, explicit: bool) -> None:
-        kind = _kind(src)
-        if kind is None:
-            if explicit:
-                raise BatchError(f"{src}: not an image ({', '.join(_image_exts())}) or a video "
-                                 f"({', '.join(VIDEO_EXTENSIONS)})")
-            return
-        found.append((src, os.path.splitext(rel)[0], kind))
-
-    for pat in patterns:
-        if _is_uri(pat):
-            import pyarrow.fs as pafs
-
-            try:
-                fs, root = pafs.FileSystem.from_uri(pat)
-                info = fs.get_file_info(root)
-            except Exception as err:  # noqa: BLE001 - pyarrow raises several types
-                raise BatchError(f"{pat}: cannot open ({err})") from err
-            scheme = pat.split("://", 1)[0]
-            if info.type == pafs.FileType.Directory:
-                infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-                for f in sorted((f for f in infos if f.type == pafs.FileType.File), key=lambda f: f.path):
-                    rel = os.path.relpath(f.path, root)
-                    if not any(part.startswith(".") for part in Path(rel).parts):
-                        add(_uri(scheme, f.path), rel, False)
-            elif info.type == pafs.FileType.File:
-                add(pat, os.path.basename(root), True)
-            else:
-                raise BatchError(f"{pat}: no such file or folder")
-        elif Path(pat).is_dir():
-            root = Path(pat)
-            for dirpath, dirnames, filenames in os.walk(root):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                                     and os.path.realpath(os.path.join(dirpath, d)) != out_real)
-                for name in sorted(filenames):
-                    if not name.startswith("."):
-                        path = os.path.join(dirpath, name)
-                        add(os.path.abspath(path), os.path.relpath(path, root), False)
-        else:
-            try:
-                files = expand_inputs([pat])
-            except UsageError as err:
-                raise BatchError(str(err)) from err
-            explicit = not any(c in pat for c in "*?[")
-            for f in files:
-                add(os.path.abspath(f), f.name, explicit)
-    return found
-
-
-def _uri(scheme: str, path: str) -> str:
-    return f"{scheme}://{path}" if scheme != "file" else f"file://{path if path.startswith('/') else '/' + path}"
-
-
-def _image_exts() -> tuple[str, ...]:
-    from sitm_trt.media.io import LDR_EXTENSIONS
-
-    return LDR_EXTENSIONS
-
-
-def plan(inputs: Sequence[str], output_dir: str | os.PathLike, *, format: str = "exr",
-         video_format: str = "hdr10", video_container: str = "mp4") -> list[Item]:
-    """The items of a job: each input file with the output it gets (raises :class:`BatchError` on collisions)."""
-    if format not in ("exr", "hdr"):
-        raise BatchError(f"format must be 'exr' or 'hdr', got {format!r}")
-    if video_format not in ("hdr10", "hlg", "exr"):
-        raise BatchError(f"video_format must be 'hdr10', 'hlg' or 'exr', got {video_format!r}")
-    if video_container not in ("mp4", "mov", "mkv"):
-        raise BatchError(f"video_container must be 'mp4', 'mov' or 'mkv', got {video_container!r}")
-    out_dir = Path(output_dir).absolute()
-    items: list[Item] = []
-    seen: dict[str, str] = {}
-    for src, rel, kind in _expand(inputs, out_dir):
-        if kind == "image":
-            dst = out_dir / (rel + "." + format)
-        else:
-            dst = out_dir / (rel if video_format == "exr" else rel + "." + video_container)
-        key = os.path.realpath(dst)
-        if key in seen:
-            if seen[key] == src:
-                continue  # the same file named twice
-            raise BatchError(f"{seen[key]} and {src} would both be written to {dst}")
-        seen[key] = src
-        items.append(Item(src, str(dst), kind))
-    if not items:
-        raise BatchError("no image or video among the inputs")
-    return items
-
-
-def _complete(item: Item, preview: bool) -> bool:
-    """An output that exists is complete: it only ever appears by a rename of a finished temporary."""
-    return all(t.exists() for t in item.targets(preview))
-
-
-def _temporaries(target: Path) -> list[Path]:
-    """Leftovers of an interrupted write of ``target``: sitm_trt.media.io's ``.NAME.XXXXXXXX.tmp``, this module's
-    ``.NAME.XXXXXXXX.tmp.EXT`` (a video), ``.NAME.XXXXXXXX.tmp/`` (an EXR sequence), ``.NAME.XXXXXXXX.old/``,
-    and what sitm_trt.media.video writes beside the video temporary, ``..NAME.XXXXXXXX.tmp.EXT.*``."""
-    pattern = re.compile(r"^\.\.?" + re.escape(target.name) + r"\.[A-Za-z0-9_]{8}\.(tmp|old)(\.|$)")
-    try:
-        return [p for p in target.parent.iterdir() if pattern.match(p.name)]
-    except FileNotFoundError:
-        return []
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Workers (Ray actors)
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _permanent(err: BaseException) -> bool:
-    """The input itself is unusable (unreadable image or video): retrying cannot help."""
-    from sitm_trt.media.io import ImageReadError
-
-    if isinstance(err, ImageReadError):
-        return True
-    try:
-        from sitm_trt.media.video import VideoError
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(err, VideoError)
-
-
-def _notice(msg: str) -> None:
-    print(f"sitm-trt: {msg}", file=sys.stderr, flush=True)
-
-
-class _Worker:
-    """The pipeline (made once per worker), fetching inputs from URIs, bounded retries."""
-
-    def __init__(self, config: dict):
-        from sitm_trt.tools import cli
-        from sitm_trt.runtime.pipeline import Pipeline
-
-        self.config = config
-        self.device = cli._device(config["device"])
-        threads = max(1, int(config["cpus_per_worker"])) if self.device == "cpu" else None  # the CPUs Ray gave it
-        self.pipe = Pipeline(config["weights"], backend=config["backend"], precision=config["precision"],
-                             threads=threads)
-        self.sha256 = self.pipe.weights.sha256
-
-    def backend_name(self) -> str:
-        try:
-            return str(self.pipe.backend_for(self.device).name)
-        except Exception:  # noqa: BLE001 - recorded as unknown rather than failing the item
-            return ""
-
-    @contextlib.contextmanager
-    def local(self, src: str):
-        """A local path for ``src``: itself, or a copy of a URI's file in the temporary folder, removed after use."""
-        if not _is_uri(src):
-            yield Path(src)
-            return
-        import pyarrow.fs as pafs
-
-        fs, path = pafs.FileSystem.from_uri(src)
-        fd, tmp = tempfile.mkstemp(prefix="sitm-batch-in-", suffix=os.path.splitext(path)[1])
-        try:
-            with os.fdopen(fd, "wb") as f, fs.open_input_stream(path) as stream:
-                while chunk := stream.read(8 << 20):
-                    f.write(chunk)
-            yield Path(tmp)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-
-    def attempt(self, fn: Callable[[], Any]) -> tuple[Any, str, int]:
-        """(result or None, error message or "", attempts) with at most 1 + retries attempts."""
-        retries = int(self.config["retries"])
-        for n in range(1, retries + 2):
-            try:
-                return fn(), "", n
-            except Exception as err:  # noqa: BLE001 - recorded per item
-                if _permanent(err) or n > retries:
-                    return None, f"{type(err).__name__}: {err}", n
-        raise AssertionError("unreachable")
-
-
-def _records(rows: list[dict]) -> dict[str, list]:
-    return {k: [r.get(k) for r in rows] for k in ("input", "output", "kind", "status", "error", "seconds", "backend",
-                                                   "weights_sha256", "attempts")}
-
-
-def _rows(batch: dict) -> list[dict]:
-    keys = list(batch)
-    n = len(batch[keys[0]]) if keys else 0
-    return [{k: (batch[k][i].item() if hasattr(batch[k][i], "item") else batch[k][i]) for k in keys} for i in range(n)]
-
-
-class Worker(_Worker):
-    """Ray Data class UDF (one per actor, holding one pipeline): a batch of rows (input, output, kind) -> their
-    manifest records. A batch is either images (up to ``--batch`` of them) or one video."""
-
-    def __call__(self, batch: dict) -> dict:
-        rows = _rows(batch)
-        images = [r for r in rows if r["kind"] == "image"]
-        done = {r["output"]: r for r in self.images(images)} if images else {}
-        for r in rows:
-            if r["kind"] == "video":
-                done[r["output"]] = self.video(r)
-        backend = self.backend_name()
-        out = []
-        for r in rows:
-            rec = done[r["output"]]
-            rec.update(backend=backend, weights_sha256=self.sha256)
-            out.append(rec)
-        return _records(out)
-
-    def images(self, rows: list[dict]) -> list[dict]:
-        import numpy as np
-
-        from sitm_trt.tools import cli
-
-        cfg = self.config
-        results: dict[int, dict] = {}
-        read: list[tuple[int, Any, Any, bool, float]] = []  # (row, rgb, alpha, gray, seconds so far)
-        for i, row in enumerate(rows):
-            t0 = time.perf_counter()
-            for t in _temporaries(Path(row["output"])) + _temporaries(Path(row["output"]).with_suffix(".preview.png")):
-                _remove(t)
-
-            def load(src: str = row["input"]) -> Any:
-                with self.local(src) as path:
-                    return cli.read_image(path)
-
-            got, err, n = self.attempt(load)
-            if got is None:
-                results[i] = {**row, "status": "failed", "error": err, "attempts": n,
-                              "seconds": time.perf_counter() - t0}
-            else:
-                read.append((i, *got, time.perf_counter() - t0))
-        # images of one shape and dtype together, at most `batch` per network call (as sitm-trt infer does)
-        groups: list[list[tuple]] = []
-        for entry in read:
-            g = groups[-1] if groups else None
-            if g and g[0][1].shape == entry[1].shape and g[0][1].dtype == entry[1].dtype and len(g) < cfg["batch"]:
-                g.append(entry)
-            else:
-                groups.append([entry])
-        for g in groups:
-            t0 = time.perf_counter()
-            hdr, err, n = self.attempt(lambda g=g: cli._run_batch(self.pipe, np.stack([e[1] for e in g]), self.device))
-            share = (time.perf_counter() - t0) / len(g)
-            for k, (i, _, alpha, gray, sec) in enumerate(g):
-                row = rows[i]
-                if hdr is None:
-                    results[i] = {**row, "status": "failed", "error": err, "attempts": n, "seconds": sec + share}
-                    continue
-                t1 = time.perf_counter()
-                Path(row["output"]).parent.mkdir(parents=True, exist_ok=True)
-                _, werr, wn = self.attempt(lambda h=np.ascontiguousarray(hdr[k]), row=row, alpha=alpha, gray=gray:
-                                           cli.write_image_outputs(Path(row["input"]), Path(row["output"]), h, alpha,
-                                                                   gray, half=cfg["half"], preview=cfg["preview"],
-                                                                   notice=_notice))
-                results[i] = {**row, "status": "failed" if werr else "done", "error": werr, "attempts": max(n, wn),
-                              "seconds": sec + share + time.perf_counter() - t1}
-        return [results[i] for i in range(len(rows))]
-
-    def video(self, row: dict) -> dict:
-        """One video, whole (never split: the smoothing runs across its frames)."""
-        t0 = time.perf_counter()
-        dst = Path(row["output"])
-        for t in _temporaries(dst):
-            _remove(t)
-
-        def run() -> None:
-            with self.local(row["input"]) as src:
-                self._convert(src, dst, row["input"])
-
-        _, err, n = self.attempt(run)
-        return {**row, "status": "failed" if err else "done", "error": err, "attempts": n,
-                "seconds": time.perf_counter() - t0}
-
-    def _convert(self, src: Path, dst: Path, name: str) -> None:
-        from sitm_trt.media import video
-
-        opts = video.VideoOptions(**self.config["video"])
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if opts.format == "exr":
-            tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
-        else:
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp" + dst.suffix, dir=dst.parent)
-            os.close(fd)
-            tmp = Path(tmp_name)
-        try:
-            video.convert(src, tmp, pipeline=self.pipe, options=opts, device=self.device, progress=False,
-                          overwrite=True, log=_notice)
-            if opts.format == "exr":
-                if name != str(src):  # a URI's local copy: sequence.json names the URI
-                    from sitm_trt.media.io import write_bytes_atomic
-
-                    meta = json.loads((tmp / "sequence.json").read_text())
-                    meta["source"] = name
-                    write_bytes_atomic(tmp / "sequence.json", json.dumps(meta, indent=1).encode())
-                os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a folder made by mkdir would not be
-                if dst.exists():  # --overwrite: move the old sequence out of the way, then drop it
-                    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
-                    os.replace(dst, old / dst.name)
-                    os.replace(tmp, dst)
-                    shutil.rmtree(old, ignore_errors=True)
-                else:
-                    os.replace(tmp, dst)
-            else:
-                os.replace(tmp, dst)
-        except BaseException:
-            _remove(tmp)
-            for t in _temporaries(dst):
-                _remove(t)
-            raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -557,7 +194,7 @@ def convert(inputs: str | os.PathLike | Iterable[str | os.PathLike], output_dir:
     from sitm_trt.weights import load
 
     t_start = time.perf_counter()
-    log = log or _notice
+    log = log or notice
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     inputs = [os.fspath(i) for i in inputs]
@@ -588,7 +225,7 @@ def convert(inputs: str | os.PathLike | Iterable[str | os.PathLike], output_dir:
             todo: list[Item] = []
             other_weights = 0
             for it in items:
-                if not overwrite and _complete(it, preview):
+                if not overwrite and complete(it, preview):
                     prev = book.previous.get(it.output, {})
                     other_weights += bool(prev) and prev.get("weights_sha256") != w.sha256
                     book.write({**dataclasses.asdict(it), "status": "skipped", "seconds": 0.0, "attempts": 0,
