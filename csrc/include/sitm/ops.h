@@ -1,5 +1,5 @@
 // The ops' parameter blocks and the two implementations of each (csrc/cpu/*.cpp, csrc/cuda/*.cu).
-// Arguments reach these functions already checked by bindings.cpp: shapes agree, buffers are compact
+// Arguments reach these functions already checked by csrc/bindings: shapes agree, buffers are compact
 // row-major, dtypes are the supported ones. Element counts may be zero (then nothing runs).
 #pragma once
 

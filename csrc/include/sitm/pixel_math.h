@@ -1,11 +1,14 @@
 // Per-pixel math of every sitm-trt kernel, written once and shared by the CPU loops (csrc/cpu) and the CUDA
 // kernels (csrc/cuda). Only the loops differ between the two; the CPU path is the reference for the CUDA one.
-// The PyTorch reference of the same equations is python/sitm_trt/ops.py.
+// The PyTorch reference of the same equations is python/sitm_trt/reference.py; the standards' constants are in
+// encode_constants.h.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+
+#include "sitm/encode_constants.h"
 
 #if defined(__CUDACC__)
 #include <cuda_fp16.h>
@@ -211,8 +214,12 @@ SITM_HD float curve_eval(float x, float a0, float a1, float a2, float a3) { retu
 // k[3] is unused (0). With masks (0, 1, 0) and k[2] = 0 the result is exactly srgb^-1(I): the linearized
 // input, the network's starting point. An image whose mask is 0 is not decoded (the masks are sparse).
 SITM_HD float srgb_to_linear(float v) {
+  constexpr float threshold = static_cast<float>(encode::kSrgbDecodeThreshold);
+  constexpr float slope = static_cast<float>(encode::kSrgbSlope), offset = static_cast<float>(encode::kSrgbOffset);
+  constexpr float scale = static_cast<float>(1.0 + encode::kSrgbOffset);
+  constexpr float exponent = static_cast<float>(encode::kSrgbExponent);
   v = clamp01(v);
-  return v <= 0.04045f ? v / 12.92f : powf((v + 0.055f) / 1.055f, 2.4f);
+  return v <= threshold ? v / slope : powf((v + offset) / scale, exponent);
 }
 
 SITM_HD float decode_gamma(float v, float gamma) {
@@ -264,7 +271,8 @@ SITM_HD float ema_step(float state, float x, float a) { return a == 0.0f ? x : a
 // ---------------------------------------------------------------------------------------------------------
 // Output encoding (post, for displays and video encoders): gamut matrix, display light, SMPTE ST 2084 (PQ)
 // or ARIB STD-B67 / BT.2100 HLG, Y'CbCr and integer code values. The NumPy reference is
-// python/sitm_trt/transfer.py; the host fills EncodeParams there (through bindings.cpp).
+// python/sitm_trt/media/transfer.py; the host fills EncodeParams (csrc/bindings/encode.cpp) from the Python
+// wrapper's arguments and encode_constants.h.
 // ---------------------------------------------------------------------------------------------------------
 
 enum class Transfer : int { Linear = 0, PQ = 1, HLG = 2 };
@@ -286,14 +294,17 @@ struct EncodeParams {
 
 // SMPTE ST 2084 inverse EOTF: y = luminance / 10000 cd/m2 in [0, 1] -> signal E' in [0, 1].
 SITM_HD float pq_inverse_eotf(float y) {
-  const float m1 = 0.1593017578125f, m2 = 78.84375f, c1 = 0.8359375f, c2 = 18.8515625f, c3 = 18.6875f;
+  constexpr float m1 = static_cast<float>(encode::kPqM1), m2 = static_cast<float>(encode::kPqM2);
+  constexpr float c1 = static_cast<float>(encode::kPqC1), c2 = static_cast<float>(encode::kPqC2);
+  constexpr float c3 = static_cast<float>(encode::kPqC3);
   const float p = powf(y, m1);
   return powf((c1 + c2 * p) / (1.0f + c3 * p), m2);
 }
 
 // ARIB STD-B67 / BT.2100 HLG OETF: scene light e in [0, 1] -> signal E' in [0, 1].
 SITM_HD float hlg_oetf(float e) {
-  const float a = 0.17883277f, b = 0.28466892f, c = 0.55991073f;
+  constexpr float a = static_cast<float>(encode::kHlgA), b = static_cast<float>(encode::kHlgB);
+  constexpr float c = static_cast<float>(encode::kHlgC);
   return e <= 1.0f / 12.0f ? sqrtf(3.0f * e) : a * logf(12.0f * e - b) + c;
 }
 
@@ -324,9 +335,10 @@ SITM_HD void encode_rgb(const EncodeParams& e, float& r, float& g, float& b, flo
   const float R = display_light(r, e), G = display_light(g, e), B = display_light(b, e);
   light = fmaxf(fmaxf(R, G), B);
   if (e.transfer == static_cast<int>(Transfer::PQ)) {
-    r = pq_inverse_eotf(R / 10000.0f);
-    g = pq_inverse_eotf(G / 10000.0f);
-    b = pq_inverse_eotf(B / 10000.0f);
+    constexpr float pq_peak = static_cast<float>(encode::kPqPeak);
+    r = pq_inverse_eotf(R / pq_peak);
+    g = pq_inverse_eotf(G / pq_peak);
+    b = pq_inverse_eotf(B / pq_peak);
     return;
   }
   // HLG: the inverse OOTF of a display with nominal peak `peak` and black 0 (BT.2100 Table 5),
