@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from sitm_training.data import Recipe, build
-from sitm_training.train import TrainConfig, train
+from sitm_training.config import TrainConfig
+from sitm_training.train import train
 from sitm_trt.model.serialization import load_weights
 from sitm_trt.weights import sha256_file
 
@@ -29,9 +30,14 @@ def read_log(path):
         return list(csv.DictReader(f))
 
 
+def config(data, out, **options):
+    """A config from options keyed as on the command line (``stage1_steps`` for ``--stage1-steps``)."""
+    return TrainConfig.from_dict({"data": str(data), "out": str(out), **options})
+
+
 def run(tiny_data, out, steps2):
-    cfg = TrainConfig(data=str(tiny_data), out=str(out), stage1_steps=3, stage2_steps=steps2, batch=2, crop=32,
-                      workers=0, log_every=1, val_every=3, ckpt_every=2, val_images=1, disc_width=8, disc_max_width=16)
+    cfg = config(tiny_data, out, stage1_steps=3, stage2_steps=steps2, batch=2, crop=32, workers=0, log_every=1,
+                 val_every=3, ckpt_every=2, val_images=1, disc_width=8, disc_max_width=16)
     with pytest.warns(UserWarning, match="perceptual loss of Eq. 10 is REPLACED"):
         return train(cfg)
 
@@ -39,8 +45,7 @@ def run(tiny_data, out, steps2):
 def train_small(data, out, **options):
     """A few steps at batch 2 on 32-pixel crops, no discriminator: ``(config, card)``; a ``ValueError`` for a bad
     option comes out before any step. ``options`` override anything (steps, the option under test)."""
-    cfg = TrainConfig(**{"data": str(data), "out": str(out), "batch": 2, "crop": 32, "workers": 0, "gan": False,
-                         **options})
+    cfg = config(data, out, **{"batch": 2, "crop": 32, "workers": 0, "gan": False, **options})
     with pytest.warns(UserWarning, match="perceptual loss of Eq. 10 is REPLACED"):
         return cfg, train(cfg)
 
@@ -70,7 +75,9 @@ def test_two_stages_checkpoint_and_resume(tiny_data, tmp_path):
 
 def test_crop_must_fit_the_stride(tiny_data, tmp_path):
     with pytest.raises(ValueError, match="multiple of the network stride 16"):
-        train(TrainConfig(data=str(tiny_data), out=str(tmp_path), crop=40, workers=0))
+        config(tiny_data, tmp_path, crop=40)
+    assert config(tiny_data, tmp_path, crop=96).data.crop == 96
+    assert not list(tmp_path.iterdir())  # refused before anything was written
 
 
 def test_validation_sheet_is_not_blank(tiny_data, tmp_path):
@@ -94,10 +101,10 @@ def test_init_and_freeze_exposure_fine_tune_only_the_mefm(tiny_data, tmp_path):
     base = run(tiny_data, tmp_path / "base", steps2=1)
     assert base["step"] == 4
     start = load_weights(tmp_path / "base" / "ckpt" / "model.safetensors").state_dict()
-    cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "ft"), stage1_steps=0, stage2_steps=2, batch=2, crop=32,
-                      workers=0, log_every=1, val_every=100, ckpt_every=100, val_images=1, gan=False,
-                      init=str(tmp_path / "base" / "ckpt" / "model.safetensors"), freeze_exposure=True,
-                      hdr_pu21=1.0, hdr_grad=1.0)
+    cfg = config(tiny_data, tmp_path / "ft", stage1_steps=0, stage2_steps=2, batch=2, crop=32, workers=0,
+                 log_every=1, val_every=100, ckpt_every=100, val_images=1, gan=False,
+                 init=str(tmp_path / "base" / "ckpt" / "model.safetensors"), freeze_exposure=True, hdr_pu21=1.0,
+                 hdr_clip=1.0)
     with pytest.warns(UserWarning, match="REPLACED"):
         card = train(cfg)
     assert card["step"] == 2 and card["init"]["sha256"] == sha256_file(tmp_path / "base" / "ckpt" / "model.safetensors")
@@ -105,8 +112,7 @@ def test_init_and_freeze_exposure_fine_tune_only_the_mefm(tiny_data, tmp_path):
     changed = {k for k in start if not torch.equal(start[k], end[k])}
     assert changed and all(k.startswith("mefm.") for k in changed)  # the exposure models stayed as they were
     with pytest.warns(UserWarning, match="REPLACED"), pytest.raises(ValueError, match="freeze-exposure"):
-        train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "bad"), stage1_steps=2, crop=32, workers=0,
-                          freeze_exposure=True))
+        train(config(tiny_data, tmp_path / "bad", stage1_steps=2, crop=32, workers=0, freeze_exposure=True))
 
 
 def test_git_commit_marks_uncommitted_changes(monkeypatch):
@@ -155,27 +161,13 @@ def test_oversample_under_weights_follow_the_sample_meta(tmp_path, monkeypatch):
         mp.setattr(data_pkg, "load_sample_meta", lambda path: {})
         with pytest.raises(ValueError, match="records no exposure mode"):
             exposure_weights(ds, 4.0)
-    cfg = TrainConfig(data=str(root), out=str(tmp_path / "run"), stage1_steps=1, stage2_steps=0, batch=2, crop=32,
-                      workers=0, oversample_under=0.0)
     with pytest.raises(ValueError, match="--oversample-under must be > 0"):
-        train(cfg)
+        config(root, tmp_path / "run", oversample_under=0.0)
     _, card = train_small(root, tmp_path / "run", stage1_steps=1, stage2_steps=0, gan=True, oversample_under=4.0)
     assert card["step"] == 1 and card["config"]["oversample_under"] == 4.0
 
 
-def test_mask_prior_under_scope_trains_and_checks_its_data(tmp_path, tiny_data):
-    import dataclasses
-
-    cfg, card = train_small(tiny_data, tmp_path / "run", stage1_steps=0, stage2_steps=2, mask_prior=1.0,
-                            mask_prior_scope="under")
-    assert card["step"] == 2 and card["config"]["mask_prior_scope"] == "under"
-    with pytest.raises(ValueError, match="--mask-prior-scope must be one of"):
-        train(dataclasses.replace(cfg, out=str(tmp_path / "bad"), mask_prior_scope="dark"))
-
-
 def test_down_label_input_is_what_stage_1_trains_on(tmp_path, tiny_data, monkeypatch):
-    import dataclasses
-
     import sitm_training.train as T
 
     calls = []
@@ -192,12 +184,10 @@ def test_down_label_input_is_what_stage_1_trains_on(tmp_path, tiny_data, monkeyp
     assert len(calls) == 2 and all(shape[0] == 2 for shape, _ in calls)
     assert max(diff for _, diff in calls) > 0  # the label the loss saw is not the data set's
     with pytest.raises(ValueError, match="--down-label must be one of"):
-        train(dataclasses.replace(cfg, out=str(tmp_path / "bad"), down_label="clean"))
+        TrainConfig.from_dict({**cfg.to_dict(), "down_label": "clean"})
 
 
 def test_up_ev_max_is_the_label_stage_1_trains_on(tmp_path, tiny_data, monkeypatch):
-    import dataclasses
-
     import sitm_training.data.dataset as D
 
     shot = []
@@ -213,7 +203,7 @@ def test_up_ev_max_is_the_label_stage_1_trains_on(tmp_path, tiny_data, monkeypat
     # the training batches' labels above +1 EV were shot again at +1 (and so were the validation's)
     assert shot and all(stored > 1.0 and ev == 1.0 for stored, ev in shot)
     with pytest.raises(ValueError, match="--up-ev-max must be > 0"):
-        train(dataclasses.replace(cfg, out=str(tmp_path / "bad"), up_ev_max=0.0))
+        TrainConfig.from_dict({**cfg.to_dict(), "up_ev_max": 0.0})
 
 
 def test_max_seconds_stops_with_a_checkpoint_and_the_run_resumes(tiny_data, tmp_path):
@@ -226,4 +216,80 @@ def test_max_seconds_stops_with_a_checkpoint_and_the_run_resumes(tiny_data, tmp_
     assert card["step"] == 2 and "stopped" not in card
     assert [int(r["step"]) for r in read_log(tmp_path / "log.csv")] == [1, 2]
     with pytest.raises(ValueError, match="--max-seconds must be > 0"):
-        train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "bad"), workers=0, max_seconds=0.0))
+        config(tiny_data, tmp_path / "bad", max_seconds=0.0)
+
+
+def test_config_groups_and_the_command_line():
+    """The command line fills the five typed groups; the run card's flat mapping round-trips; an option whose
+    experiment lost is no longer accepted on the command line."""
+    from sitm_training.config import config_from_args
+
+    cfg = config_from_args(["--data", "d", "--out", "r", "--preset", "compact", "--fusion", "residual", "--init",
+                            "w.safetensors", "--stage1-steps", "0", "--stage2-steps", "4000", "--batch", "8", "--crop",
+                            "128", "--no-gan", "--workers", "0", "--lr", "1e-4", "--hdr-pu21", "3", "--hdr-clip", "3",
+                            "--hdr-align", "--max-seconds", "8000", "--val-every", "500"])
+    assert (cfg.data.root, cfg.data.crop, cfg.data.batch, cfg.data.workers) == ("d", 128, 8, 0)
+    assert (cfg.model.preset, cfg.model.fusion, cfg.model.init) == ("compact", "residual", "w.safetensors")
+    assert (cfg.optim.stage1_steps, cfg.optim.stage2_steps, cfg.optim.lr) == (0, 4000, 1e-4)
+    assert cfg.optim.betas == (0.9, 0.999) and cfg.optim.amp
+    assert (cfg.loss.gan, cfg.loss.hdr_pu21, cfg.loss.hdr_clip, cfg.loss.hdr_align) == (False, 3.0, 3.0, True)
+    assert (cfg.run.out, cfg.run.max_seconds, cfg.run.val_every, cfg.run.log_every) == ("r", 8000.0, 500, 10)
+    stored = json.loads(json.dumps(cfg.to_dict()))  # as the card and state.json store it (betas: a list)
+    assert stored["data"] == "d" and stored["betas"] == [0.9, 0.999] and "root" not in stored
+    assert TrainConfig.from_dict(stored) == cfg
+    assert cfg.optim.lr_at(0) == 1e-4 and cfg.optim.lr_at(4000) == pytest.approx(1e-5)
+    assert cfg.optim.lr_at(2000) == pytest.approx((1e-4 + 1e-5) / 2)
+    for gone in (["--mask-prior", "1"], ["--hdr-grad", "1"], ["--hdr-psnr", "0.02"], ["--mask-prior-scope", "under"]):
+        with pytest.raises(SystemExit):
+            config_from_args(["--data", "d", "--out", "r", *gone])
+    with pytest.raises(ValueError, match="not options of this trainer: crop_size"):
+        TrainConfig.from_dict({"data": "d", "out": "r", "crop_size": 64})
+    with pytest.raises(ValueError, match="lack out"):
+        TrainConfig.from_dict({"data": "d"})
+
+
+def test_stored_configs_of_earlier_trainers():
+    """A run card or checkpoint of the trainer before the removal holds the removed options: accepted at the value
+    that left them off (the shipped R4 candidate's card, committed), refused with the option named otherwise."""
+    from pathlib import Path
+
+    from sitm_training.config import REMOVED_OPTIONS, stored_config
+
+    card = Path(__file__).resolve().parents[1] / "training" / "checkpoints" / "residual-R4" / "card.json"
+    old = json.loads(card.read_text())["config"]
+    assert REMOVED_OPTIONS.keys() <= old.keys()
+    cfg = stored_config(old, str(card))
+    assert cfg.to_dict() == {k: tuple(v) if k == "betas" else v for k, v in old.items() if k not in REMOVED_OPTIONS}
+    assert cfg.model.fusion == "residual" and cfg.model.freeze_exposure and cfg.loss.hdr_clip == 3.0
+    for key, value in (("mask_prior", 1.0), ("mask_prior_scope", "under"), ("hdr_grad", 3.0), ("hdr_psnr", 0.02)):
+        with pytest.raises(ValueError, match=f"card.json: the run was trained with {key}={value!r}, an option this "
+                                             "trainer no longer has"):
+            stored_config({**old, key: value}, str(card))
+    with pytest.raises(ValueError, match="card.json: the stored config does not fit this trainer: not options"):
+        stored_config({**old, "mask_weight": 0.0}, str(card))
+
+
+def test_resume_of_a_run_saved_by_the_earlier_trainer(tiny_data, tmp_path):
+    """A run folder whose state.json and card.json hold the removed options at their defaults (as every run of
+    the earlier trainer does) resumes, and the card's history records no change for them; one trained with a
+    removed term is refused before anything is written."""
+    from sitm_training.config import REMOVED_OPTIONS
+
+    _, card = train_small(tiny_data, tmp_path, stage1_steps=1, stage2_steps=0)
+    assert card["step"] == 1 and not REMOVED_OPTIONS.keys() & card["config"].keys()
+    for name in ("ckpt/state.json", "card.json"):  # written as the earlier trainer wrote them
+        path = tmp_path / name
+        saved = json.loads(path.read_text())
+        saved["config"] = {**saved["config"], **REMOVED_OPTIONS}
+        path.write_text(json.dumps(saved))
+    _, card = train_small(tiny_data, tmp_path, stage1_steps=2, stage2_steps=0)
+    assert card["step"] == 2 and card["history"] == [{"step": 1, "changed": {"stage1_steps": [1, 2]}}]
+    assert not REMOVED_OPTIONS.keys() & json.loads((tmp_path / "ckpt" / "state.json").read_text())["config"].keys()
+
+    state = tmp_path / "ckpt" / "state.json"
+    saved = json.loads(state.read_text())
+    state.write_text(json.dumps({**saved, "config": {**saved["config"], "mask_prior": 1.0}}))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.warns(UserWarning, match="REPLACED"), pytest.raises(ValueError, match="mask_prior=1.0"):
+        train(config(tiny_data, tmp_path, batch=2, crop=32, workers=0, gan=False, stage1_steps=3, stage2_steps=0))
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from sitm_trt.media.io import write_bytes_atomic
+from sitm_trt.files import atomic_write
 from sitm_trt.model import save_weights
 from sitm_trt.model.serialization import load_weights
 
@@ -68,7 +68,7 @@ def average(a: Path, b: Path, alpha: float, out: Path, cards: list[Path] | None 
                   "tensors_averaged": changed, "tensors": len(state)}
     save_weights(na, out, metadata={META_KEY: json.dumps(provenance)})
     card = {"average": provenance, "git_commit": git_commit(), **runs}
-    write_bytes_atomic(out.with_suffix(".json"), (json.dumps(card, indent=2) + "\n").encode())
+    atomic_write(out.with_suffix(".json"), (json.dumps(card, indent=2) + "\n").encode())
     return card
 
 

@@ -51,7 +51,8 @@ import numpy as np
 import torch
 
 from sitm_trt import reference as ops
-from sitm_trt.media.io import read_ldr, write_bytes_atomic
+from sitm_trt.files import atomic_write
+from sitm_trt.media.io import read_ldr
 
 REGIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "dark": lambda lo, hi: lo < 0.05,
@@ -284,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(text, end="")
     if args.out is not None:
-        write_bytes_atomic(args.out, text.encode())
+        atomic_write(args.out, text.encode())
     return 0
 
 

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sitm_trt.files import atomic_write
 from sitm_trt.media.io import ImageReadError, read_hdr, read_ldr, to_float, write_exr, write_png
 
 from . import metrics as M
@@ -450,14 +451,7 @@ def _summarize(rows: list[dict[str, Any]], names: list[str], common: list[str]) 
 
 
 def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text.encode("utf-8"))
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:

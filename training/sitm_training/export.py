@@ -5,7 +5,8 @@ Writes ``NAME.safetensors`` (float32, preset in the metadata), ``NAME-fp32.onnx`
 network graph for TensorRT; see ``sitm_trt.model.export_onnx``) and ``NAME.json``, the card: preset, the
 sha256 of every file (``sitm_trt.load`` verifies the weights' one), the data recipe, the training run (steps,
 seconds, losses, perceptual loss kind, git commit) and, with ``--eval DIR``, the evaluation table written by
-``python -m sitm_training.evaluate``. Every file is written to a temporary name first and then renamed.
+``python -m sitm_training.evaluate``. Both graphs are made before anything is written, and every file is
+written atomically (``sitm_trt.files.atomic_write``).
 
 Weights that more than one run made (a fine-tune started with ``--init`` from another run's weights, and that
 one from a third) take every run's card, the one that wrote the weights first: ``--weights W --card
@@ -18,11 +19,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
-from sitm_trt.model import export_onnx, save_weights
+from sitm_trt.files import atomic_write
+from sitm_trt.model import save_weights
+from sitm_trt.model.export import onnx_bytes
 from sitm_trt.model.serialization import load_weights
 
 
@@ -57,18 +59,10 @@ def export(weights: Path, out: Path, run_card: dict | None = None, eval_dir: Pat
     net = load_weights(weights)
     files = {"weights": out.with_suffix(".safetensors"), "fp32": out.parent / f"{out.name}-fp32.onnx",
              "fp16": out.parent / f"{out.name}-fp16.onnx"}
-    tmp = {k: p.with_name(p.name + ".tmp" + p.suffix) for k, p in files.items()}
-    try:
-        meta = {"step": str((run_card or {}).get("step", ""))}
-        save_weights(net, tmp["weights"], metadata=meta)
-        export_onnx(net, tmp["fp32"], fp16=False)
-        export_onnx(net, tmp["fp16"], fp16=True)
-        for k in files:
-            os.replace(tmp[k], files[k])
-    finally:
-        for p in tmp.values():
-            if p.exists():
-                p.unlink()
+    graphs = {k: onnx_bytes(net, fp16=k == "fp16") for k in ("fp32", "fp16")}  # a failed export writes nothing
+    save_weights(net, files["weights"], metadata={"step": str((run_card or {}).get("step", ""))})
+    for k, data in graphs.items():
+        atomic_write(files[k], data)
     card = {
         "name": out.name,
         "preset": net.preset.to_dict(),
@@ -89,10 +83,7 @@ def export(weights: Path, out: Path, run_card: dict | None = None, eval_dir: Pat
         card["evaluation"] = {"table": (eval_dir / "table.md").read_text(),
                               "summary": json.loads((eval_dir / "summary.json").read_text())
                               if (eval_dir / "summary.json").exists() else None}
-    card_path = out.with_suffix(".json")
-    tmp_card = card_path.with_name(card_path.name + ".tmp")
-    tmp_card.write_text(json.dumps(card, indent=2) + "\n")
-    os.replace(tmp_card, card_path)
+    atomic_write(out.with_suffix(".json"), (json.dumps(card, indent=2) + "\n").encode())
     return card
 
 

@@ -3,7 +3,12 @@
 Two stages (Sec. 3.7, 4.1): stage 1 trains EAB + AUEM + ADEM (CMAB-linked) on the optimal exposure labels
 with the progressive loss (Eq. 12) and the mask-aware adversarial loss (Eq. 13-14); stage 2 trains the whole
 network end to end with the HDR loss added (Eq. 16). Adam, lr 2e-4 as in the paper; our other choices are
-the defaults below and are written to the run card.
+the defaults of :mod:`sitm_training.config` and are written to the run card.
+
+The options are a typed :class:`~sitm_training.config.TrainConfig` of five groups (data, model, optimisation,
+loss, run; :mod:`sitm_training.config` also reads the command line). :class:`Trainer` is the run:
+:meth:`~Trainer.feed` a batch, :meth:`~Trainer.step` the optimisers, :meth:`~Trainer.validate`,
+:meth:`~Trainer.save`, and :meth:`~Trainer.run` loops over them.
 
 A run folder holds: ``card.json`` (the run card: preset, data recipe, seed, git commit, perceptual loss
 kind, the options, the latest losses and validation), ``log.csv`` (one row per logged step), ``ckpt/``
@@ -16,19 +21,16 @@ Several GPUs: ``torchrun --nproc_per_node N -m sitm_training.train ...`` (Distri
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
-import io
 import json
-import math
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -36,62 +38,24 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
 from sitm_trt import reference as ops
-from sitm_trt.media.io import tonemap_preview, write_bytes_atomic, write_png
+from sitm_trt.files import atomic_write
+from sitm_trt.media.io import tonemap_preview, write_png
 from sitm_trt.model import SITMNet, get_preset, save_weights
 from sitm_trt.model.serialization import load_weights
 from sitm_trt.weights import sha256_file
 
+from .config import TrainConfig, config_from_args, stored_config
 from .discriminator import MaskAwareDiscriminator
-from .losses import (DOWN_LABELS, MASK_PRIOR_SCOPES, LossWeights, SITMLoss, VGGPerceptual, input_down_label,
-                     mask_aware_g_loss)
+from .losses import SITMLoss, VGGPerceptual, input_down_label, mask_aware_g_loss
 from .masks import over_exposure_mask, under_exposure_mask
 
-__all__ = ["TrainConfig", "train", "main"]
+if TYPE_CHECKING:
+    from sitm_training.data import SampleDataset
+
+__all__ = ["Batch", "Trainer", "train", "validate", "exposure_weights", "load_init", "git_commit", "main"]
 
 
-@dataclasses.dataclass
-class TrainConfig:
-    data: str
-    out: str
-    preset: str = "compact"
-    fusion: str = "paper"  # Preset.fusion: "paper" (Eq. 7-8) or "residual" (docs/model.md, "The residual fusion")
-    stage1_steps: int = 2000
-    stage2_steps: int = 4000
-    batch: int = 8
-    crop: int = 128
-    lr: float = 2e-4  # Sec. 4.1
-    lr_min: float = 1e-5  # cosine decay over stage 2 (our choice)
-    betas: tuple[float, float] = (0.9, 0.999)
-    gan: bool = True
-    disc_width: int = 16
-    disc_max_width: int = 64
-    vgg: str | None = None  # torchvision VGG-16 ImageNet state_dict; None = SSIM substitute (warned)
-    device: str = "cpu"
-    amp: bool = True  # bf16/fp16 autocast on CUDA only
-    workers: int = 2
-    seed: int = 0
-    log_every: int = 10
-    val_every: int = 250
-    ckpt_every: int = 100
-    val_images: int = 8
-    threads: int = 0  # torch intra-op threads on the CPU (0 = torch default)
-    hdr_pu21: float = 0.0  # weight of losses.pu21_hdr_loss added to Eq. 15 (0 = the paper's loss)
-    hdr_grad: float = 0.0  # weight of losses.pu21_gradient_loss added to Eq. 15 (0 = the paper's loss)
-    hdr_clip: float = 0.0  # weight of losses.pu21_clipped_loss added to Eq. 15 (0 = the paper's loss)
-    hdr_psnr: float = 0.0  # weight of losses.pu21_psnr_loss (minus per-image PU21-PSNR in dB) (0 = the paper's loss)
-    hdr_align: bool = False  # the PU21 terms compare after the evaluation's scale alignment (losses.align_scale_torch)
-    mask_prior: float = 0.0  # weight of losses.mask_prior_loss (0 = the paper's loss)
-    mask_prior_scope: str = "well"  # where it acts: "well" (well-exposed pixels), "under" (under-exposed samples)
-    #                                 or "down" (no M_down below the highlights)
-    down_label: str = "data"  # the ADEM's label: "data" (the data set's) or "input" (losses.input_down_label)
-    up_ev_max: float | None = None  # shoot the exposure-up labels of more EV again at this EV (data.relabel_up)
-    oversample_under: float = 1.0  # draw under-exposed training samples this many times as often (1 = uniform)
-    freeze_exposure: bool = False  # stage 2 trains the MEFM only (EAB, AUEM, ADEM fixed): a fusion fine-tune
-    init: str | None = None  # start a new run from these weights (fresh optimizer, step 0): a fine-tune
-    max_seconds: float | None = None  # wall-clock budget of this process: stop, checkpoint and write the card
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+# ---------------------------------------------------------------------------------------------- helpers
 
 
 def git_commit() -> str:
@@ -109,26 +73,8 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _atomic_json(path: Path, obj: Any) -> None:
-    write_bytes_atomic(path, json.dumps(obj, indent=2, default=str).encode())
-
-
-def _atomic_torch_save(path: Path, obj: Any) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    write_bytes_atomic(path, buf.getvalue())
-
-
-def _atomic_weights(path: Path, module: torch.nn.Module, **kw: Any) -> None:
-    tmp = path.with_name(path.stem + ".tmp.safetensors")
-    save_weights(module, tmp, **kw) if isinstance(module, SITMNet) else _save_plain(module, tmp)
-    os.replace(tmp, path)
-
-
-def _save_plain(module: torch.nn.Module, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(path))
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, indent=2, default=str).encode()
 
 
 class _Dist:
@@ -181,6 +127,15 @@ class _Stages(torch.nn.Module):
         return self.net.forward_exposure(*pre) if stage == 1 else self.net.forward_train(*pre)
 
 
+class Batch(NamedTuple):
+    """One training batch on the device, with the labels the losses compare against."""
+
+    ldr: torch.Tensor
+    up: torch.Tensor
+    down: torch.Tensor
+    hdr: torch.Tensor
+
+
 def _batches(loader: DataLoader, start_epoch: int) -> Iterator[dict[str, Any]]:
     epoch = start_epoch
     while True:
@@ -190,13 +145,6 @@ def _batches(loader: DataLoader, start_epoch: int) -> Iterator[dict[str, Any]]:
             loader.dataset.set_epoch(epoch)
         yield from loader
         epoch += 1
-
-
-def _lr_at(cfg: TrainConfig, step: int) -> float:
-    if step < cfg.stage1_steps:
-        return cfg.lr
-    t = (step - cfg.stage1_steps) / max(1, cfg.stage2_steps)
-    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * min(1.0, t)))
 
 
 def exposure_weights(dataset: SampleDataset, oversample_under: float) -> list[float]:
@@ -209,7 +157,7 @@ def exposure_weights(dataset: SampleDataset, oversample_under: float) -> list[fl
         under = under_exposed(load_sample_meta(dataset.root / r["file"]))
         if under is None:
             raise ValueError(f"{dataset.root / r['file']}: the sample's meta records no exposure mode, which "
-                             "--oversample-under and --mask-prior-scope under need")
+                             "--oversample-under needs")
         weights.append(float(oversample_under) if under else 1.0)
     return weights
 
@@ -268,296 +216,308 @@ def validate(net: SITMNet, dataset, device: torch.device, n: int, sheet: Path | 
     return {k: v / max(1, count) for k, v in stats.items()}
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    from sitm_training.data import SampleDataset, load_manifest
+# ---------------------------------------------------------------------------------------------- the trainer
 
-    d = _Dist(cfg.device)
-    device = d.device
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed + d.rank)
-    if cfg.crop % get_preset(cfg.preset).stride:
-        raise ValueError(f"--crop must be a multiple of the network stride {get_preset(cfg.preset).stride}")
-    run_dir = Path(cfg.out)
-    ckpt = run_dir / "ckpt"
-    if d.main:
-        ckpt.mkdir(parents=True, exist_ok=True)
-        (run_dir / "val").mkdir(exist_ok=True)
+LOG_COLUMNS = ("step", "stage", "lr", "loss", "prog", "gan", "hdr", "d_loss", "samples_per_s", "elapsed_s")
+LOSS_NAMES = ("loss", "prog", "gan", "hdr", "d_loss")
 
-    manifest = load_manifest(cfg.data)
-    if cfg.max_seconds is not None and not cfg.max_seconds > 0:
-        raise ValueError(f"--max-seconds must be > 0, got {cfg.max_seconds}")
-    if cfg.up_ev_max is not None and not cfg.up_ev_max > 0:
-        raise ValueError(f"--up-ev-max must be > 0 EV, got {cfg.up_ev_max}")
-    train_set = SampleDataset(cfg.data, "train", crop=cfg.crop, augment=True, seed=cfg.seed, up_ev_max=cfg.up_ev_max)
-    val_set = SampleDataset(cfg.data, "val", crop=None, augment=False, up_ev_max=cfg.up_ev_max)
-    if len(train_set) == 0:
-        raise ValueError(f"{cfg.data}: the train split is empty")
-    if cfg.down_label not in DOWN_LABELS:
-        raise ValueError(f"--down-label must be one of {DOWN_LABELS}, got {cfg.down_label!r}")
-    if cfg.mask_prior_scope not in MASK_PRIOR_SCOPES:
-        raise ValueError(f"--mask-prior-scope must be one of {MASK_PRIOR_SCOPES}, got {cfg.mask_prior_scope!r}")
-    if cfg.mask_prior and cfg.mask_prior_scope == "under":  # fail before the first step, not at it
-        from sitm_training.data import load_sample_meta, under_exposed
 
-        if under_exposed(load_sample_meta(train_set.root / train_set.records[0]["file"])) is None:
-            raise ValueError(f"{cfg.data}: --mask-prior-scope under needs each sample's camera exposure mode "
-                             "(meta['exposure']['mode']), which this data set does not record")
-    sampler = DistributedSampler(train_set, d.world, d.rank, shuffle=True, seed=cfg.seed) if d.world > 1 else None
-    if cfg.oversample_under != 1.0:
-        if not cfg.oversample_under > 0:
-            raise ValueError(f"--oversample-under must be > 0, got {cfg.oversample_under}")
+class Trainer:
+    """One training run of ``cfg``: set up (or resumed from ``OUT/ckpt``) when made; :meth:`run` trains it.
+
+    The parts: :meth:`feed` (the next batch, with its labels, on the device), :meth:`step` (one update of the
+    network and of the discriminator), :meth:`validate` (the val split's scores and contact sheet, into the
+    card) and :meth:`save` (checkpoint and card, each file atomically). ``steps`` counts the steps done."""
+
+    def __init__(self, cfg: TrainConfig):
+        from sitm_training.data import SampleDataset, load_manifest
+
+        self.cfg = cfg
+        self.dist = d = _Dist(cfg.run.device)
+        self.device = d.device
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        torch.manual_seed(cfg.run.seed + d.rank)
+        self.run_dir = Path(cfg.run.out)
+        self.ckpt = self.run_dir / "ckpt"
+        if d.main:
+            self.ckpt.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "val").mkdir(exist_ok=True)
+
+        # data
+        manifest = load_manifest(cfg.data.root)
+        self.train_set = SampleDataset(cfg.data.root, "train", crop=cfg.data.crop, augment=True, seed=cfg.run.seed,
+                                       up_ev_max=cfg.data.up_ev_max)
+        self.val_set = SampleDataset(cfg.data.root, "val", crop=None, augment=False, up_ev_max=cfg.data.up_ev_max)
+        if len(self.train_set) == 0:
+            raise ValueError(f"{cfg.data.root}: the train split is empty")
+        sampler = self._sampler()
+        self.loader = DataLoader(self.train_set, batch_size=cfg.data.batch, shuffle=sampler is None, sampler=sampler,
+                                 num_workers=cfg.data.workers, drop_last=True, persistent_workers=cfg.data.workers > 0,
+                                 generator=torch.Generator().manual_seed(cfg.run.seed))
+
+        # model, losses, optimisers
+        self.net = SITMNet(dataclasses.replace(get_preset(cfg.model.preset), fusion=cfg.model.fusion)).to(self.device)
+        self.disc = (MaskAwareDiscriminator(width=cfg.model.disc_width, max_width=cfg.model.disc_max_width)
+                     .to(self.device) if cfg.loss.gan else None)
+        self.perceptual = VGGPerceptual(cfg.loss.vgg).to(self.device)
+        self.criterion = SITMLoss(self.perceptual, cfg.loss.weights())
+        self.opt_g = torch.optim.Adam(self.net.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas)
+        self.opt_d = (torch.optim.Adam(self.disc.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas)
+                      if self.disc is not None else None)
+
+        self.steps, self.epoch = self._restore()
+        if cfg.model.freeze_exposure:
+            if self.steps < cfg.optim.stage1_steps:
+                raise ValueError("--freeze-exposure fine-tunes the MEFM in stage 2; stage 1 trains only the exposure "
+                                 "models")
+            for p in self.net.exposure_parameters():
+                p.requires_grad_(False)
+        self.gmodel = d.wrap(_Stages(self.net))
+        self.gdisc = d.wrap(self.disc) if self.disc is not None else None
+        self.use_amp = cfg.optim.amp and self.device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self.card = self._card(manifest)
+        self.batches = _batches(self.loader, self.epoch)
+        self.stop_requested = False
+
+    # -- set-up
+
+    def _sampler(self):
+        cfg, d = self.cfg, self.dist
+        if cfg.data.oversample_under != 1.0:
+            if d.world > 1:
+                raise ValueError("--oversample-under is not supported with several processes (torchrun) yet")
+            return WeightedRandomSampler(exposure_weights(self.train_set, cfg.data.oversample_under),
+                                         len(self.train_set), replacement=True,
+                                         generator=torch.Generator().manual_seed(cfg.run.seed))
         if d.world > 1:
-            raise ValueError("--oversample-under is not supported with several processes (torchrun) yet")
-        sampler = WeightedRandomSampler(exposure_weights(train_set, cfg.oversample_under), len(train_set),
-                                        replacement=True, generator=torch.Generator().manual_seed(cfg.seed))
-    loader = DataLoader(train_set, batch_size=cfg.batch, shuffle=sampler is None, sampler=sampler,
-                        num_workers=cfg.workers, drop_last=True, persistent_workers=cfg.workers > 0,
-                        generator=torch.Generator().manual_seed(cfg.seed))
+            return DistributedSampler(self.train_set, d.world, d.rank, shuffle=True, seed=cfg.run.seed)
+        return None
 
-    net = SITMNet(dataclasses.replace(get_preset(cfg.preset), fusion=cfg.fusion)).to(device)
-    disc = MaskAwareDiscriminator(width=cfg.disc_width, max_width=cfg.disc_max_width).to(device) if cfg.gan else None
-    perceptual = VGGPerceptual(cfg.vgg).to(device)
-    criterion = SITMLoss(perceptual, LossWeights(lambda_pu21=cfg.hdr_pu21, lambda_grad=cfg.hdr_grad, lambda_clip=cfg.hdr_clip,
-                                                 lambda_psnr=cfg.hdr_psnr, lambda_mask=cfg.mask_prior,
-                                                 mask_scope=cfg.mask_prior_scope, align=cfg.hdr_align))
-    opt_g = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=cfg.betas)
-    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=cfg.betas) if disc is not None else None
-
-    step, epoch = 0, 0
-    state_path = ckpt / "state.json"
-    if state_path.exists():  # resume
+    def _restore(self) -> tuple[int, int]:
+        """Resume from ``OUT/ckpt`` (its stored config must be of this preset and fusion), or start from
+        ``--init``'s weights, or from scratch: ``(steps done, epoch)``."""
+        cfg, ckpt = self.cfg, self.ckpt
+        state_path = ckpt / "state.json"
+        if not state_path.exists():
+            if cfg.model.init:
+                init = load_weights(cfg.model.init)
+                if init.preset.name != cfg.model.preset:
+                    raise ValueError(f"--init {cfg.model.init}: preset {init.preset.name!r}, not {cfg.model.preset!r}")
+                load_init(self.net, init, cfg.model.init)
+            return 0, 0
         state = json.loads(state_path.read_text())
-        if state.get("config", {}).get("preset") != cfg.preset:
-            raise ValueError(f"{run_dir}: the checkpoint is of preset {state['config'].get('preset')!r}, not {cfg.preset!r}")
-        if state.get("config", {}).get("fusion", "paper") != cfg.fusion:
-            raise ValueError(f"{run_dir}: the checkpoint's fusion is {state['config'].get('fusion', 'paper')!r}, "
-                             f"not {cfg.fusion!r}")
-        net.load_state_dict(load_weights(ckpt / "model.safetensors").state_dict())
-        optim = torch.load(ckpt / "optim.pt", map_location=device, weights_only=True)
-        opt_g.load_state_dict(optim["g"])
-        if disc is not None and (ckpt / "disc.safetensors").exists():
+        before = stored_config(state["config"], str(state_path))
+        if before.model.preset != cfg.model.preset:
+            raise ValueError(f"{self.run_dir}: the checkpoint is of preset {before.model.preset!r}, not "
+                             f"{cfg.model.preset!r}")
+        if before.model.fusion != cfg.model.fusion:
+            raise ValueError(f"{self.run_dir}: the checkpoint's fusion is {before.model.fusion!r}, not "
+                             f"{cfg.model.fusion!r}")
+        self.net.load_state_dict(load_weights(ckpt / "model.safetensors").state_dict())
+        optim = torch.load(ckpt / "optim.pt", map_location=self.device, weights_only=True)
+        self.opt_g.load_state_dict(optim["g"])
+        if self.disc is not None and (ckpt / "disc.safetensors").exists():
             from safetensors.torch import load_file
 
-            disc.load_state_dict(load_file(str(ckpt / "disc.safetensors"), device=str(device)))
+            self.disc.load_state_dict(load_file(str(ckpt / "disc.safetensors"), device=str(self.device)))
             if optim.get("d") is not None:
-                opt_d.load_state_dict(optim["d"])
-        step, epoch = int(state["step"]), int(state.get("epoch", 0))
-        if d.main:
-            print(f"resuming {run_dir} at step {step}", file=sys.stderr)
-    elif cfg.init:
-        init = load_weights(cfg.init)
-        if init.preset.name != cfg.preset:
-            raise ValueError(f"--init {cfg.init}: preset {init.preset.name!r}, not {cfg.preset!r}")
-        load_init(net, init, cfg.init)
+                self.opt_d.load_state_dict(optim["d"])
+        steps = int(state["step"])
+        if self.dist.main:
+            print(f"resuming {self.run_dir} at step {steps}", file=sys.stderr)
+        return steps, int(state.get("epoch", 0))
 
-    if cfg.freeze_exposure:
-        if step < cfg.stage1_steps:
-            raise ValueError("--freeze-exposure fine-tunes the MEFM in stage 2; stage 1 trains only the exposure models")
-        for p in net.exposure_parameters():
-            p.requires_grad_(False)
-    gmodel = d.wrap(_Stages(net))
-    gdisc = d.wrap(disc) if disc is not None else None
-    use_amp = cfg.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-
-    total = cfg.stage1_steps + cfg.stage2_steps
-    card_path = run_dir / "card.json"
-    card: dict[str, Any] = {
-        "preset": get_preset(cfg.preset).to_dict(), "config": cfg.to_dict(), "seed": cfg.seed,
-        "git_commit": git_commit(), "data": {"root": os.path.abspath(cfg.data), "recipe": manifest.get("recipe"),
-                                               "recipe_hash": manifest.get("recipe_hash")},
-        "perceptual": perceptual.kind, "torch": torch.__version__, "device": str(device), "world_size": d.world,
-        "init": {"path": os.path.abspath(cfg.init), "sha256": sha256_file(Path(cfg.init))} if cfg.init else None,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    if card_path.exists():
-        old = json.loads(card_path.read_text())
+    def _card(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """The run card; on resume it keeps the earlier card's time, losses and validation, and records in
+        ``history`` which options this resume changed."""
+        cfg = self.cfg
+        card: dict[str, Any] = {
+            "preset": get_preset(cfg.model.preset).to_dict(), "config": cfg.to_dict(), "seed": cfg.run.seed,
+            "git_commit": git_commit(),
+            "data": {"root": os.path.abspath(cfg.data.root), "recipe": manifest.get("recipe"),
+                     "recipe_hash": manifest.get("recipe_hash")},
+            "perceptual": self.perceptual.kind, "torch": torch.__version__, "device": str(self.device),
+            "world_size": self.dist.world,
+            "init": ({"path": os.path.abspath(cfg.model.init), "sha256": sha256_file(Path(cfg.model.init))}
+                     if cfg.model.init else None),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "train_seconds": 0.0,
+        }
+        path = self.run_dir / "card.json"
+        if not path.exists():
+            return card
+        old = json.loads(path.read_text())
         card["train_seconds"] = old.get("train_seconds", 0.0)
         card["started"] = old.get("started", card["started"])
         for k in ("losses", "validation", "step", "history"):
             if k in old:
                 card[k] = old[k]
-        now = json.loads(json.dumps(cfg.to_dict()))  # as the card stores it (tuples become lists)
-        before = old.get("config", {})
-        changed = {k: [before.get(k), now.get(k)] for k in sorted({*before, *now} - {"out"}) if before.get(k) != now.get(k)}
+        as_stored = lambda c: json.loads(json.dumps(c.to_dict()))  # noqa: E731  (tuples become lists)
+        now, before = as_stored(cfg), as_stored(stored_config(old.get("config", {}), str(path)))
+        changed = {k: [before[k], now[k]] for k in sorted(now) if k != "out" and before[k] != now[k]}
         if changed:  # resumed with other options: keep what the earlier steps were trained with
-            card.setdefault("history", []).append({"step": step, "changed": changed})
-    else:
-        card["train_seconds"] = 0.0
+            card.setdefault("history", []).append({"step": self.steps, "changed": changed})
+        return card
 
-    stop = {"now": False}
+    # -- the parts of a step
 
-    def _on_signal(signum, _frame):
-        stop["now"] = True
+    @property
+    def stage(self) -> int:
+        """The stage of the next step: 1 or 2."""
+        return self.cfg.optim.stage(self.steps)
 
-    old_handlers = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if d.main else {}
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp)
 
-    def save() -> None:
-        if not d.main:
+    def feed(self) -> Batch:
+        """The next training batch on the device; with ``--down-label input`` the ADEM's label is made from the
+        input (:func:`~sitm_training.losses.input_down_label`)."""
+        batch = next(self.batches)
+        ldr, up, down, hdr = (batch[k].to(self.device, non_blocking=True) for k in ("ldr", "up", "down", "hdr"))
+        if self.cfg.data.down_label == "input":
+            down = input_down_label(ldr, down, batch["ev_down"].to(self.device))
+        return Batch(ldr, up, down, hdr)
+
+    def step(self, batch: Batch) -> dict[str, float]:
+        """One step on ``batch``: the generator's loss of the current stage (stage 1: Eq. 12 + the adversarial
+        terms on the exposure images; stage 2: Eq. 16) and one update, then one of the discriminator. Returns
+        the step's losses (:data:`LOSS_NAMES`)."""
+        stage = self.stage
+        for g in self.opt_g.param_groups:
+            g["lr"] = self.cfg.optim.lr_at(self.steps)
+        pre = ops.pre(batch.ldr, stride=1)
+        with self._autocast():
+            if stage == 1:  # EAB + AUEM + ADEM on the exposure labels
+                pyr_up, pyr_down = self.gmodel(1, *pre)
+                up, down = pyr_up[-1].clamp(0, 1), pyr_down[-1].clamp(0, 1)
+                prog = self.criterion.exposure(pyr_up, pyr_down, batch.up, batch.down)
+                gan = prog.new_zeros(())
+                if self.gdisc is not None:
+                    gan = (mask_aware_g_loss(self.gdisc, up, batch.up, under_exposure_mask(pre.image))
+                           + mask_aware_g_loss(self.gdisc, down, batch.down, over_exposure_mask(pre.image)))
+                hdr = prog.new_zeros(())
+                loss = prog + self.criterion.weights.lambda_gan * gan
+            else:  # end to end, Eq. 16
+                out = self.gmodel(2, *pre)
+                up, down = out.image_up, out.image_down
+                loss, prog, gan, hdr = self.criterion.generator(out, pre.image, batch.up, batch.down, batch.hdr,
+                                                                self.gdisc, fusion=self.cfg.model.fusion)
+        self.opt_g.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt_g)
+        self.scaler.update()
+        d_loss = 0.0
+        if self.gdisc is not None:
+            with self._autocast():
+                dl = self.criterion.discriminator(self.gdisc, _Exposures(up, down), pre.image, batch.up, batch.down)
+            self.opt_d.zero_grad(set_to_none=True)
+            dl.backward()
+            self.opt_d.step()
+            d_loss = float(dl.detach())
+        self.steps += 1
+        return {"loss": float(loss.detach()), "prog": float(prog.detach()), "gan": float(gan.detach()),
+                "hdr": float(hdr.detach()), "d_loss": d_loss}
+
+    def validate(self) -> None:
+        """Score ``--val-images`` images of the val split into the card and write their contact sheet (main
+        process only)."""
+        if self.dist.main and len(self.val_set):
+            sheet = self.run_dir / "val" / f"step{self.steps:07d}.png"
+            self.card["validation"] = {"step": self.steps, **validate(self.net, self.val_set, self.device,
+                                                                      self.cfg.run.val_images, sheet)}
+
+    def save(self) -> None:
+        """Checkpoint (weights, optimizer states, ``state.json``) and card, each file atomically (main process)."""
+        if not self.dist.main:
             return
-        _atomic_weights(ckpt / "model.safetensors", net, metadata={"step": str(step)})
-        if disc is not None:
-            _atomic_weights(ckpt / "disc.safetensors", disc)
-        _atomic_torch_save(ckpt / "optim.pt", {"g": opt_g.state_dict(), "d": opt_d.state_dict() if opt_d else None})
-        _atomic_json(state_path, {"step": step, "epoch": epoch, "stage": 1 if step < cfg.stage1_steps else 2,
-                                  "config": cfg.to_dict()})
-        _atomic_json(card_path, card)
+        save_weights(self.net, self.ckpt / "model.safetensors", metadata={"step": str(self.steps)})
+        if self.disc is not None:
+            from safetensors.torch import save
 
-    log_file = open(run_dir / "log.csv", "a", newline="") if d.main else None
-    writer = csv.writer(log_file) if log_file else None
-    if log_file and log_file.tell() == 0:
-        writer.writerow(["step", "stage", "lr", "loss", "prog", "gan", "hdr", "d_loss", "samples_per_s", "elapsed_s"])
+            tensors = {k: v.detach().cpu().contiguous() for k, v in self.disc.state_dict().items()}
+            atomic_write(self.ckpt / "disc.safetensors", save(tensors))
+        optim = {"g": self.opt_g.state_dict(), "d": self.opt_d.state_dict() if self.opt_d else None}
+        atomic_write(self.ckpt / "optim.pt", lambda f: torch.save(optim, f))
+        state = {"step": self.steps, "epoch": self.epoch, "stage": self.cfg.optim.stage(self.steps),
+                 "config": self.cfg.to_dict()}
+        atomic_write(self.ckpt / "state.json", _json_bytes(state))
+        atomic_write(self.run_dir / "card.json", _json_bytes(self.card))
 
-    from tqdm import tqdm
+    # -- the loop
 
-    bar = tqdm(total=total, initial=step, disable=not d.main, dynamic_ncols=True, desc=f"train {cfg.preset}")
-    batches = _batches(loader, epoch)
-    t_last, n_last, t_start = time.perf_counter(), 0, time.perf_counter()
-    avg: dict[str, float] = {}
-    try:
-        while step < total and not stop["now"]:
-            if cfg.max_seconds is not None and time.perf_counter() - t_start >= cfg.max_seconds:
-                card["stopped"] = {"reason": "max_seconds", "max_seconds": cfg.max_seconds, "step": step}
-                break
-            stage = 1 if step < cfg.stage1_steps else 2
-            for g in opt_g.param_groups:
-                g["lr"] = _lr_at(cfg, step)
-            batch = next(batches)
-            ldr, gt_up, gt_down, gt_hdr = (batch[k].to(device, non_blocking=True) for k in ("ldr", "up", "down", "hdr"))
-            if cfg.down_label == "input":
-                gt_down = input_down_label(ldr, gt_down, batch["ev_down"].to(device))
-            pre = ops.pre(ldr, stride=1)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                if stage == 1:  # EAB + AUEM + ADEM on the exposure labels
-                    pyr_up, pyr_down = gmodel(1, *pre)
-                    up, down = pyr_up[-1].clamp(0, 1), pyr_down[-1].clamp(0, 1)
-                    prog = criterion.exposure(pyr_up, pyr_down, gt_up, gt_down)
-                    gan = prog.new_zeros(())
-                    if gdisc is not None:
-                        gan = (mask_aware_g_loss(gdisc, up, gt_up, under_exposure_mask(pre.image))
-                               + mask_aware_g_loss(gdisc, down, gt_down, over_exposure_mask(pre.image)))
-                    hdr_l = prog.new_zeros(())
-                    loss = prog + criterion.weights.lambda_gan * gan
-                else:  # end to end, Eq. 16
-                    out = gmodel(2, *pre)
-                    up, down = out.image_up, out.image_down
-                    under = batch["under"].to(device) if "under" in batch else None
-                    loss, prog, gan, hdr_l = criterion.generator(out, pre.image, gt_up, gt_down, gt_hdr, gdisc, under,
-                                                                 fusion=cfg.fusion)
-            opt_g.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt_g)
-            scaler.update()
-            d_loss = 0.0
-            if gdisc is not None:
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    dl = criterion.discriminator(gdisc, _Exposures(up, down), pre.image, gt_up, gt_down)
-                opt_d.zero_grad(set_to_none=True)
-                dl.backward()
-                opt_d.step()
-                d_loss = float(dl.detach())
-            step += 1
-            n_last += ldr.shape[0] * d.world
-            vals = {"loss": float(loss.detach()), "prog": float(prog.detach()), "gan": float(gan.detach()),
-                    "hdr": float(hdr_l.detach()), "d_loss": d_loss}
-            for k, v in vals.items():
-                avg[k] = v if k not in avg else 0.95 * avg[k] + 0.05 * v
-            bar.update(1)
-            if step % cfg.log_every == 0 and d.main:
-                now = time.perf_counter()
-                sps = n_last / (now - t_last)
-                card["train_seconds"] += now - t_last
-                t_last, n_last = now, 0
-                bar.set_postfix(stage=stage, loss=f"{avg['loss']:.4f}", hdr=f"{avg['hdr']:.4f}", sps=f"{sps:.1f}")
-                writer.writerow([step, stage, f"{_lr_at(cfg, step):.3g}"] + [f"{vals[k]:.6g}" for k in
-                                 ("loss", "prog", "gan", "hdr", "d_loss")] + [f"{sps:.2f}", f"{now - t_start:.1f}"])
-                log_file.flush()
-                card["losses"] = {k: round(v, 6) for k, v in avg.items()}
-                card["step"] = step
-            if step % cfg.val_every == 0 and d.main and len(val_set):
-                card["validation"] = {"step": step, **validate(net, val_set, device, cfg.val_images,
-                                                               run_dir / "val" / f"step{step:07d}.png")}
-            if step % cfg.ckpt_every == 0:
-                save()
-            if step % len(loader) == 0:
-                epoch += 1
-    finally:
-        bar.close()
-        if d.main:
-            card["train_seconds"] += time.perf_counter() - t_last
-            card["step"] = step
-            save()
-            if log_file:
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_requested = True
+
+    def run(self) -> dict[str, Any]:
+        """Train to ``--stage1-steps`` + ``--stage2-steps``, or until SIGINT/SIGTERM or the end of ``--max-seconds``;
+        log, validate and checkpoint on the way and save at the end. Returns the card."""
+        cfg, d = self.cfg, self.dist
+        handlers = ({s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+                    if d.main else {})
+        log_file = open(self.run_dir / "log.csv", "a", newline="") if d.main else None
+        writer = csv.writer(log_file) if log_file else None
+        if log_file and log_file.tell() == 0:
+            writer.writerow(LOG_COLUMNS)
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.optim.total_steps, initial=self.steps, disable=not d.main, dynamic_ncols=True,
+                   desc=f"train {cfg.model.preset}")
+        t_start = t_last = time.perf_counter()
+        n_last = 0
+        avg: dict[str, float] = {}
+        try:
+            while self.steps < cfg.optim.total_steps and not self.stop_requested:
+                if cfg.run.max_seconds is not None and time.perf_counter() - t_start >= cfg.run.max_seconds:
+                    self.card["stopped"] = {"reason": "max_seconds", "max_seconds": cfg.run.max_seconds,
+                                            "step": self.steps}
+                    break
+                stage = self.stage
+                batch = self.feed()
+                vals = self.step(batch)
+                n_last += batch.ldr.shape[0] * d.world
+                for k, v in vals.items():
+                    avg[k] = v if k not in avg else 0.95 * avg[k] + 0.05 * v
+                bar.update(1)
+                if self.steps % cfg.run.log_every == 0 and d.main:
+                    now = time.perf_counter()
+                    sps = n_last / (now - t_last)
+                    self.card["train_seconds"] += now - t_last
+                    t_last, n_last = now, 0
+                    bar.set_postfix(stage=stage, loss=f"{avg['loss']:.4f}", hdr=f"{avg['hdr']:.4f}", sps=f"{sps:.1f}")
+                    writer.writerow([self.steps, stage, f"{cfg.optim.lr_at(self.steps):.3g}"]
+                                    + [f"{vals[k]:.6g}" for k in LOSS_NAMES] + [f"{sps:.2f}", f"{now - t_start:.1f}"])
+                    log_file.flush()
+                    self.card["losses"] = {k: round(v, 6) for k, v in avg.items()}
+                    self.card["step"] = self.steps
+                if self.steps % cfg.run.val_every == 0:
+                    self.validate()
+                if self.steps % cfg.run.ckpt_every == 0:
+                    self.save()
+                if self.steps % len(self.loader) == 0:
+                    self.epoch += 1
+        finally:
+            bar.close()
+            if d.main:
+                self.card["train_seconds"] += time.perf_counter() - t_last
+                self.card["step"] = self.steps
+                self.save()
                 log_file.close()
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
-        d.close()
-    return card
+            for s, h in handlers.items():
+                signal.signal(s, h)
+            d.close()
+        return self.card
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sitm_training.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = TrainConfig(data="", out="")
-    p.add_argument("--data", required=True, help="a data set built by `python -m sitm_training.data build`")
-    p.add_argument("--out", required=True, help="the run folder (resumed when it holds a checkpoint)")
-    p.add_argument("--preset", default=defaults.preset, choices=["paper", "compact", "fast"])
-    p.add_argument("--fusion", default=defaults.fusion, choices=["paper", "residual"],
-                   help="how the masks and coefficients make HDR: the paper's Eq. 7-8, or the residual fusion around "
-                        "the linearized input (docs/model.md); with --init of paper weights the two MEFM heads start fresh")
-    for name in ("stage1_steps", "stage2_steps", "batch", "crop", "disc_width", "disc_max_width", "workers", "seed",
-                 "log_every", "val_every", "ckpt_every", "val_images", "threads"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--lr-min", type=float, default=defaults.lr_min)
-    p.add_argument("--hdr-pu21", type=float, default=defaults.hdr_pu21,
-                   help="weight of an extra L1 term on PU21-encoded HDR in stage 2 (default 0: Eq. 16 as published)")
-    p.add_argument("--hdr-grad", type=float, default=defaults.hdr_grad,
-                   help="weight of an extra L1 term on neighbour differences of PU21-encoded HDR in stage 2 (default 0)")
-    p.add_argument("--hdr-clip", type=float, default=defaults.hdr_clip,
-                   help="weight of an extra PU21 L1 term over the input's over-exposed pixels only (per image, Eq. 14's "
-                        "mask) in stage 2 (default 0)")
-    p.add_argument("--hdr-psnr", type=float, default=defaults.hdr_psnr,
-                   help="weight of minus the per-image PU21-PSNR in dB added in stage 2 (0.01: 1 dB = 0.01; default 0)")
-    p.add_argument("--hdr-align", action="store_true",
-                   help="the PU21 terms (--hdr-pu21/--hdr-grad/--hdr-clip/--hdr-psnr) compare after scaling H like the evaluation "
-                        "does (median log-ratio over well-exposed pixels, no gradient); Eq. 15 stays absolute")
-    p.add_argument("--mask-prior", type=float, default=defaults.mask_prior,
-                   help="weight of a term pulling Eq. 7 towards the input where it is well exposed (default 0)")
-    p.add_argument("--mask-prior-scope", default=defaults.mask_prior_scope, choices=list(MASK_PRIOR_SCOPES),
-                   help="where the mask prior acts: 'well' (well-exposed pixels of every sample, default), 'under' "
-                        "(everything below the highlights, in the samples of under-exposing cameras only) or 'down' "
-                        "(M_down pulled to 0 below the highlights, every sample)")
-    p.add_argument("--down-label", default=defaults.down_label, choices=list(DOWN_LABELS),
-                   help="the exposure-down label: 'data' (the data set's, default) or 'input' (below the highlights, "
-                        "the input moved by the label's EV in linear light; losses.input_down_label)")
-    p.add_argument("--up-ev-max", type=float, default=defaults.up_ev_max,
-                   help="exposure-up labels of more than this many EV above the input are shot again at this EV by the "
-                        "sample's simulated camera (data.relabel_up); default: the data set's labels")
-    p.add_argument("--oversample-under", type=float, default=defaults.oversample_under,
-                   help="draw under-exposed training samples K times as often (default 1: uniform)")
-    p.add_argument("--init", default=None, help="start a new run from these weights (.safetensors; fresh optimizer)")
-    p.add_argument("--max-seconds", type=float, default=None,
-                   help="wall-clock budget of this process, counted from the first step and checked before each "
-                        "step: once spent, stop as after SIGTERM (checkpoint, card with 'stopped'); rerunning resumes. "
-                        "The lr schedule still follows the step counts")
-    p.add_argument("--freeze-exposure", action="store_true",
-                   help="stage 2 updates only the MEFM (a fusion fine-tune from a trained checkpoint)")
-    p.add_argument("--no-gan", action="store_true", help="train without the mask-aware discriminator")
-    p.add_argument("--vgg", default=None, help="torchvision VGG-16 ImageNet weights (.pth) for the perceptual loss; "
-                                               "without it a 1-SSIM substitute is used (and the run card says so)")
-    p.add_argument("--device", default=defaults.device, help="cpu, cuda or cuda:N")
-    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
-    return p
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train (or resume) the run ``cfg`` describes; returns its card."""
+    return Trainer(cfg).run()
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    kw = {k: v for k, v in vars(args).items() if k not in ("no_gan", "no_amp")}
-    cfg = TrainConfig(**kw, gan=not args.no_gan, amp=not args.no_amp)
-    card = train(cfg)
+    card = train(config_from_args(argv, description=__doc__))
     print(json.dumps({k: card.get(k) for k in ("step", "losses", "validation", "train_seconds", "perceptual")}, indent=2))
     return 0
 

@@ -17,15 +17,17 @@ thumbnail resize, the per-image linear layers) run in float32 through explicit `
 from __future__ import annotations
 
 import copy
+import io
 import os
 import warnings
 from pathlib import Path
 
 import torch
 
+from ..files import atomic_write
 from .network import SITMNet
 
-__all__ = ["export_onnx", "INPUT_NAMES", "OUTPUT_NAMES", "example_inputs"]
+__all__ = ["export_onnx", "onnx_bytes", "INPUT_NAMES", "OUTPUT_NAMES", "example_inputs"]
 
 INPUT_NAMES = ("image", "image_down", "image_up", "guide")
 OUTPUT_NAMES = ("exposure_up", "exposure_down", "masks", "coef")
@@ -45,15 +47,8 @@ def example_inputs(
     return tuple(ops.pre(frame, stride=1, dtype=dtype))
 
 
-def export_onnx(
-    model: SITMNet,
-    path: str | os.PathLike,
-    *,
-    fp16: bool = False,
-    opset: int = 17,
-    check: bool = True,
-) -> Path:
-    """Write ``model`` as ONNX to ``path`` and return the path.
+def onnx_bytes(model: SITMNet, *, fp16: bool = False, opset: int = 17, check: bool = True) -> bytes:
+    """``model`` as an ONNX file's bytes.
 
     The model is copied (the caller's module is not modified), put in eval mode on the CPU and traced once
     at a small size; ``check`` runs ``onnx.checker`` on the result when ``onnx`` is installed.
@@ -68,7 +63,7 @@ def export_onnx(
     axes = {"batch": 0, "height": 2, "width": 3}
     dynamic_axes = {name: {i: n for n, i in axes.items()} for name in INPUT_NAMES + OUTPUT_NAMES[:3]}
     dynamic_axes["coef"] = {0: "batch"}
-    path = Path(path)
+    buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
         warnings.filterwarnings("ignore", r".*legacy TorchScript-based ONNX export", DeprecationWarning)
@@ -77,7 +72,7 @@ def export_onnx(
             torch.onnx.export(
                 net,
                 args,
-                str(path),
+                buf,
                 dynamo=False,
                 input_names=list(INPUT_NAMES),
                 output_names=list(OUTPUT_NAMES),
@@ -85,10 +80,26 @@ def export_onnx(
                 opset_version=opset,
                 do_constant_folding=True,
             )
+    data = buf.getvalue()
     if check:
         try:
             import onnx
         except ImportError:
-            return path
-        onnx.checker.check_model(str(path))
+            return data
+        onnx.checker.check_model(data)
+    return data
+
+
+def export_onnx(
+    model: SITMNet,
+    path: str | os.PathLike,
+    *,
+    fp16: bool = False,
+    opset: int = 17,
+    check: bool = True,
+) -> Path:
+    """Write ``model`` as ONNX (:func:`onnx_bytes`) to ``path``, atomically (:func:`sitm_trt.files.atomic_write`:
+    a failed export leaves no file), and return the path."""
+    path = Path(path)
+    atomic_write(path, onnx_bytes(model, fp16=fp16, opset=opset, check=check))
     return path

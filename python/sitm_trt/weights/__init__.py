@@ -179,17 +179,7 @@ class Weights:
         if not target.exists():
             from sitm_trt.model import export_onnx
 
-            import tempfile
-
-            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=root)  # O_EXCL, random
-            os.close(fd)
-            tmp = Path(name)
-            try:
-                export_onnx(self.model(), tmp, fp16=precision == "fp16")
-                os.replace(tmp, target)
-            finally:
-                if tmp.exists():
-                    tmp.unlink()
+            export_onnx(self.model(), target, fp16=precision == "fp16")  # atomic: never a partial file in the cache
         return target
 
 

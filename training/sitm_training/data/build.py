@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from sitm_trt.files import atomic_write
 from sitm_trt.media.io import ImageReadError, write_exr, write_png
 
 from .camera import Camera, CameraConfig, apply_color, capture, render, sample_camera, sample_exposure
@@ -332,13 +333,6 @@ def _npz_bytes(sample: Sample) -> bytes:
     return buf.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def load_sample_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``meta`` of one sample file (camera, exposure, labels) without reading its images."""
     try:
@@ -417,7 +411,7 @@ def load_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _write_manifest(root: Path, manifest: dict[str, Any]) -> None:
-    _write_atomic(root / "manifest.json", json.dumps(manifest, indent=1, sort_keys=False).encode())
+    atomic_write(root / "manifest.json", json.dumps(manifest, indent=1, sort_keys=False).encode())
 
 
 # --------------------------------------------------------------------------------------------- build
@@ -558,7 +552,7 @@ def build(
             failures.append(result)
             log.error("sample %s failed: %s", item.id, result)
         else:
-            _write_atomic(out / item.file, result)
+            atomic_write(out / item.file, result)
             records[item.id] = _record(item, info, result)
             if on_sample is not None:
                 on_sample(records[item.id])
@@ -688,7 +682,7 @@ def export_split(
                 "source": s.source,
             }
         )
-    _write_atomic(
+    atomic_write(
         out / "pairs.json",
         json.dumps(
             {"split": split, "from": str(root), "recipe_hash": manifest["recipe_hash"], "real_only": real_only,

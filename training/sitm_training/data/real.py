@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sitm_trt.files import atomic_write
 from sitm_trt.media.io import HDR_EXTENSIONS, LDR_EXTENSIONS, ImageReadError, read_hdr, read_ldr, srgb_eotf
 
 from .build import Sample
@@ -354,7 +355,7 @@ def import_sice(
     """
     import hashlib
 
-    from .build import FORMAT, _npz_bytes, _write_atomic, _write_manifest, load_manifest
+    from .build import FORMAT, _npz_bytes, _write_manifest, load_manifest
 
     root, out = Path(root), Path(out)
     stacks = find_sice_stacks(root)
@@ -414,7 +415,7 @@ def import_sice(
             continue
         for sid, sample in zip(ids, sice_samples(merged, criterion)):
             data = _npz_bytes(sample)
-            _write_atomic(out / split / f"{sid}.npz", data)
+            atomic_write(out / split / f"{sid}.npz", data)
             records.append(
                 {
                     "id": sid,

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from sitm_trt.files import atomic_write
 from sitm_trt.media.io import HDR_EXTENSIONS, ImageReadError, read_hdr, read_ldr, write_exr
 
 __all__ = [
@@ -311,9 +312,7 @@ def _extract(
                         continue
                 target = _cached(cache, f)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(target.name + ".part")
-                tmp.write_bytes(data)
-                os.replace(tmp, target)
+                atomic_write(target, data)
                 out[f.id] = target
         proc.stdout.read()  # drain, so dpkg-deb can exit
         errors = proc.stderr.read().decode(errors="replace")

@@ -1,0 +1,250 @@
+"""The trainer's options: a typed config of five groups, the command line that fills it, and how a stored one
+is read back.
+
+:class:`TrainConfig` groups the options of ``python -m sitm_training.train`` as data, model, optimisation, loss
+and run (:class:`DataConfig`, :class:`ModelConfig`, :class:`OptimConfig`, :class:`LossConfig`,
+:class:`RunConfig`) and checks them when made. The run card and ``ckpt/state.json`` store it as one flat mapping
+keyed by option name (:meth:`TrainConfig.to_dict`, ``stage1_steps`` for ``--stage1-steps``); :func:`stored_config`
+reads one back, including those of the trainer before :data:`REMOVED_OPTIONS` were removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sitm_trt.model import get_preset
+
+from .losses import DOWN_LABELS, LossWeights
+
+__all__ = ["DataConfig", "ModelConfig", "OptimConfig", "LossConfig", "RunConfig", "TrainConfig", "REMOVED_OPTIONS",
+           "stored_config", "config_from_args"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What the network is trained on: the data set, its crops and batches, and the exposure labels."""
+
+    root: str = field(metadata={"key": "data"})  # a data set built by `python -m sitm_training.data build`
+    crop: int = 128  # random crops of this size (a multiple of the network stride)
+    batch: int = 8
+    workers: int = 2  # DataLoader worker processes
+    down_label: str = "data"  # the ADEM's label: "data" (the data set's) or "input" (losses.input_down_label)
+    up_ev_max: float | None = None  # shoot the exposure-up labels of more EV again at this EV (data.relabel_up)
+    oversample_under: float = 1.0  # draw under-exposed training samples this many times as often (1 = uniform)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network, where its weights start, what of it trains, and the discriminator's size."""
+
+    preset: str = "compact"
+    fusion: str = "paper"  # Preset.fusion: "paper" (Eq. 7-8) or "residual" (docs/model.md, "The residual fusion")
+    init: str | None = None  # start a new run from these weights (fresh optimizer, step 0): a fine-tune
+    freeze_exposure: bool = False  # stage 2 trains the MEFM only (EAB, AUEM, ADEM fixed): a fusion fine-tune
+    disc_width: int = 16
+    disc_max_width: int = 64
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """The two stages' lengths, Adam and its learning-rate schedule, mixed precision."""
+
+    stage1_steps: int = 2000
+    stage2_steps: int = 4000
+    lr: float = 2e-4  # Sec. 4.1
+    lr_min: float = 1e-5  # cosine decay over stage 2 (our choice)
+    betas: tuple[float, float] = (0.9, 0.999)
+    amp: bool = True  # bf16/fp16 autocast on CUDA only
+
+    @property
+    def total_steps(self) -> int:
+        return self.stage1_steps + self.stage2_steps
+
+    def stage(self, step: int) -> int:
+        """The stage that step ``step`` (counted from 0) belongs to: 1 or 2."""
+        return 1 if step < self.stage1_steps else 2
+
+    def lr_at(self, step: int) -> float:
+        """Constant ``lr`` in stage 1, then a cosine from ``lr`` to ``lr_min`` over stage 2."""
+        if step < self.stage1_steps:
+            return self.lr
+        t = (step - self.stage1_steps) / max(1, self.stage2_steps)
+        return self.lr_min + 0.5 * (self.lr - self.lr_min) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Eq. 16 and our additions to it (all off by default: the paper's loss)."""
+
+    gan: bool = True  # the mask-aware adversarial terms (Eq. 13-14)
+    vgg: str | None = None  # torchvision VGG-16 ImageNet state_dict; None = SSIM substitute (warned)
+    hdr_pu21: float = 0.0  # weight of losses.pu21_hdr_loss added to Eq. 15
+    hdr_clip: float = 0.0  # weight of losses.pu21_clipped_loss added to Eq. 15
+    hdr_align: bool = False  # the PU21 terms compare after the evaluation's scale alignment (losses.align_scale_torch)
+
+    def weights(self) -> LossWeights:
+        return LossWeights(lambda_pu21=self.hdr_pu21, lambda_clip=self.hdr_clip, align=self.hdr_align)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where the run lives, on what it runs, how often it logs, validates and saves, and for how long."""
+
+    out: str  # the run folder (resumed when it holds a checkpoint)
+    device: str = "cpu"
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads on the CPU (0 = torch default)
+    log_every: int = 10
+    val_every: int = 250
+    ckpt_every: int = 100
+    val_images: int = 8
+    max_seconds: float | None = None  # wall-clock budget of this process: stop, checkpoint and write the card
+
+
+_GROUPS = (("data", DataConfig), ("model", ModelConfig), ("optim", OptimConfig), ("loss", LossConfig),
+           ("run", RunConfig))
+
+
+def _key(f: dataclasses.Field) -> str:
+    """A field's option name: the command line's ``--NAME`` with ``_`` for ``-``, and its key in the run card."""
+    return f.metadata.get("key", f.name)
+
+
+def _option_fields() -> dict[str, tuple[str, dataclasses.Field]]:
+    return {_key(f): (group, f) for group, cls in _GROUPS for f in dataclasses.fields(cls)}
+
+
+def _default(key: str) -> Any:
+    return _option_fields()[key][1].default
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every option of a training run, in five groups; checked when made (a ``ValueError`` names the option)."""
+
+    data: DataConfig
+    run: RunConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def __post_init__(self) -> None:
+        stride = get_preset(self.model.preset).stride
+        if self.data.crop % stride:
+            raise ValueError(f"--crop must be a multiple of the network stride {stride}, got {self.data.crop}")
+        if self.data.down_label not in DOWN_LABELS:
+            raise ValueError(f"--down-label must be one of {DOWN_LABELS}, got {self.data.down_label!r}")
+        if self.data.up_ev_max is not None and not self.data.up_ev_max > 0:
+            raise ValueError(f"--up-ev-max must be > 0 EV, got {self.data.up_ev_max}")
+        if not self.data.oversample_under > 0:
+            raise ValueError(f"--oversample-under must be > 0, got {self.data.oversample_under}")
+        if self.run.max_seconds is not None and not self.run.max_seconds > 0:
+            raise ValueError(f"--max-seconds must be > 0, got {self.run.max_seconds}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as one flat mapping keyed by option name: what the run card and ``ckpt/state.json`` store."""
+        return {_key(f): getattr(getattr(self, group), f.name)
+                for group, cls in _GROUPS for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_dict(cls, options: Mapping[str, Any]) -> TrainConfig:
+        """The config of a flat mapping as :meth:`to_dict` makes it (``--data`` and ``--out`` required, any other
+        option left out takes its default); a key that is not an option of this trainer is a ``ValueError``."""
+        known = _option_fields()
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ValueError(f"not options of this trainer: {', '.join(unknown)}")
+        missing = [k for k in ("data", "out") if k not in options]
+        if missing:
+            raise ValueError(f"the options lack {', '.join(missing)}")
+        groups: dict[str, dict[str, Any]] = {group: {} for group, _ in _GROUPS}
+        for key, value in options.items():
+            group, f = known[key]
+            groups[group][f.name] = tuple(value) if isinstance(f.default, tuple) else value  # JSON stores lists
+        return cls(**{group: kind(**groups[group]) for group, kind in _GROUPS})
+
+
+REMOVED_OPTIONS: dict[str, Any] = {"hdr_grad": 0.0, "hdr_psnr": 0.0, "mask_prior": 0.0, "mask_prior_scope": "well"}
+"""Options of earlier versions of this trainer, removed because their experiments lost (training/LOG.md: the
+neighbour-difference term, the per-image PSNR term and the mask prior with its scopes), with the value that left
+each one off. Run cards and checkpoints of those versions store them; :func:`stored_config` accepts them at that
+value, which is what this trainer does without them."""
+
+
+def stored_config(options: Mapping[str, Any], where: str) -> TrainConfig:
+    """The config a run card or ``ckpt/state.json`` stored (``where`` names the file for the messages).
+
+    A :data:`REMOVED_OPTIONS` key at its old default is dropped; at any other value it is a ``ValueError``: that
+    run trained with a term this trainer no longer has, so it cannot go on here (an earlier commit of this file
+    can resume it)."""
+    current = dict(options)
+    for key, off in REMOVED_OPTIONS.items():
+        if key in current and current.pop(key) != off:
+            raise ValueError(f"{where}: the run was trained with {key}={options[key]!r}, an option this trainer no "
+                             f"longer has (removed with the experiments that lost, training/LOG.md); only a run with "
+                             f"its default {off!r} resumes here")
+    try:
+        return TrainConfig.from_dict(current)
+    except ValueError as err:
+        raise ValueError(f"{where}: the stored config does not fit this trainer: {err}") from err
+
+
+# ---------------------------------------------------------------------------------------------- command line
+
+
+def _parser(description: str | None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sitm_training.train", description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="a data set built by `python -m sitm_training.data build`")
+    p.add_argument("--out", required=True, help="the run folder (resumed when it holds a checkpoint)")
+    p.add_argument("--preset", default=_default("preset"), choices=["paper", "compact", "fast"])
+    p.add_argument("--fusion", default=_default("fusion"), choices=["paper", "residual"],
+                   help="how the masks and coefficients make HDR: the paper's Eq. 7-8, or the residual fusion around "
+                        "the linearized input (docs/model.md); with --init of paper weights the two MEFM heads start fresh")
+    for name in ("stage1_steps", "stage2_steps", "batch", "crop", "disc_width", "disc_max_width", "workers", "seed",
+                 "log_every", "val_every", "ckpt_every", "val_images", "threads"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=_default(name))
+    p.add_argument("--lr", type=float, default=_default("lr"))
+    p.add_argument("--lr-min", type=float, default=_default("lr_min"))
+    p.add_argument("--hdr-pu21", type=float, default=_default("hdr_pu21"),
+                   help="weight of an extra L1 term on PU21-encoded HDR in stage 2 (default 0: Eq. 16 as published)")
+    p.add_argument("--hdr-clip", type=float, default=_default("hdr_clip"),
+                   help="weight of an extra PU21 L1 term over the input's over-exposed pixels only (per image, Eq. 14's "
+                        "mask) in stage 2 (default 0)")
+    p.add_argument("--hdr-align", action="store_true",
+                   help="the PU21 terms (--hdr-pu21/--hdr-clip) compare after scaling H like the evaluation does "
+                        "(median log-ratio over well-exposed pixels, no gradient); Eq. 15 stays absolute")
+    p.add_argument("--down-label", default=_default("down_label"), choices=list(DOWN_LABELS),
+                   help="the exposure-down label: 'data' (the data set's, default) or 'input' (below the highlights, "
+                        "the input moved by the label's EV in linear light; losses.input_down_label)")
+    p.add_argument("--up-ev-max", type=float, default=_default("up_ev_max"),
+                   help="exposure-up labels of more than this many EV above the input are shot again at this EV by the "
+                        "sample's simulated camera (data.relabel_up); default: the data set's labels")
+    p.add_argument("--oversample-under", type=float, default=_default("oversample_under"),
+                   help="draw under-exposed training samples K times as often (default 1: uniform)")
+    p.add_argument("--init", default=None, help="start a new run from these weights (.safetensors; fresh optimizer)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="wall-clock budget of this process, counted from the first step and checked before each "
+                        "step: once spent, stop as after SIGTERM (checkpoint, card with 'stopped'); rerunning resumes. "
+                        "The lr schedule still follows the step counts")
+    p.add_argument("--freeze-exposure", action="store_true",
+                   help="stage 2 updates only the MEFM (a fusion fine-tune from a trained checkpoint)")
+    p.add_argument("--no-gan", action="store_true", help="train without the mask-aware discriminator")
+    p.add_argument("--vgg", default=None, help="torchvision VGG-16 ImageNet weights (.pth) for the perceptual loss; "
+                                               "without it a 1-SSIM substitute is used (and the run card says so)")
+    p.add_argument("--device", default=_default("device"), help="cpu, cuda or cuda:N")
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    return p
+
+
+def config_from_args(argv: list[str] | None = None, description: str | None = None) -> TrainConfig:
+    """The config of a command line (``python -m sitm_training.train``'s arguments; ``description`` for
+    ``--help``)."""
+    args = vars(_parser(description).parse_args(argv))
+    options = {k: v for k, v in args.items() if k not in ("no_gan", "no_amp")}
+    return TrainConfig.from_dict({**options, "gan": not args["no_gan"], "amp": not args["no_amp"]})
