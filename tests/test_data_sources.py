@@ -173,3 +173,23 @@ def test_fetch_extracts_and_checks_a_fake_package(tmp_path: Path, monkeypatch: p
     assert got["fake/y"].read_bytes() == payload
     found, missing = S.find_debian_sources(cache)
     assert found == [] and missing == ["fake/y"]  # not verified: not used by default
+
+
+def test_card_sources_fill_old_manifests_and_name_the_generator() -> None:
+    """A manifest written before sources recorded their origin gets it from the fetch tables; a user folder's
+    license counts as unknown; the procedural generator is listed when the recipe used it."""
+    deb = S.DEBIAN_FILES[0]
+    reg = next(f for f in S.REGISTRY_FILES if not f.license_known)
+    manifest = {"recipe": {"real_fraction": 0.5, "generator_version": 1}, "sources": [
+        {"id": deb.id, "path": "/x.exr", "kind": deb.kind, "license": deb.license, "sha256": deb.sha256,
+         "split": "train"},
+        {"id": reg.id, "kind": reg.kind, "license": reg.license, "sha256": reg.pixels_sha256, "split": "val"},
+        {"id": "user/mine", "kind": "image", "license": "unknown (user file)", "sha256": "ab" * 32, "split": "train"},
+    ]}
+    out = S.card_sources(manifest)
+    assert [s["id"] for s in out] == [deb.id, reg.id, "user/mine", "procedural"]
+    assert out[0]["origin"] == f"debian {deb.package}: {deb.member} (sha256 {deb.sha256})" and out[0]["license_known"]
+    art = S.REGISTRY_ARTEFACTS[reg.artefact]
+    assert art.sha256 in out[1]["origin"] and reg.member in out[1]["origin"] and out[1]["license_known"] is False
+    assert out[2]["license_known"] is False and "path" not in out[0]
+    assert S.card_sources({"recipe": {"real_fraction": 1.0}, "sources": manifest["sources"][:1]})[-1]["id"] == deb.id

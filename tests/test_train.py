@@ -54,6 +54,7 @@ def test_two_stages_checkpoint_and_resume(tiny_data, tmp_path):
     card = run(tiny_data, tmp_path, steps2=2)
     assert card["step"] == 5 and card["perceptual"] == "ssim-substitute"
     assert card["data"]["recipe"]["seed"] == 1 and card["config"]["preset"] == "compact"
+    assert [s["id"] for s in card["data"]["sources"]][-1] == "procedural"  # every source, with its license
     rows = read_log(tmp_path / "log.csv")
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5]
     assert [r["stage"] for r in rows] == ["1", "1", "1", "2", "2"]

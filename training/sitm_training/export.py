@@ -19,13 +19,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from sitm_trt.files import atomic_write
 from sitm_trt.model import save_weights
 from sitm_trt.model.export import onnx_bytes
 from sitm_trt.model.serialization import load_weights
+
+log = logging.getLogger(__name__)
 
 
 def sha256_file(path: Path) -> str:
@@ -78,13 +82,27 @@ def export(weights: Path, out: Path, run_card: dict | None = None, eval_dir: Pat
             card["training"]["average"] = run_card["average"]
         if "runs" in run_card:  # an average's or a chain of fine-tunes' cards
             card["training"]["runs"] = run_card["runs"]
-        card["data"] = run_card.get("data")
+        card["data"] = _data_with_sources(run_card.get("data"))
     if eval_dir is not None:
         card["evaluation"] = {"table": (eval_dir / "table.md").read_text(),
                               "summary": json.loads((eval_dir / "summary.json").read_text())
                               if (eval_dir / "summary.json").exists() else None}
     atomic_write(out.with_suffix(".json"), (json.dumps(card, indent=2) + "\n").encode())
     return card
+
+
+def _data_with_sources(data: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The run card's data section with every source's license and checksum (``card_sources``); a card written
+    before runs recorded them gets them from its data set's manifest when that folder is still there."""
+    if not data or data.get("sources") or not data.get("root"):
+        return data
+    manifest = Path(data["root"]) / "manifest.json"
+    if not manifest.is_file():
+        log.warning("the card's data set %s is gone: the exported card lists no data sources", data["root"])
+        return data
+    from sitm_training.data.sources import card_sources
+
+    return {**data, "sources": card_sources(json.loads(manifest.read_text()))}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -333,12 +333,14 @@ class Trainer:
     def _card(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """The run card; on resume it keeps the earlier card's time, losses and validation, and records in
         ``history`` which options this resume changed."""
+        from sitm_training.data.sources import card_sources
+
         cfg = self.cfg
         card: dict[str, Any] = {
             "preset": get_preset(cfg.model.preset).to_dict(), "config": cfg.to_dict(), "seed": cfg.run.seed,
             "git_commit": git_commit(),
             "data": {"root": os.path.abspath(cfg.data.root), "recipe": manifest.get("recipe"),
-                     "recipe_hash": manifest.get("recipe_hash")},
+                     "recipe_hash": manifest.get("recipe_hash"), "sources": card_sources(manifest)},
             "perceptual": self.perceptual.kind, "torch": torch.__version__, "device": str(self.device),
             "world_size": self.dist.world,
             "init": ({"path": os.path.abspath(cfg.model.init), "sha256": sha256_file(Path(cfg.model.init))}
