@@ -22,13 +22,8 @@ from sitm_training.losses import (
     VGGPerceptual,
     hdr_loss,
     image_pyramid,
-    mask_prior_loss,
-    mask_prior_weight,
-    mask_prior_weight_under,
     highlight_ramp,
-    pu21_gradient_loss,
     pu21_hdr_loss,
-    pu21_psnr_loss,
     pu21_clipped_loss,
     align_scale_torch,
     lsgan_d_loss,
@@ -156,85 +151,7 @@ def test_hdr_loss_is_mu_law_l1():
     expected = np.abs(tau(h.double().numpy()) - tau(g.double().numpy())).mean()
     assert hdr_loss(h, g).item() == pytest.approx(expected, rel=1e-5)
     assert LossWeights() == LossWeights(lambda_per=0.5, lambda_gan=0.1, lambda_h=1.0, mu=5000.0, lambda_pu21=0.0,
-                                        lambda_grad=0.0, lambda_mask=0.0)
-
-
-def test_mask_prior_weighs_the_well_exposed_pixels_only():
-    # dark, mid, clipped, mid, near the highlights (halfway down the 0.8 -> 0.9 ramp), just below the clip level
-    image = torch.tensor([0.0, 0.5, 1.0, 0.5, 0.85, 0.93]).view(1, 1, 1, 6).expand(1, 3, 1, 6).contiguous()
-    m_mid = torch.tensor([0.3, 0.6, 0.0, 1.0, 0.2, 0.1])
-    masks = torch.stack([(1 - m_mid) / 2, m_mid, (1 - m_mid) / 2]).reshape(1, 3, 1, 6)
-    w = mask_prior_weight(image).flatten()
-    assert w.tolist() == pytest.approx([0.0, 1.0, 0.0, 1.0, 0.5, 0.0])  # dark, clipped and near-clipped are free
-    assert mask_prior_loss(masks, image).item() == pytest.approx((0.4 + 0.0 + 0.5 * 0.8) / 6)
-    # a colour pixel: the shadow side follows its darkest channel, the highlight side its brightest
-    px = torch.tensor([0.06, 0.5, 0.88]).view(1, 3, 1, 1)
-    assert mask_prior_weight(px).item() == pytest.approx((1 - (UNDER_TAU - 0.06) / UNDER_TAU) * (0.9 - 0.88) / 0.1)
-
-
-def test_mask_prior_down_scope_penalizes_only_m_down_below_the_highlights():
-    # dark, mid, halfway down the 0.8 -> 0.9 ramp, clipped; M_up and M_mid are free, so only M_down counts
-    row = torch.tensor([0.0, 0.5, 0.85, 1.0]).view(1, 1, 1, 4).expand(1, 3, 1, 4).contiguous()
-    m_down = torch.tensor([0.4, 0.2, 0.6, 0.9])
-    m_up = torch.tensor([0.5, 0.0, 0.1, 0.0])
-    masks = torch.stack([m_up, 1 - m_up - m_down, m_down]).reshape(1, 3, 1, 4)
-    assert highlight_ramp(row).flatten().tolist() == pytest.approx([1.0, 1.0, 0.5, 0.0])
-    assert mask_prior_loss(masks, row, None, "down").item() == pytest.approx((0.4 + 0.2 + 0.5 * 0.6) / 4)
-    # the gradient reaches M_down only, and not in the clipped pixel
-    masks = masks.clone().requires_grad_(True)
-    mask_prior_loss(masks, row, None, "down").backward()
-    assert masks.grad[0, :2].abs().sum().item() == 0
-    assert masks.grad[0, 2].flatten().tolist() == pytest.approx([0.25, 0.25, 0.125, 0.0])
-
-
-def test_mask_prior_under_scope_weighs_only_the_under_exposed_samples_below_the_highlights():
-    # two samples with the same pixels: dark, mid, halfway down the 0.8 -> 0.9 ramp, clipped
-    row = torch.tensor([0.0, 0.5, 0.85, 1.0]).view(1, 1, 1, 4).expand(2, 3, 1, 4).contiguous()
-    m_mid = torch.tensor([[0.2, 0.6, 0.0, 0.0], [0.1, 0.1, 0.1, 0.1]])
-    masks = torch.stack([(1 - m_mid) / 2, m_mid, (1 - m_mid) / 2], dim=1).reshape(2, 3, 1, 4)
-    under = torch.tensor([1.0, 0.0])
-    w = mask_prior_weight_under(row, under)
-    assert w[0].flatten().tolist() == pytest.approx([1.0, 1.0, 0.5, 0.0])  # shadows included, highlights free
-    assert w[1].abs().sum().item() == 0  # a clipping camera's sample is left alone
-    # mean over both samples' 8 pixels of w * (1 - M_mid): 0.8 + 0.4 + 0.5 * 1.0
-    assert mask_prior_loss(masks, row, under, "under").item() == pytest.approx((0.8 + 0.4 + 0.5) / 8)
-    with pytest.raises(ValueError, match="exposure mode"):
-        mask_prior_loss(masks, row, None, "under")
-    with pytest.raises(ValueError, match="scope"):
-        mask_prior_loss(masks, row, under, "dark")
-    with pytest.raises(ValueError, match="shape"):
-        mask_prior_weight_under(row, torch.tensor([1.0]))
-
-
-def test_pu21_gradient_loss_is_l1_of_neighbour_differences():
-    from sitm_training.metrics import Display, pu21_encode
-
-    h = rand(2, 3, 6, 5, seed=15) ** 4 * 60
-    g = rand(2, 3, 6, 5, seed=16) ** 4 * 60
-    e = pu21_encode(Display()(h.double().numpy())) - pu21_encode(Display()(g.double().numpy()))
-    dx = np.abs(np.diff(e, axis=-1)).mean()
-    dy = np.abs(np.diff(e, axis=-2)).mean()
-    assert pu21_gradient_loss(h, g).item() == pytest.approx(0.5 * (dx + dy) / 256, rel=1e-4)
-    # blind to a uniform PU21 offset (only local contrast counts), not to a softened edge
-    flat = torch.full((1, 3, 4, 4), 0.5)
-    assert pu21_gradient_loss(flat, flat * 2).item() == 0
-    edge = flat.clone()
-    edge[..., 2:] = 2.0
-    soft = flat.clone()
-    soft[..., 2:] = 1.0
-    assert pu21_gradient_loss(soft, edge).item() > 0
-
-
-def test_pu21_psnr_loss_is_minus_the_mean_per_image_psnr():
-    from sitm_training.metrics import Display, psnr, pu21_encode
-
-    h = rand(2, 3, 6, 5, seed=21) ** 4 * 60
-    g = rand(2, 3, 6, 5, seed=22) ** 4 * 60
-    d = Display()
-    want = -np.mean([psnr(pu21_encode(d(h[i].double().numpy())), pu21_encode(d(g[i].double().numpy())), 256.0)
-                     for i in range(2)])
-    assert pu21_psnr_loss(h, g).item() == pytest.approx(want, abs=1e-3)
-    assert pu21_psnr_loss(g, g).item() == pytest.approx(-100.0)  # the floor: a perfect image counts 100 dB
+                                        lambda_clip=0.0, align=False)
 
 
 def test_pu21_clipped_loss_averages_the_over_exposed_pixels_per_image():
@@ -309,18 +226,13 @@ def test_generator_adds_the_pu21_terms_only_when_weighted():
     out = net.forward_train(*ops.pre(image))
     gt = [rand(1, 3, 32, 32, seed=s) for s in (12, 13)] + [rand(1, 3, 32, 32, seed=14) * 3]
     plain = SITMLoss(None).generator(out, image, *gt)
-    both = SITMLoss(None, LossWeights(lambda_pu21=0.5, lambda_grad=2.0, lambda_mask=1.5, lambda_psnr=0.02,
-                                      lambda_clip=0.7)).generator(out, image, *gt)
     hdr = ops.post(out.masks, image, out.image_up, out.image_down, out.coef)
-    extra = (0.5 * pu21_hdr_loss(hdr, gt[2]).item() + 2.0 * pu21_gradient_loss(hdr, gt[2]).item()
-             + 1.5 * mask_prior_loss(out.masks, image).item() + 0.02 * pu21_psnr_loss(hdr, gt[2]).item()
-             + 0.7 * pu21_clipped_loss(hdr, gt[2], image).item())
-    assert pu21_clipped_loss(hdr, gt[2], image).item() > 0  # the random input has over-exposed pixels
-    assert both.hdr.item() == pytest.approx(plain.hdr.item() + extra, rel=1e-5)
-    under = torch.tensor([1.0])
-    scoped = SITMLoss(None, LossWeights(lambda_mask=1.5, mask_scope="under")).generator(out, image, *gt, under=under)
-    assert scoped.hdr.item() == pytest.approx(
-        plain.hdr.item() + 1.5 * mask_prior_loss(out.masks, image, under, "under").item(), rel=1e-5)
+    torch.testing.assert_close(plain.hdr, hdr_loss(hdr, gt[2]))
+    l1, clipped = pu21_hdr_loss(hdr, gt[2]).item(), pu21_clipped_loss(hdr, gt[2], image).item()
+    assert clipped > 0  # the random input has over-exposed pixels
+    for w_pu21, w_clip in ((0.5, 0.0), (0.0, 0.7), (0.5, 0.7)):
+        got = SITMLoss(None, LossWeights(lambda_pu21=w_pu21, lambda_clip=w_clip)).generator(out, image, *gt)
+        assert got.hdr.item() == pytest.approx(plain.hdr.item() + w_pu21 * l1 + w_clip * clipped, rel=1e-5)
 
 
 # --- perceptual loss (Eq. 10) -------------------------------------------------------------------------------
@@ -434,6 +346,15 @@ def test_no_warning_with_weights(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert VGGPerceptual(path).kind == "vgg16-pool3-5"
+
+
+def test_highlight_ramp_follows_the_brightest_channel():
+    # dark, mid, halfway down the 0.8 -> 0.9 ramp, clipped
+    row = torch.tensor([0.0, 0.5, 0.85, 1.0]).view(1, 1, 1, 4).expand(1, 3, 1, 4).contiguous()
+    assert highlight_ramp(row).shape == (1, 1, 1, 4)
+    assert highlight_ramp(row).flatten().tolist() == pytest.approx([1.0, 1.0, 0.5, 0.0])
+    px = torch.tensor([0.06, 0.5, 0.88]).view(1, 3, 1, 1)  # a colour pixel: its brightest channel decides
+    assert highlight_ramp(px).item() == pytest.approx((0.9 - 0.88) / 0.1)
 
 
 def test_input_down_label_is_the_input_moved_by_the_ev_below_the_highlights():

@@ -9,8 +9,10 @@
 * the mu-law HDR loss (Eq. 15, ``mu = 5000``) on ``ops.post``'s output;
 * optionally (``lambda_pu21 > 0``, our addition, off by default) an L1 term on the PU21-encoded HDR
   (:func:`pu21_hdr_loss`): Eq. 15's mu-law is linear below ``1/mu`` (2e-4 of the clip level), so it barely
-  weighs the dark tones that PU21 (and a viewer) resolve down to 5e-5; and (``lambda_grad > 0``) an L1 term
-  on its neighbour differences (:func:`pu21_gradient_loss`), for detail; the run card records both weights;
+  weighs the dark tones that PU21 (and a viewer) resolve down to 5e-5; and (``lambda_clip > 0``) the same L1
+  in the input's over-exposed pixels only (:func:`pu21_clipped_loss`); with ``align`` both compare ``H`` after
+  the evaluation's scale alignment (:func:`align_scale_torch`); the run card records the options that set them;
+* the exposure-down label of ``--down-label input`` (:func:`input_down_label`);
 * the total (Eq. 16) with ``lambda_per = 0.5``, ``lambda_gan = 0.1``, ``lambda_H = 1``.
 
 Eq. 16 writes ``L_prog + lambda_gan (L_G + L_D) + lambda_H L_H`` as one sum; with two players it is two
@@ -53,14 +55,9 @@ __all__ = [
     "pu21_torch",
     "pu21_error",
     "pu21_hdr_loss",
-    "pu21_gradient_loss",
-    "pu21_psnr_loss",
     "pu21_clipped_loss",
     "align_scale_torch",
-    "mask_prior_loss",
-    "mask_prior_weight_under",
     "highlight_ramp",
-    "MASK_PRIOR_SCOPES",
     "lsgan_d_loss",
     "lsgan_g_loss",
     "mask_aware_d_loss",
@@ -307,7 +304,7 @@ def pu21_error(hdr: torch.Tensor, target: torch.Tensor, white: float = 100.0, pe
     """``(PU21(D(H)) - PU21(D(H_gt))) / 256`` per RGB value, ``D(x) = clip(white x, 0.005, peak)``: the evaluation's
     display model (:class:`sitm_training.metrics.Display`, 1.0 -> 100 cd/m^2 on a 4000-nit display) and PU21
     encoding, divided by PU21's peak. Every PU21 term below is a function of it, so :class:`SITMLoss` encodes
-    once per step however many of them are on."""
+    once per step when both are on."""
     from .metrics import PU21_PEAK
 
     return (_pu21_display(hdr, white, peak) - _pu21_display(target, white, peak)) / PU21_PEAK
@@ -315,12 +312,6 @@ def pu21_error(hdr: torch.Tensor, target: torch.Tensor, white: float = 100.0, pe
 
 def _l1_term(e: torch.Tensor) -> torch.Tensor:
     return e.abs().mean()
-
-
-def _gradient_term(e: torch.Tensor) -> torch.Tensor:
-    dx = (e[..., :, 1:] - e[..., :, :-1]).abs().mean()
-    dy = (e[..., 1:, :] - e[..., :-1, :]).abs().mean()
-    return 0.5 * (dx + dy)
 
 
 def _clipped_term(e: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -331,20 +322,9 @@ def _clipped_term(e: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     return (per_image * has).sum() / has.sum().clamp_min(1)
 
 
-def _psnr_term(e: torch.Tensor, floor: float = 1e-10) -> torch.Tensor:
-    return (10.0 * torch.log10(e.square().flatten(1).mean(dim=1) + floor)).mean()
-
-
 def pu21_hdr_loss(hdr: torch.Tensor, target: torch.Tensor, white: float = 100.0, peak: float = 4000.0) -> torch.Tensor:
     """``mean |PU21(D(H)) - PU21(D(H_gt))| / 256`` per RGB value (:func:`pu21_error`), about as large as Eq. 15's."""
     return _l1_term(pu21_error(hdr, target, white, peak))
-
-
-def pu21_gradient_loss(hdr: torch.Tensor, target: torch.Tensor, white: float = 100.0, peak: float = 4000.0) -> torch.Tensor:
-    """``mean |d PU21(D(H)) - d PU21(D(H_gt))| / 256`` over the horizontal and vertical neighbour differences
-    ``d`` of every RGB channel (:func:`pu21_error`): local contrast in a perceptually uniform domain, which the
-    per-pixel terms weigh only weakly (a blend that softens detail costs little there)."""
-    return _gradient_term(pu21_error(hdr, target, white, peak))
 
 
 def pu21_clipped_loss(hdr: torch.Tensor, target: torch.Tensor, image: torch.Tensor, white: float = 100.0,
@@ -355,15 +335,6 @@ def pu21_clipped_loss(hdr: torch.Tensor, target: torch.Tensor, image: torch.Tens
     restore what was lost, and the evaluation's clipped score averages per image in the same way; a term over all
     pixels gives those few pixels little weight."""
     return _clipped_term(pu21_error(hdr, target, white, peak), image)
-
-
-def pu21_psnr_loss(hdr: torch.Tensor, target: torch.Tensor, white: float = 100.0, peak: float = 4000.0,
-                   floor: float = 1e-10) -> torch.Tensor:
-    """Minus the mean over images of PU21-PSNR in dB, ``mean_n 10 log10(MSE_n / 256^2 + floor)``, on the display of
-    :func:`pu21_hdr_loss`: the evaluation's score as it is averaged (per image in dB, then over images), which
-    rewards being exact on some images more than an L1 over all pixels does. ``floor`` caps a perfect image at
-    100 dB. (The evaluation aligns the scale first; this term, like the L1 one, sees the raw output.)"""
-    return _psnr_term(pu21_error(hdr, target, white, peak), floor)
 
 
 def align_scale_torch(hdr: torch.Tensor, target: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -386,16 +357,8 @@ def align_scale_torch(hdr: torch.Tensor, target: torch.Tensor, image: torch.Tens
         return torch.where(torch.isnan(med), torch.ones_like(med), torch.exp(med)).view(-1, 1, 1, 1)
 
 
-MASK_PRIOR_HIGHLIGHT = (0.8, 0.9)  # mask_prior_loss: its weight falls from 1 to 0 as max_c(I) goes 0.8 -> 0.9
-
-
-def highlight_ramp(image: torch.Tensor) -> torch.Tensor:
-    """``clip((0.9 - max_c I) / 0.1, 0, 1)`` (``(N, 1, H, W)``): 1 below the highlights, 0 from 0.9 up."""
-    lo, hi = MASK_PRIOR_HIGHLIGHT
-    return ((hi - image.amax(dim=1, keepdim=True)) / (hi - lo)).clamp(0.0, 1.0)
-
-
 DOWN_LABELS = ("data", "input")
+HIGHLIGHT_RAMP = (0.8, 0.9)  # highlight_ramp falls from 1 to 0 as max_c(I) goes 0.8 -> 0.9
 
 
 # IEC 61966-2-1 decoding of ``v`` clamped to [0, 1] (torch; ``sitm_trt.media.io.srgb_eotf`` is the NumPy one): the
@@ -407,6 +370,12 @@ def srgb_encode(x: torch.Tensor) -> torch.Tensor:
     """IEC 61966-2-1 encoding of ``x`` clamped to [0, 1] (torch; ``sitm_trt.media.io.srgb_oetf`` is the NumPy one)."""
     x = x.clamp(0.0, 1.0)
     return torch.where(x <= 0.0031308, 12.92 * x, 1.055 * x.clamp_min(0.0031308) ** (1.0 / 2.4) - 0.055)
+
+
+def highlight_ramp(image: torch.Tensor) -> torch.Tensor:
+    """``clip((0.9 - max_c I) / 0.1, 0, 1)`` (``(N, 1, H, W)``): 1 below the highlights, 0 from 0.9 up."""
+    lo, hi = HIGHLIGHT_RAMP
+    return ((hi - image.amax(dim=1, keepdim=True)) / (hi - lo)).clamp(0.0, 1.0)
 
 
 def input_down_label(ldr: torch.Tensor, down: torch.Tensor, ev_down: torch.Tensor) -> torch.Tensor:
@@ -425,58 +394,6 @@ def input_down_label(ldr: torch.Tensor, down: torch.Tensor, ev_down: torch.Tenso
     return w * srgb_encode(scaled) + (1.0 - w) * down
 
 
-def mask_prior_weight(image: torch.Tensor) -> torch.Tensor:
-    """Where :func:`mask_prior_loss` pulls ``M_mid`` to 1: ``(1 - under(I)) * clip((0.9 - max_c I) / 0.1, 0, 1)``.
-
-    The shadow side is the AUEM's mask of Eq. 13; the highlight side stops well below the clip level (the ADEM's
-    mask of Eq. 14 starts only at 0.95), so the highlights and their surroundings stay free to take ``I_down``.
-    (The first version, ``1 - under - over``, reached into the clipped pixels and cost clipped PU21-PSNR.)
-    """
-    return (1.0 - under_exposure_mask(image)).clamp(0.0, 1.0) * highlight_ramp(image)
-
-
-def mask_prior_weight_under(image: torch.Tensor, under: torch.Tensor) -> torch.Tensor:
-    """The ``"under"`` scope of :func:`mask_prior_loss`: ``u_n * clip((0.9 - max_c I) / 0.1, 0, 1)``, where
-    ``u_n`` (``(N,)``, 1 or 0) says that sample ``n`` was taken by an under-exposing camera (its ``meta``).
-
-    On such inputs nothing is clipped that Eq. 7 could recover, and the input itself is the best evidence there is
-    everywhere below the highlights, shadows included; the highlights stay free as in :func:`mask_prior_weight`.
-    """
-    if under.ndim != 1 or under.shape[0] != image.shape[0]:
-        raise ValueError(f"under must have shape ({image.shape[0]},), got {tuple(under.shape)}")
-    highlight = highlight_ramp(image)
-    return under.to(highlight.dtype).view(-1, 1, 1, 1) * highlight
-
-
-MASK_PRIOR_SCOPES = ("well", "under", "down")
-
-
-def mask_prior_loss(masks: torch.Tensor, image: torch.Tensor, under: torch.Tensor | None = None,
-                    scope: str = "well") -> torch.Tensor:
-    """``mean(w * (1 - M_mid))``, or ``mean(w * M_down)`` for ``scope="down"``.
-
-    ``scope="well"``: ``w`` = :func:`mask_prior_weight`: where the input is well exposed it is the best evidence
-    there is, so Eq. 7 should take it as it is rather than blend in the generated (smoother) exposure images.
-    ``scope="under"``: ``w`` = :func:`mask_prior_weight_under`, which needs ``under`` (per sample, 1 or 0): only
-    the samples of under-exposing cameras are pulled to ``M_mid = 1``, shadows included.
-    ``scope="down"``: ``mean(w * M_down)`` with ``w`` = :func:`highlight_ramp`: the exposure-down image only in and
-    around the highlights. It is the ADEM's role (its loss is masked by Eq. 14's over-exposure mask); elsewhere
-    it is a darker copy of the input with no detail the input lacks, and in the shadows of dark inputs mostly
-    quantization and colour noise. ``M_up`` and ``M_mid`` stay free everywhere.
-    """
-    if scope == "down":
-        return (highlight_ramp(image) * masks[:, 2:3].float()).mean()
-    if scope == "well":
-        w = mask_prior_weight(image)
-    elif scope == "under":
-        if under is None:
-            raise ValueError("the 'under' scope of the mask prior needs each sample's exposure mode (batch['under'])")
-        w = mask_prior_weight_under(image, under)
-    else:
-        raise ValueError(f"scope must be one of {MASK_PRIOR_SCOPES}, got {scope!r}")
-    return (w * (1.0 - masks[:, 1:2].float())).mean()
-
-
 @dataclass(frozen=True)
 class LossWeights:
     lambda_per: float = 0.5
@@ -484,19 +401,15 @@ class LossWeights:
     lambda_h: float = 1.0
     mu: float = 5000.0
     lambda_pu21: float = 0.0  # our addition (pu21_hdr_loss); 0 = Eq. 16 as published
-    lambda_grad: float = 0.0  # our addition (pu21_gradient_loss); 0 = Eq. 16 as published
     lambda_clip: float = 0.0  # our addition (pu21_clipped_loss); 0 = Eq. 16 as published
-    lambda_psnr: float = 0.0  # our addition (pu21_psnr_loss, in dB: 0.01 makes 1 dB worth 0.01); 0 = as published
     align: bool = False  # the PU21 terms see H scaled by align_scale_torch (the evaluation's alignment); Eq. 15 does not
-    lambda_mask: float = 0.0  # our addition (mask_prior_loss); 0 = Eq. 16 as published
-    mask_scope: str = "well"  # where mask_prior_loss acts: "well", "under" or "down" (see MASK_PRIOR_SCOPES)
 
 
 class GeneratorLoss(NamedTuple):
     total: torch.Tensor  # L_prog + lambda_gan L_G + lambda_H L_H
     prog: torch.Tensor  # Eq. 12 summed over AUEM and ADEM
     gan: torch.Tensor  # Eq. 14 summed over AUEM and ADEM (0 without a discriminator)
-    hdr: torch.Tensor  # Eq. 15 (+ the lambda_pu21, lambda_grad and lambda_mask terms when those weights are set)
+    hdr: torch.Tensor  # Eq. 15 (+ the lambda_pu21 and lambda_clip terms when those weights are set)
 
 
 class SITMLoss(nn.Module):
@@ -526,27 +439,20 @@ class SITMLoss(nn.Module):
         gt_down: torch.Tensor,
         gt_hdr: torch.Tensor,
         disc: MaskAwareDiscriminator | None = None,
-        under: torch.Tensor | None = None,
         fusion: str = "paper",
     ) -> GeneratorLoss:
         """``out``: a ``SITMTrainOutput``; ``image`` the network's input ``I``; ground truths at its size;
-        ``under`` (``(N,)``, 1 for samples of an under-exposing camera) for the mask prior's ``"under"`` scope."""
+        ``fusion`` the network's (``ops.post``)."""
         w = self.weights
         prog = self.exposure(out.pyramid_up, out.pyramid_down, gt_up, gt_down)
         hdr = ops.post(out.masks, image, out.image_up, out.image_down, out.coef, fusion=fusion)
         l_h = hdr_loss(hdr, gt_hdr, w.mu)
-        if w.lambda_pu21 or w.lambda_grad or w.lambda_clip or w.lambda_psnr:
+        if w.lambda_pu21 or w.lambda_clip:
             e = pu21_error(hdr * align_scale_torch(hdr, gt_hdr, image) if w.align else hdr, gt_hdr)
             if w.lambda_pu21:
                 l_h = l_h + w.lambda_pu21 * _l1_term(e)
-            if w.lambda_grad:
-                l_h = l_h + w.lambda_grad * _gradient_term(e)
             if w.lambda_clip:
                 l_h = l_h + w.lambda_clip * _clipped_term(e, image)
-            if w.lambda_psnr:
-                l_h = l_h + w.lambda_psnr * _psnr_term(e)
-        if w.lambda_mask:
-            l_h = l_h + w.lambda_mask * mask_prior_loss(out.masks, image, under, w.mask_scope)
         gan = prog.new_zeros(())
         if disc is not None:
             gan = mask_aware_g_loss(disc, out.image_up, gt_up, under_exposure_mask(image)) + mask_aware_g_loss(

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from sitm_trt.media.io import ImageReadError, read_hdr, read_ldr, to_float
 
 from .build import (PlanItem, Recipe, Sample, generate_item, load_manifest, load_sample, load_sample_meta, make_sample,
-                    relabel_up, under_exposed)
+                    relabel_up)
 from .real import MergedStack, SICEStack, find_pairs, find_sice_stacks, merge_stack, scan_hdr_files, stack_sample
 from .sources import validate_radiance
 from .stack import LabelCriterion
@@ -70,12 +70,8 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
 
 def _to_item(
     arrays: dict[str, np.ndarray], ev_up: float | None, ev_down: float | None, source: str, sid: str,
-    meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     item: dict[str, Any] = {k: _tensor(a) for k, a in arrays.items()}
-    if meta is not None:  # 1.0 when the simulated camera under-exposed (the mask prior's scope); 0.0 otherwise or
-        # when the sample does not say (every item of a data set carries the key, so batches collate)
-        item["under"] = torch.tensor(1.0 if under_exposed(meta) else 0.0, dtype=torch.float32)
     if ev_up is not None:
         item["ev_up"] = torch.tensor(ev_up, dtype=torch.float32)
     if ev_down is not None:
@@ -109,7 +105,7 @@ class _Augmented(Dataset):
     def _finish(self, index: int, s: Sample, sid: str) -> dict[str, Any]:
         arrays = {"ldr": s.ldr, "up": s.up, "down": s.down, "hdr": s.hdr}
         arrays = augment(arrays, self._rng(index), self.crop, self.augment)
-        return _to_item(arrays, s.ev_up, s.ev_down, s.source, sid, s.meta)
+        return _to_item(arrays, s.ev_up, s.ev_down, s.source, sid)
 
 
 class SampleDataset(_Augmented):
