@@ -182,6 +182,9 @@ stage_build() {
   [ -n "$arch" ] || { note "no GPU architecture: pass --arch"; return 1; }
   command -v nvcc >/dev/null 2>&1 || export PATH="/usr/local/cuda/bin:$PATH"
   note "CUDA architectures ${arch}-real"
+  # Asked for by name: ON makes a missing nvcc fail this stage instead of giving a CPU-only build (the default,
+  # AUTO, would follow nvidia-smi too); one architecture costs about a fifth of the CUDA compile of every
+  # supported one (README, "Building with or without CUDA").
   SITM_WITH_CUDA=ON CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=${arch}-real" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
     "$PY" -m pip install --no-build-isolation --no-deps -e "$REPO" || { note "pip install -e . failed"; return 1; }
   "$PY" - "$arch" <<'EOF' || return 1
