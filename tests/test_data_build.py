@@ -19,6 +19,7 @@ from sitm_training.data import sources as S  # noqa: E402
 from sitm_training.data.build import (
     BuildError,
     Recipe,
+    _recipe_hash,
     build,
     export_split,
     load_manifest,
@@ -213,3 +214,105 @@ def test_export_split_as_pairs(tmp_path: Path, built: Path) -> None:
         np.testing.assert_array_equal(io.read_hdr(out / p["hdr"]), s.hdr)
         np.testing.assert_array_equal(io.read_ldr(out / p["up"]), s.up)
         assert p["ev_up"] == s.ev_up and p["source"].startswith("test/")
+
+
+# ------------------------------------------------------------------------- held-out response families
+
+HOLDOUT = dataclasses.replace(RECIPE, n=16, n_val_real=6, holdout_responses=("filmic",))
+
+
+@pytest.fixture(scope="module")
+def val_sources(tmp_path_factory: pytest.TempPathFactory, hdr_sources: list[S.HDRSource]) -> list[S.HDRSource]:
+    """The fixture's train and test sources plus two validation scenes (``val/...``)."""
+    root = tmp_path_factory.mktemp("val")
+    rng = np.random.default_rng(5)
+    y = np.mgrid[0:40, 0:60][0] / 40.0
+    for k in range(2):
+        img = np.exp(rng.normal(0, 1.5, (40, 60, 3))) * (1 + 30 * (y > 0.5))[..., None]
+        io.write_exr(root / f"v{k}.exr", img.astype(np.float32), half=False)
+    found, _ = S.scan_hdr_dir(root)
+    return hdr_sources + [dataclasses.replace(s, id="val/" + s.id) for s in found]
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory: pytest.TempPathFactory, val_sources: list[S.HDRSource]) -> tuple[Path, Path]:
+    """The same recipe built with ``holdout_responses=("filmic",)`` and without."""
+    root = tmp_path_factory.mktemp("holdout")
+    build(root / "with", HOLDOUT, val_sources, progress=False)
+    build(root / "without", dataclasses.replace(HOLDOUT, holdout_responses=()), val_sources, progress=False)
+    return root / "with", root / "without"
+
+
+def _kinds(root: Path, split: str, real: bool | None = None) -> list[str]:
+    """The response kind of every sample of ``split`` (real ones only, procedural ones only, or all)."""
+    recs = [r for r in load_manifest(root)["samples"] if r["split"] == split
+            and (real is None or real != r["source"].startswith("procedural/"))]
+    return [load_sample_meta(root / r["file"])["camera"]["response"]["kind"] for r in recs]
+
+
+def test_holdout_response_never_reaches_the_train_split(held_out: tuple[Path, Path]) -> None:
+    with_, without = held_out
+    assert "filmic" in _kinds(without, "train")  # the same seed draws it when it is not held out
+    train = _kinds(with_, "train")
+    assert len(train) == 13 and "filmic" not in train and set(train) == {"srgb", "gamma", "emor"}
+    assert "filmic" not in _kinds(with_, "val", real=False)  # the procedural val samples: the training families
+    assert Recipe.from_dict(load_manifest(with_)["recipe"]) == HOLDOUT
+
+
+def test_holdout_val_pairs_one_view_through_srgb_and_the_held_out_family(
+    held_out: tuple[Path, Path], val_sources: list[S.HDRSource]
+) -> None:
+    root = held_out[0]
+    v0, v1 = [s.id for s in val_sources if s.id.startswith("val/")]
+    recs = [r for r in load_manifest(root)["samples"] if r["split"] == "val" and r["source"].startswith("val/")]
+    assert len(recs) == 6
+    samples = [load_sample(root / r["file"]) for r in recs]
+    assert [s.meta["camera_family"] for s in samples] == ["srgb", "held-out"] * 3
+    assert [s.meta["camera"]["response"]["kind"] for s in samples] == ["srgb", "filmic"] * 3
+    assert [s.source for s in samples] == [v0, v0, v1, v1, v0, v0]  # views round-robin over the scenes
+    for first, a, b in zip(recs[::2], samples[::2], samples[1::2]):
+        assert a.meta["view_seed"] == b.meta["view_seed"] == int(first["id"])  # both from the first one's seed
+        np.testing.assert_array_equal(a.hdr, b.hdr)  # the same view, colour and exposure
+        assert a.meta["exposure"] == b.meta["exposure"] and a.meta["view"] == b.meta["view"]
+        ca, cb = Camera.from_dict(a.meta["camera"]), Camera.from_dict(b.meta["camera"])
+        assert dataclasses.replace(ca, response=cb.response) == cb  # they differ in the curve alone
+        assert not np.array_equal(a.ldr, b.ldr)
+        # each input is its own curve applied to one noisy exposure: inverted, they agree up to 8-bit rounding
+        mid = (a.ldr > 80) & (a.ldr < 220) & (b.ldr > 80) & (b.ldr < 220)
+        lin_a, lin_b = ca.response.inverse(a.ldr[mid] / 255.0), cb.response.inverse(b.ldr[mid] / 255.0)
+        assert mid.sum() > 50 and np.median(np.abs(lin_a - lin_b) / lin_a) < 0.01
+    assert verify(root) == []
+
+
+def test_holdout_keeps_the_test_split_and_the_hash_without_it(held_out: tuple[Path, Path]) -> None:
+    with_, without = held_out
+    test = {r["id"]: r["sha256"] for r in load_manifest(without)["samples"] if r["split"] == "test"}
+    assert len(test) == 3
+    assert {i: s for i, s in _shas(with_).items() if i in test} == test  # byte-identical test samples
+    assert len(set(_kinds(without, "test"))) > 1  # the test cameras still draw from every family
+    assert "holdout_responses" not in load_manifest(without)["recipe"]
+    assert load_manifest(with_)["recipe"]["holdout_responses"] == ["filmic"]
+    # the recipe hashes of the builder before the option existed (computed with that code)
+    assert _recipe_hash(RECIPE.to_dict(), []) == "772183781d200ae3"
+    assert _recipe_hash(Recipe().to_dict(), []) == "07865ab873bc9c94"
+    assert _recipe_hash(HOLDOUT.to_dict(), []) != _recipe_hash(dataclasses.replace(HOLDOUT, holdout_responses=())
+                                                               .to_dict(), [])
+
+
+def test_holdout_plan_and_recipe_checks() -> None:
+    val = [S.HDRSource("val/a", Path("a"), "image"), S.HDRSource("val/b", Path("b"), "image")]
+    plan = make_plan(dataclasses.replace(HOLDOUT, n_val_real=5), [], [], val)
+    real = [p for p in plan if p.source.startswith("val/")]
+    assert [(p.source, p.cameras, p.seed_index) for p in real] == [
+        ("val/a", "srgb", 19), ("val/a", "held-out", 19), ("val/b", "srgb", 21), ("val/b", "held-out", 21),
+        ("val/a", "srgb", 23)]  # an odd count: the last view has its sRGB shot alone
+    assert [p.index for p in real] == [19, 20, 21, 22, 23]
+    assert {p.cameras for p in plan if p.split == "test"} == {"all"}
+    assert {p.cameras for p in plan if p.split == "train" or p.split == "val" and p.source == "procedural"} == {"train"}
+    plain = make_plan(dataclasses.replace(HOLDOUT, holdout_responses=()), [], [], val)
+    assert [(p.cameras, p.seed_index) for p in plain if p.source.startswith("val/")] == [("all", None)] * 6
+    for bad in (("srgb",), ("filmic", "filmic"), ("sepia",), ("gamma", "filmic", "emor", "linear")):
+        cams = CameraConfig(responses=("gamma", "filmic", "emor")) if "linear" in bad else CameraConfig()
+        with pytest.raises(ValueError, match="holdout_responses"):
+            Recipe(holdout_responses=bad, camera=cams)
+    assert Recipe(holdout_responses=("linear",)).train_responses == CameraConfig().responses

@@ -14,6 +14,7 @@ pytest.importorskip("OpenEXR")
 from sitm_trt.media import io  # noqa: E402
 from sitm_training.data import sources as S  # noqa: E402
 from sitm_training.data.__main__ import main  # noqa: E402
+from sitm_training.data.build import load_sample_meta  # noqa: E402
 
 
 def test_build_verify_export(
@@ -97,6 +98,35 @@ def test_exclude_drops_debian_sources(tmp_path: Path, monkeypatch: pytest.Monkey
     manifest = json.loads((out / "manifest.json").read_text())
     assert [s["id"] for s in manifest["sources"]] == ["blender/city"]
     assert {r["source"] for r in manifest["samples"] if r["split"] == "train"} == {"blender/city"}
+
+
+def test_build_with_a_held_out_response_family(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    rng = np.random.default_rng(4)
+    for folder in ("mine", "held"):
+        (tmp_path / folder).mkdir()
+        io.write_exr(tmp_path / folder / "a.exr", np.exp(rng.normal(0, 2, (30, 40, 3))).astype(np.float32), half=False)
+    out = tmp_path / "ds"
+    args = ["build", "--out", str(out), "--n", "16", "--n-test", "0", "--n-val-real", "4", "--val-fraction", "0",
+            "--size", "16", "--no-debian", "--no-registry", "--no-progress", "--hdr-dir", str(tmp_path / "mine"),
+            "--val-dir", str(tmp_path / "held"), "--holdout-response", "filmic"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["holdout_responses"] == ["filmic"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["recipe"]["holdout_responses"] == ["filmic"]
+
+    def kinds(split: str) -> list[str]:
+        return [load_sample_meta(out / r["file"])["camera"]["response"]["kind"]
+                for r in manifest["samples"] if r["split"] == split]
+
+    train = kinds("train")
+    assert len(train) == 16 and "filmic" not in train  # every train sample's camera
+    assert kinds("val") == ["srgb", "filmic", "srgb", "filmic"]
+    with pytest.raises(SystemExit) as info:  # the sRGB curve is the validation's reference, never held out
+        main([*args, "srgb"])
+    assert info.value.code == 2
+    assert main([*args[:-1], "filmic", "filmic"]) == 1 and "holdout_responses" in caplog.text
 
 
 def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:

@@ -115,6 +115,40 @@ def test_by_camera_groups_differences_to_the_baseline(tmp_path):
     assert D.main(["--per-image", str(per_image)]) == 2  # --samples missing
 
 
+def test_by_camera_means_per_camera_family_marking_the_held_out_one(tmp_path, capsys):
+    import csv
+    import json
+
+    root = tmp_path / "ds"
+    samples = root / "val"
+    samples.mkdir(parents=True)
+    (root / "manifest.json").write_text(json.dumps({"recipe": {"holdout_responses": ["filmic"]}}))
+    # a pair of views per scene: one through the sRGB curve, one through the held-out filmic family
+    cams = {"0": ("srgb", "s1"), "1": ("filmic", "s1"), "2": ("srgb", "s2"), "3": ("filmic", "s2")}
+    for sid, (kind, scene) in cams.items():
+        meta = {"exposure": {"mode": "clip"}, "camera": {"response": {"kind": kind}}}
+        np.savez(samples / f"{sid}.npz", meta=np.array(json.dumps(meta)), source=np.array(f"val/{scene}"))
+    diffs = {"0": 2.0, "1": -1.0, "2": 4.0, "3": -3.0}  # model - linear on every score
+    per_image = tmp_path / "per_image.csv"
+    with open(per_image, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["id", "method", "status", *D.SCORES])
+        w.writeheader()
+        for sid, d in diffs.items():
+            w.writerow({"id": sid, "method": "linear", "status": "ok", **{k: 20.0 for k in D.SCORES}})
+            w.writerow({"id": sid, "method": "m", "status": "ok", **{k: 20.0 + d for k in D.SCORES}})
+    assert D.main(["--per-image", str(per_image), "--samples", str(samples)]) == 0
+    text = capsys.readouterr().out
+    assert "Response families the train split never drew: filmic." in text
+    rows = {line.split("|")[1].strip(): line.split("|") for line in text.splitlines() if "| m |" in line}
+    mean = lambda key: float(rows[key][4])  # noqa: E731
+    assert mean("camera/srgb") == 3.0 and rows["camera/srgb"][3].strip() == "2"
+    assert mean("camera/filmic (held out)") == -2.0 and rows["camera/filmic (held out)"][3].strip() == "2"
+    assert mean("camera/filmic (held out)/val/s2") == -3.0 and mean("camera/srgb/val/s1") == 2.0
+    assert mean("all") == 0.5 and mean("clip/filmic") == -2.0 and mean("scene/val/s1") == 0.5
+    (root / "manifest.json").unlink()  # samples outside a built data set: the families, unmarked
+    assert "camera/filmic |" in D.by_camera(per_image, samples) and "held out" not in D.by_camera(per_image, samples)
+
+
 def test_weakest_scores_t_statistics_merge_evaluations_by_image(tmp_path, capsys):
     import csv
 

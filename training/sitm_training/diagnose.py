@@ -4,8 +4,9 @@
 
 (with ``--samples``, the project's own samples' folder, one row per exposure mode of the images' samples)
 
-and, for an evaluation of the project's own test samples, where a model wins or loses against a baseline by
-the simulated camera of each sample (exposure mode and response curve, from the samples' ``meta``):
+and, for an evaluation of the project's own samples, where a model wins or loses against a baseline by
+the simulated camera of each sample (exposure mode, response curve family, from the samples' ``meta``) and scene,
+the families the data set held out of its train split marked (``build --holdout-response``):
 
 ``python -m sitm_training.diagnose --per-image EVAL/per_image.csv --samples data/sitm256/test [--baseline linear]``
 
@@ -132,9 +133,22 @@ def _num(v: str | None) -> float:
     return float(v) if v not in (None, "", "nan", "None") else float("nan")
 
 
+def _held_out_families(samples: Path) -> tuple[str, ...]:
+    """The response families the train split of the data set that ``samples`` (a split folder) belongs to never
+    drew (its manifest's ``recipe.holdout_responses``); empty when there are none or no manifest is found."""
+    import json
+
+    manifest = samples.resolve().parent / "manifest.json"
+    if not manifest.is_file():
+        return ()
+    return tuple(json.loads(manifest.read_text()).get("recipe", {}).get("holdout_responses", ()))
+
+
 def by_camera(per_image: Path, samples: Path, baseline: str = "linear") -> str:
-    """Mean (method - baseline) per score, grouped by exposure mode, by (mode, response) and by scene (the
-    sample's source), as markdown.
+    """Mean (method - baseline) per score, grouped by exposure mode, by (mode, response), by camera family (the
+    response curve's kind, ``camera/<kind>``), by family and scene (``camera/<kind>/<scene>``) and by scene (the
+    sample's source), as markdown. A family the data set's train split never drew (``build
+    --holdout-response``, read from ``samples/../manifest.json``) is marked ``(held out)``.
 
     ``per_image``: the ``per_image.csv`` of ``python -m sitm_training.evaluate``; ``samples``: the folder of
     the samples' ``.npz`` files (``meta`` holds the camera). Rows with a failed method are left out."""
@@ -145,21 +159,27 @@ def by_camera(per_image: Path, samples: Path, baseline: str = "linear") -> str:
     rows = _per_image_rows([per_image])
     methods = sorted({m for r in rows.values() for m in r} - {baseline})
     groups: dict[tuple, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
+    held = _held_out_families(samples)
 
     for sid, by_method in rows.items():
         if baseline not in by_method:
             continue
         meta = load_sample_meta(samples / f"{sid}.npz")
         mode, response = meta["exposure"]["mode"], meta["camera"]["response"]["kind"]
+        family = f"{response} (held out)" if response in held else response
         with np.load(samples / f"{sid}.npz") as z:
             scene = str(z["source"])
         for m in methods:
             if m in by_method:
                 d = [_num(by_method[m][k]) - _num(by_method[baseline][k]) for k in SCORES]
-                for key in (("all",), (mode,), (mode, response), ("scene", scene)):
+                for key in (("all",), (mode,), (mode, response), ("camera", family), ("camera", family, scene),
+                            ("scene", scene)):
                     groups[key][m].append(d)
-    lines = [f"Mean (method - {baseline}) by simulated camera; positive = the method is better:", "",
-             "| group | method | images | " + " | ".join(SCORES) + " |", "| --- | --- | ---: |" + " ---: |" * len(SCORES)]
+    lines = [f"Mean (method - {baseline}) by simulated camera; positive = the method is better:", ""]
+    if held:
+        lines += [f"Response families the train split never drew: {', '.join(held)}.", ""]
+    lines += ["| group | method | images | " + " | ".join(SCORES) + " |",
+              "| --- | --- | ---: |" + " ---: |" * len(SCORES)]
     for key in sorted(groups, key=lambda k: (len(k), k)):
         for m, ds in groups[key].items():
             with warnings.catch_warnings():  # a group without clipped pixels: nan, not a warning

@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .camera import RESPONSE_KINDS
+
 log = logging.getLogger("sitm_training.data")
 
 
@@ -58,6 +60,15 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=96,
         help="val samples from the held-out real validation scenes, round-robin (default 96; 0: none)",
+    )
+    b.add_argument(
+        "--holdout-response",
+        nargs="+",
+        default=[],
+        metavar="KIND",
+        choices=[k for k in RESPONSE_KINDS if k != "srgb"],
+        help="response families the train split never uses (e.g. filmic); the real val samples then come in "
+        "pairs of one view, shot with the exact sRGB curve and with a held-out family (docs/data.md)",
     )
     b.add_argument("--ev-max", type=float, default=4.0, help="stack from -EV_MAX to +EV_MAX (default 4)")
     b.add_argument("--ev-step", type=float, default=1.0, help="stack step in EV (default 1)")
@@ -220,18 +231,19 @@ def main(argv: list[str] | None = None) -> int:
                 sources += [
                     S.HDRSource(prefix + u.id, u.path, u.kind, u.license, u.weight, u.sha256) for u in found_user
                 ]
-        recipe = B.Recipe(
-            seed=args.seed,
-            n=args.n,
-            n_test=args.n_test,
-            size=args.size,
-            val_fraction=args.val_fraction,
-            n_val_real=args.n_val_real,
-            real_fraction=args.real_fraction,
-            evs=stack_evs(args.ev_max, args.ev_step),
-            camera=CameraConfig(jpeg_prob=args.jpeg_prob),
-        )
-        try:
+        try:  # a bad recipe (ValueError) is reported like a failed build
+            recipe = B.Recipe(
+                seed=args.seed,
+                n=args.n,
+                n_test=args.n_test,
+                size=args.size,
+                val_fraction=args.val_fraction,
+                n_val_real=args.n_val_real,
+                holdout_responses=tuple(args.holdout_response),
+                real_fraction=args.real_fraction,
+                evs=stack_evs(args.ev_max, args.ev_step),
+                camera=CameraConfig(jpeg_prob=args.jpeg_prob),
+            )
             manifest = B.build(args.out, recipe, sources, workers=args.workers, progress=not args.no_progress)
         except (B.BuildError, ValueError) as err:
             log.error("%s", err)
@@ -251,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                     "samples_per_s": round(rate, 2),
                     "test_is_real": manifest["test_is_real"],
                     "val_has_real": manifest["val_has_real"],
+                    "holdout_responses": list(recipe.holdout_responses),
                 }
             )
         )

@@ -14,8 +14,9 @@ A sample (one ``.npz`` file, zlib-compressed) holds:
 
 The data set folder holds ``manifest.json`` and ``<split>/<id>.npz``. The manifest records the recipe (every
 parameter that changes the output), its hash, the seed, the sources with their checksums, and per sample
-its split, source, EVs and SHA-256. Sample ``i`` is generated from the seed sequence ``(seed, i)`` alone, so
-the result does not depend on the order, the number of workers or on resuming.
+its split, source, EVs and SHA-256. Sample ``i`` is generated from the seed sequence ``(seed, i)`` alone (the
+second sample of a held-out-camera validation pair from its first one's, :func:`make_plan`), so the result does
+not depend on the order, the number of workers or on resuming.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,8 @@ import numpy as np
 from sitm_trt.files import atomic_write
 from sitm_trt.media.io import ImageReadError, write_exr, write_png
 
-from .camera import Camera, CameraConfig, apply_color, capture, render, sample_camera, sample_exposure
+from .camera import (RESPONSE_KINDS, Camera, CameraConfig, Response, apply_color, capture, render, sample_camera,
+                     sample_exposure)
 from .procedural import generate_scene
 from .sources import HDRSource, sample_view, source_split
 from .stack import DEFAULT_EVS, LabelCriterion, choose_labels
@@ -48,6 +50,7 @@ from .stack import DEFAULT_EVS, LabelCriterion, choose_labels
 __all__ = [
     "FORMAT",
     "GENERATOR_VERSION",
+    "CAMERA_DRAWS",
     "Recipe",
     "Sample",
     "PlanItem",
@@ -68,6 +71,9 @@ log = logging.getLogger(__name__)
 FORMAT = "sitm-trt-samples/1"
 GENERATOR_VERSION = 1  # bump when the generated pixels change for the same recipe
 SPLITS = ("train", "val", "test")
+# where a sample's camera comes from (make_sample's ``cameras``): the training families, all the recipe's families
+# (the test split; the val split without held-out families), or one member of a held-out validation pair
+CAMERA_DRAWS = ("train", "all", "srgb", "held-out")
 
 
 class BuildError(RuntimeError):
@@ -84,6 +90,8 @@ class Recipe:
     size: int = 320  # stored side length (square); the Datasets crop 256 from it
     val_fraction: float = 0.05  # of n, procedural
     n_val_real: int = 0  # more val samples, cut from the held-out validation scenes (VAL_SOURCE_IDS, val/ dirs)
+    holdout_responses: tuple[str, ...] = ()  # response families the train split never draws; the real val
+    # samples are then pairs: one view shot through the exact sRGB curve and through a held-out family
     real_fraction: float = 0.5  # of the train samples, from real (non-test) sources when there are any
     evs: tuple[float, ...] = DEFAULT_EVS
     dynamic_range: tuple[float, float] = (1e3, 1e7)  # procedural scenes
@@ -99,9 +107,25 @@ class Recipe:
             raise ValueError(f"bad fractions: val {self.val_fraction}, real {self.real_fraction}")
         if 0.0 not in self.evs or not any(e > 0 for e in self.evs) or not any(e < 0 for e in self.evs):
             raise ValueError(f"evs must hold 0 and EVs on both sides, got {self.evs}")
+        held = self.holdout_responses
+        if set(held) - set(RESPONSE_KINDS) or "srgb" in held or len(set(held)) != len(held):
+            raise ValueError(f"holdout_responses must be distinct response kinds other than srgb (the validation's "
+                             f"reference camera), from {RESPONSE_KINDS}, got {held}")
+        if held and not self.train_responses:
+            raise ValueError(f"holdout_responses {held} leave the train split no response family of "
+                             f"{self.camera.responses}")
+
+    @property
+    def train_responses(self) -> tuple[str, ...]:
+        """The response families the train split draws from: ``camera.responses`` without the held-out ones."""
+        return tuple(k for k in self.camera.responses if k not in self.holdout_responses)
 
     def to_dict(self) -> dict[str, Any]:
-        extra = {"n_val_real": self.n_val_real} if self.n_val_real else {}  # absent when 0: older hashes hold
+        extra: dict[str, Any] = {}  # these two are absent at their defaults, so the older recipes' hashes hold
+        if self.n_val_real:
+            extra["n_val_real"] = self.n_val_real
+        if self.holdout_responses:
+            extra["holdout_responses"] = list(self.holdout_responses)
         return {
             **extra,
             "seed": self.seed,
@@ -127,6 +151,7 @@ class Recipe:
             size=int(d["size"]),
             val_fraction=float(d["val_fraction"]),
             n_val_real=int(d.get("n_val_real", 0)),
+            holdout_responses=tuple(str(k) for k in d.get("holdout_responses", ())),
             real_fraction=float(d["real_fraction"]),
             evs=tuple(float(e) for e in d["evs"]),
             dynamic_range=(float(d["dynamic_range"][0]), float(d["dynamic_range"][1])),
@@ -149,14 +174,36 @@ class Sample:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def make_sample(radiance: np.ndarray, rng: np.random.Generator, recipe: Recipe = Recipe(), source: str = "") -> Sample:
+def _draw_camera(rng: np.random.Generator, recipe: Recipe, cameras: str) -> Camera:
+    """A camera from the families ``cameras`` names (:data:`CAMERA_DRAWS`, see :func:`make_sample`)."""
+    if cameras == "all":
+        return sample_camera(rng, recipe.camera)
+    if cameras == "train":
+        return sample_camera(rng, replace(recipe.camera, responses=recipe.train_responses))
+    if cameras not in ("srgb", "held-out"):
+        raise ValueError(f"cameras must be one of {CAMERA_DRAWS}, got {cameras!r}")
+    if not recipe.holdout_responses:
+        raise ValueError(f"cameras={cameras!r} needs a recipe with holdout_responses")
+    camera = sample_camera(rng, replace(recipe.camera, responses=recipe.holdout_responses))
+    return replace(camera, response=Response("srgb")) if cameras == "srgb" else camera
+
+
+def make_sample(radiance: np.ndarray, rng: np.random.Generator, recipe: Recipe = Recipe(), source: str = "",
+                cameras: str = "train") -> Sample:
     """Simulate a camera on ``radiance`` (float32 (H, W, 3), any scale) and pick the labels.
 
     Steps: draw a camera; apply its white balance and saturation; choose the input exposure (the scale
     that makes ``hdr`` clip at 1.0); render the noise-free stack at ``recipe.evs`` and choose the labels on
     it (:mod:`.stack`); shoot the input and the two labels with noise, clipping, 8-bit and optional JPEG.
+
+    ``cameras`` says which response families the camera's curve comes from: ``"train"``, the recipe's
+    :attr:`~Recipe.train_responses` (without held-out families, the same as ``"all"``); ``"all"``,
+    ``recipe.camera.responses``; ``"held-out"``, the recipe's ``holdout_responses``; ``"srgb"``, the same draw
+    as ``"held-out"`` (white balance, saturation, noise, JPEG, and the same random numbers after it) with the
+    exact sRGB curve instead, so that a ``"srgb"`` and a ``"held-out"`` sample made from equal ``rng`` states
+    differ in the response curve alone.
     """
-    camera = sample_camera(rng, recipe.camera)
+    camera = _draw_camera(rng, recipe, cameras)
     rad = apply_color(radiance, camera)
     scale, exposure = sample_exposure(rng, rad, recipe.camera)
     hdr = (rad * np.float32(scale)).astype(np.float32)
@@ -201,6 +248,9 @@ class PlanItem:
     index: int
     split: str
     source: str  # "procedural" or a real source id
+    cameras: str = "train"  # the response families its camera comes from (make_sample's `cameras`)
+    seed_index: int | None = None  # when set, the seed sequence is (seed, seed_index), not (seed, index): the
+    # two samples of a held-out validation pair share their first one's, hence the view, exposure and noise
 
     @property
     def id(self) -> str:
@@ -224,6 +274,13 @@ def make_plan(
     the held-out validation scenes; none when there are none). Among the train samples exactly
     ``round(real_fraction * n_train)`` are real (sources drawn by weight), at random positions. A source in
     more than one of the lists is refused: scenes are held out whole.
+
+    Cameras: train and the procedural val samples draw from the training families (``"train"``), the test
+    split from all of the recipe's (``"all"``, so it does not depend on ``holdout_responses``). With
+    ``holdout_responses`` the real val samples come in pairs of one view (round-robin over the scenes by
+    view): the even ones shot with the exact sRGB curve (``"srgb"``), the odd ones with a held-out family
+    (``"held-out"``), both from the even one's seed; an odd ``n_val_real`` leaves the last view with the sRGB
+    shot alone. Without it they draw from ``"all"``.
     """
     ids = [[s.id for s in group] for group in (train_sources, test_sources, val_sources)]
     shared = (set(ids[0]) & set(ids[1])) | (set(ids[0]) & set(ids[2])) | (set(ids[1]) & set(ids[2]))
@@ -248,10 +305,19 @@ def make_plan(
     base = recipe.n
     for i in range(recipe.n_test):
         src = test_sources[i % len(test_sources)].id if test_sources else "procedural"
-        plan.append(PlanItem(base + i, "test", src))
+        plan.append(PlanItem(base + i, "test", src, cameras="all"))
     base += recipe.n_test
-    if val_sources:  # indices after the test split: the samples of earlier recipes keep their index and pixels
-        plan += [PlanItem(base + i, "val", val_sources[i % len(val_sources)].id) for i in range(recipe.n_val_real)]
+    if not val_sources:
+        return plan
+    # indices after the test split: the samples of earlier recipes keep their index and pixels
+    if not recipe.holdout_responses:
+        plan += [PlanItem(base + i, "val", val_sources[i % len(val_sources)].id, cameras="all")
+                 for i in range(recipe.n_val_real)]
+        return plan
+    for i in range(recipe.n_val_real):
+        view, held = divmod(i, 2)
+        plan.append(PlanItem(base + i, "val", val_sources[view % len(val_sources)].id,
+                             cameras="held-out" if held else "srgb", seed_index=base + 2 * view))
     return plan
 
 
@@ -273,8 +339,11 @@ class _SourceCache:
 
 
 def generate_item(item: PlanItem, recipe: Recipe, cache: _SourceCache | None = None) -> Sample:
-    """Generate planned sample ``item`` from the seed sequence ``(recipe.seed, item.index)``."""
-    rng = np.random.default_rng(np.random.SeedSequence([recipe.seed, item.index]))
+    """Generate planned sample ``item`` from the seed sequence ``(recipe.seed, item.index)`` (``item.seed_index``
+    when set), its camera drawn as ``item.cameras`` says; a held-out validation pair's sample records its role in
+    ``meta["camera_family"]`` (``"srgb"`` or ``"held-out"``) and the pair's seed index in ``meta["view_seed"]``."""
+    seed_index = item.index if item.seed_index is None else item.seed_index
+    rng = np.random.default_rng(np.random.SeedSequence([recipe.seed, seed_index]))
     if item.source == "procedural":
         radiance, info = generate_scene(rng, recipe.size, dynamic_range=recipe.dynamic_range)
         source = f"procedural/{info['kind']}"
@@ -290,8 +359,11 @@ def generate_item(item: PlanItem, recipe: Recipe, cache: _SourceCache | None = N
         else:
             raise ImageReadError(src.path, "20 random views were black")
         source = src.id
-    sample = make_sample(radiance, rng, recipe, source)
+    sample = make_sample(radiance, rng, recipe, source, item.cameras)
     sample.meta["view"] = view_meta
+    if item.cameras in ("srgb", "held-out"):
+        sample.meta["camera_family"] = item.cameras
+        sample.meta["view_seed"] = seed_index
     return sample
 
 
@@ -456,6 +528,8 @@ def build(
     never sees a held-out scene). Without real train sources the train split is procedural, without held-out
     test sources the test split is procedural, and without validation scenes the val split has no real
     samples: all are logged as warnings and recorded in the manifest (``test_is_real``, ``val_has_real``).
+    With ``recipe.holdout_responses`` the train split never uses those response families and the real val
+    samples are pairs of one view, shot with the exact sRGB curve and with a held-out family (:func:`make_plan`).
     Samples whose file exists and matches the manifest's checksum (or, when the manifest was not yet updated,
     loads as a complete sample) are kept.
     """
@@ -474,6 +548,10 @@ def build(
     if not val_sources and recipe.n_val_real > 0:
         log.warning("NO HELD-OUT REAL VALIDATION SCENES: the val split has no real samples "
                     "(run `python -m sitm_training.data fetch`)")
+    if recipe.holdout_responses and not (val_sources and recipe.n_val_real > 1):
+        log.warning("held-out response families %s: the train split never draws them, but without real val "
+                    "samples (--n-val-real >= 2 and validation scenes) nothing is shot with them",
+                    ", ".join(recipe.holdout_responses))
     recipe_dict = recipe.to_dict()
     source_dicts = [s.to_dict() | {"split": source_split(s.id)} for s in sources]
     rhash = _recipe_hash(recipe_dict, source_dicts)
