@@ -309,7 +309,8 @@ def test_cli_scores_baselines_and_a_command(pairs, tmp_path):
     rc = E.main(["--pairs", str(pairs), "--out", str(out), "--jod", "off", "--no-progress", "--sheet-tile", "32",
                  "--method", f"oracle={_script(tmp_path)}"])
     assert rc == 0
-    assert sorted(p.name for p in out.iterdir()) == ["contact_sheet.png", "per_image.csv", "summary.json", "table.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["clipped_sheet.png", "contact_sheet.png", "per_image.csv",
+                                                     "summary.json", "table.md"]
     rows = _read_csv(out / "per_image.csv")
     summary = json.loads((out / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
     assert summary["images"] == 3 and summary["methods"]["oracle"]["kind"] == "command"
@@ -467,8 +468,125 @@ def test_api_records_exceptions_wrong_shapes_and_nan(pairs, tmp_path):
     assert res.summary["linear"]["n"] == 0 and math.isnan(res.summary["linear"]["pu21_psnr"])
     assert "| linear | - |" in (tmp_path / "out" / "table.md").read_text()
     assert read_ldr(tmp_path / "out" / "contact_sheet.png").shape[0] == 18 + 5 * (24 + 2)
+    assert res.clipped and all(math.isnan(v) for r in res.clipped for v in r.methods_log2.values())  # all failed
+    assert all(r.linearized_log2 < 0 for r in res.clipped)  # the linearized input stays at the clip level
     with pytest.raises(ValueError, match="unique"):
         E.evaluate(pairs, [E.BaselineMethod("linear")] * 2, tmp_path / "o2", jod=False, progress=False)
     with pytest.raises(ValueError, match="bad method name"):
         E.evaluate(pairs, [E.BaselineMethod("gt", linearize)], tmp_path / "o2", jod=False, progress=False)
     assert not (tmp_path / "o2").exists()
+
+
+# --------------------------------------------------------------------------------------- clipped sheet
+
+
+def _disc(h, w, cy, cx, r) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def _bbox(mask) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(mask)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def test_clip_window_frames_the_largest_region():
+    mask = _disc(80, 120, 20, 90, 6) | _disc(80, 120, 60, 20, 2)  # a disc of 13 px across and a smaller one
+    (x0, y0, x1, y1), region = E._clip_window(mask)
+    np.testing.assert_array_equal(region, _disc(80, 120, 20, 90, 6))
+    bx0, by0, bx1, by1 = _bbox(region)
+    assert x0 <= bx0 and y0 <= by0 and bx1 <= x1 and by1 <= y1
+    assert (x1 - x0, y1 - y0) == (48, 48)  # 2 x 13 < 48: the minimum
+    assert y0 == 0 and 0 <= x0 and x1 <= 120  # near the top edge: moved inside the image
+    big = np.zeros((80, 120), bool)
+    big[30:60, 10:50] = True  # 40 x 30: a square of 80 centred at (30, 45), moved right, as high as the image
+    assert E._clip_window(big)[0] == (0, 0, 80, 80)
+
+
+def _blob_pair(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    """One pair: a textured background that does not clip, a bright disc with a radial gradient (3 to 12 x the clip
+    level) that does, and a small clipped speck elsewhere."""
+    rng = np.random.default_rng(7)
+    h, w = 80, 120
+    gt = (rng.random((h, w, 3)) * 0.55 + 0.05).astype(np.float32)
+    blob = _disc(h, w, 20, 90, 6)
+    yy, xx = np.mgrid[0:h, 0:w]
+    radial = 12.0 - 1.5 * np.sqrt((yy - 20) ** 2 + (xx - 90) ** 2)
+    gt[blob] = (radial[blob, None] * np.array([1.0, 0.9, 0.7])).astype(np.float32)
+    gt[_disc(h, w, 60, 20, 1)] = 2.0
+    ldr = np.rint(srgb_oetf(np.clip(gt, 0, 1)) * 255).astype(np.uint8)
+    root = tmp_path / "blob"
+    root.mkdir()
+    write_png(root / "p.png", ldr)
+    write_exr(root / "p.exr", gt, half=False)
+    return root, gt.astype(np.float64), blob
+
+
+def test_clipped_sheet_zooms_on_the_blob_with_one_tone_mapper(tmp_path):
+    root, gt, blob = _blob_pair(tmp_path)
+    doubled = gt.copy()
+    doubled[blob] *= 2.0  # one stop too bright in the blob, exact elsewhere: alignment leaves it alone
+    methods = [E.BaselineMethod("oracle", lambda ldr: gt.astype(np.float32), "the truth"),
+               E.BaselineMethod("double", lambda ldr: doubled.astype(np.float32), "the truth, blob x2")]
+    tile = 96
+    res = E.evaluate(root, methods, tmp_path / "out", jod=False, progress=False, sheet_tile=tile)
+    path = tmp_path / "out" / "clipped_sheet.png"
+    assert res.files["clipped_sheet"] == path and path.is_file()
+    [row] = res.clipped
+    assert (row.id, row.scene, row.region_pixels) == ("p", None, int(blob.sum()))
+    assert row.clipped_pixels == int(M.clipped_mask(read_ldr(root / "p.png") / 255.0).sum()) > row.region_pixels
+    x0, y0, x1, y1 = row.box
+    bx0, by0, bx1, by1 = _bbox(blob)
+    assert x0 <= bx0 and y0 <= by0 and bx1 <= x1 and by1 <= y1 and (x1 - x0, y1 - y0) == (48, 48)
+    assert row.methods_log2["oracle"] == 0.0
+    assert row.methods_log2["double"] == pytest.approx(1.0, abs=1e-12)
+    ldr01 = read_ldr(root / "p.png") / 255.0
+    lin = linearize(read_ldr(root / "p.png")).astype(np.float64)
+    lin *= M.align_scale(lin, gt, ldr01)
+    want = np.mean(np.log2(M.luminance(lin)[blob] / M.luminance(gt)[blob]))
+    assert row.linearized_log2 == pytest.approx(want, rel=1e-9) and want < -2  # stuck at the clip level
+
+    # the sheet: header 18 px, then the row's tiles, a 16 px caption line and a 2 px gap; columns after 150 px of labels
+    sheet = read_ldr(path)
+    assert sheet.shape == (18 + tile + 16 + 2, 150 + 5 * (tile + 2), 3)
+    tiles = [sheet[18:18 + tile, 150 + c * (tile + 2): 150 + c * (tile + 2) + tile] for c in range(5)]
+    srgb, linearized, oracle, double, truth = tiles
+    crop = (slice(y0, y1), slice(x0, x1))
+    up = lambda img: np.repeat(np.repeat(img, 2, axis=0), 2, axis=1)  # noqa: E731  48 -> 96, nearest neighbour
+    np.testing.assert_array_equal(srgb, up(read_ldr(root / "p.png")[crop]))  # the input as it is
+    # one tone mapper for the row: the truth's log-average luminance over the blob -> 1, white = the crop's maximum
+    level = math.exp(np.mean(np.log(M.luminance(gt)[blob])))
+    tm = M.Tonemapper(1.0 / level, float(M.luminance(gt[crop]).max()) / level)
+    np.testing.assert_array_equal(truth, up(tm.to_uint8(gt[crop])))
+    np.testing.assert_array_equal(oracle, truth)
+    np.testing.assert_array_equal(linearized, up(tm.to_uint8(lin[crop])))
+    inside = up(blob[crop])
+    assert np.mean(np.all(truth[inside] == 255, axis=1)) < 0.1  # the truth's highlight is not all white ...
+    assert np.ptp(truth[inside][:, 1].astype(int)) > 60  # ... its gradient shows
+    assert linearized[inside].mean() < truth[inside].mean() - 60 < double[inside].mean() - 60
+
+
+def test_clipped_sheet_picks_the_most_clipped_pairs_per_scene(tmp_path):
+    """Scene A: pairs clipping 10, 50 and 30 px; scene B: 5 px and none. Two rows: the most clipped of each scene;
+    three: then A's second; shown grouped by scene. Without pairs.json: the most clipped overall, in the pairs'
+    order."""
+    root = tmp_path / "pairs"
+    root.mkdir()
+    rng = np.random.default_rng(8)
+    entries = []
+    for i, (scene, clipped) in enumerate([("A", 10), ("B", 5), ("A", 50), ("B", 0), ("A", 30)]):
+        gt = (rng.random((16, 20, 3)) * 0.5 + 0.05).astype(np.float32)
+        gt.reshape(-1, 3)[:clipped] = 4.0
+        write_png(root / f"{i}.png", np.rint(srgb_oetf(np.clip(gt, 0, 1)) * 255).astype(np.uint8))
+        write_exr(root / f"{i}.exr", gt, half=False)
+        entries.append({"id": str(i), "source": scene})
+    (root / "pairs.json").write_text(json.dumps({"pairs": entries}))
+    run = lambda rows: E.evaluate(root, [E.BaselineMethod("linear")], tmp_path / f"o{rows}", jod=False,  # noqa: E731
+                                  progress=False, sheet_tile=16, clip_rows=rows).clipped
+    assert [(r.id, r.scene, r.clipped_pixels) for r in run(2)] == [("2", "A", 50), ("1", "B", 5)]
+    assert [r.id for r in run(3)] == ["2", "4", "1"]
+    assert [r.id for r in run(9)] == ["2", "4", "1"]  # at most two per scene
+    assert run(0) == [] and (tmp_path / "o0" / "clipped_sheet.png").is_file()
+    (root / "pairs.json").unlink()
+    assert [(r.id, r.scene) for r in run(3)] == [("0", None), ("2", None), ("4", None)]  # each its own scene
+    assert [r.id for r in run(2)] == ["2", "4"]

@@ -1,5 +1,6 @@
-"""Score ITM methods on a folder of (LDR, HDR) pairs: ``table.md``, ``per_image.csv``, ``contact_sheet.png``
-and ``summary.json`` (the table's means, machine-readable).
+"""Score ITM methods on a folder of (LDR, HDR) pairs: ``table.md``, ``per_image.csv``, ``contact_sheet.png``,
+``clipped_sheet.png`` (zoomed on the largest clipped region of the most clipped pairs) and ``summary.json`` (the
+table's means, machine-readable).
 
 ``python -m sitm_training.evaluate --pairs DIR --weights RUN/ckpt/model.safetensors --out DIR``
 
@@ -51,6 +52,7 @@ log = logging.getLogger("sitm_training.evaluate")
 
 __all__ = [
     "Pair",
+    "ClippedRow",
     "Method",
     "MethodError",
     "BaselineMethod",
@@ -82,9 +84,13 @@ class MethodError(RuntimeError):
 
 @dataclass(frozen=True)
 class Pair:
+    """One (LDR, HDR) pair; ``scene`` is its source scene when the folder's ``pairs.json`` (written by
+    ``python -m sitm_training.data export``) names it, else None."""
+
     id: str
     ldr: Path
     hdr: Path
+    scene: str | None = None
 
 
 # -------------------------------------------------------------------------------------------- methods
@@ -220,13 +226,30 @@ def _parse_weights(spec: str, index: int, count: int) -> tuple[str, str]:
 # -------------------------------------------------------------------------------------------- pairs
 
 
+def _scenes(root: Path) -> dict[str, str]:
+    """Pair id -> source scene from ``root/pairs.json`` (``data export``: ``{"pairs": [{"id", "source"}, ...]}``);
+    empty when the file is absent, and with a warning when it cannot be read."""
+    path = root / "pairs.json"
+    if not path.is_file():
+        return {}
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))["pairs"]
+        return {str(e["id"]): str(e["source"]) for e in entries if e.get("source")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        log.warning("%s: cannot read the pairs' scenes (%s: %s); the clipped sheet does not group by scene",
+                    path, type(err).__name__, err)
+        return {}
+
+
 def _find_pairs(root: Path) -> tuple[list[Pair], list[tuple[str, str]]]:
-    """The pairs of ``root`` (``data.real.find_pairs``) and the stems with only one side, with the reason."""
+    """The pairs of ``root`` (``data.real.find_pairs``, with the scenes of ``pairs.json``) and the stems with only
+    one side, with the reason."""
     from sitm_trt.media.io import HDR_EXTENSIONS, LDR_EXTENSIONS
 
     from .data.real import find_pairs
 
-    pairs = [Pair(ldr.stem, ldr, hdr) for ldr, hdr in find_pairs(root)]
+    scenes = _scenes(root)
+    pairs = [Pair(ldr.stem, ldr, hdr, scenes.get(ldr.stem)) for ldr, hdr in find_pairs(root)]
     ldr_dir = hdr_dir = root
     for a, b in (("LDR", "HDR"), ("ldr", "hdr")):
         if (root / a).is_dir() and (root / b).is_dir():
@@ -265,6 +288,22 @@ def _check_output(out: Any, shape: tuple[int, ...]) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ evaluation
 
 
+@dataclass(frozen=True)
+class ClippedRow:
+    """One row of ``clipped_sheet.png``: the pair, its number of clipped input pixels (whole image), the size of
+    its largest clipped region, the window shown (``x0, y0, x1, y1``, ends exclusive) and the mean log2 luminance
+    ratio to the ground truth over that region of the linearized input and of each method shown (NaN where the
+    method failed on the pair)."""
+
+    id: str
+    scene: str | None
+    clipped_pixels: int
+    region_pixels: int
+    box: tuple[int, int, int, int]
+    linearized_log2: float
+    methods_log2: dict[str, float]
+
+
 @dataclass
 class EvalResult:
     rows: list[dict[str, Any]]
@@ -275,6 +314,7 @@ class EvalResult:
     summary: dict[str, dict[str, float]]
     jod: str
     files: dict[str, Path] = field(default_factory=dict)
+    clipped: list[ClippedRow] = field(default_factory=list)
 
 
 def evaluate(
@@ -287,14 +327,16 @@ def evaluate(
     align: bool = True,
     sheet_images: int = 6,
     sheet_tile: int = 192,
+    clip_rows: int = 12,
     save_results: bool = False,
     limit: int | None = None,
     progress: bool = True,
 ) -> EvalResult:
-    """Score ``methods`` on the pairs in ``pairs_dir`` and write the three files into ``out_dir``.
+    """Score ``methods`` on the pairs in ``pairs_dir`` and write the output files into ``out_dir``.
 
     ``jod``: True = require cvvdp, False = skip JOD, None = use it when it imports. ``align=False`` scores the
-    raw outputs (1.0 = the input's clipping level). Raises ``FileNotFoundError``/``ValueError`` before any
+    raw outputs (1.0 = the input's clipping level). ``clip_rows``: pairs in ``clipped_sheet.png`` (see
+    :class:`_ClippedSheet`). Raises ``FileNotFoundError``/``ValueError`` before any
     work when the folder has no pairs or the methods are not usable.
     """
     pairs_dir, out_dir = Path(pairs_dir), Path(out_dir)
@@ -315,6 +357,8 @@ def evaluate(
 
     jod_metric, jod_note = _make_jod(jod, display)
     sheet_ids = _sheet_selection([p.id for p in pairs], sheet_images)
+    shown = [n for n in names if not _same_as_input(methods, n)]
+    clipped = _ClippedSheet(clip_rows)
     sheet: dict[str, dict[str, np.ndarray]] = {}
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = list(orphans)
@@ -333,9 +377,11 @@ def evaluate(
         ldr01 = to_float(ldr).astype(np.float64)
         gt64 = gt.astype(np.float64)
         tm = M.Tonemapper.fit(gt64)
-        clip_frac = float(np.mean(M.clipped_mask(ldr01)))
+        clip_mask = M.clipped_mask(ldr01)
+        clip_frac = float(np.mean(clip_mask))
         if pair.id in sheet_ids:
             sheet[pair.id] = {"gt": tm.to_uint8(gt64)}
+        zoom = clipped.offer(pair, ldr, gt64, clip_mask)
         for method in methods:
             row: dict[str, Any] = {"id": pair.id, "method": method.name, "status": "ok", "error": "",
                                    "clip_fraction": clip_frac}
@@ -358,13 +404,18 @@ def evaluate(
             rows.append(row)
             if pair.id in sheet_ids:
                 sheet[pair.id][method.name] = tm.to_uint8(pred)
+            if zoom is not None and method.name in shown:
+                zoom.add(method.name, pred)
             if save_results:
                 (results_dir / method.name).mkdir(parents=True, exist_ok=True)
                 write_exr(results_dir / method.name / f"{pair.id}.exr", pred.astype(np.float32), half=False)
-        if pair.id in sheet_ids:
+        if pair.id in sheet_ids or zoom is not None:
             lin = BASELINES["linear"](ldr).astype(np.float64)
-            s = M.align_scale(lin, gt64, ldr01) if align else 1.0
-            sheet[pair.id]["input"] = tm.to_uint8(lin * s)
+            lin *= M.align_scale(lin, gt64, ldr01) if align else 1.0
+            if pair.id in sheet_ids:
+                sheet[pair.id]["input"] = tm.to_uint8(lin)
+            if zoom is not None:
+                zoom.linearized = zoom.crop(lin)
 
     scored = sorted({r["id"] for r in rows}, key=[p.id for p in pairs].index)
     if not scored:
@@ -376,11 +427,14 @@ def evaluate(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"per_image": out_dir / "per_image.csv", "sheet": out_dir / "contact_sheet.png",
-             "table": out_dir / "table.md"}
+             "clipped_sheet": out_dir / "clipped_sheet.png", "table": out_dir / "table.md"}
     _write_text(files["per_image"], _csv(rows))
-    sheet_rows = ["input"] + [n for n in names if not _same_as_input(methods, n)] + ["gt"]
+    sheet_rows = ["input"] + shown + ["gt"]
     write_png(files["sheet"], _contact_sheet(sheet, [i for i in sheet_ids if i in sheet], sheet_rows, sheet_tile))
-    result = EvalResult(rows, names, skipped, failures, common, summary, jod_note, files)
+    zooms = clipped.selected()
+    write_png(files["clipped_sheet"], _clipped_sheet(zooms, shown, sheet_tile))
+    result = EvalResult(rows, names, skipped, failures, common, summary, jod_note, files,
+                        [z.row(shown) for z in zooms])
     _write_text(files["table"], _table(result, methods, pairs_dir, len(pairs) + len(orphans), display, align,
                                        jod_metric is not None))
     files["summary"] = out_dir / "summary.json"
@@ -535,10 +589,23 @@ def _label(text: str, width: int, height: int, scale: float = 0.4) -> np.ndarray
     return img
 
 
-def _contact_sheet(sheet: dict[str, dict[str, np.ndarray]], ids: list[str], rows: list[str], tile: int) -> np.ndarray:
-    """Rows: input, each method, ground truth; columns: images; each tile fitted into ``tile`` x ``tile``."""
+def _fit_tile(img: np.ndarray, tile: int) -> np.ndarray:
+    """``img`` (uint8) fitted into a ``tile`` x ``tile`` cell, centred: enlarged with nearest neighbour (pixels stay
+    visible as squares), reduced with area averaging."""
     import cv2
 
+    cell = np.full((tile, tile, 3), 16, np.uint8)
+    h, w = img.shape[:2]
+    f = min(tile / h, tile / w)
+    nh, nw = max(1, round(h * f)), max(1, round(w * f))
+    small = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_NEAREST)
+    y0, x0 = (tile - nh) // 2, (tile - nw) // 2
+    cell[y0:y0 + nh, x0:x0 + nw] = small
+    return cell
+
+
+def _contact_sheet(sheet: dict[str, dict[str, np.ndarray]], ids: list[str], rows: list[str], tile: int) -> np.ndarray:
+    """Rows: input, each method, ground truth; columns: images; each tile fitted into ``tile`` x ``tile``."""
     label_w, head_h, gap = 96, 18, 2
     ncol = max(1, len(ids))
     width = label_w + ncol * (tile + gap)
@@ -549,19 +616,184 @@ def _contact_sheet(sheet: dict[str, dict[str, np.ndarray]], ids: list[str], rows
         for i in ids:
             cell = np.full((tile, tile + gap, 3), 16, np.uint8)
             img = sheet[i].get(r)
-            if img is None:  # this method failed on this image
-                cell[:, :tile] = _label("failed", tile, tile)
-            else:
-                h, w = img.shape[:2]
-                f = min(tile / h, tile / w)
-                nh, nw = max(1, round(h * f)), max(1, round(w * f))
-                small = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_NEAREST)
-                y0, x0 = (tile - nh) // 2, (tile - nw) // 2
-                cell[y0:y0 + nh, x0:x0 + nw] = small
+            cell[:, :tile] = _label("failed", tile, tile) if img is None else _fit_tile(img, tile)  # None: failed
             cells.append(cell)
         if not ids:
             cells.append(np.full((tile, tile + gap, 3), 16, np.uint8))
         out.append(np.concatenate(cells, axis=1))
+        out.append(np.full((gap, width, 3), 16, np.uint8))
+    return np.concatenate(out, axis=0)
+
+
+# --------------------------------------------------------------------------------------- clipped sheet
+
+CLIP_SHEET_PER_SCENE = 2
+"""At most this many pairs of one scene in ``clipped_sheet.png`` (when the pairs' scenes are known)."""
+CLIP_WINDOW_MIN = 48
+"""The smallest side, in pixels, of a clipped sheet's window (cut to the image where the image is smaller)."""
+
+
+def _clip_window(mask: np.ndarray) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    """The window shown for a clipped mask: a square of twice the longer side of the bounding box of the largest
+    8-connected clipped region, at least :data:`CLIP_WINDOW_MIN`, centred on that box and moved to lie inside
+    the image (cut to the image where it is larger). Returns ``((x0, y0, x1, y1), the region's (H, W) mask)``."""
+    import cv2
+
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, w, h = (int(v) for v in stats[k, :4])
+    side = max(2 * max(w, h), CLIP_WINDOW_MIN)
+
+    def place(start: int, length: int, size: int) -> tuple[int, int]:
+        n = min(side, size)
+        a = min(max(round(start + length / 2 - n / 2), 0), size - n)
+        return a, a + n
+
+    (x0, x1), (y0, y1) = place(x, w, mask.shape[1]), place(y, h, mask.shape[0])
+    return (x0, y0, x1, y1), labels == k
+
+
+class _Zoom:
+    """A candidate row of the clipped sheet: the window around one pair's largest clipped region and the crops
+    shown in it (the input as it is, the aligned linearized input, each method's aligned result, the truth)."""
+
+    def __init__(self, pair: Pair, order: int, clipped_pixels: int, ldr: np.ndarray, gt: np.ndarray,
+                 mask: np.ndarray):
+        self.pair, self.order, self.clipped_pixels = pair, order, clipped_pixels
+        self.box, region = _clip_window(mask)
+        self.region = self.crop(region)
+        self.srgb = np.rint(to_float(self.crop(ldr)) * 255.0).astype(np.uint8)
+        self.gt = self.crop(gt)
+        self.linearized: np.ndarray | None = None
+        self.methods: dict[str, np.ndarray] = {}
+        y = M.luminance(self.gt)[self.region]
+        y = y[y > 0]
+        # the ground truth's log-average luminance over the region (NaN where it is black there)
+        self.level = float(np.exp(np.mean(np.log(y)))) if y.size else float("nan")
+
+    def crop(self, img: np.ndarray) -> np.ndarray:
+        x0, y0, x1, y1 = self.box
+        return np.array(img[y0:y1, x0:x1])  # a copy: the whole image is not kept
+
+    def add(self, name: str, result: np.ndarray) -> None:
+        self.methods[name] = self.crop(result)
+
+    def tonemapper(self) -> M.Tonemapper:
+        """The row's one tone mapper: :class:`metrics.Tonemapper` (Reinhard's global operator with white point)
+        exposed for the clipped region instead of the whole image. The ground truth's log-average luminance over
+        the region maps to ``L_m = 1`` (about half of white before the sRGB encoding, code 188) and the white point
+        is the crop's brightest ground truth pixel, so the truth's highlight spans mid-grey to white with its
+        structure visible instead of all white, its surroundings show darker, a result that falls short of the
+        truth in the region shows darker than it and one that overshoots brighter (white above the truth's
+        maximum). A region that is black in the truth falls back to ``Tonemapper.fit`` on the crop."""
+        if not self.level > 0.0:
+            return M.Tonemapper.fit(self.gt)
+        scale = 1.0 / self.level
+        return M.Tonemapper(scale, max(float(M.luminance(self.gt).max()) * scale, 1.0), key=1.0)
+
+    def log2_ratio(self, img: np.ndarray) -> float:
+        """Mean over the region of ``log2(Y / Y_gt)`` (Rec. 709 luminance; both floored at 1e-4 times the truth's
+        log-average over the region, so a black result counts as about -13, not -inf): 0 = as bright as the truth,
+        -1 = half as bright."""
+        floor = 1e-4 * self.level if self.level > 0.0 else 1e-12
+        y = np.maximum(M.luminance(img)[self.region], floor)
+        y_gt = np.maximum(M.luminance(self.gt)[self.region], floor)
+        return float(np.mean(np.log2(y) - np.log2(y_gt)))
+
+    def row(self, shown: Sequence[str]) -> ClippedRow:
+        nan = float("nan")
+        return ClippedRow(
+            self.pair.id, self.pair.scene, self.clipped_pixels, int(self.region.sum()), self.box,
+            self.log2_ratio(self.linearized) if self.linearized is not None else nan,
+            {n: self.log2_ratio(self.methods[n]) if n in self.methods else nan for n in shown},
+        )
+
+
+class _ClippedSheet:
+    """Chooses the rows of ``clipped_sheet.png`` while the pairs stream by, keeping crops only of candidates.
+
+    Pairs are ranked by their number of clipped input pixels (:func:`metrics.clipped_mask`), the most first, ties
+    to the earlier pair; pairs without any are never shown. When the pairs' scenes are known (``pairs.json``), the
+    sheet takes the most clipped pair of every scene first, then the second, up to :data:`CLIP_SHEET_PER_SCENE`
+    per scene and ``rows`` rows in all; a pair without a known scene counts as a scene of its own. The rows are
+    shown grouped by scene, in the order the scenes first appear, each scene's most clipped pair first.
+    """
+
+    def __init__(self, rows: int, per_scene: int = CLIP_SHEET_PER_SCENE):
+        self.rows, self.per_scene = rows, per_scene
+        self.buckets: dict[str | None, list[_Zoom]] = {}  # None: the pairs without a scene
+        self.first_seen: dict[str, int] = {}
+        self.offered = 0
+
+    def offer(self, pair: Pair, ldr: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> _Zoom | None:
+        """A :class:`_Zoom` to fill with the pair's results if the pair is (so far) one of the chosen, else None;
+        ``mask``: the input's clipped pixels."""
+        order, self.offered = self.offered, self.offered + 1
+        if pair.scene is not None:
+            self.first_seen.setdefault(pair.scene, order)
+        if self.rows <= 0:
+            return None
+        count = int(mask.sum())
+        if count == 0:
+            return None
+        bucket = self.buckets.setdefault(pair.scene, [])
+        if len(bucket) >= (self.per_scene if pair.scene is not None else self.rows):
+            worst = min(bucket, key=lambda z: (z.clipped_pixels, -z.order))
+            if count <= worst.clipped_pixels:
+                return None
+            bucket.remove(worst)
+        zoom = _Zoom(pair, order, count, ldr, gt, mask)
+        bucket.append(zoom)
+        return zoom
+
+    def selected(self) -> list[_Zoom]:
+        ranked = []
+        for scene, bucket in self.buckets.items():
+            for rank, z in enumerate(sorted(bucket, key=lambda z: (-z.clipped_pixels, z.order))):
+                ranked.append((rank if scene is not None else 0, -z.clipped_pixels, z.order, z))
+        chosen = [z for *_, z in sorted(ranked, key=lambda t: t[:3])[: max(self.rows, 0)]]
+        group = lambda z: self.first_seen[z.pair.scene] if z.pair.scene is not None else z.order  # noqa: E731
+        return sorted(chosen, key=lambda z: (group(z), -z.clipped_pixels, z.order))
+
+
+def _text_block(lines: Sequence[str], width: int, height: int, line_h: int = 16) -> np.ndarray:
+    img = np.full((height, width, 3), 32, np.uint8)
+    for i, text in enumerate(lines[: height // line_h]):
+        img[i * line_h:(i + 1) * line_h] = _label(text, width, line_h)
+    return img
+
+
+def _clipped_sheet(zooms: Sequence[_Zoom], shown: Sequence[str], tile: int) -> np.ndarray:
+    """Rows: the chosen pairs; columns: the input (its sRGB code values as they are), the linearized input, each
+    method, the ground truth, each cropped to the row's window, tone mapped with the row's one tone mapper
+    (:meth:`_Zoom.tonemapper`) and fitted into ``tile`` x ``tile``. Under each row, each column's mean log2
+    luminance ratio to the ground truth over the clipped region (:meth:`_Zoom.log2_ratio`)."""
+    label_w, head_h, cap_h, gap = 150, 18, 16, 2
+    cols = ["input (sRGB)", "linearized", *shown, "ground truth"]
+    width = label_w + len(cols) * (tile + gap)
+    out = [np.concatenate([_label("pair", label_w, head_h)] + [_label(c, tile + gap, head_h) for c in cols], axis=1)]
+    if not zooms:
+        out.append(_label("no rows: no pair has clipped pixels (or --clip-rows 0)", width, tile))
+    for z in zooms:
+        tm = z.tonemapper()
+        x0, y0, x1, y1 = z.box
+        info = [z.pair.id, z.pair.scene or "", f"{z.clipped_pixels} px clipped", f"largest: {int(z.region.sum())} px",
+                f"{x1 - x0}x{y1 - y0} at ({x0},{y0})"]
+        images: list[np.ndarray | None] = [z.srgb, tm.to_uint8(z.linearized) if z.linearized is not None else None]
+        images += [tm.to_uint8(z.methods[n]) if n in z.methods else None for n in shown]
+        images.append(tm.to_uint8(z.gt))
+        cells = [_text_block(info, label_w, tile)]
+        for img in images:
+            cell = np.full((tile, tile + gap, 3), 16, np.uint8)
+            cell[:, :tile] = _label("failed", tile, tile) if img is None else _fit_tile(img, tile)
+            cells.append(cell)
+        out.append(np.concatenate(cells, axis=1))
+        row = z.row(shown)
+        ratios = [row.linearized_log2, *(row.methods_log2[n] for n in shown)]
+        captions = [_label("log2 Y / Y_gt, region", label_w, cap_h), _label("", tile + gap, cap_h)]
+        captions += [_label("failed" if math.isnan(r) else f"{r:+.2f}", tile + gap, cap_h) for r in ratios]
+        captions.append(_label("0 (reference)", tile + gap, cap_h))
+        out.append(np.concatenate(captions, axis=1))
         out.append(np.full((gap, width, 3), 16, np.uint8))
     return np.concatenate(out, axis=0)
 
@@ -573,14 +805,14 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m sitm_training.evaluate",
         description="Score ITM methods on (LDR, HDR) pairs; writes table.md, per_image.csv, contact_sheet.png, "
-                    "summary.json.",
+                    "clipped_sheet.png, summary.json.",
         epilog="Example: python -m sitm_training.evaluate --pairs data/sitm-test --weights run/ckpt/model.safetensors "
                "--method 'mine=python my_itm.py {input} {output}' --out eval/run1",
     )
     p.add_argument("--pairs", type=Path, required=True,
                    help="folder of pairs: X.png next to X.exr/.hdr, or LDR/ and HDR/ (e.g. `python -m "
                         "sitm_training.data export` output)")
-    p.add_argument("--out", type=Path, required=True, help="output folder (created; the three files are replaced)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (created; the output files are replaced)")
     p.add_argument("--weights", action="append", default=[], metavar="[NAME=]PATH",
                    help="model weights (.safetensors) to score; repeatable (default name: sitm)")
     p.add_argument("--method", action="append", default=[], metavar="NAME=COMMAND",
@@ -595,7 +827,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per image for --method commands (600)")
     p.add_argument("--device", default="cpu", help="device for --weights models: cpu (default) or cuda[:N]")
     p.add_argument("--sheet-images", type=int, default=6, help="images (columns) in the contact sheet (6)")
-    p.add_argument("--sheet-tile", type=int, default=192, help="tile size in the contact sheet, pixels (192)")
+    p.add_argument("--sheet-tile", type=int, default=192, help="tile size in both contact sheets, pixels (192)")
+    p.add_argument("--clip-rows", type=int, default=12,
+                   help="pairs (rows) in clipped_sheet.png, the most clipped, at most 2 per scene (12)")
     p.add_argument("--save-results", action="store_true", help="also write OUT/results/METHOD/ID.exr (aligned)")
     p.add_argument("--limit", type=int, default=None, help="only the first N pairs (smoke tests)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -609,6 +843,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.sheet_tile < 16:
             raise ValueError(f"--sheet-tile must be at least 16, got {args.sheet_tile}")
+        if args.clip_rows < 0:
+            raise ValueError(f"--clip-rows must be at least 0, got {args.clip_rows}")
         display = M.Display(white=args.white_nits, peak=args.peak_nits)
         names = [b.strip() for b in args.baselines.split(",") if b.strip()]
         if names == ["none"]:
@@ -620,7 +856,8 @@ def main(argv: list[str] | None = None) -> int:
         methods += [parse_method(spec, args.timeout) for spec in args.method]
         res = evaluate(args.pairs, methods, args.out, display=display,
                        jod={"auto": None, "on": True, "off": False}[args.jod], align=not args.no_align,
-                       sheet_images=args.sheet_images, sheet_tile=args.sheet_tile, save_results=args.save_results,
+                       sheet_images=args.sheet_images, sheet_tile=args.sheet_tile, clip_rows=args.clip_rows,
+                       save_results=args.save_results,
                        limit=args.limit, progress=not args.no_progress)
     except (ValueError, FileNotFoundError, ImportError) as err:
         log.error("%s", err)
@@ -629,7 +866,7 @@ def main(argv: list[str] | None = None) -> int:
         for m in methods:
             m.close()
     sys.stdout.write(res.files["table"].read_text(encoding="utf-8"))
-    for key in ("table", "per_image", "sheet"):
+    for key in ("table", "per_image", "sheet", "clipped_sheet"):
         print(f"wrote {res.files[key]}")
     if res.failures:
         log.error("%d method run(s) failed; see %s", len(res.failures), res.files["per_image"])
