@@ -244,3 +244,51 @@ def test_init_from_paper_weights_starts_at_the_linearized_input():
         torch.testing.assert_close(predict_hdr(net, frame), ops.srgb_to_linear(frame), rtol=3e-7, atol=0)
     with pytest.raises(ValueError, match="do not fit"):
         load_init(SITMNet("compact"), SITMNet("fast"), "fast.safetensors")
+
+
+def test_boost_all_brightens_the_whole_blend_by_the_gain():
+    """``Preset.boost == "all"``: the gain ``2^(12 b)`` multiplies all three masks, so with the up/down gates shut
+    and ``b = 0.25`` everywhere the HDR is ``2^3`` times the linearized input (hand value); with ``"down"`` the
+    same gate changes nothing while ``M_down`` is shut; untrained, both are the linearized input."""
+    torch.manual_seed(0)
+    frame = torch.rand(1, 3, 32, 48)
+    lin = ops.srgb_to_linear(frame)
+    for boost, factor in (("all", 8.0), ("down", 1.0)):
+        net = SITMNet(dataclasses.replace(residual_preset(), boost=boost)).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(predict_hdr(net, frame), lin, rtol=3e-7, atol=0)
+            net.mefm.mask_head.bias.copy_(torch.tensor([0.0, 0.0, 0.25]))
+            out = net(*ops.pre(frame, stride=net.stride))
+            hdr = predict_hdr(net, frame)
+        assert torch.equal(out.masks[:, 0], torch.zeros_like(out.masks[:, 0]))
+        torch.testing.assert_close(out.masks[:, 1], torch.full_like(out.masks[:, 1], factor))
+        torch.testing.assert_close(hdr, lin * factor, rtol=1e-5, atol=0)
+
+
+def test_boost_travels_in_the_preset_and_is_checked():
+    from sitm_trt.model import Preset
+
+    down, every = residual_preset(), dataclasses.replace(residual_preset(), boost="all")
+    assert "boost" not in down.to_dict() and every.to_dict()["boost"] == "all"  # old files keep their meaning
+    assert Preset.from_dict(down.to_dict()).boost == "down" and Preset.from_dict(every.to_dict()) == every
+    with pytest.raises(ValueError, match="boost"):
+        dataclasses.replace(get_preset("compact"), boost="all")  # the paper fusion has no gain
+    with pytest.raises(ValueError, match="boost"):
+        dataclasses.replace(residual_preset(), boost="sky")
+
+
+def test_init_across_boost_kinds_shuts_the_gain():
+    """``--boost all --init`` of ``"down"`` weights: everything is copied except the gain's gate channel, which
+    starts shut (zero), so the starting point is the init's own result where its down gate was shut."""
+    from sitm_training.train import load_init
+
+    torch.manual_seed(0)
+    old = SITMNet(residual_preset()).eval()
+    with torch.no_grad():
+        old.mefm.mask_head.weight.normal_(0, 0.1)
+        old.mefm.mask_head.bias.copy_(torch.tensor([0.0, -1.0, 0.5]))  # down gate shut, gain gate open
+    net = SITMNet(dataclasses.replace(residual_preset(), boost="all")).eval()
+    assert load_init(net, old, "down.safetensors") == []
+    w, b = net.mefm.mask_head.weight, net.mefm.mask_head.bias
+    assert torch.equal(w[2], torch.zeros_like(w[2])) and b[2].item() == 0.0
+    assert torch.equal(w[:2], old.mefm.mask_head.weight[:2]) and torch.equal(b[:2], old.mefm.mask_head.bias[:2])

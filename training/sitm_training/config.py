@@ -44,6 +44,7 @@ class ModelConfig:
 
     preset: str = "compact"
     fusion: str = "paper"  # Preset.fusion: "paper" (Eq. 7-8) or "residual" (docs/model.md, "The residual fusion")
+    boost: str = "down"  # Preset.boost (residual fusion): the gain 2^(12 b) on M_down only, or on the whole blend
     init: str | None = None  # start a new run from these weights (fresh optimizer, step 0): a fine-tune
     freeze_exposure: bool = False  # stage 2 trains the MEFM only (EAB, AUEM, ADEM fixed): a fusion fine-tune
     disc_width: int = 16
@@ -143,6 +144,9 @@ class TrainConfig:
             raise ValueError(f"--up-ev-max must be > 0 EV, got {self.data.up_ev_max}")
         if not self.data.oversample_under > 0:
             raise ValueError(f"--oversample-under must be > 0, got {self.data.oversample_under}")
+        if self.model.boost not in ("down", "all") or (self.model.boost == "all" and self.model.fusion != "residual"):
+            raise ValueError(f"--boost must be 'down' or 'all', and 'all' needs --fusion residual; got "
+                             f"{self.model.boost!r} with --fusion {self.model.fusion}")
         if self.run.max_seconds is not None and not self.run.max_seconds > 0:
             raise ValueError(f"--max-seconds must be > 0, got {self.run.max_seconds}")
 
@@ -206,6 +210,10 @@ def _parser(description: str | None) -> argparse.ArgumentParser:
     p.add_argument("--fusion", default=_default("fusion"), choices=["paper", "residual"],
                    help="how the masks and coefficients make HDR: the paper's Eq. 7-8, or the residual fusion around "
                         "the linearized input (docs/model.md); with --init of paper weights the two MEFM heads start fresh")
+    p.add_argument("--boost", default=_default("boost"), choices=["down", "all"],
+                   help="residual fusion: what the per-pixel gain 2^(12 b) multiplies: the exposure-down term "
+                        "(down) or the whole blend (all: it can brighten a clipped pixel on its own; docs/model.md, "
+                        "\"The boost\"); with --init of weights of the other kind the gain's channel starts at zero")
     for name in ("stage1_steps", "stage2_steps", "batch", "crop", "disc_width", "disc_max_width", "workers", "seed",
                  "log_every", "val_every", "ckpt_every", "val_images", "threads"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=_default(name))

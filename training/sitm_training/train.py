@@ -173,6 +173,13 @@ def load_init(net: SITMNet, init: SITMNet, path: str) -> list[str]:
     if init.preset.fusion == net.preset.fusion and (fresh or extra):
         raise ValueError(f"--init {path}: the weights do not fit the network ({fresh + extra})")
     net.load_state_dict({k: v for k, v in src.items() if k in dst and k not in fresh}, strict=False)
+    if init.preset.fusion == net.preset.fusion == "residual" and init.preset.boost != net.preset.boost:
+        # the gain's gate meant another thing in ``init`` (docs/model.md, "The boost"): it starts shut (zero)
+        with torch.no_grad():
+            net.mefm.mask_head.weight[2].zero_()
+            net.mefm.mask_head.bias[2].zero_()
+        print(f"--init {path}: boost {init.preset.boost} -> {net.preset.boost}; the gain's gate starts at zero",
+              file=sys.stderr)
     if fresh:
         print(f"--init {path}: {init.preset.fusion} -> {net.preset.fusion} fusion; freshly initialised: "
               f"{', '.join(fresh)}", file=sys.stderr)
@@ -257,7 +264,8 @@ class Trainer:
                                  generator=torch.Generator().manual_seed(cfg.run.seed))
 
         # model, losses, optimisers
-        self.net = SITMNet(dataclasses.replace(get_preset(cfg.model.preset), fusion=cfg.model.fusion)).to(self.device)
+        self.net = SITMNet(dataclasses.replace(get_preset(cfg.model.preset), fusion=cfg.model.fusion,
+                                               boost=cfg.model.boost)).to(self.device)
         self.disc = (MaskAwareDiscriminator(width=cfg.model.disc_width, max_width=cfg.model.disc_max_width)
                      .to(self.device) if cfg.loss.gan else None)
         self.perceptual = VGGPerceptual(cfg.loss.vgg).to(self.device)
@@ -313,6 +321,8 @@ class Trainer:
         if before.model.preset != cfg.model.preset:
             raise ValueError(f"{self.run_dir}: the checkpoint is of preset {before.model.preset!r}, not "
                              f"{cfg.model.preset!r}")
+        if before.model.boost != cfg.model.boost:
+            raise ValueError(f"{self.run_dir}: the checkpoint's boost is {before.model.boost!r}, not {cfg.model.boost!r}")
         if before.model.fusion != cfg.model.fusion:
             raise ValueError(f"{self.run_dir}: the checkpoint's fusion is {before.model.fusion!r}, not "
                              f"{cfg.model.fusion!r}")

@@ -67,6 +67,11 @@ class Preset:
     """How the post kernel makes HDR of the three images: ``"paper"`` (Eq. 7 masks, then the cubic of Eq. 8 on
     the fused sRGB values) or ``"residual"`` (the images merged in linear light with per-image exposure gains;
     an untrained network returns the linearized input; docs/model.md, "The residual fusion")."""
+    boost: str = "down"
+    """Residual fusion only: what the per-pixel gain ``2^(BOOST_EV b)`` multiplies: ``"down"`` the exposure-down
+    term (``M_down``; the weights trained until 2026-12-06) or ``"all"`` the whole blend (all three masks), so that
+    the gain can brighten a clipped pixel before the exposure-down gate opens (docs/model.md, "The boost").
+    Written into a preset's JSON only when not ``"down"``, so files without the key keep their meaning."""
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -93,6 +98,8 @@ class Preset:
             ),
             (self.mefm_width >= 1 and self.mefm_local >= 1 and self.mefm_dilated >= 1, "MEFM sizes must be >= 1"),
             (self.fusion in ("paper", "residual"), f"fusion must be 'paper' or 'residual', got {self.fusion!r}"),
+            (self.boost in ("down", "all"), f"boost must be 'down' or 'all', got {self.boost!r}"),
+            (self.boost == "down" or self.fusion == "residual", "boost='all' needs the residual fusion"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -146,7 +153,10 @@ class Preset:
         return 2 ** (self.levels - 1)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        if d["boost"] == "down":  # the meaning of every file written before the field existed
+            del d["boost"]
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preset:

@@ -19,8 +19,9 @@ With ``Preset.fusion == "residual"`` (docs/model.md, "The residual fusion") the 
 
 * masks: three gates ``m_up, m_down, b = clamp(conv3x3(...), 0, 1)``; ``m_up, m_down`` are scaled down where
   their sum exceeds 1, ``M_mid = 1 - m_up - m_down``, ``M_up = m_up`` and ``M_down = m_down 2^(BOOST_EV b)`` (a
-  per-pixel gain on the exposure-down term, so masks need not sum to 1); the gate convolution starts at zero,
-  so an untrained network has masks ``(0, 1, 0)`` exactly;
+  per-pixel gain on the exposure-down term, so masks need not sum to 1); with ``Preset.boost == "all"`` the gain
+  multiplies all three masks instead (``M_k 2^(BOOST_EV b)``); the gate convolution starts at zero, so an
+  untrained network has masks ``(0, 1, 0)`` exactly;
 * ``g`` gains two analytic entries, the log2 exposure gains of I_up and I_down against I measured on the
   thumbnails (:func:`exposure_gains`), and ``coef = (gain_up + d0, gain_down + d1, d2, 0)`` with ``d`` a
   zero-initialised linear head of ``g``: the post kernel then computes
@@ -101,6 +102,7 @@ class MEFM(nn.Module):
         self.fuse_global = nn.Linear(w, w, bias=False)
         self.act = nn.LeakyReLU(s)
         self.residual = p.fusion == "residual"
+        self.boost_all = p.boost == "all"
         self.width = w
         self.slope = s
         if self.residual:
@@ -185,4 +187,6 @@ class MEFM(nn.Module):
         # M_down carries a per-pixel gain of up to BOOST_EV: the exposure-down labels are only 1-2 EV below the
         # input, so the brightest highlights stay clipped in I_down too and need more than 2^k1 to come back
         gain = torch.exp((BOOST_EV * math.log(2.0)) * boost)  # 2^(BOOST_EV b); ONNX opset 17 has no Exp2
+        if self.boost_all:  # the gain brightens the whole blend (docs/model.md, "The boost")
+            return cast(torch.cat([up * gain, mid * gain, down * gain], dim=1), image.dtype)
         return cast(torch.cat([up, mid, down * gain], dim=1), image.dtype)
