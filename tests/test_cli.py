@@ -3,7 +3,11 @@ info, and -h of every command."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
+import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,6 +104,57 @@ def test_infer_exr_with_16bit_gray_alpha_preview_and_batches(tmp_path, fast):
         assert preview.dtype == np.uint8 and preview.shape == (24, 32, 3)
 
 
+def test_infer_previews_sdr_hdr_and_side_by_side(tmp_path, fast, capsys, monkeypatch):
+    import sys
+
+    from test_preview import cicp_and_clli, decode_png16
+
+    from sitm_trt.media import preview
+
+    src = images(tmp_path / "in")
+    out = tmp_path / "out"
+    assert cli.main(["infer", str(tmp_path / "in" / "a.png"), str(tmp_path / "in" / "b.tif"), "-o", str(out),
+                     "--preview", "both", "--side-by-side", "-q"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{n}{ext}" for n in ("a", "b") for ext in (".exr", ".preview.png", ".preview-hdr.png", ".side-by-side.png",
+                                                    ".side-by-side-hdr.png"))
+    for name in ("a", "b"):
+        hdr = fast(np.ascontiguousarray(src[name]), layout="hwc")
+        sdr = io.read_ldr(out / f"{name}.preview.png")
+        assert sdr.dtype == np.uint8 and np.abs(sdr.astype(int) - preview.tonemap(hdr)).max() <= 1
+        data = (out / f"{name}.preview-hdr.png").read_bytes()
+        assert cicp_and_clli(data)[0] == bytes((9, 16, 0, 1))
+        assert np.abs(decode_png16(data).astype(int) - preview.pq_codes(hdr)).max() <= 2
+        sheet = io.read_ldr(out / f"{name}.side-by-side.png")
+        assert sheet.shape == (24, 32 + 8 + 32, 3) and sheet.dtype == np.uint8
+        want_left = src[name] if name == "a" else np.rint(src[name] / 257.0).astype(np.uint8)
+        assert (sheet[:, :32] == want_left).all() and (sheet[:, 40:] == sdr).all()
+        hdr_sheet = cv2.imread(str(out / f"{name}.side-by-side-hdr.png"), cv2.IMREAD_UNCHANGED)
+        assert hdr_sheet.dtype == np.uint16 and hdr_sheet.shape == (24, 72, 3)
+    # --preview hdr: only the 16-bit PQ preview; --preview alone: only the SDR one
+    assert cli.main(["infer", str(tmp_path / "in" / "a.png"), "-o", str(tmp_path / "h"), "--preview", "hdr",
+                     "-q"]) == 0
+    assert sorted(p.name for p in (tmp_path / "h").iterdir()) == ["a.exr", "a.preview-hdr.png"]
+    png = cv2.imread(str(tmp_path / "h" / "a.preview-hdr.png"), cv2.IMREAD_UNCHANGED)
+    assert png.dtype == np.uint16 and png.shape == (24, 32, 3)
+    assert cli.main(["infer", str(tmp_path / "in" / "a.png"), "-o", str(tmp_path / "s"), "--preview", "-q"]) == 0
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["a.exr", "a.preview.png"]
+    # every preview is an output: an existing one is refused without --overwrite
+    (tmp_path / "h" / "a.exr").unlink()
+    assert cli.main(["infer", str(tmp_path / "in" / "a.png"), "-o", str(tmp_path / "h"), "--preview", "hdr",
+                     "-q"]) == 2
+    assert "a.preview-hdr.png: exists" in capsys.readouterr().err
+    # AVIF / Ultra HDR: only for an HDR preview, and only with imagecodecs
+    assert cli.main(["infer", str(tmp_path / "in" / "a.png"), "-o", str(tmp_path / "x"),
+                     "--hdr-preview-format", "avif", "-q"]) == 2
+    assert "give --preview hdr" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "imagecodecs", None)  # as if not installed
+    assert cli.main(["infer", str(tmp_path / "in" / "a.png"), "-o", str(tmp_path / "x"), "--preview", "hdr",
+                     "--hdr-preview-format", "ultrahdr", "-q"]) == 2
+    assert "pip install imagecodecs" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # refused before anything is written
+
+
 def test_batching_does_not_change_results(tmp_path, fast):
     rng = np.random.default_rng(1)
     (tmp_path / "in").mkdir()
@@ -138,8 +193,8 @@ def test_infer_errors(tmp_path, fast, capsys):
     assert cli.main(["infer", str(tmp_path / "*.jpg")]) == 2
     assert "no file matches" in capsys.readouterr().err
     io.write_hdr(tmp_path / "in" / "h.hdr", np.ones((2, 2, 3), np.float32))
-    assert cli.main(["infer", str(tmp_path / "in" / "h.hdr")]) == 2
-    assert "already an HDR image" in capsys.readouterr().err
+    assert cli.main(["infer", str(tmp_path / "in" / "h.hdr")]) == 1  # a file that cannot be an input: listed
+    assert "h.hdr: is already an HDR image" in capsys.readouterr().err
     assert cli.main(["infer", str(tmp_path / "in" / "a.png"), str(tmp_path / "in" / "gray.png"), "-o",
                      str(tmp_path / "one.exr")]) == 2
     assert "give a folder" in capsys.readouterr().err
@@ -197,6 +252,8 @@ def test_video_command(tmp_path, weights, capsys):
     assert res.returncode == 0, res.stderr
     err = res.stderr
     assert "2 frames 64x48 hdr10" in err and "MaxCLL" in err
+    fps = re.search(r"\(([\d.]+) fps\)", err).group(1)
+    assert len(fps.replace(".", "").lstrip("0")) >= 3, fps  # 3 significant digits, not rounded to 0.1 fps
     import av
 
     with av.open(str(out)) as c:
@@ -231,3 +288,219 @@ def test_video_cuda_graphs_flag_reaches_the_pipeline(tmp_path, weights, monkeypa
         outs.append([io.read_hdr(f) for f in sorted(out.parent.glob("*.exr"))])
     assert made == [True, False]
     assert len(outs[0]) == 2 and all(np.array_equal(a, b) for a, b in zip(*outs))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Inputs (folders, formats, orientation), messages and summary, the memory budget, the Quickstart, --version
+# ---------------------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def exif_orientation(orientation: int) -> np.ndarray:
+    """An EXIF block (a TIFF structure) holding only the Orientation tag, as OpenCV's encoders take it."""
+    block = b"II*\x00" + struct.pack("<IH", 8, 1) + struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0) + b"\0" * 4
+    return np.frombuffer(block, np.uint8)
+
+
+def test_infer_a_folder_walks_its_images_but_not_sub_folders_or_previews(tmp_path, fast, capsys):
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    bgr = np.random.default_rng(5).integers(0, 256, (16, 24, 3), dtype=np.uint8)
+    cv2.imwrite(str(folder / "a.png"), bgr)
+    cv2.imwrite(str(folder / "b.webp"), bgr, [cv2.IMWRITE_WEBP_QUALITY, 101])
+    cv2.imwrite(str(folder / "c.bmp"), bgr)
+    ok, buf = cv2.imencodeWithMetadata(".jpg", bgr, [cv2.IMAGE_METADATA_EXIF], [exif_orientation(6)])
+    (folder / "d.jpg").write_bytes(buf.tobytes())  # a phone photo stored sideways
+    (folder / "notes.txt").write_text("not an image")
+    cv2.imwrite(str(folder / ".hidden.png"), bgr)
+    cv2.imwrite(str(folder / "sub" / "e.png"), bgr)
+    images_ = {"a.png": "a", "b.webp": "b", "c.bmp": "c", "d.jpg": "d"}
+    assert cli.main(["infer", str(folder), "--preview"]) == 0
+    out = capsys.readouterr()
+    assert sorted(out.out.splitlines()) == [f"{folder / n} -> {folder / (s + '.exr')}, {folder / (s + '.preview.png')}"
+                                            for n, s in images_.items()]  # one line per converted image
+    assert "sitm-trt: 4 inputs: 4 written, 0 skipped, 0 failed" in out.err
+    assert sorted(p.name for p in (folder / "sub").iterdir()) == ["e.png"]  # not recursive
+    assert not (folder / ".hidden.exr").exists() and not (folder / "notes.exr").exists()
+    assert io.read_hdr(folder / "d.exr").shape == (24, 16, 3)  # upright: EXIF orientation 6
+    # again: the previews written beside the images are not inputs, and --skip-existing lists what it skips
+    assert cli.main(["infer", str(folder), "--preview", "--skip-existing"]) == 0
+    out = capsys.readouterr()
+    assert sorted(out.out.splitlines()) == [f"skipped {folder / n}: {folder / (s + '.exr')} exists"
+                                            for n, s in images_.items()]
+    assert "sitm-trt: 4 inputs: 0 written, 4 skipped, 0 failed" in out.err
+    assert cli.main(["infer", str(folder)]) == 2  # neither --skip-existing nor --overwrite: refused, before any work
+    assert "a.exr: exists" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["infer", str(tmp_path / "empty")]) == 2
+    assert "empty: no image files in this folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("how", ["glob", "list"])
+def test_a_corrupt_file_in_the_middle_costs_that_file_only(tmp_path, fast, capsys, how):
+    """The files after a corrupt one are converted; the failures are listed once, at the end; exit status 1."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("1", "3"):
+        cv2.imwrite(str(folder / f"{name}.png"), np.full((16, 16, 3), 90, np.uint8))
+    good = cv2.imencode(".png", np.full((16, 16, 3), 90, np.uint8))[1].tobytes()
+    (folder / "2.png").write_bytes(good[: len(good) // 2])  # truncated
+    args = [str(folder / "*.png")] if how == "glob" else [str(folder / f"{n}.png") for n in "123"]
+    out = tmp_path / "out"
+    assert cli.main(["infer", *args, "-o", str(out)]) == 1
+    cap = capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == ["1.exr", "3.exr"]
+    assert cap.out.splitlines() == [f"{folder / n}.png -> {out / n}.exr" for n in "13"]
+    assert cap.err.count("2.png") == 1, cap.err  # named once: in the list at the end
+    lines = cap.err.splitlines()
+    assert "sitm-trt: 3 inputs: 2 written, 0 skipped, 1 failed" in lines
+    at = lines.index("sitm-trt: 1 of 3 inputs failed:")
+    assert lines[at + 1].startswith(f"sitm-trt:   {folder / '2.png'}: cannot decode image")
+    # types that cannot be inputs are failures of their own too, listed in the order given
+    (folder / "phone.heic").write_bytes(b"\0\0\0\x18ftypheic")
+    assert cli.main(["infer", str(folder / "phone.heic"), str(folder / "1.png"), "-o", str(tmp_path / "o2"), "-q"]) == 1
+    cap = capsys.readouterr()
+    assert "phone.heic: HEIC/HEIF is not read" in cap.err and (tmp_path / "o2" / "1.exr").exists()
+    assert cap.out == ""  # -q: the failures only
+
+
+def test_max_memory_tiles_automatically_and_gives_the_whole_frame_pixels(tmp_path, weights, capsys):
+    """A 400x300 image under --max-memory 60M (79 MiB estimated in one piece) runs in 128-pixel tiles: the pixels
+    of whole-frame inference within float rounding (docs/tiling.md: 2.4e-7 with these random-init weights, 7.2e-7
+    with the shipped ones); --tile 128 forces the same tiles."""
+    y, x = np.mgrid[0:300, 0:400]
+    img = np.stack([(x * 0.6) % 256, (y * 0.8) % 256, (x + y) % 256], -1).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "s.png"), img[:, :, ::-1])
+    common = ["--weights", str(weights), "--backend", "torch", "--float"]
+    assert cli.main(["infer", str(tmp_path / "s.png"), "-o", str(tmp_path / "auto"), "--max-memory", "60M", *common]) == 0
+    assert "s.png: 400x300 needs about 79 MiB in one piece, 60 MiB available (--max-memory): converting in " \
+           "128-pixel tiles" in capsys.readouterr().err
+    tiled = io.read_hdr(tmp_path / "auto" / "s.exr")
+    whole = Pipeline(weights, backend="torch")(img, layout="hwc")
+    assert np.abs(tiled - whole).max() <= 2e-6
+    assert cli.main(["infer", str(tmp_path / "s.png"), "-o", str(tmp_path / "forced"), "--tile", "128", *common]) == 0
+    np.testing.assert_array_equal(io.read_hdr(tmp_path / "forced" / "s.exr"), tiled)
+
+
+def test_without_torch_tiles_are_refused_with_the_reason(tmp_path):
+    """No PyTorch (import blocked): an image over the budget fails with the reason and the fix, the image that
+    fits is converted (ONNX Runtime, the shipped weights), and --tile is refused before any work."""
+    import subprocess
+    import sys
+
+    cv2.imwrite(str(tmp_path / "big.png"), np.full((300, 400, 3), 120, np.uint8))
+    cv2.imwrite(str(tmp_path / "small.png"), np.full((32, 32, 3), 120, np.uint8))
+    code = ("import sys; sys.modules['torch'] = None\nfrom sitm_trt.tools import cli\n"
+            "sys.exit(cli.main(sys.argv[1:]))")
+    run = lambda *a: subprocess.run([sys.executable, "-c", code, "infer", *a], cwd=tmp_path,  # noqa: E731
+                                    capture_output=True, text=True, timeout=300)
+    proc = run("big.png", "small.png", "-o", "out", "--max-memory", "60M", "-q")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "big.png: 400x300 needs about 79 MiB in one piece, 60 MiB available (--max-memory), and tiles run the " \
+           "PyTorch model: pip install 'sitm-trt[torch]'" in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["small.exr"]
+    proc = run("small.png", "-o", "out2", "--tile", "64")
+    assert proc.returncode == 2 and "--tile: tiled inference runs the PyTorch model" in proc.stderr, proc.stderr
+
+
+def test_quickstart_first_command_runs_twice_and_leaves_nothing_untracked(tmp_path, monkeypatch, capsys):
+    """The README Quickstart's first command (after the install), twice in a row in a fresh folder: both runs
+    succeed (the sample replaces its own outputs), and everything they write lies in a folder .gitignore names."""
+    text = (ROOT / "README.md").read_text().split("## Quickstart", 1)[1]
+    first = text.split("```bash\n", 1)[1].splitlines()[0]
+    argv = first.split("&&", 1)[1].split()
+    assert argv[:3] == ["sitm-trt", "infer", "--sample"], first
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        assert cli.main(argv[1:]) == 0, capsys.readouterr().err
+    written = [p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()]
+    assert {p.name for p in written} >= {"coffee.exr", "coffee.preview.png"}
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert all(len(p.parts) > 1 and f"/{p.parts[0]}/" in ignored for p in written), (written, ignored)
+    # only the sample's own outputs are replaced: another input's existing output is still refused
+    cv2.imwrite(str(tmp_path / "mine.png"), np.zeros((8, 8, 3), np.uint8))
+    folder = argv[argv.index("-o") + 1]
+    (tmp_path / folder / "mine.exr").write_bytes(b"keep")
+    assert cli.main(["infer", "mine.png", *argv[2:]]) == 2
+    assert (tmp_path / folder / "mine.exr").read_bytes() == b"keep"
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"sitm-trt {version('sitm-trt')}"
+
+
+def test_info_without_an_nvidia_driver_says_so(tmp_path):
+    """A CUDA build on a machine without the driver library: the CUDA runtime's own words ("driver version is
+    insufficient") would send the user after a driver update; `sitm-trt info` says no driver was found."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from sitm_trt import kernels
+from sitm_trt.runtime import device
+from sitm_trt.tools import cli
+
+class NoDriver:  # the extension as a CUDA build sees a machine without libcuda
+    def __getattr__(self, name):
+        return getattr(real, name)
+
+    def cuda_devices(self):
+        return 0, "CUDA driver version is insufficient for CUDA runtime version"
+
+real = kernels.extension()
+kernels.extension = lambda: NoDriver()
+kernels.build_info = lambda: {"cuda": True, "cuda_runtime": "13.0"}
+device.driver_version = lambda: None
+sys.exit(cli.main(["info"]))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    reason = json.loads(proc.stdout)["cuda_devices_reason"]
+    assert reason.startswith("no NVIDIA driver found") and "insufficient" not in reason, reason
+
+
+def test_help_texts_render_and_every_option_has_one(capsys):
+    for cmd, want in ((["video", "-h"], "frames/%06d.exr"), (["infer", "-h"], "Radiance RGBE")):
+        with pytest.raises(SystemExit):
+            cli.main(cmd)
+        text = capsys.readouterr().out
+        assert want in text and "%%" not in text and "``" not in text, cmd
+    parser = cli.build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name in ("infer", "video", "batch"):
+        missing = [a.option_strings for a in subs[name]._actions if a.option_strings and not a.help]
+        assert not missing, (name, missing)
+
+
+def test_three_significant_digits():
+    assert [cli.significant(v) for v in (0.05234, 0.5, 2.1, 24.0, 123.4, 1234.4)] == \
+        ["0.0523", "0.500", "2.10", "24.0", "123", "1234"]
+
+
+def test_video_threads_and_max_memory(tmp_path, weights, capsys, monkeypatch):
+    """--threads reaches the video's Pipeline; a frame over --max-memory is refused before any work (video
+    does not tile), and nothing is left behind."""
+    from sitm_trt.runtime import pipeline as P
+
+    made = []
+
+    class Recording(P.Pipeline):
+        def __init__(self, *a, **kw):
+            made.append(kw.get("threads"))
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(P, "Pipeline", Recording)
+    make_clip(tmp_path / "in.mp4", test_frames(2), audio=False)
+    args = ["video", str(tmp_path / "in.mp4"), "--weights", str(weights), "--device", "cpu", "-q"]
+    assert cli.main([*args[:2], str(tmp_path / "f" / "f_%04d.exr"), *args[2:], "--threads", "1"]) == 0
+    assert made == [1] and len(list((tmp_path / "f").glob("*.exr"))) == 2
+    assert cli.main([*args[:2], str(tmp_path / "out.mkv"), *args[2:], "--max-memory", "1M"]) == 2
+    err = capsys.readouterr().err
+    assert "64x48 needs about" in err and "--max-memory" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "in.mp4"]

@@ -364,15 +364,15 @@ def test_infer_full_disk_fails_one_file_and_continues(tmp_path):
     proc = run_py("""
         import errno, sys, tempfile, os
         from sitm_trt.tools import cli
-        from sitm_trt.media import io
-        real = io._atomic_write
-        def full(path, data, exclusive=False):
+        from sitm_trt import files
+        real = files.atomic_write
+        def full(path, data, *, exclusive=False):
             if str(path).endswith("a.exr"):  # a real temporary, then the disk is full
                 fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".")
                 os.close(fd); os.unlink(tmp)
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-            real(path, data, exclusive)
-        io._atomic_write = full
+            real(path, data, exclusive=exclusive)
+        files.atomic_write = full
         sys.exit(cli.main(["infer", "a.png", "b.png", "-o", "out", "--backend", "torch", "-q"]))
         """, cwd=tmp_path)
     clean_error(proc, 1, r"a.png: cannot write .*a.exr: No space left on device")
@@ -389,14 +389,14 @@ def test_two_infer_runs_cannot_both_write_one_output(tmp_path):
     race = """
         import os, sys
         from sitm_trt.tools import cli
-        from sitm_trt.media import io
-        real = io._atomic_write
-        def racing(path, data, exclusive=False):
+        from sitm_trt import files
+        real = files.atomic_write
+        def racing(path, data, *, exclusive=False):
             if str(path).endswith("a.exr") and not os.path.exists(path):
                 with open(path, "wb") as f:
                     f.write(b"the other run")
-            real(path, data, exclusive)
-        io._atomic_write = racing
+            real(path, data, exclusive=exclusive)
+        files.atomic_write = racing
         sys.exit(cli.main(["infer", "a.png", "b.png", "-o", "out", "--backend", "torch", "-q"] + sys.argv[1:]))
         """
     (tmp_path / "out").mkdir()
@@ -547,12 +547,12 @@ def test_video_full_disk_during_the_remux_leaves_nothing(tmp_path):
     proc = run_py("""
         import errno, os, sys
         from sitm_trt.tools import cli
-        from sitm_trt.media import video
+        from sitm_trt.media.video import conversion, temporaries
         def full(partial, target, sei):
-            fh, tmp = video._claim_temp(target, "remux")  # the real temporary, then the disk is full
+            fh, tmp = temporaries._claim_temp(target, "remux")  # the real temporary, then the disk is full
             fh.close(); tmp.unlink()
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        video._finalize_hdr10 = full
+        conversion._finalize_hdr10 = full
         sys.exit(cli.main(["video", "in.mp4", "out.mp4", "--device", "cpu", "--backend", "torch",
                            "--preset", "ultrafast", "-q"]))
         """, cwd=tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -324,10 +325,225 @@ def test_exclusive_write_without_hard_links(tmp_path: Path, monkeypatch: pytest.
     def no_links(src, dst):
         raise OSError(errno.EPERM, "Operation not permitted")
 
-    monkeypatch.setattr(io.os, "link", no_links)
+    monkeypatch.setattr(os, "link", no_links)
     img = np.full((4, 5, 3), 0.25, np.float32)
     io.write_exr(tmp_path / "a.exr", img, exclusive=True)
     np.testing.assert_allclose(io.read_hdr(tmp_path / "a.exr"), img, rtol=1e-3)
     with pytest.raises(FileExistsError, match="written by another run"):
         io.write_exr(tmp_path / "a.exr", img * 2, exclusive=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.exr"]
+
+
+# ------------------------------------------------------------------- every LDR format, orientation, colour tags
+
+
+def exif_block(orientation: int, byte_order: str = "<") -> bytes:
+    """An EXIF block (a TIFF structure, EXIF 2.3) whose IFD0 holds only the Orientation tag (0x0112, SHORT)."""
+    head = b"II*\x00" if byte_order == "<" else b"MM\x00*"
+    entry = struct.pack(byte_order + "HHIHH", 0x0112, 3, 1, orientation, 0)
+    return head + struct.pack(byte_order + "IH", 8, 1) + entry + struct.pack(byte_order + "I", 0)
+
+
+def icc_profile(name: str, colorants: list | None, *, v4: bool = False) -> bytes:
+    """A display RGB matrix/TRC ICC profile (ICC.1:2001-04 for v2, ICC.1:2010 for v4): header, tag table,
+    ``desc`` (textDescriptionType, or mluc in v4), ``wtpt``, the colorants ``rXYZ gXYZ bXYZ`` (D50) and gamma 2.2
+    curves; ``colorants=None``: no colorant tags (as a LUT-based profile)."""
+    def s15(v: float) -> bytes:
+        return struct.pack(">i", round(v * 65536))
+
+    def xyz(c) -> bytes:
+        return b"XYZ \0\0\0\0" + b"".join(s15(v) for v in c)
+
+    if v4:
+        text = name.encode("utf-16-be")
+        desc = b"mluc\0\0\0\0" + struct.pack(">II", 1, 12) + b"enUS" + struct.pack(">II", len(text), 28) + text
+    else:
+        ascii_ = name.encode("ascii") + b"\0"
+        desc = b"desc\0\0\0\0" + struct.pack(">I", len(ascii_)) + ascii_ + b"\0" * 12 + b"\0" * 67
+    curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, 0x0233) + b"\0\0"  # gamma 563/256 = 2.2
+    tags = [(b"desc", desc), (b"wtpt", xyz((0.9642, 1.0, 0.8249))), (b"cprt", b"text\0\0\0\0CC0\0")]
+    if colorants is not None:
+        tags += [(b"rXYZ", xyz(colorants[0])), (b"gXYZ", xyz(colorants[1])), (b"bXYZ", xyz(colorants[2])),
+                 (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)]
+    table, body, start = b"", b"", 128 + 4 + 12 * len(tags)
+    for sig, data in tags:
+        data += b"\0" * (-len(data) % 4)
+        table += struct.pack(">4sII", sig, start + len(body), len(data))
+        body += data
+    header = (struct.pack(">I", start + len(body)) + b"\0" * 4 + struct.pack(">I", 0x04300000 if v4 else 0x02100000)
+              + b"mntrRGB XYZ " + b"\0" * 12 + b"acsp" + b"\0" * 28 + s15(0.9642) + s15(1.0) + s15(0.8249)
+              + b"\0" * 48)
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+# D50 colorants of each colour space's profile (the published sRGB, Display P3 and Adobe RGB (1998) ICC profiles)
+SRGB = [(0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141)]
+DISPLAY_P3 = [(0.5151, 0.2412, -0.0011), (0.2920, 0.6922, 0.0419), (0.1571, 0.0666, 0.7841)]
+ADOBE_RGB = [(0.6097, 0.3111, 0.0195), (0.2053, 0.6257, 0.0609), (0.1492, 0.0632, 0.7446)]
+
+
+def smooth(h: int, w: int, channels: int, dtype: type = np.uint8, seed: int = 0) -> np.ndarray:
+    """A smooth image (lossy codecs keep it within a few codes) with a distinct value at every pixel."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    top = np.iinfo(dtype).max
+    planes = [(x / w), (y / h), ((x + y) / (w + h)), 1 - x / (2 * w)][:channels]
+    return np.rint(np.stack(planes, -1) * top).astype(dtype)
+
+
+def encode(ext: str, img: np.ndarray, params: tuple = ()) -> bytes:
+    """``img`` (RGB or RGBA) encoded by OpenCV; skips the test when this OpenCV has no encoder for ``ext``."""
+    bgr = img[:, :, [2, 1, 0, 3][: img.shape[2]]] if img.ndim == 3 else img
+    try:
+        ok, buf = cv2.imencode(ext, np.ascontiguousarray(bgr), list(params))
+    except cv2.error as err:
+        pytest.skip(f"this OpenCV cannot write {ext}: {err}")
+    assert ok
+    return buf.tobytes()
+
+
+JPEG_BEST = (cv2.IMWRITE_JPEG_QUALITY, 100, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444)
+# (extension, dtype, encoder parameters, largest error of the round trip in codes: 0 = lossless)
+FORMATS = [
+    (".png", np.uint8, (), 0),
+    (".png", np.uint16, (), 0),
+    (".tif", np.uint8, (), 0),
+    (".tiff", np.uint16, (), 0),
+    (".jpg", np.uint8, JPEG_BEST, 4),
+    (".jpeg", np.uint8, JPEG_BEST, 4),
+    (".webp", np.uint8, (cv2.IMWRITE_WEBP_QUALITY, 101), 0),  # quality > 100: lossless WebP
+    (".bmp", np.uint8, (), 0),
+    (".avif", np.uint8, (cv2.IMWRITE_AVIF_QUALITY, 100), 4),
+]
+
+
+@pytest.mark.parametrize(("ext", "dtype", "params", "tol"), FORMATS, ids=[f"{f[0]}-{f[1].__name__}" for f in FORMATS])
+def test_every_format_round_trips(tmp_path: Path, ext: str, dtype: type, params: tuple, tol: int) -> None:
+    """Written by OpenCV's encoder, read back as RGB of the file's depth: every LDR_EXTENSIONS format, 8 and 16 bits
+    where the format has them, gray replicated, alpha returned by read_ldr_image (where the format keeps it)."""
+    assert ext in io.LDR_EXTENSIONS
+    rgb = smooth(24, 40, 3, dtype)
+    path = tmp_path / f"a{ext}"
+    path.write_bytes(encode(ext, rgb, params))
+    out = io.read_ldr(path)
+    assert out.dtype == dtype and out.shape == rgb.shape
+    assert np.abs(out.astype(np.int64) - rgb).max() <= tol * (257 if dtype == np.uint16 else 1)
+    gray = smooth(24, 40, 1, dtype)[:, :, 0]
+    path.write_bytes(encode(ext, gray, params))
+    img = io.read_ldr_image(path)
+    if ext not in (".webp",):  # WebP has no gray mode: it stores RGB
+        assert img.gray
+    assert np.abs(img.rgb.astype(np.int64) - gray[:, :, None]).max() <= tol * (257 if dtype == np.uint16 else 1)
+    if ext in (".png", ".tif", ".tiff", ".webp", ".bmp", ".avif"):
+        rgba = smooth(24, 40, 4, dtype)
+        path.write_bytes(encode(ext, rgba, params))
+        img = io.read_ldr_image(path)
+        assert img.alpha is not None and img.alpha.dtype == np.float32
+        top = np.iinfo(dtype).max
+        assert np.abs(img.alpha - rgba[:, :, 3] / top).max() <= (tol + 0.5) / 255
+        assert np.abs(img.rgb.astype(np.int64) - rgba[:, :, :3]).max() <= tol * (257 if dtype == np.uint16 else 1)
+
+
+def test_avif_above_8_bits_is_refused(tmp_path: Path) -> None:
+    """OpenCV hands over a 10-bit AVIF as uint16 codes 0-1023 (not scaled to 16 bits): refused, not misread."""
+    codes = (smooth(16, 16, 3, np.uint16) >> 6).astype(np.uint16)  # 10-bit codes
+    (tmp_path / "a.avif").write_bytes(encode(".avif", codes, (cv2.IMWRITE_AVIF_DEPTH, 10)))
+    with pytest.raises(io.ImageReadError, match="AVIF with more than 8 bits"):
+        io.read_ldr(tmp_path / "a.avif")
+
+
+def test_jpeg_exif_orientation_6_comes_out_rotated(tmp_path: Path) -> None:
+    """Orientation 6: the stored image is displayed rotated 90 degrees clockwise (EXIF 2.3, TIFF 6.0); the
+    stored top-left corner (red) ends up top-right."""
+    stored = np.zeros((32, 48, 3), np.uint8)
+    stored[:8, :8] = (255, 0, 0)
+    ok, buf = cv2.imencodeWithMetadata(".jpg", stored[:, :, ::-1].copy(), [cv2.IMAGE_METADATA_EXIF],
+                                       [np.frombuffer(exif_block(6), np.uint8)])
+    (tmp_path / "phone.jpg").write_bytes(buf.tobytes())
+    out = io.read_ldr(tmp_path / "phone.jpg")
+    assert out.shape == (48, 32, 3)
+    assert np.abs(out.astype(int) - np.rot90(stored, -1)).mean() < 2  # rot90 k=-1: clockwise
+    assert out[2, -3, 0] > 200 and out[2, 2, 0] < 50
+
+
+@pytest.mark.parametrize("byte_order", ["<", ">"])
+def test_every_exif_orientation_turns_colour_and_alpha_alike(tmp_path: Path, byte_order: str) -> None:
+    """PNG with an eXIf chunk and alpha, orientations 1-8: the colour is OpenCV's upright decode, and the alpha
+    is turned the same way (EXIF 2.3: 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise,
+    7 transverse, 8 rotate 90 counter-clockwise)."""
+    display = {1: lambda x: x, 2: np.fliplr, 3: lambda x: np.rot90(x, 2), 4: np.flipud,
+               5: lambda x: np.rot90(np.fliplr(x), 1), 6: lambda x: np.rot90(x, -1),
+               7: lambda x: np.rot90(np.fliplr(x), -1), 8: lambda x: np.rot90(x, 1)}
+    rgba = _rng(9).integers(0, 256, size=(5, 7, 4), dtype=np.uint8)
+    for orientation, turn in display.items():
+        ok, buf = cv2.imencodeWithMetadata(".png", rgba[:, :, [2, 1, 0, 3]].copy(), [cv2.IMAGE_METADATA_EXIF],
+                                           [np.frombuffer(exif_block(orientation, byte_order), np.uint8)])
+        path = tmp_path / f"o{orientation}.png"
+        path.write_bytes(buf.tobytes())
+        img = io.read_ldr_image(path)
+        np.testing.assert_array_equal(img.rgb, cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1])  # OpenCV's turn
+        np.testing.assert_array_equal(img.rgb, turn(rgba[:, :, :3]))
+        np.testing.assert_array_equal(img.alpha * 255, turn(rgba[:, :, 3]).astype(np.float32))
+        assert img.notes == ()
+
+
+def test_tiff_orientation_tag_is_applied(tmp_path: Path) -> None:
+    """A TIFF's own Orientation tag (274), here 6: OpenCV's TIFF decoder applies it."""
+    stored = _rng(10).integers(0, 256, size=(6, 9, 3), dtype=np.uint8)
+    data = bytearray(cv2.imencode(".tif", stored[:, :, ::-1].copy())[1].tobytes())
+    (ifd,) = struct.unpack("<I", data[4:8])
+    (count,) = struct.unpack("<H", data[ifd : ifd + 2])
+    for i in range(count):  # PlanarConfiguration (284, = 1, the default) becomes Orientation = 6
+        at = ifd + 2 + 12 * i
+        if struct.unpack("<H", data[at : at + 2])[0] == 284:
+            data[at : at + 12] = struct.pack("<HHIHH", 274, 3, 1, 6, 0)
+    (tmp_path / "o.tif").write_bytes(bytes(data))
+    np.testing.assert_array_equal(io.read_ldr(tmp_path / "o.tif"), np.rot90(stored, -1))
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".webp"])
+def test_colour_profiles_other_than_srgb_are_reported_not_converted(tmp_path: Path, ext: str) -> None:
+    """ICC profiles (built here from the ICC spec): Display P3 and Adobe RGB get a note naming the profile, the
+    sRGB profile (v2, or v4 without colorants but named sRGB) none; the pixels are those of the untagged file."""
+    rgb = smooth(16, 24, 3)
+    untagged = tmp_path / f"plain{ext}"
+    untagged.write_bytes(encode(ext, rgb, (cv2.IMWRITE_JPEG_QUALITY, 100) if ext == ".jpg" else ()))
+    cases = [("Display P3", DISPLAY_P3, False, True), ("Adobe RGB (1998)", ADOBE_RGB, True, True),
+             ("sRGB IEC61966-2.1", SRGB, False, False), ("sRGB v4 ICC preference", None, True, False)]
+    for name, colorants, v4, reported in cases:
+        profile = np.frombuffer(icc_profile(name, colorants, v4=v4), np.uint8)
+        params = [cv2.IMWRITE_JPEG_QUALITY, 100] if ext == ".jpg" else []
+        ok, buf = cv2.imencodeWithMetadata(ext, rgb[:, :, ::-1].copy(), [cv2.IMAGE_METADATA_ICCP], [profile], params)
+        path = tmp_path / f"tagged{ext}"
+        path.write_bytes(buf.tobytes())
+        img = io.read_ldr_image(path)
+        np.testing.assert_array_equal(img.rgb, io.read_ldr(untagged))
+        if reported:
+            assert len(img.notes) == 1 and f"colour profile {name!r} is not sRGB" in img.notes[0], img.notes
+            assert img.notes[0].startswith(str(path))
+        else:
+            assert img.notes == (), img.notes
+
+
+def test_png_cicp_other_than_srgb_is_reported(tmp_path: Path) -> None:
+    """A PNG cICP chunk (H.273 code points): BT.709/sRGB says nothing; P3 primaries or a PQ transfer get a note."""
+    rgb = smooth(8, 8, 3)
+    for cicp, note in (((1, 13, 0, 1), None), ((12, 13, 0, 1), "colour primaries 12, transfer 13"),
+                       ((9, 16, 0, 1), "an HDR image")):
+        ok, buf = cv2.imencodeWithMetadata(".png", rgb[:, :, ::-1].copy(), [cv2.IMAGE_METADATA_CICP],
+                                           [np.array(cicp, np.uint8)])
+        (tmp_path / "c.png").write_bytes(buf.tobytes())
+        img = io.read_ldr_image(tmp_path / "c.png")
+        np.testing.assert_array_equal(img.rgb, rgb)
+        assert (img.notes == ()) if note is None else (note in img.notes[0]), img.notes
+
+
+@pytest.mark.parametrize("ext", [".webp", ".bmp", ".avif"])
+def test_declared_size_is_checked_before_decoding(tmp_path: Path, ext: str) -> None:
+    """The header's size (memory.image_size) of the formats added to PNG/JPEG/TIFF, and the refusal it allows."""
+    from sitm_trt.runtime import memory
+
+    data = encode(ext, np.zeros((37, 91, 3), np.uint8))
+    assert memory.image_size(data) == (37, 91)
+    (tmp_path / f"a{ext}").write_bytes(data)
+    with pytest.raises(MemoryError, match="declares 91x37 pixels"):
+        io.read_ldr(tmp_path / f"a{ext}", max_pixels=1000)

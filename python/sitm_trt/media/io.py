@@ -1,20 +1,24 @@
-"""Image files in and out: LDR (PNG/JPEG/TIFF) and HDR (OpenEXR, Radiance .hdr), plus a preview tone mapper.
+"""Image files in and out: LDR (PNG/JPEG/TIFF/WebP/BMP/AVIF) and HDR (OpenEXR, Radiance .hdr), plus a preview
+tone mapper.
 
 Conventions (the whole project relies on them):
 
-* LDR images are ``numpy.ndarray`` of dtype ``uint8`` or ``uint16``, shape ``(H, W, 3)``, channel order RGB.
-  Grayscale files are replicated to three channels; an alpha channel is dropped (not composited). EXIF
-  orientation is *not* applied: pixels come back in the order they are stored in the file.
+* LDR images are ``numpy.ndarray`` of dtype ``uint8`` or ``uint16``, shape ``(H, W, 3)``, channel order RGB,
+  upright: the EXIF orientation (JPEG, PNG, WebP, AVIF) and the TIFF orientation tag are applied, by OpenCV's
+  decoder. Grayscale files are replicated to three channels; :func:`read_ldr` drops an alpha channel (not
+  composited), :func:`read_ldr_image` returns it. Colours are taken as sRGB: an embedded ICC profile is not
+  applied, and :func:`read_ldr_image` says so when the profile is not sRGB (Display P3, Adobe RGB, ...).
 * HDR images are ``float32`` ``(H, W, 3)`` linear RGB, as stored in the file (no colour conversion).
   OpenEXR files must have ``R``, ``G``, ``B`` channels (a ``Y``-only file is replicated to RGB); the data
   window is returned. Radiance files are divided by their ``EXPOSURE=`` header values, so the result is the
   radiance before the writer scaled it.
 * Every file that cannot be used raises :class:`ImageReadError` (a ``ValueError``) whose message names the
   file and what is wrong. Nothing is silently repaired, except what is documented above.
-* Writers are atomic: the data goes to a temporary file in the same folder, which then replaces the target
-  (``os.replace``), so a reader never sees a partial file, even when the writer is killed.
+* Writers are atomic (:func:`sitm_trt.files.atomic_write`): the data goes to a temporary file in the same
+  folder, which then replaces the target (``os.replace``), so a reader never sees a partial file, even when the
+  writer is killed.
 
-OpenCV (``pip install opencv-python-headless``) is needed for PNG/JPEG/TIFF, and the OpenEXR bindings
+OpenCV (``pip install opencv-python-headless``) is needed for the LDR formats, and the OpenEXR bindings
 (``pip install openexr``) for ``.exr``; both are imported on first use. Radiance ``.hdr`` is handled here
 in plain NumPy.
 """
@@ -23,17 +27,21 @@ from __future__ import annotations
 
 import io as _io
 import os
-import tempfile
+import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+
+from .. import files
 
 __all__ = [
     "ImageReadError",
     "LDR_EXTENSIONS",
     "HDR_EXTENSIONS",
+    "LdrImage",
     "read_ldr",
+    "read_ldr_image",
     "read_hdr",
     "read_image",
     "to_float",
@@ -46,7 +54,9 @@ __all__ = [
     "tonemap_preview",
 ]
 
-LDR_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+LDR_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".avif")
+"""The LDR files read here (by OpenCV; AVIF where the installed OpenCV is built with libavif, as the
+opencv-python-headless 5 wheels are). HEIC/HEIF is not read: OpenCV has no HEIF decoder."""
 HDR_EXTENSIONS = (".exr", ".hdr", ".rgbe", ".pic")
 
 
@@ -67,7 +77,7 @@ def _cv2() -> Any:
         import cv2
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "reading/writing PNG, JPEG and TIFF needs OpenCV: pip install opencv-python-headless"
+            "reading/writing PNG, JPEG, TIFF, WebP, BMP and AVIF needs OpenCV: pip install opencv-python-headless"
         ) from err
     return cv2
 
@@ -88,57 +98,40 @@ def _read_bytes(path: str | os.PathLike[str]) -> bytes:
         raise ImageReadError(path, f"cannot open file ({err.strerror or err})") from err
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file (mkstemp makes 0600)
-
-
-def _atomic_write(path: str | os.PathLike[str], data: bytes, exclusive: bool = False) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    ``exclusive``: publish with a hard link instead, which fails with ``FileExistsError`` when ``path`` exists
-    (another run wrote it meanwhile): two writers can never silently replace each other's file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, _FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if exclusive:
-            try:
-                os.link(tmp, path)
-                os.unlink(tmp)
-            except FileExistsError:
-                raise FileExistsError(f"{path}: exists (written by another run meanwhile; not replaced)") from None
-            except OSError:  # a filesystem without hard links (FAT, some network shares): check, then rename
-                if os.path.lexists(path):
-                    raise FileExistsError(f"{path}: exists (written by another run meanwhile; not replaced)") from None
-                os.replace(tmp, path)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 # ------------------------------------------------------------------------------------------------- LDR
 
 
-def read_ldr(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> np.ndarray:
-    """Read a PNG/JPEG/TIFF as ``uint8`` or ``uint16`` ``(H, W, 3)`` RGB (bit depth of the file kept).
+class LdrImage(NamedTuple):
+    """An LDR file as :func:`read_ldr_image` reads it."""
 
-    Grayscale is replicated to RGB, alpha is dropped, EXIF orientation is ignored. Raises
-    :class:`ImageReadError` for missing, truncated or undecodable files, float or 32-bit integer
-    images, and images with zero pixels.
+    rgb: np.ndarray
+    """``uint8``/``uint16`` ``(H, W, 3)`` RGB, upright, the file's bit depth kept."""
+    alpha: np.ndarray | None
+    """``float32`` ``(H, W)`` in [0, 1] (turned upright with the colour), or None when the file has none."""
+    gray: bool
+    """The file is grayscale: a gray PNG/TIFF/BMP/AVIF (with or without alpha), or a JPEG whose three channels
+    are equal everywhere."""
+    notes: tuple[str, ...]
+    """What a caller should tell the user, each naming the file: colours tagged other than sRGB (an ICC profile in
+    PNG/JPEG/WebP, a PNG ``cICP`` chunk) that were not converted, an alpha channel dropped because it could not be
+    turned upright with the colour. (OpenCV does not return the colour tags of TIFF and AVIF files.)"""
+
+
+def read_ldr(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> np.ndarray:
+    """Read an LDR file (:data:`LDR_EXTENSIONS`) as upright ``uint8`` or ``uint16`` ``(H, W, 3)`` RGB (the bit
+    depth of the file kept): :func:`read_ldr_image` without the alpha channel and the notes."""
+    return read_ldr_image(path, max_pixels=max_pixels).rgb
+
+
+def read_ldr_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> LdrImage:
+    """Read an LDR file: the upright RGB, the alpha channel, whether it is gray, and notes (:class:`LdrImage`).
+
+    Orientation: OpenCV's decoder applies the EXIF orientation (``IMREAD_ANYCOLOR | IMREAD_ANYDEPTH``) and a TIFF's
+    orientation tag. OpenCV keeps an alpha channel only when it also ignores the EXIF orientation
+    (``IMREAD_UNCHANGED``), so a file with both is decoded twice and its alpha gets the turn of the EXIF
+    ``Orientation`` tag, checked against OpenCV's upright colour. Raises :class:`ImageReadError` for missing,
+    truncated or undecodable files, float or 32-bit integer images, AVIF above 8 bits, and images with zero
+    pixels.
 
     The size the header declares is checked before decoding (a small file may declare 20000 x 20000):
     more than ``max_pixels`` pixels, or by default more than the memory budget (:mod:`sitm_trt.runtime.memory`)
@@ -159,24 +152,148 @@ def read_ldr(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> 
         if max_pixels is not None and h * w > max_pixels:
             raise MemoryError(f"{path}: declares {w}x{h} pixels ({h * w / 1e6:.0f} MP), more than the "
                               f"{max_pixels / 1e6:.0f} MP that fit the memory budget; not decoded")
+    buf = np.frombuffer(data, np.uint8)
+    upright = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH  # what OpenCV turns by the EXIF orientation
+    jpeg = data[:2] == b"\xff\xd8"  # no alpha: one decode, upright
     try:
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        img, kinds, chunks = cv2.imdecodeWithMetadata(buf, upright if jpeg else cv2.IMREAD_UNCHANGED)
     except cv2.error as err:
         raise ImageReadError(path, f"cannot decode image ({err})") from err
     if img is None:
-        raise ImageReadError(path, "cannot decode image (truncated, corrupt, or not a PNG/JPEG/TIFF file)")
+        raise ImageReadError(path, "cannot decode image (truncated, corrupt, or not an image this OpenCV reads: "
+                                   f"{', '.join(LDR_EXTENSIONS)})")
     if img.dtype not in (np.uint8, np.uint16):
         raise ImageReadError(path, f"pixel type {img.dtype} is not an 8/16-bit LDR image (use read_hdr)")
     if img.size == 0:
         raise ImageReadError(path, f"image has no pixels (shape {img.shape})")
+    if img.dtype == np.uint16 and data[4:8] == b"ftyp":
+        raise ImageReadError(path, "AVIF with more than 8 bits per channel is not read (the decoder does not scale "
+                                   "it to 16 bits, and such files are usually HDR already): save SDR images as "
+                                   "8-bit AVIF or 16-bit PNG/TIFF")
+    meta = {int(k): bytes(np.asarray(c, np.uint8)) for k, c in zip(kinds, chunks)}
     if img.ndim == 2:
         img = img[:, :, None]
     channels = img.shape[2]
-    if channels in (1, 2):  # gray, gray + alpha
-        return np.ascontiguousarray(np.repeat(img[:, :, :1], 3, axis=2))
-    if channels in (3, 4):  # BGR, BGRA
-        return np.ascontiguousarray(img[:, :, 2::-1])
-    raise ImageReadError(path, f"unsupported channel count {channels} (expected 1 to 4)")
+    if channels not in (1, 2, 3, 4):
+        raise ImageReadError(path, f"unsupported channel count {channels} (expected 1 to 4)")
+    colour = img[:, :, :3] if channels >= 3 else img[:, :, :1]  # BGR or gray
+    alpha = img[:, :, channels - 1] if channels in (2, 4) else None
+    notes: list[str] = []
+    orientation = _exif_orientation(meta.get(int(cv2.IMAGE_METADATA_EXIF), b""))
+    if not jpeg and orientation != 1:
+        turned = cv2.imdecode(buf, upright)
+        turned = turned[:, :, None] if turned.ndim == 2 else turned
+        if alpha is not None:
+            stored = colour[:, :, : turned.shape[2]]
+            if np.array_equal(_orient(stored, orientation), turned):
+                alpha = _orient(alpha, orientation)
+            else:
+                alpha = None
+                notes.append(f"{path}: alpha dropped: it could not be turned upright with the colour (EXIF "
+                             f"orientation {orientation})")
+        colour = turned
+    gray = colour.shape[2] == 1
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 25:
+        gray = data[25] in (0, 4)  # colour type 0 / 4 (gray + alpha, which OpenCV hands over as BGRA)
+    elif jpeg and not gray:
+        gray = bool((colour[..., 0] == colour[..., 1]).all() and (colour[..., 1] == colour[..., 2]).all())
+    cicp, icc = meta.get(int(cv2.IMAGE_METADATA_CICP), b""), meta.get(int(cv2.IMAGE_METADATA_ICCP), b"")
+    if len(cicp) >= 2 and (cicp[0] not in (1, 2) or cicp[1] not in (1, 2, 6, 13, 14, 15)):  # PNG cICP wins (PNG 3)
+        hdr = " (an HDR image: PQ or HLG)" if cicp[1] in (16, 18) else ""
+        notes.append(f"{path}: its cICP chunk says colour primaries {cicp[0]}, transfer {cicp[1]} (ITU-T H.273), not "
+                     f"sRGB{hdr}; the pixels are read as sRGB, not converted")
+    elif icc and not cicp and not gray:
+        name, srgb = _icc_profile(icc)
+        if not srgb:
+            notes.append(f"{path}: colour profile {name!r} is not sRGB; the pixels are read as sRGB, not converted "
+                         "(a wider gamut such as Display P3 or Adobe RGB comes out less saturated): convert the "
+                         "file to sRGB first for exact colours")
+    rgb = np.repeat(colour, 3, axis=2) if colour.shape[2] == 1 else colour[:, :, ::-1]
+    return LdrImage(np.ascontiguousarray(rgb), None if alpha is None else to_float(np.ascontiguousarray(alpha)),
+                    gray, tuple(notes))
+
+
+def _exif_orientation(exif: bytes) -> int:
+    """The ``Orientation`` tag (0x0112) of IFD0 of an EXIF block (a TIFF structure, as OpenCV returns it, or
+    after an ``Exif\\0\\0`` header): 1 to 8, and 1 when it is absent or unreadable."""
+    if exif[:6] == b"Exif\x00\x00":
+        exif = exif[6:]
+    if exif[:4] not in (b"II*\x00", b"MM\x00*"):
+        return 1
+    e = "<" if exif[:2] == b"II" else ">"
+    try:
+        (ifd,) = struct.unpack(e + "I", exif[4:8])
+        (count,) = struct.unpack(e + "H", exif[ifd : ifd + 2])
+        for i in range(count):
+            at = ifd + 2 + 12 * i
+            tag, kind = struct.unpack(e + "HH", exif[at : at + 4])
+            if tag == 0x0112 and kind == 3:  # SHORT: the first two bytes of the value field
+                (value,) = struct.unpack(e + "H", exif[at + 8 : at + 10])
+                return value if 1 <= value <= 8 else 1
+    except struct.error:
+        return 1
+    return 1
+
+
+def _orient(img: np.ndarray, orientation: int) -> np.ndarray:
+    """``img`` (stored order, rows first) turned upright for an EXIF ``orientation`` (TIFF 6.0 / EXIF 2.3: where
+    the stored first row and column are displayed)."""
+    turns = {
+        1: lambda x: x,
+        2: lambda x: x[:, ::-1],  # mirrored left-right
+        3: lambda x: x[::-1, ::-1],  # rotated 180
+        4: lambda x: x[::-1],  # mirrored top-bottom
+        5: lambda x: x.swapaxes(0, 1),  # transposed
+        6: lambda x: x.swapaxes(0, 1)[:, ::-1],  # rotated 90 clockwise to display
+        7: lambda x: x.swapaxes(0, 1)[::-1, ::-1],  # transverse
+        8: lambda x: x.swapaxes(0, 1)[::-1],  # rotated 90 counter-clockwise to display
+    }
+    return turns[orientation](img)
+
+
+# sRGB's primaries as an ICC profile's rXYZ, gXYZ, bXYZ tags hold them (adapted to D50): IEC 61966-2-1 through the
+# Bradford transform, as in the sRGB profiles of the ICC, HP/Microsoft and the camera makers (within 0.002).
+_SRGB_COLORANTS = np.array([[0.4361, 0.2225, 0.0139], [0.3851, 0.7169, 0.0971], [0.1431, 0.0606, 0.7141]])
+
+
+def _icc_profile(icc: bytes) -> tuple[str, bool]:
+    """(description, sRGB?) of an ICC profile. sRGB: an RGB profile whose primaries (the ``rXYZ``, ``gXYZ``,
+    ``bXYZ`` tags) are sRGB's within 0.01, or, for a profile without them (LUT-based), whose description names
+    sRGB. The transfer curves are not compared. A gray profile counts as sRGB (it has no gamut to convert)."""
+    tags: dict[bytes, bytes] = {}
+    try:
+        if len(icc) >= 132 and icc[36:40] == b"acsp":
+            (count,) = struct.unpack(">I", icc[128:132])
+            for i in range(min(count, 256)):
+                sig, offset, size = struct.unpack(">4sII", icc[132 + 12 * i : 144 + 12 * i])
+                tags[sig] = icc[offset : offset + size]
+    except struct.error:
+        pass
+    name = _icc_text(tags.get(b"desc", b"")) or "unnamed"
+    if icc[16:20] == b"GRAY":
+        return name, True
+    try:
+        xyz = np.array([struct.unpack(">3i", tags[t][8:20]) for t in (b"rXYZ", b"gXYZ", b"bXYZ")]) / 65536.0
+    except (KeyError, struct.error):
+        return name, "srgb" in name.lower()
+    return name, bool(np.abs(xyz - _SRGB_COLORANTS).max() <= 0.01)
+
+
+def _icc_text(tag: bytes) -> str:
+    """The text of an ICC ``textDescriptionType`` (v2 ``desc``) or ``multiLocalizedUnicodeType`` (v4 ``mluc``:
+    the first record) tag; "" when unreadable."""
+    try:
+        if tag[:4] == b"desc":
+            (n,) = struct.unpack(">I", tag[8:12])
+            return tag[12 : 12 + n].split(b"\x00")[0].decode("latin-1").strip()
+        if tag[:4] == b"mluc":
+            records, _ = struct.unpack(">II", tag[8:16])
+            if records:
+                _, _, length, offset = struct.unpack(">2s2sII", tag[16:28])
+                return tag[offset : offset + length].decode("utf-16-be", "replace").strip("\x00 ")
+    except struct.error:
+        pass
+    return ""
 
 
 def to_float(img: np.ndarray) -> np.ndarray:
@@ -224,7 +341,7 @@ def write_png(path: str | os.PathLike[str], img: np.ndarray, bits: int | None = 
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(q))
     if not ok:  # pragma: no cover - OpenCV failure
         raise OSError(f"{path}: PNG encoding failed")
-    _atomic_write(path, buf.tobytes(), exclusive)
+    files.atomic_write(path, buf.tobytes(), exclusive=exclusive)
 
 
 # ------------------------------------------------------------------------------------------------- HDR
@@ -403,7 +520,7 @@ def write_hdr(path: str | os.PathLike[str], img: np.ndarray, *, exclusive: bool 
     clean = np.nan_to_num(img.astype(np.float32), nan=0.0, posinf=np.finfo(np.float32).max, neginf=0.0)
     rgbe = _float_to_rgbe(np.maximum(clean, 0.0))
     header = f"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y {h} +X {w}\n".encode("ascii")
-    _atomic_write(path, header + rgbe.tobytes(), exclusive)
+    files.atomic_write(path, header + rgbe.tobytes(), exclusive=exclusive)
 
 
 def write_exr(path: str | os.PathLike[str], img: np.ndarray, half: bool = True, alpha: np.ndarray | None = None, *,
@@ -428,12 +545,13 @@ def write_exr(path: str | os.PathLike[str], img: np.ndarray, half: bool = True, 
     header = {"compression": exr.ZIP_COMPRESSION, "type": exr.scanlineimage}
     buf = _io.BytesIO()
     exr.File(header, channels).write(buf)
-    _atomic_write(path, buf.getvalue(), exclusive)
+    files.atomic_write(path, buf.getvalue(), exclusive=exclusive)
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: never a partial file."""
-    _atomic_write(path, data)
+    """Write ``data`` to ``path`` through a temporary file and a rename: never a partial file
+    (:func:`sitm_trt.files.atomic_write`)."""
+    files.atomic_write(path, data)
 
 
 def write_hdr_image(path: str | os.PathLike[str], img: np.ndarray, half: bool = False, *,
@@ -464,7 +582,11 @@ def srgb_eotf(v: np.ndarray) -> np.ndarray:
 
 
 def tonemap_preview(hdr: np.ndarray, ev: float | None = None, white: float = 4.0) -> np.ndarray:
-    """Fixed preview tone mapper: exposure, extended Reinhard per channel, sRGB OETF -> ``uint8`` (H, W, 3).
+    """Fixed tone mapper: exposure, extended Reinhard per channel, sRGB OETF -> ``uint8`` (H, W, 3).
+
+    The trainer's validation sheets use it to show a prediction and its target at one exposure (``ev``) and
+    one curve. It is not the preview of ``sitm-trt infer``: per channel, it turns bright colours white or grey;
+    :func:`sitm_trt.media.preview.tonemap` keeps them.
 
     ``ev=None`` picks the exposure that maps the log-average luminance to 0.18 (Reinhard's key value; the
     average uses a floor of 1e-6 times the maximum so black pixels count but cannot dominate);

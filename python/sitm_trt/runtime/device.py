@@ -169,8 +169,8 @@ def driver_version() -> int | None:
 def explain_cuda_error(err: str, runtime: str, driver: int | None) -> str:
     """``err`` from the CUDA runtime, explained: no NVIDIA driver at all, or one too old for ``runtime`` (the
     CUDA runtime version the extension was built with, e.g. "13.0"; ``driver`` from :func:`driver_version`)."""
-    if driver is None:
-        return f"{err or 'no CUDA device'} (no NVIDIA driver is installed)"
+    if driver is None:  # the runtime's own words ("CUDA driver version is insufficient ...") would mislead here
+        return "no NVIDIA driver found (libcuda.so.1 cannot be loaded: no NVIDIA driver is installed)"
     low = err.lower()
     if "insufficient" in low or "driver" in low:
         major = runtime.split(".")[0]

@@ -8,18 +8,22 @@ docs/reliability.md, "The memory guard": ``compact`` 533-593 B/px with the torch
 ``400 + 6 * S`` bytes, ``S = 2 * sum(widths[l] / 4**l) + 3 * mefm_width`` (the channels that live at full
 resolution in the two U-Nets and the MEFM). The budget is the memory the kernel says is available
 (``MemAvailable``, or a cgroup's limit when lower) unless ``SITM_TRT_MEMORY_LIMIT`` (bytes, with an optional
-K/M/G/T suffix) sets it; ``SITM_TRT_MEMORY_LIMIT=0`` turns the guard off.
+K/M/G/T suffix) sets it; ``SITM_TRT_MEMORY_LIMIT=0`` turns the guard off. :func:`limited` sets it for a block of
+code (``sitm-trt infer/video --max-memory``), over the environment.
 
 Only host (CPU) work is guarded: a CUDA allocation that does not fit raises an error of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from typing import Any
+import struct
+from typing import Any, Iterator
 
-__all__ = ["bytes_per_pixel", "budget", "check", "fits", "format_bytes", "image_size", "DECODED_BYTES_PER_PIXEL"]
+__all__ = ["bytes_per_pixel", "budget", "check", "fits", "format_bytes", "image_size", "limited", "parse_bytes",
+           "DECODED_BYTES_PER_PIXEL"]
 
 DECODED_BYTES_PER_PIXEL = 24
 """Host bytes per pixel that a tiled conversion keeps for the whole frame: the decoded 8/16-bit RGB (3-6), the
@@ -40,25 +44,45 @@ def bytes_per_pixel(preset: Any) -> int:
     return int(400 + 6 * s)
 
 
-def _parse_bytes(text: str) -> int:
+def parse_bytes(text: str, what: str = "SITM_TRT_MEMORY_LIMIT") -> int:
+    """``"8G"``, ``"512M"``, ``"1.5GiB"``, ``"1000000"`` -> bytes (K/M/G/T are powers of 1024); ValueError naming
+    ``what`` for anything else, NaN, infinity or a negative number."""
     t = text.strip().upper().removesuffix("B").removesuffix("I")
     scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
     try:
         value = float(t[:-1] if scale > 1 else t)
     except ValueError:
-        raise ValueError(f"SITM_TRT_MEMORY_LIMIT must be a number of bytes such as 8G, got {text!r}") from None
+        raise ValueError(f"{what} must be a number of bytes such as 8G, got {text!r}") from None
     if not value >= 0 or value == float("inf"):  # NaN, inf and negatives
-        raise ValueError(f"SITM_TRT_MEMORY_LIMIT must be a finite number of bytes >= 0, got {text!r}")
+        raise ValueError(f"{what} must be a finite number of bytes >= 0, got {text!r}")
     return int(value * scale)
 
 
+_limits: list[int] = []  # the budgets set by `limited`, innermost last
+
+
+@contextlib.contextmanager
+def limited(nbytes: int) -> Iterator[None]:
+    """Within the block, :func:`budget` is ``nbytes`` (0: no guard), whatever ``SITM_TRT_MEMORY_LIMIT`` says.
+    Process-wide, so the threads a command starts inside the block see it too."""
+    if nbytes < 0:
+        raise ValueError(f"a memory budget must be >= 0 bytes, got {nbytes}")
+    _limits.append(int(nbytes))
+    try:
+        yield
+    finally:
+        _limits.pop()
+
+
 def budget() -> int | None:
-    """Bytes a conversion may use: ``SITM_TRT_MEMORY_LIMIT`` when set (0: no guard, None), else the available
-    memory (``MemAvailable`` of /proc/meminfo, lowered to the cgroup v2 ``memory.max`` headroom); None where
-    neither can be read (then nothing is refused)."""
+    """Bytes a conversion may use: the innermost :func:`limited` block's, else ``SITM_TRT_MEMORY_LIMIT`` when set
+    (0: no guard, None), else the available memory (``MemAvailable`` of /proc/meminfo, lowered to the cgroup v2
+    ``memory.max`` headroom); None where neither can be read (then nothing is refused)."""
+    if _limits:
+        return _limits[-1] or None
     env = os.environ.get("SITM_TRT_MEMORY_LIMIT")
     if env:
-        limit = _parse_bytes(env)
+        limit = parse_bytes(env)
         return limit or None
     avail = None
     try:
@@ -103,15 +127,15 @@ def check(preset: Any, n: int, h: int, w: int, what: str = "infer") -> None:
     if not ok:
         raise MemoryError(
             f"{what}: {n} x {w}x{h} needs about {format_bytes(need)} ({bytes_per_pixel(preset)} bytes per pixel "
-            f"at this preset) but {format_bytes(limit)} is available; use Pipeline(tile=1024) (tiled inference), "
-            "a smaller batch, or set SITM_TRT_MEMORY_LIMIT (0 turns this check off)")
+            f"at this preset) but {format_bytes(limit)} is available; use tiled inference (Pipeline(tile=1024), "
+            "sitm-trt infer --tile 1024), a smaller batch, or a larger budget (SITM_TRT_MEMORY_LIMIT or "
+            "--max-memory; 0 turns this check off)")
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
-    """(height, width) that a PNG, JPEG or TIFF file declares in its header, read without decoding; None when
-    the header cannot be read (the decoder then reports the file)."""
-    import struct
-
+    """(height, width) that a PNG, JPEG, TIFF, WebP, BMP or AVIF file declares in its header, read without
+    decoding (AVIF: the largest ``ispe`` property in the first 64 KiB, which holds the ``meta`` box of the files
+    encoders write); None when the header cannot be read (the decoder then reports the file)."""
     try:
         if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
             w, h = struct.unpack(">II", data[16:24])
@@ -144,6 +168,31 @@ def image_size(data: bytes) -> tuple[int, int] | None:
                     dims[tag] = value
             if 256 in dims and 257 in dims:
                 return dims[257], dims[256]
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            chunk = data[12:16]
+            if chunk == b"VP8X":  # extended: 24-bit width - 1 and height - 1
+                return int.from_bytes(data[27:30], "little") + 1, int.from_bytes(data[24:27], "little") + 1
+            if chunk == b"VP8L":  # lossless: 14-bit width - 1 and height - 1 after the 0x2f signature
+                (bits,) = struct.unpack("<I", data[21:25])
+                return ((bits >> 14) & 0x3FFF) + 1, (bits & 0x3FFF) + 1
+            if chunk == b"VP8 ":  # lossy: the key frame header's 14-bit sizes
+                w, h = struct.unpack("<HH", data[26:30])
+                return h & 0x3FFF, w & 0x3FFF
+            return None
+        if data[:2] == b"BM":  # BITMAPCOREHEADER (12 bytes): 16-bit sizes; later headers: 32-bit, height signed
+            (header,) = struct.unpack("<I", data[14:18])
+            if header == 12:
+                w, h = struct.unpack("<HH", data[18:22])
+                return h, w
+            w, h = struct.unpack("<ii", data[18:26])
+            return abs(h), abs(w)
+        if data[4:8] == b"ftyp" and data[8:12] in (b"avif", b"avis", b"mif1", b"msf1"):
+            sizes, at = [], data.find(b"ispe", 0, 1 << 16)
+            while at >= 0:  # box: size, 'ispe', version and flags, width, height
+                w, h = struct.unpack(">II", data[at + 8 : at + 16])
+                sizes.append((h, w))
+                at = data.find(b"ispe", at + 4, 1 << 16)
+            return max(sizes, key=lambda s: s[0] * s[1]) if sizes else None
     except (struct.error, IndexError):
         return None
     return None

@@ -268,10 +268,10 @@ def info() -> dict:
     out: dict[str, Any] = {}
     try:
         out["extension"] = kernels.build_info()
-        count, err = kernels.extension().cuda_devices()
+        count, _ = kernels.extension().cuda_devices()
         out["cuda_devices"] = [dict(kernels.extension().device_properties(i)) for i in range(count)]
-        if not count:
-            out["cuda_devices_reason"] = err
+        if not count:  # why, in words: no NVIDIA driver, one too old for the extension, a CPU-only build
+            out["cuda_devices_reason"] = runtime_device.cuda_devices()[1]
     except ImportError as e:
         out["extension"] = f"unavailable: {e}"
         count = 0
