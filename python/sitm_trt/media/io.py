@@ -197,7 +197,8 @@ def read_ldr_image(path: str | os.PathLike[str], *, max_pixels: int | None = Non
         gray = data[25] in (0, 4)  # colour type 0 / 4 (gray + alpha, which OpenCV hands over as BGRA)
     elif jpeg and not gray:
         gray = bool((colour[..., 0] == colour[..., 1]).all() and (colour[..., 1] == colour[..., 2]).all())
-    cicp, icc = meta.get(int(cv2.IMAGE_METADATA_CICP), b""), meta.get(int(cv2.IMAGE_METADATA_ICCP), b"")
+    # the cICP and ICC kinds arrived after imdecodeWithMetadata itself (OpenCV 4.12): an older OpenCV reads no tag
+    cicp, icc = (meta.get(int(getattr(cv2, f"IMAGE_METADATA_{kind}", -1)), b"") for kind in ("CICP", "ICCP"))
     if len(cicp) >= 2 and (cicp[0] not in (1, 2) or cicp[1] not in (1, 2, 6, 13, 14, 15)):  # PNG cICP wins (PNG 3)
         hdr = " (an HDR image: PQ or HLG)" if cicp[1] in (16, 18) else ""
         notes.append(f"{path}: its cICP chunk says colour primaries {cicp[0]}, transfer {cicp[1]} (ITU-T H.273), not "

@@ -39,7 +39,7 @@ __all__ = ["main", "Row", "PipeRow", "bench_kernels", "bench_pipeline", "bench_v
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sitm-trt bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="sitm-trt bench", description=__doc__.replace("``", ""),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
     k = sub.add_parser("kernels", help="the C++/CUDA kernels against torch eager")
