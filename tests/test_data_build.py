@@ -16,18 +16,9 @@ pytest.importorskip("OpenEXR")
 
 from sitm_trt.media import io  # noqa: E402
 from sitm_training.data import sources as S  # noqa: E402
-from sitm_training.data.build import (
-    BuildError,
-    Recipe,
-    _recipe_hash,
-    build,
-    export_split,
-    load_manifest,
-    load_sample_meta,
-    load_sample,
-    make_plan,
-    verify,
-)  # noqa: E402
+from sitm_training.data.build import BuildError, _recipe_hash, build, export_split, load_manifest, verify  # noqa: E402
+from sitm_training.data.recipe import Recipe, make_plan  # noqa: E402
+from sitm_training.data.samples import load_sample, load_sample_meta  # noqa: E402
 from sitm_training.data.camera import Camera, CameraConfig  # noqa: E402
 
 RECIPE = Recipe(

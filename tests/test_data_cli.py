@@ -12,9 +12,11 @@ pytest.importorskip("cv2")
 pytest.importorskip("OpenEXR")
 
 from sitm_trt.media import io  # noqa: E402
-from sitm_training.data import sources as S  # noqa: E402
+from sitm_trt.weights import sha256_file  # noqa: E402
+from sitm_training.data import fetch as F  # noqa: E402
+from sitm_training.data import source_tables as T  # noqa: E402
 from sitm_training.data.__main__ import main  # noqa: E402
-from sitm_training.data.build import load_sample_meta  # noqa: E402
+from sitm_training.data.samples import load_sample_meta  # noqa: E402
 
 
 def test_build_verify_export(
@@ -74,7 +76,7 @@ def test_fetch_error_and_sources_listing(
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(S.shutil, "which", lambda name: None)
+    monkeypatch.setattr(F.shutil, "which", lambda name: None)
     assert main(["fetch", "--cache", str(tmp_path), "--no-npm", "--no-pypi"]) == 1  # no network in tests
     assert "apt-get not found" in caplog.text
     assert main(["sources", "--cache", str(tmp_path)]) == 0
@@ -89,9 +91,9 @@ def test_exclude_drops_debian_sources(tmp_path: Path, monkeypatch: pytest.Monkey
         path = cache / "hdr" / f"{sid}.exr"
         path.parent.mkdir(parents=True, exist_ok=True)
         io.write_exr(path, np.exp(rng.normal(0, 1, (20, 40, 3))).astype(np.float32), half=False)
-        digest = S._sha256(path)
-        fakes.append(S.DebianFile(sid, "pkg", f"./x/{sid}.exr", digest, "panorama", "test"))
-    monkeypatch.setattr(S, "DEBIAN_FILES", tuple(fakes))
+        digest = sha256_file(path)
+        fakes.append(T.DebianFile(sid, "pkg", f"./x/{sid}.exr", digest, "panorama", "test"))
+    monkeypatch.setattr(F, "DEBIAN_FILES", tuple(fakes))
     out = tmp_path / "ds"
     args = ["build", "--out", str(out), "--n", "6", "--n-test", "0", "--size", "16", "--real-fraction", "1"]
     assert main([*args, "--cache", str(cache), "--exclude", "qtcreator/", "--no-progress"]) == 0

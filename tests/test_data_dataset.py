@@ -11,8 +11,9 @@ pytest.importorskip("cv2")
 torch = pytest.importorskip("torch")
 
 from sitm_training.data import ProceduralDataset, SampleDataset  # noqa: E402
-from sitm_training.data.build import (PlanItem, Recipe, Sample, build, generate_item, load_manifest,  # noqa: E402
-                                      load_sample, relabel_up)
+from sitm_training.data.build import build, load_manifest  # noqa: E402
+from sitm_training.data.recipe import PlanItem, Recipe  # noqa: E402
+from sitm_training.data.samples import Sample, generate_item, load_sample, relabel_up  # noqa: E402
 from sitm_training.data.camera import Camera, CameraConfig, jpeg_roundtrip  # noqa: E402
 from sitm_training.data.dataset import augment  # noqa: E402
 

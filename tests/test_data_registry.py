@@ -21,9 +21,16 @@ pytest.importorskip("cv2")
 OpenEXR = pytest.importorskip("OpenEXR")
 
 from sitm_trt.media import io  # noqa: E402
+from sitm_trt.weights import sha256_file  # noqa: E402
+from sitm_training.data import fetch as F  # noqa: E402
+from sitm_training.data import source_tables as T  # noqa: E402
 from sitm_training.data import sources as S  # noqa: E402
 from sitm_training.data.__main__ import main  # noqa: E402
-from sitm_training.data.build import Recipe, load_sample, make_plan  # noqa: E402
+from sitm_training.data.decoders import (decode_r11g11b10f, extract_base64_exr, fill_negative_pixels,  # noqa: E402
+                                         pixel_sha256, read_ktx1_cubemap)
+from sitm_training.data.recipe import Recipe, make_plan  # noqa: E402
+from sitm_training.data.samples import load_sample  # noqa: E402
+from sitm_training.data.views import cubemap_view, sample_view  # noqa: E402
 
 # ------------------------------------------------------------------------------------- R11G11B10F
 
@@ -44,16 +51,16 @@ def test_r11g11b10f_hand_computed_bit_patterns() -> None:
         [2.0**-20, 63 / 64 * 2.0**-14, 31 / 32 * 2.0**-14],
         [65024.0, 65024.0, 64512.0],
     ]
-    got = S.decode_r11g11b10f(words)
+    got = decode_r11g11b10f(words)
     assert got.dtype == np.float32 and got.shape == (4, 3)
     np.testing.assert_array_equal(got, np.array(expected, np.float32))
 
 
 def test_r11g11b10f_rejects_inf_nan_and_wrong_dtype() -> None:
     with pytest.raises(ValueError, match="1 Inf/NaN"):
-        S.decode_r11g11b10f(np.array([0x7C0, 0x3C0], np.uint32))  # R exponent 31
+        decode_r11g11b10f(np.array([0x7C0, 0x3C0], np.uint32))  # R exponent 31
     with pytest.raises(ValueError, match="uint32"):
-        S.decode_r11g11b10f(np.array([0x3C0], np.int64))
+        decode_r11g11b10f(np.array([0x3C0], np.int64))
 
 
 # -------------------------------------------------------------------------------------------- KTX1
@@ -80,7 +87,7 @@ def _face_words(n: int = 4) -> np.ndarray:
 
 @pytest.mark.parametrize("gl_type", [0x8C3A, 0x8C3B])
 def test_ktx1_cubemap_faces_in_order(gl_type: int) -> None:
-    faces = S.read_ktx1_cubemap(_ktx(_face_words(), gl_type=gl_type, kv=b"\x0c\x00\x00\x00KTXorient\x00\x00\x00"))
+    faces = read_ktx1_cubemap(_ktx(_face_words(), gl_type=gl_type, kv=b"\x0c\x00\x00\x00KTXorient\x00\x00\x00"))
     assert faces.shape == (6, 4, 4, 3) and faces.dtype == np.float32
     for k in range(6):
         mask = np.ones((4, 4), bool)
@@ -103,7 +110,7 @@ def test_ktx1_refuses_other_layouts() -> None:
     ]
     for data, match in cases:
         with pytest.raises(ValueError, match=rf"x\.ktx: .*{match}"):
-            S.read_ktx1_cubemap(data, "x.ktx")
+            read_ktx1_cubemap(data, "x.ktx")
 
 
 # ----------------------------------------------------------------------------------- cubemap views
@@ -125,7 +132,7 @@ def _direction_strip(n: int = 32) -> np.ndarray:
 @pytest.mark.parametrize("yaw_deg, pitch_deg", [(0, 0), (90, 0), (45, 0), (-135, 20), (170, -30), (10, 60), (0, -80)])
 def test_cubemap_view_looks_where_asked(yaw_deg: float, pitch_deg: float) -> None:
     strip = _direction_strip()
-    view = S.cubemap_view(strip, math.radians(yaw_deg), math.radians(pitch_deg), math.radians(60), 9)
+    view = cubemap_view(strip, math.radians(yaw_deg), math.radians(pitch_deg), math.radians(60), 9)
     assert view.shape == (9, 9, 3) and view.dtype == np.float32
     yaw, pitch = math.radians(yaw_deg), math.radians(pitch_deg)
     # the camera of equirect_view: yaw = 0 looks along +z, yaw = 90 degrees along +x, pitch up along +y
@@ -136,8 +143,8 @@ def test_cubemap_view_looks_where_asked(yaw_deg: float, pitch_deg: float) -> Non
 
 def test_sample_view_of_a_cubemap_and_load_checks_the_strip(tmp_path: Path) -> None:
     strip = _direction_strip(16)
-    a, meta = S.sample_view(np.random.default_rng(4), strip, "cubemap", 12)
-    b, _ = S.sample_view(np.random.default_rng(4), strip, "cubemap", 12)
+    a, meta = sample_view(np.random.default_rng(4), strip, "cubemap", 12)
+    b, _ = sample_view(np.random.default_rng(4), strip, "cubemap", 12)
     np.testing.assert_array_equal(a, b)
     assert set(meta) == {"yaw", "pitch", "fov"} and a.shape == (12, 12, 3)
     norms = np.linalg.norm(a - 2, axis=-1)  # every pixel holds a unit direction (bilinear: slightly shorter)
@@ -175,13 +182,13 @@ def test_fill_negative_pixels_fills_holes_from_their_surroundings() -> None:
     img[disc] = (900.0, 800.0, 700.0)  # a lamp
     img[11:13, 11:14] = (-40.0, 600.0, -3.0)  # DWAB-like hole inside it
     img[2, 2, 1] = -0.01  # and a tiny negative in the dark part
-    out, n = S.fill_negative_pixels(img)
+    out, n = fill_negative_pixels(img)
     assert n == 7 and out.dtype == np.float32
     holes = (img < 0).any(-1)
     np.testing.assert_array_equal(out[~holes], img[~holes])  # everything else untouched
     np.testing.assert_allclose(out[11:13, 11:14], np.tile([900.0, 800.0, 700.0], (2, 3, 1)), rtol=1e-3)
     np.testing.assert_allclose(out[2, 2], [0.5, 0.5, 0.5], rtol=1e-3)
-    same, zero = S.fill_negative_pixels(np.abs(img))
+    same, zero = fill_negative_pixels(np.abs(img))
     assert zero == 0 and np.array_equal(same, np.abs(img))
 
 
@@ -189,16 +196,16 @@ def test_extract_base64_exr_from_a_generated_module(tmp_path: Path) -> None:
     img = _radiance()
     img[3, 4] = (0.0, 5.0, -0.0)  # the pixel checksum must not depend on the sign of zero
     payload = _exr_bytes(img)
-    assert S.extract_base64_exr(_module(payload)) == payload
-    assert S.extract_base64_exr(_module(payload).decode()) == payload  # text too
-    f = S.RegistryFile("fake/m", "npm:fake", "package/hdri/m.exr.js", "", "", "panorama", "test")
-    got, sha = S._decode_member(f, _module(payload), tmp_path)
+    assert extract_base64_exr(_module(payload)) == payload
+    assert extract_base64_exr(_module(payload).decode()) == payload  # text too
+    f = T.RegistryFile("fake/m", "npm:fake", "package/hdri/m.exr.js", "", "", "panorama", "test")
+    got, sha = F._decode_member(f, _module(payload), tmp_path)
     assert sha == hashlib.sha256(payload).hexdigest()
     np.testing.assert_array_equal(got, img)
     assert np.signbit(got).sum() == 0
 
     dwab = _exr_bytes(np.abs(img) + 0.5, "DWAB")  # the packages' codec: lossy, read by the OpenEXR bindings
-    got, _ = S._decode_member(f, _module(dwab), tmp_path)
+    got, _ = F._decode_member(f, _module(dwab), tmp_path)
     np.testing.assert_allclose(got, np.abs(img) + 0.5, rtol=0.1)
 
 
@@ -213,7 +220,7 @@ def test_extract_base64_exr_refuses_other_modules() -> None:
         (_module(b"PNG not an exr at all"), "the payload is not an OpenEXR file"),
     ]:
         with pytest.raises(ValueError, match=rf"m\.js: {match}"):
-            S.extract_base64_exr(text, "m.js")
+            extract_base64_exr(text, "m.js")
 
 
 # --------------------------------------------------------------------------------- fetch (no network)
@@ -237,12 +244,12 @@ def _fake_npm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tgz: Path, filena
     return log
 
 
-def _pin_npm(monkeypatch: pytest.MonkeyPatch, tgz_sha: str, payload: bytes, img: np.ndarray) -> S.RegistryFile:
-    art = S.RegistryArtefact("npm", "@fake/assets", "1.0.0", "fake-assets-1.0.0.tgz", tgz_sha)
-    f = S.RegistryFile("fakenpm/m", "npm:@fake/assets", "package/hdri/m.exr.js", hashlib.sha256(payload).hexdigest(),
-                       S.pixel_sha256(img), "panorama", "CC0-1.0 (test)")
-    monkeypatch.setattr(S, "REGISTRY_ARTEFACTS", {"npm:@fake/assets": art})
-    monkeypatch.setattr(S, "REGISTRY_FILES", (f,))
+def _pin_npm(monkeypatch: pytest.MonkeyPatch, tgz_sha: str, payload: bytes, img: np.ndarray) -> T.RegistryFile:
+    art = T.RegistryArtefact("npm", "@fake/assets", "1.0.0", "fake-assets-1.0.0.tgz", tgz_sha)
+    f = T.RegistryFile("fakenpm/m", "npm:@fake/assets", "package/hdri/m.exr.js", hashlib.sha256(payload).hexdigest(),
+                       pixel_sha256(img), "panorama", "CC0-1.0 (test)")
+    monkeypatch.setattr(F, "REGISTRY_ARTEFACTS", {"npm:@fake/assets": art})
+    monkeypatch.setattr(F, "REGISTRY_FILES", (f,))
     return f
 
 
@@ -254,17 +261,17 @@ def test_fetch_npm_package_checks_and_decodes(tmp_path: Path, monkeypatch: pytes
     args_log = _fake_npm(tmp_path, monkeypatch, tgz, "fake-assets-1.0.0.tgz")
     _pin_npm(monkeypatch, hashlib.sha256(tgz.read_bytes()).hexdigest(), payload, img)
     cache = tmp_path / "cache"
-    got = S.fetch_registry(cache)
+    got = F.fetch_registry(cache)
     assert got == {"fakenpm/m": cache / "hdr" / "fakenpm" / "m.exr"}
     assert "pack" in args_log.read_text() and "@fake/assets@1.0.0" in args_log.read_text()
     assert sorted(p.name for p in cache.iterdir()) == ["hdr"]  # the download folder is gone
-    found, missing = S.find_registry_sources(cache)
+    found, missing = F.find_registry_sources(cache)
     assert [s.id for s in found] == ["fakenpm/m"] and missing == [] and found[0].kind == "panorama"
     assert found[0].to_dict()["origin"].startswith("npm @fake/assets@1.0.0 (fake-assets-1.0.0.tgz, sha256 ")
     np.testing.assert_array_equal(found[0].load(), img)
     before = got["fakenpm/m"].stat().st_mtime_ns
     tgz.unlink()  # verified files are not fetched again
-    assert S.fetch_registry(cache) == got and got["fakenpm/m"].stat().st_mtime_ns == before
+    assert F.fetch_registry(cache) == got and got["fakenpm/m"].stat().st_mtime_ns == before
 
 
 def test_fetch_refuses_a_tampered_artefact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -277,17 +284,17 @@ def test_fetch_refuses_a_tampered_artefact(tmp_path: Path, monkeypatch: pytest.M
     _pin_npm(monkeypatch, hashlib.sha256(good.read_bytes()).hexdigest(), payload, img)
     _fake_npm(tmp_path, monkeypatch, tampered, "fake-assets-1.0.0.tgz")
     cache = tmp_path / "cache"
-    with pytest.raises(S.FetchError, match=r"checksum mismatch: fake-assets-1\.0\.0\.tgz: sha256 [0-9a-f]{64} differs"):
-        S.fetch_registry(cache)
+    with pytest.raises(F.FetchError, match=r"checksum mismatch: fake-assets-1\.0\.0\.tgz: sha256 [0-9a-f]{64} differs"):
+        F.fetch_registry(cache)
     assert not (cache / "hdr").exists() and sorted(cache.iterdir()) == []  # nothing written, nothing left
-    assert S.find_registry_sources(cache) == ([], ["fakenpm/m"])
-    got = S.fetch_registry(cache, allow_unverified=True)  # the members still match: used when asked
+    assert F.find_registry_sources(cache) == ([], ["fakenpm/m"])
+    got = F.fetch_registry(cache, allow_unverified=True)  # the members still match: used when asked
     assert got["fakenpm/m"].is_file()
     garbage = tmp_path / "garbage.tgz"
     garbage.write_bytes(b"\x1f\x8b not really gzip")
     _fake_npm(tmp_path, monkeypatch, garbage, "fake-assets-1.0.0.tgz")
-    with pytest.raises(S.FetchError, match="fake-assets-1.0.0.tgz: cannot read the package"):
-        S.fetch_registry(tmp_path / "cache3", allow_unverified=True)
+    with pytest.raises(F.FetchError, match="fake-assets-1.0.0.tgz: cannot read the package"):
+        F.fetch_registry(tmp_path / "cache3", allow_unverified=True)
 
 
 def _wheel(path: Path, members: dict[str, bytes]) -> None:
@@ -301,26 +308,26 @@ def test_fetch_wheel_cubemap_and_member_checksum(tmp_path: Path, monkeypatch: py
     ktx = _ktx(words)
     whl = tmp_path / "fake-1.0-py3-none-any.whl"
     _wheel(whl, {"fake/resources/x_skybox.ktx": ktx, "fake/__init__.py": b""})
-    strip = S.decode_r11g11b10f(words).reshape(24, 4, 3)
-    art = S.RegistryArtefact("pypi", "fake", "1.0", whl.name, hashlib.sha256(whl.read_bytes()).hexdigest())
-    f = S.RegistryFile("fakewhl/x", "pypi:fake", "fake/resources/x_skybox.ktx", hashlib.sha256(ktx).hexdigest(),
-                       S.pixel_sha256(strip), "cubemap", "unknown (test)", license_known=False)
-    monkeypatch.setattr(S, "REGISTRY_ARTEFACTS", {"pypi:fake": art})
-    monkeypatch.setattr(S, "REGISTRY_FILES", (f,))
+    strip = decode_r11g11b10f(words).reshape(24, 4, 3)
+    art = T.RegistryArtefact("pypi", "fake", "1.0", whl.name, hashlib.sha256(whl.read_bytes()).hexdigest())
+    f = T.RegistryFile("fakewhl/x", "pypi:fake", "fake/resources/x_skybox.ktx", hashlib.sha256(ktx).hexdigest(),
+                       pixel_sha256(strip), "cubemap", "unknown (test)", license_known=False)
+    monkeypatch.setattr(F, "REGISTRY_ARTEFACTS", {"pypi:fake": art})
+    monkeypatch.setattr(F, "REGISTRY_FILES", (f,))
     served = {"path": whl}
 
-    def download(a: S.RegistryArtefact, dest: Path) -> Path:
+    def download(a: T.RegistryArtefact, dest: Path) -> Path:
         assert (a.registry, a.package, a.version) == ("pypi", "fake", "1.0")
         target = dest / a.filename
         target.write_bytes(served["path"].read_bytes())
         return target
 
-    monkeypatch.setattr(S, "_download", download)
+    monkeypatch.setattr(F, "_download", download)
     cache = tmp_path / "cache"
-    got = S.fetch_registry(cache, keep=True)
+    got = F.fetch_registry(cache, keep=True)
     np.testing.assert_array_equal(io.read_hdr(got["fakewhl/x"]), strip)
     assert (cache / "registry" / whl.name).read_bytes() == whl.read_bytes()  # keep=True keeps the wheel
-    (src,) = S.find_registry_sources(cache)[0]
+    (src,) = F.find_registry_sources(cache)[0]
     assert src.kind == "cubemap" and src.license_known is False and src.to_dict()["license_known"] is False
 
     # a wheel whose artefact checksum is pinned but whose member differs (another build of the file)
@@ -329,49 +336,49 @@ def test_fetch_wheel_cubemap_and_member_checksum(tmp_path: Path, monkeypatch: py
     bad.parent.mkdir()
     _wheel(bad, {"fake/resources/x_skybox.ktx": _ktx(words)})
     served["path"] = bad
-    monkeypatch.setattr(S, "REGISTRY_ARTEFACTS", {"pypi:fake": S.RegistryArtefact(
+    monkeypatch.setattr(F, "REGISTRY_ARTEFACTS", {"pypi:fake": T.RegistryArtefact(
         "pypi", "fake", "1.0", whl.name, hashlib.sha256(bad.read_bytes()).hexdigest())})
     cache2 = tmp_path / "cache2"
-    with pytest.raises(S.FetchError, match=r"checksum mismatch for \['fakewhl/x'\]"):
-        S.fetch_registry(cache2)
+    with pytest.raises(F.FetchError, match=r"checksum mismatch for \['fakewhl/x'\]"):
+        F.fetch_registry(cache2)
     assert not (cache2 / "hdr").exists()
 
 
 def test_download_commands_pin_what_is_fetched(tmp_path: Path) -> None:
-    npm = S.REGISTRY_ARTEFACTS["npm:@pmndrs/assets"].command(tmp_path)
+    npm = T.REGISTRY_ARTEFACTS["npm:@pmndrs/assets"].command(tmp_path)
     assert npm[:2] == ["npm", "pack"] and "--ignore-scripts" in npm and npm[-1] == "@pmndrs/assets@1.7.0"
     assert npm[npm.index("--cache") + 1] == str(tmp_path / ".npm")  # npm's cache stays in the temporary folder
-    pip = S.REGISTRY_ARTEFACTS["pypi:open3d"].command(tmp_path)
+    pip = T.REGISTRY_ARTEFACTS["pypi:open3d"].command(tmp_path)
     assert pip[1:4] == ["-m", "pip", "download"] and pip[-1] == "open3d==0.20.0"
     assert {"--no-deps", "--only-binary=:all:", "--no-cache-dir"} <= set(pip)
     # the same wheel on every platform: its file name (pinned with its checksum) follows from these tags
     tags = {pip[i]: pip[i + 1] for i in range(len(pip) - 1) if pip[i].startswith("--") and "=" not in pip[i]}
     assert (tags["--python-version"], tags["--abi"], tags["--platform"]) == ("3.11", "cp311", "manylinux_2_35_x86_64")
-    assert S.REGISTRY_ARTEFACTS["pypi:open3d"].filename == "open3d-0.20.0-cp311-cp311-manylinux_2_35_x86_64.whl"
+    assert T.REGISTRY_ARTEFACTS["pypi:open3d"].filename == "open3d-0.20.0-cp311-cp311-manylinux_2_35_x86_64.whl"
 
 
 def test_registry_table_is_consistent() -> None:
-    ids = [f.id for f in S.REGISTRY_FILES]
+    ids = [f.id for f in T.REGISTRY_FILES]
     assert len(ids) == len(set(ids)) == 24
-    assert all(len(f.member_sha256) == 64 and len(f.pixels_sha256) == 64 for f in S.REGISTRY_FILES)
-    assert all(f.artefact in S.REGISTRY_ARTEFACTS for f in S.REGISTRY_FILES)
-    assert all(len(a.sha256) == 64 for a in S.REGISTRY_ARTEFACTS.values())
-    assert not set(S.SKIPPED_SCENES) & set(ids)
-    assert {f.id for f in S.REGISTRY_FILES if not f.license_known} == {i for i in ids if i.startswith("open3d/")}
+    assert all(len(f.member_sha256) == 64 and len(f.pixels_sha256) == 64 for f in T.REGISTRY_FILES)
+    assert all(f.artefact in T.REGISTRY_ARTEFACTS for f in T.REGISTRY_FILES)
+    assert all(len(a.sha256) == 64 for a in T.REGISTRY_ARTEFACTS.values())
+    assert not set(T.SKIPPED_SCENES) & set(ids)
+    assert {f.id for f in T.REGISTRY_FILES if not f.license_known} == {i for i in ids if i.startswith("open3d/")}
 
 
 # ------------------------------------------------------------------------------------------- splits
 
 
 def test_held_out_scenes_are_fixed_and_disjoint() -> None:
-    known = {f.id for f in S.DEBIAN_FILES} | {f.id for f in S.REGISTRY_FILES}
-    assert len(S.VAL_SOURCE_IDS) >= 10 and S.VAL_SOURCE_IDS <= known
-    assert not S.VAL_SOURCE_IDS & S.TEST_SOURCE_IDS
-    assert S.TEST_SOURCE_IDS == {"blender/courtyard", "blender/sunset", "libjxl/hdr_room"}  # unchanged
-    assert {S.source_split(i) for i in S.VAL_SOURCE_IDS} == {"val"}
-    assert {S.source_split(i) for i in S.TEST_SOURCE_IDS} == {"test"}
-    assert S.source_split("val/mine/a.exr") == "val" and S.source_split("test/x") == "test"
-    assert S.source_split("blender/city") == "train" and S.source_split("user/mine/a.exr") == "train"
+    known = {f.id for f in T.DEBIAN_FILES} | {f.id for f in T.REGISTRY_FILES}
+    assert len(T.VAL_SOURCE_IDS) >= 10 and T.VAL_SOURCE_IDS <= known
+    assert not T.VAL_SOURCE_IDS & T.TEST_SOURCE_IDS
+    assert T.TEST_SOURCE_IDS == {"blender/courtyard", "blender/sunset", "libjxl/hdr_room"}  # unchanged
+    assert {T.source_split(i) for i in T.VAL_SOURCE_IDS} == {"val"}
+    assert {T.source_split(i) for i in T.TEST_SOURCE_IDS} == {"test"}
+    assert T.source_split("val/mine/a.exr") == "val" and T.source_split("test/x") == "test"
+    assert T.source_split("blender/city") == "train" and T.source_split("user/mine/a.exr") == "train"
 
 
 def _src(sid: str, kind: str = "panorama") -> S.HDRSource:
@@ -420,17 +427,17 @@ def test_build_feeds_val_only_from_held_out_scenes(tmp_path: Path, capsys: pytes
         path = cache / "hdr" / f"{sid}.exr"
         path.parent.mkdir(parents=True, exist_ok=True)
         io.write_exr(path, img, half=True)
-        fakes_deb.append(S.DebianFile(sid, "pkg", f"./x/{sid}.exr", S._sha256(path), "panorama", "CC0-1.0 (test)"))
+        fakes_deb.append(T.DebianFile(sid, "pkg", f"./x/{sid}.exr", sha256_file(path), "panorama", "CC0-1.0 (test)"))
     for sid, img, kind in (("open3d/hall", strip, "cubemap"), ("open3d/park", strip[::-1].copy(), "cubemap")):
         path = cache / "hdr" / f"{sid}.exr"
         path.parent.mkdir(parents=True, exist_ok=True)
         io.write_exr(path, img, half=True)
-        fakes_reg.append(S.RegistryFile(sid, "pypi:open3d", f"x/{sid}", "0" * 64, S.pixel_sha256(img), kind,
+        fakes_reg.append(T.RegistryFile(sid, "pypi:open3d", f"x/{sid}", "0" * 64, pixel_sha256(img), kind,
                                         "unknown (test)", license_known=False))
     mp = pytest.MonkeyPatch()
     try:
-        mp.setattr(S, "DEBIAN_FILES", tuple(fakes_deb))
-        mp.setattr(S, "REGISTRY_FILES", tuple(fakes_reg))
+        mp.setattr(F, "DEBIAN_FILES", tuple(fakes_deb))
+        mp.setattr(F, "REGISTRY_FILES", tuple(fakes_reg))
         out = tmp_path / "ds"
         args = ["build", "--out", str(out), "--n", "6", "--n-test", "2", "--n-val-real", "3", "--size", "16",
                 "--real-fraction", "1", "--cache", str(cache), "--no-progress"]

@@ -17,7 +17,11 @@ pytest.importorskip("OpenEXR")
 
 from sitm_trt.media import io  # noqa: E402
 from sitm_trt.media.io import ImageReadError  # noqa: E402
+from sitm_training.data import fetch as F  # noqa: E402
+from sitm_training.data import source_tables as T  # noqa: E402
 from sitm_training.data import sources as S  # noqa: E402
+from sitm_training.data.decoders import hlg_to_linear  # noqa: E402
+from sitm_training.data.views import equirect_view, sample_view  # noqa: E402
 
 
 def test_hlg_inverse_oetf_hand_values() -> None:
@@ -25,7 +29,7 @@ def test_hlg_inverse_oetf_hand_values() -> None:
     a, b = 0.17883277, 1 - 4 * 0.17883277
     c = 0.5 - a * math.log(4 * a)
     expected = [0.0, 0.25**2 / 3, 0.5**2 / 3, (math.exp((0.75 - c) / a) + b) / 12, 1.0]
-    np.testing.assert_allclose(S.hlg_to_linear(e), expected, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(hlg_to_linear(e), expected, rtol=1e-5, atol=1e-8)
 
 
 def test_load_hlg_png_converts_to_bt709(tmp_path: Path) -> None:
@@ -99,7 +103,7 @@ def _direction_pano(h: int = 64, w: int = 128) -> np.ndarray:
 @pytest.mark.parametrize("yaw_deg, pitch_deg", [(0, 0), (90, 0), (-135, 20), (170, -30)])
 def test_equirect_view_looks_where_asked(yaw_deg: float, pitch_deg: float) -> None:
     pano = _direction_pano()
-    view = S.equirect_view(pano, math.radians(yaw_deg), math.radians(pitch_deg), math.radians(60), 9)
+    view = equirect_view(pano, math.radians(yaw_deg), math.radians(pitch_deg), math.radians(60), 9)
     assert view.shape == (9, 9, 3)
     centre = view[4, 4]
     yaw, pitch = math.radians(yaw_deg), math.radians(pitch_deg)
@@ -109,25 +113,25 @@ def test_equirect_view_looks_where_asked(yaw_deg: float, pitch_deg: float) -> No
 
 def test_sample_view_deterministic_and_sized() -> None:
     pano = _direction_pano()
-    a, ia = S.sample_view(np.random.default_rng(1), pano, "panorama", 16)
-    b, ib = S.sample_view(np.random.default_rng(1), pano, "panorama", 16)
+    a, ia = sample_view(np.random.default_rng(1), pano, "panorama", 16)
+    b, ib = sample_view(np.random.default_rng(1), pano, "panorama", 16)
     np.testing.assert_array_equal(a, b)
     assert ia == ib and set(ia) == {"yaw", "pitch", "fov"}
-    c, _ = S.sample_view(np.random.default_rng(1), pano, "image", 16)
+    c, _ = sample_view(np.random.default_rng(1), pano, "image", 16)
     assert c.shape == (16, 16, 3) and c.dtype == np.float32 and c.min() >= 0
 
 
 def test_debian_table_is_consistent() -> None:
-    ids = [f.id for f in S.DEBIAN_FILES]
+    ids = [f.id for f in T.DEBIAN_FILES]
     assert len(ids) == len(set(ids)) == 11
-    assert S.TEST_SOURCE_IDS <= set(ids)
-    assert all(len(f.sha256) == 64 and f.member.startswith("./usr/share/") for f in S.DEBIAN_FILES)
+    assert T.TEST_SOURCE_IDS <= set(ids)
+    assert all(len(f.sha256) == 64 and f.member.startswith("./usr/share/") for f in T.DEBIAN_FILES)
 
 
 def test_fetch_without_apt_get_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(S.shutil, "which", lambda name: None)
-    with pytest.raises(S.FetchError, match="apt-get not found.*--hdr-dir"):
-        S.fetch(tmp_path)
+    monkeypatch.setattr(F.shutil, "which", lambda name: None)
+    with pytest.raises(F.FetchError, match="apt-get not found.*--hdr-dir"):
+        F.fetch(tmp_path)
 
 
 @pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")
@@ -151,45 +155,45 @@ def test_fetch_extracts_and_checks_a_fake_package(tmp_path: Path, monkeypatch: p
     (bindir / "apt-get").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
 
-    good = S.DebianFile(
+    good = T.DebianFile(
         "fake/x", "fakehdr", "./usr/share/fake/x.exr", hashlib.sha256(payload).hexdigest(), "image", "test"
     )
-    monkeypatch.setattr(S, "DEBIAN_FILES", (good,))
+    monkeypatch.setattr(F, "DEBIAN_FILES", (good,))
     cache = tmp_path / "cache"
-    got = S.fetch(cache)
+    got = F.fetch(cache)
     assert got == {"fake/x": cache / "hdr" / "fake" / "x.exr"}
     assert got["fake/x"].read_bytes() == payload
     assert list((cache / "debs").iterdir()) == []  # the .deb is removed unless keep_debs
-    found, missing = S.find_debian_sources(cache)
+    found, missing = F.find_debian_sources(cache)
     assert [s.id for s in found] == ["fake/x"] and missing == []
     np.testing.assert_array_equal(found[0].load(), np.full((4, 4, 3), 2.0, np.float32))
 
-    bad = S.DebianFile("fake/y", "fakehdr", "./usr/share/fake/x.exr", "0" * 64, "image", "test")
-    monkeypatch.setattr(S, "DEBIAN_FILES", (bad,))
-    with pytest.raises(S.FetchError, match=r"checksum mismatch for \['fake/y'\]"):
-        S.fetch(cache)
+    bad = T.DebianFile("fake/y", "fakehdr", "./usr/share/fake/x.exr", "0" * 64, "image", "test")
+    monkeypatch.setattr(F, "DEBIAN_FILES", (bad,))
+    with pytest.raises(F.FetchError, match=r"checksum mismatch for \['fake/y'\]"):
+        F.fetch(cache)
     assert not (cache / "hdr" / "fake" / "y.exr").exists()
-    got = S.fetch(cache, allow_unverified=True)
+    got = F.fetch(cache, allow_unverified=True)
     assert got["fake/y"].read_bytes() == payload
-    found, missing = S.find_debian_sources(cache)
+    found, missing = F.find_debian_sources(cache)
     assert found == [] and missing == ["fake/y"]  # not verified: not used by default
 
 
 def test_card_sources_fill_old_manifests_and_name_the_generator() -> None:
     """A manifest written before sources recorded their origin gets it from the fetch tables; a user folder's
     license counts as unknown; the procedural generator is listed when the recipe used it."""
-    deb = S.DEBIAN_FILES[0]
-    reg = next(f for f in S.REGISTRY_FILES if not f.license_known)
+    deb = T.DEBIAN_FILES[0]
+    reg = next(f for f in T.REGISTRY_FILES if not f.license_known)
     manifest = {"recipe": {"real_fraction": 0.5, "generator_version": 1}, "sources": [
         {"id": deb.id, "path": "/x.exr", "kind": deb.kind, "license": deb.license, "sha256": deb.sha256,
          "split": "train"},
         {"id": reg.id, "kind": reg.kind, "license": reg.license, "sha256": reg.pixels_sha256, "split": "val"},
         {"id": "user/mine", "kind": "image", "license": "unknown (user file)", "sha256": "ab" * 32, "split": "train"},
     ]}
-    out = S.card_sources(manifest)
+    out = T.card_sources(manifest)
     assert [s["id"] for s in out] == [deb.id, reg.id, "user/mine", "procedural"]
     assert out[0]["origin"] == f"debian {deb.package}: {deb.member} (sha256 {deb.sha256})" and out[0]["license_known"]
-    art = S.REGISTRY_ARTEFACTS[reg.artefact]
+    art = T.REGISTRY_ARTEFACTS[reg.artefact]
     assert art.sha256 in out[1]["origin"] and reg.member in out[1]["origin"] and out[1]["license_known"] is False
     assert out[2]["license_known"] is False and "path" not in out[0]
-    assert S.card_sources({"recipe": {"real_fraction": 1.0}, "sources": manifest["sources"][:1]})[-1]["id"] == deb.id
+    assert T.card_sources({"recipe": {"real_fraction": 1.0}, "sources": manifest["sources"][:1]})[-1]["id"] == deb.id

@@ -16,6 +16,7 @@ import pytest
 from sitm_training import evaluate as E
 from sitm_training import metrics as M
 from sitm_training.baselines import banterle, linearize, rempel
+from sitm_training.evaluate_sheets import _clip_window
 from sitm_trt.media.io import read_ldr, srgb_oetf, write_exr, write_png
 
 # ------------------------------------------------------------------------------------------------ PSNR
@@ -492,7 +493,7 @@ def _bbox(mask) -> tuple[int, int, int, int]:
 
 def test_clip_window_frames_the_largest_region():
     mask = _disc(80, 120, 20, 90, 6) | _disc(80, 120, 60, 20, 2)  # a disc of 13 px across and a smaller one
-    (x0, y0, x1, y1), region = E._clip_window(mask)
+    (x0, y0, x1, y1), region = _clip_window(mask)
     np.testing.assert_array_equal(region, _disc(80, 120, 20, 90, 6))
     bx0, by0, bx1, by1 = _bbox(region)
     assert x0 <= bx0 and y0 <= by0 and bx1 <= x1 and by1 <= y1
@@ -500,7 +501,7 @@ def test_clip_window_frames_the_largest_region():
     assert y0 == 0 and 0 <= x0 and x1 <= 120  # near the top edge: moved inside the image
     big = np.zeros((80, 120), bool)
     big[30:60, 10:50] = True  # 40 x 30: a square of 80 centred at (30, 45), moved right, as high as the image
-    assert E._clip_window(big)[0] == (0, 0, 80, 80)
+    assert _clip_window(big)[0] == (0, 0, 80, 80)
 
 
 def _blob_pair(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:

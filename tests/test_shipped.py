@@ -42,7 +42,7 @@ def test_shipped_files_match_their_card(default):
 def test_card_lists_every_data_source_with_license_and_checksum(default):
     """Issue 16: the card records every data source with its license and checksum; each real source's checksum is
     the one pinned in the fetch tables (an independent copy: the tables are what `data fetch` verifies against)."""
-    from sitm_training.data.sources import DEBIAN_FILES, REGISTRY_FILES
+    from sitm_training.data.source_tables import DEBIAN_FILES, REGISTRY_FILES
 
     pinned = {f.id: f.sha256 for f in DEBIAN_FILES} | {f.id: f.pixels_sha256 for f in REGISTRY_FILES}
     sources = default.card["data"]["sources"]

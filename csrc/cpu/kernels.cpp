@@ -1,6 +1,12 @@
 // CPU loops of the sitm-trt kernels: the per-pixel math is sitm/pixel_math.h, shared with csrc/cuda.
 // Work is split by rows over std::threads; the inner loops run over contiguous pixels of a row with no
 // branches in the common (unpadded) part, so the compiler can vectorize them.
+//
+// One file of about 560 lines on purpose: it is the CPU twin of csrc/cuda/kernels.cu, one row loop per op
+// (pre, fuse, curve, post and its encoded outputs, ema) plus their dtype dispatch, and every loop uses the same
+// file-local helpers (parallel_for and the thread count, the row writers, the dispatch templates) from an
+// anonymous namespace, where they inline. Split by op family, those helpers would become an internal header
+// shared by two translation units, for files that still change together whenever an op's arguments do.
 #include <algorithm>
 #include <atomic>
 #include <chrono>

@@ -23,7 +23,7 @@ from _common import jod_scorer, load_weights, srgb_decode, without  # (also puts
 
 from sitm_trt import reference as ops
 from sitm_trt.media.io import read_hdr, read_ldr, srgb_eotf, to_float
-from sitm_training.data.build import load_sample, relabel_up
+from sitm_training.data import load_sample, relabel_up
 from sitm_training.losses import srgb_encode
 
 

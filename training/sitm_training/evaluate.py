@@ -9,7 +9,9 @@ Methods: the model (``--weights``, repeatable, ``NAME=PATH`` to name it), the ba
 (``--method 'NAME=python my_itm.py {input} {output}'``, run once per image: ``{input}`` is the LDR file,
 ``{output}`` an ``.exr`` path (``{output_hdr}``: a Radiance ``.hdr`` path) it must write, ``{id}`` the pair's
 name). Every result is scale-aligned to the ground truth and scored with :mod:`sitm_training.metrics`; the
-protocol is in ``docs/evaluation.md``.
+protocol is in ``docs/evaluation.md``. This module holds the methods, the pairs and the scoring loop; the two
+contact sheets are drawn by :mod:`sitm_training.evaluate_sheets`, the table, CSV and JSON written by
+:mod:`sitm_training.evaluate_report`.
 
 Broken input is reported, never silently used: a pair whose LDR or HDR file is unreadable, whose HDR is not
 valid radiance (NaN/Inf, all black, large negatives) or whose sizes differ is skipped and named (log, table);
@@ -24,8 +26,6 @@ all images are scored, so an interrupted run leaves no partial files.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import logging
 import math
@@ -42,11 +42,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sitm_trt.files import atomic_write
 from sitm_trt.media.io import ImageReadError, read_hdr, read_ldr, to_float, write_exr, write_png
 
 from . import metrics as M
 from .baselines import BASELINES, CITATIONS
+from .evaluate_report import METRIC_COLUMNS, per_image_csv, summarize, summary_json, table_md, write_text
+from .evaluate_sheets import ClippedRow, ClippedSheet, clipped_sheet, contact_sheet, contact_sheet_ids
 
 log = logging.getLogger("sitm_training.evaluate")
 
@@ -65,16 +66,6 @@ __all__ = [
     "METRIC_COLUMNS",
 ]
 
-METRIC_COLUMNS = ("pu21_psnr", "pu21_ssim", "jod", "mu_psnr", "tm_psnr", "tm_ssim", "clip_pu21_psnr")
-_HEADERS = {
-    "pu21_psnr": "PU21-PSNR (dB)",
-    "pu21_ssim": "PU21-SSIM",
-    "jod": "JOD",
-    "mu_psnr": "mu-PSNR (dB)",
-    "tm_psnr": "TM-PSNR (dB)",
-    "tm_ssim": "TM-SSIM",
-    "clip_pu21_psnr": "clipped PU21-PSNR (dB)",
-}
 _RESERVED = {"input", "gt", "ground_truth"}
 
 
@@ -288,22 +279,6 @@ def _check_output(out: Any, shape: tuple[int, ...]) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ evaluation
 
 
-@dataclass(frozen=True)
-class ClippedRow:
-    """One row of ``clipped_sheet.png``: the pair, its number of clipped input pixels (whole image), the size of
-    its largest clipped region, the window shown (``x0, y0, x1, y1``, ends exclusive) and the mean log2 luminance
-    ratio to the ground truth over that region of the linearized input and of each method shown (NaN where the
-    method failed on the pair)."""
-
-    id: str
-    scene: str | None
-    clipped_pixels: int
-    region_pixels: int
-    box: tuple[int, int, int, int]
-    linearized_log2: float
-    methods_log2: dict[str, float]
-
-
 @dataclass
 class EvalResult:
     rows: list[dict[str, Any]]
@@ -336,7 +311,7 @@ def evaluate(
 
     ``jod``: True = require cvvdp, False = skip JOD, None = use it when it imports. ``align=False`` scores the
     raw outputs (1.0 = the input's clipping level). ``clip_rows``: pairs in ``clipped_sheet.png`` (see
-    :class:`_ClippedSheet`). Raises ``FileNotFoundError``/``ValueError`` before any
+    :class:`~.evaluate_sheets.ClippedSheet`). Raises ``FileNotFoundError``/``ValueError`` before any
     work when the folder has no pairs or the methods are not usable.
     """
     pairs_dir, out_dir = Path(pairs_dir), Path(out_dir)
@@ -356,9 +331,9 @@ def evaluate(
         raise FileNotFoundError(f"no (LDR, HDR) pairs in {pairs_dir} (expected X.png next to X.exr, or LDR/ and HDR/)")
 
     jod_metric, jod_note = _make_jod(jod, display)
-    sheet_ids = _sheet_selection([p.id for p in pairs], sheet_images)
+    sheet_ids = contact_sheet_ids([p.id for p in pairs], sheet_images)
     shown = [n for n in names if not _same_as_input(methods, n)]
-    clipped = _ClippedSheet(clip_rows)
+    clipped = ClippedSheet(clip_rows)
     sheet: dict[str, dict[str, np.ndarray]] = {}
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = list(orphans)
@@ -423,40 +398,24 @@ def evaluate(
                                 f"(first: {skipped[0][0]}: {skipped[0][1]})")
     failed_ids = {f[0] for f in failures}
     common = [i for i in scored if i not in failed_ids]
-    summary = _summarize(rows, names, common)
+    summary = summarize(rows, names, common)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"per_image": out_dir / "per_image.csv", "sheet": out_dir / "contact_sheet.png",
              "clipped_sheet": out_dir / "clipped_sheet.png", "table": out_dir / "table.md"}
-    _write_text(files["per_image"], _csv(rows))
+    write_text(files["per_image"], per_image_csv(rows))
     sheet_rows = ["input"] + shown + ["gt"]
-    write_png(files["sheet"], _contact_sheet(sheet, [i for i in sheet_ids if i in sheet], sheet_rows, sheet_tile))
+    write_png(files["sheet"], contact_sheet(sheet, [i for i in sheet_ids if i in sheet], sheet_rows, sheet_tile))
     zooms = clipped.selected()
-    write_png(files["clipped_sheet"], _clipped_sheet(zooms, shown, sheet_tile))
+    write_png(files["clipped_sheet"], clipped_sheet(zooms, shown, sheet_tile))
     result = EvalResult(rows, names, skipped, failures, common, summary, jod_note, files,
                         [z.row(shown) for z in zooms])
-    _write_text(files["table"], _table(result, methods, pairs_dir, len(pairs) + len(orphans), display, align,
-                                       jod_metric is not None))
+    write_text(files["table"], table_md(result, methods, pairs_dir, len(pairs) + len(orphans), display, align,
+                                        jod_metric is not None))
     files["summary"] = out_dir / "summary.json"
     result.files["summary"] = files["summary"]
-    _write_text(files["summary"], json.dumps(_summary_json(result, methods, pairs_dir), indent=2) + "\n")
+    write_text(files["summary"], json.dumps(summary_json(result, methods, pairs_dir), indent=2) + "\n")
     return result
-
-
-def _summary_json(res: EvalResult, methods: Sequence[Method], pairs_dir: Path) -> dict[str, Any]:
-    """``summary.json``: the table's means, machine-readable (NaN -> null, infinities as "inf"/"-inf", so the
-    file is strict JSON), with each method's kind."""
-
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
-        return v
-
-    return {
-        "pairs": str(pairs_dir), "images": len(res.common), "metrics": list(METRIC_COLUMNS), "jod": res.jod,
-        "methods": {m.name: {"kind": m.kind, "description": m.description,
-                             **{k: clean(v) for k, v in res.summary[m.name].items()}} for m in methods},
-    }
 
 
 def _same_as_input(methods: Sequence[Method], name: str) -> bool:
@@ -475,327 +434,6 @@ def _make_jod(jod: bool | None, display: M.Display) -> tuple[M.JOD | None, str]:
         return None, f"not computed: cvvdp does not import ({why})"
     metric = M.JOD(display)
     return metric, f"ColorVideoVDP (cvvdp {metric.version})"
-
-
-def _sheet_selection(ids: list[str], k: int) -> list[str]:
-    if k <= 0 or not ids:
-        return []
-    idx = np.unique(np.round(np.linspace(0, len(ids) - 1, min(k, len(ids)))).astype(int))
-    return [ids[i] for i in idx]
-
-
-def _summarize(rows: list[dict[str, Any]], names: list[str], common: list[str]) -> dict[str, dict[str, float]]:
-    keep = set(common)
-    out: dict[str, dict[str, float]] = {}
-    for name in names:
-        rs = [r for r in rows if r["method"] == name and r["id"] in keep]
-        s: dict[str, float] = {"n": float(len(rs))}
-        for col in METRIC_COLUMNS:
-            vals = np.array([r[col] for r in rs], np.float64)
-            vals = vals[~np.isnan(vals)]
-            s[col] = float(np.mean(vals)) if vals.size else float("nan")
-            s[f"n_{col}"] = float(vals.size)
-        s["log2_scale"] = float(np.median([r["log2_scale"] for r in rs])) if rs else float("nan")
-        s["seconds"] = float(np.mean([r["seconds"] for r in rs])) if rs else float("nan")
-        out[name] = s
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- files
-
-
-def _write_text(path: Path, text: str) -> None:
-    atomic_write(path, text.encode("utf-8"))
-
-
-def _csv(rows: list[dict[str, Any]]) -> str:
-    cols = ["id", "method", "status", "log2_scale", *METRIC_COLUMNS, "clip_fraction", "seconds", "error"]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({c: (f"{r[c]:.6g}" if isinstance(r.get(c), float) else r.get(c, "")) for c in cols})
-    return buf.getvalue()
-
-
-def _fmt(v: float, digits: int) -> str:
-    if math.isnan(v):
-        return "-"
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    return f"{v:.{digits}f}"
-
-
-def _table(res: EvalResult, methods: Sequence[Method], pairs_dir: Path, n_pairs: int, display: M.Display,
-           align: bool, with_jod: bool) -> str:
-    cols = [c for c in METRIC_COLUMNS if with_jod or c != "jod"]
-    digits = {"pu21_ssim": 4, "tm_ssim": 4, "jod": 3}
-    n_clip = max((int(s["n_clip_pu21_psnr"]) for s in res.summary.values()), default=0)
-    head = ["method", *(_HEADERS[c] for c in cols), "align (EV)", "s / image"]
-    lines = [
-        "# ITM evaluation",
-        "",
-        f"Pairs: `{pairs_dir}`: {n_pairs} found, {len(res.common)} scored by every method"
-        + (f", {len(res.skipped)} skipped (unusable)" if res.skipped else "")
-        + (f", {n_pairs - len(res.skipped) - len(res.common)} left out (a method failed)" if res.failures else "")
-        + ". Means over those images; higher is better in every score column.",
-        "",
-        "| " + " | ".join(head) + " |",
-        "| " + " | ".join(["---"] + ["---:"] * (len(head) - 1)) + " |",
-    ]
-    for name in res.methods:
-        s = res.summary[name]
-        cells = [name] + [_fmt(s[c], digits.get(c, 2)) for c in cols]
-        cells += [_fmt(s["log2_scale"], 2), _fmt(s["seconds"], 3)]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Protocol (docs/evaluation.md):",
-        "",
-        ("- scale alignment: each result is multiplied by exp(median(log Y_gt - log Y_result)) over the input's "
-         f"well-exposed pixels ({M.WELL_EXPOSED[0]:g} <= max channel <= {M.WELL_EXPOSED[1]:g}, Rec. 709 luminance Y); "
-         "`align (EV)` is the median log2 of that factor (0 = the method's own scale, 1.0 = the input's clip level)"
-         if align else "- no scale alignment (--no-align): results scored as they are (1.0 = the input's clip level)"),
-        f"- display for PU21 and JOD: {display.describe()}",
-        "- PU21-PSNR: RGB, PU21 banding+glare encoding, peak 256; PU21-SSIM: on PU21-encoded luminance, dynamic "
-        "range 256 (as Mantiuk & Azimi's pu21_metric)",
-        f"- JOD: {res.jod}",
-        f"- mu-PSNR: mu = {M.MU:g}, log(1 + mu tanh(x / p99)) / log(1 + mu), p99 = the ground truth's 99th percentile",
-        "- TM-PSNR / TM-SSIM: Reinhard et al. 2002 global operator with white point, key 0.18, fitted on the ground "
-        "truth and applied alike to every result, sRGB-encoded; SSIM per RGB channel",
-        f"- clipped PU21-PSNR: only the input's clipped pixels (max channel > {M.CLIP_THRESHOLD:g}); "
-        f"{n_clip} of the images have any",
-        "",
-        "Methods:",
-        "",
-    ]
-    lines += [f"- `{m.name}` ({m.kind}): {m.description}" for m in methods]
-    if res.skipped:
-        lines += ["", "Skipped pairs:", ""] + [f"- `{i}`: {why}" for i, why in res.skipped]
-    if res.failures:
-        lines += ["", "Failures:", ""] + [f"- `{m}` on `{i}`: {why}" for i, m, why in res.failures]
-    return "\n".join(lines) + "\n"
-
-
-def _label(text: str, width: int, height: int, scale: float = 0.4) -> np.ndarray:
-    import cv2
-
-    img = np.full((height, width, 3), 32, np.uint8)
-    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-    while tw > width - 6 and len(text) > 4:
-        text = text[:-2] + "~"
-        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-    cv2.putText(img, text, (3, (height + th) // 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (235, 235, 235), 1, cv2.LINE_AA)
-    return img
-
-
-def _fit_tile(img: np.ndarray, tile: int) -> np.ndarray:
-    """``img`` (uint8) fitted into a ``tile`` x ``tile`` cell, centred: enlarged with nearest neighbour (pixels stay
-    visible as squares), reduced with area averaging."""
-    import cv2
-
-    cell = np.full((tile, tile, 3), 16, np.uint8)
-    h, w = img.shape[:2]
-    f = min(tile / h, tile / w)
-    nh, nw = max(1, round(h * f)), max(1, round(w * f))
-    small = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_NEAREST)
-    y0, x0 = (tile - nh) // 2, (tile - nw) // 2
-    cell[y0:y0 + nh, x0:x0 + nw] = small
-    return cell
-
-
-def _contact_sheet(sheet: dict[str, dict[str, np.ndarray]], ids: list[str], rows: list[str], tile: int) -> np.ndarray:
-    """Rows: input, each method, ground truth; columns: images; each tile fitted into ``tile`` x ``tile``."""
-    label_w, head_h, gap = 96, 18, 2
-    ncol = max(1, len(ids))
-    width = label_w + ncol * (tile + gap)
-    out = [np.concatenate([_label("", label_w, head_h)] + [_label(i, tile + gap, head_h) for i in ids]
-                          + ([] if ids else [_label("no images", tile + gap, head_h)]), axis=1)]
-    for r in rows:
-        cells = [_label(r if r != "gt" else "ground truth", label_w, tile)]
-        for i in ids:
-            cell = np.full((tile, tile + gap, 3), 16, np.uint8)
-            img = sheet[i].get(r)
-            cell[:, :tile] = _label("failed", tile, tile) if img is None else _fit_tile(img, tile)  # None: failed
-            cells.append(cell)
-        if not ids:
-            cells.append(np.full((tile, tile + gap, 3), 16, np.uint8))
-        out.append(np.concatenate(cells, axis=1))
-        out.append(np.full((gap, width, 3), 16, np.uint8))
-    return np.concatenate(out, axis=0)
-
-
-# --------------------------------------------------------------------------------------- clipped sheet
-
-CLIP_SHEET_PER_SCENE = 2
-"""At most this many pairs of one scene in ``clipped_sheet.png`` (when the pairs' scenes are known)."""
-CLIP_WINDOW_MIN = 48
-"""The smallest side, in pixels, of a clipped sheet's window (cut to the image where the image is smaller)."""
-
-
-def _clip_window(mask: np.ndarray) -> tuple[tuple[int, int, int, int], np.ndarray]:
-    """The window shown for a clipped mask: a square of twice the longer side of the bounding box of the largest
-    8-connected clipped region, at least :data:`CLIP_WINDOW_MIN`, centred on that box and moved to lie inside
-    the image (cut to the image where it is larger). Returns ``((x0, y0, x1, y1), the region's (H, W) mask)``."""
-    import cv2
-
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    x, y, w, h = (int(v) for v in stats[k, :4])
-    side = max(2 * max(w, h), CLIP_WINDOW_MIN)
-
-    def place(start: int, length: int, size: int) -> tuple[int, int]:
-        n = min(side, size)
-        a = min(max(round(start + length / 2 - n / 2), 0), size - n)
-        return a, a + n
-
-    (x0, x1), (y0, y1) = place(x, w, mask.shape[1]), place(y, h, mask.shape[0])
-    return (x0, y0, x1, y1), labels == k
-
-
-class _Zoom:
-    """A candidate row of the clipped sheet: the window around one pair's largest clipped region and the crops
-    shown in it (the input as it is, the aligned linearized input, each method's aligned result, the truth)."""
-
-    def __init__(self, pair: Pair, order: int, clipped_pixels: int, ldr: np.ndarray, gt: np.ndarray,
-                 mask: np.ndarray):
-        self.pair, self.order, self.clipped_pixels = pair, order, clipped_pixels
-        self.box, region = _clip_window(mask)
-        self.region = self.crop(region)
-        self.srgb = np.rint(to_float(self.crop(ldr)) * 255.0).astype(np.uint8)
-        self.gt = self.crop(gt)
-        self.linearized: np.ndarray | None = None
-        self.methods: dict[str, np.ndarray] = {}
-        y = M.luminance(self.gt)[self.region]
-        y = y[y > 0]
-        # the ground truth's log-average luminance over the region (NaN where it is black there)
-        self.level = float(np.exp(np.mean(np.log(y)))) if y.size else float("nan")
-
-    def crop(self, img: np.ndarray) -> np.ndarray:
-        x0, y0, x1, y1 = self.box
-        return np.array(img[y0:y1, x0:x1])  # a copy: the whole image is not kept
-
-    def add(self, name: str, result: np.ndarray) -> None:
-        self.methods[name] = self.crop(result)
-
-    def tonemapper(self) -> M.Tonemapper:
-        """The row's one tone mapper: :class:`metrics.Tonemapper` (Reinhard's global operator with white point)
-        exposed for the clipped region instead of the whole image. The ground truth's log-average luminance over
-        the region maps to ``L_m = 1`` (about half of white before the sRGB encoding, code 188) and the white point
-        is the crop's brightest ground truth pixel, so the truth's highlight spans mid-grey to white with its
-        structure visible instead of all white, its surroundings show darker, a result that falls short of the
-        truth in the region shows darker than it and one that overshoots brighter (white above the truth's
-        maximum). A region that is black in the truth falls back to ``Tonemapper.fit`` on the crop."""
-        if not self.level > 0.0:
-            return M.Tonemapper.fit(self.gt)
-        scale = 1.0 / self.level
-        return M.Tonemapper(scale, max(float(M.luminance(self.gt).max()) * scale, 1.0), key=1.0)
-
-    def log2_ratio(self, img: np.ndarray) -> float:
-        """Mean over the region of ``log2(Y / Y_gt)`` (Rec. 709 luminance; both floored at 1e-4 times the truth's
-        log-average over the region, so a black result counts as about -13, not -inf): 0 = as bright as the truth,
-        -1 = half as bright."""
-        floor = 1e-4 * self.level if self.level > 0.0 else 1e-12
-        y = np.maximum(M.luminance(img)[self.region], floor)
-        y_gt = np.maximum(M.luminance(self.gt)[self.region], floor)
-        return float(np.mean(np.log2(y) - np.log2(y_gt)))
-
-    def row(self, shown: Sequence[str]) -> ClippedRow:
-        nan = float("nan")
-        return ClippedRow(
-            self.pair.id, self.pair.scene, self.clipped_pixels, int(self.region.sum()), self.box,
-            self.log2_ratio(self.linearized) if self.linearized is not None else nan,
-            {n: self.log2_ratio(self.methods[n]) if n in self.methods else nan for n in shown},
-        )
-
-
-class _ClippedSheet:
-    """Chooses the rows of ``clipped_sheet.png`` while the pairs stream by, keeping crops only of candidates.
-
-    Pairs are ranked by their number of clipped input pixels (:func:`metrics.clipped_mask`), the most first, ties
-    to the earlier pair; pairs without any are never shown. When the pairs' scenes are known (``pairs.json``), the
-    sheet takes the most clipped pair of every scene first, then the second, up to :data:`CLIP_SHEET_PER_SCENE`
-    per scene and ``rows`` rows in all; a pair without a known scene counts as a scene of its own. The rows are
-    shown grouped by scene, in the order the scenes first appear, each scene's most clipped pair first.
-    """
-
-    def __init__(self, rows: int, per_scene: int = CLIP_SHEET_PER_SCENE):
-        self.rows, self.per_scene = rows, per_scene
-        self.buckets: dict[str | None, list[_Zoom]] = {}  # None: the pairs without a scene
-        self.first_seen: dict[str, int] = {}
-        self.offered = 0
-
-    def offer(self, pair: Pair, ldr: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> _Zoom | None:
-        """A :class:`_Zoom` to fill with the pair's results if the pair is (so far) one of the chosen, else None;
-        ``mask``: the input's clipped pixels."""
-        order, self.offered = self.offered, self.offered + 1
-        if pair.scene is not None:
-            self.first_seen.setdefault(pair.scene, order)
-        if self.rows <= 0:
-            return None
-        count = int(mask.sum())
-        if count == 0:
-            return None
-        bucket = self.buckets.setdefault(pair.scene, [])
-        if len(bucket) >= (self.per_scene if pair.scene is not None else self.rows):
-            worst = min(bucket, key=lambda z: (z.clipped_pixels, -z.order))
-            if count <= worst.clipped_pixels:
-                return None
-            bucket.remove(worst)
-        zoom = _Zoom(pair, order, count, ldr, gt, mask)
-        bucket.append(zoom)
-        return zoom
-
-    def selected(self) -> list[_Zoom]:
-        ranked = []
-        for scene, bucket in self.buckets.items():
-            for rank, z in enumerate(sorted(bucket, key=lambda z: (-z.clipped_pixels, z.order))):
-                ranked.append((rank if scene is not None else 0, -z.clipped_pixels, z.order, z))
-        chosen = [z for *_, z in sorted(ranked, key=lambda t: t[:3])[: max(self.rows, 0)]]
-        group = lambda z: self.first_seen[z.pair.scene] if z.pair.scene is not None else z.order  # noqa: E731
-        return sorted(chosen, key=lambda z: (group(z), -z.clipped_pixels, z.order))
-
-
-def _text_block(lines: Sequence[str], width: int, height: int, line_h: int = 16) -> np.ndarray:
-    img = np.full((height, width, 3), 32, np.uint8)
-    for i, text in enumerate(lines[: height // line_h]):
-        img[i * line_h:(i + 1) * line_h] = _label(text, width, line_h)
-    return img
-
-
-def _clipped_sheet(zooms: Sequence[_Zoom], shown: Sequence[str], tile: int) -> np.ndarray:
-    """Rows: the chosen pairs; columns: the input (its sRGB code values as they are), the linearized input, each
-    method, the ground truth, each cropped to the row's window, tone mapped with the row's one tone mapper
-    (:meth:`_Zoom.tonemapper`) and fitted into ``tile`` x ``tile``. Under each row, each column's mean log2
-    luminance ratio to the ground truth over the clipped region (:meth:`_Zoom.log2_ratio`)."""
-    label_w, head_h, cap_h, gap = 150, 18, 16, 2
-    cols = ["input (sRGB)", "linearized", *shown, "ground truth"]
-    width = label_w + len(cols) * (tile + gap)
-    out = [np.concatenate([_label("pair", label_w, head_h)] + [_label(c, tile + gap, head_h) for c in cols], axis=1)]
-    if not zooms:
-        out.append(_label("no rows: no pair has clipped pixels (or --clip-rows 0)", width, tile))
-    for z in zooms:
-        tm = z.tonemapper()
-        x0, y0, x1, y1 = z.box
-        info = [z.pair.id, z.pair.scene or "", f"{z.clipped_pixels} px clipped", f"largest: {int(z.region.sum())} px",
-                f"{x1 - x0}x{y1 - y0} at ({x0},{y0})"]
-        images: list[np.ndarray | None] = [z.srgb, tm.to_uint8(z.linearized) if z.linearized is not None else None]
-        images += [tm.to_uint8(z.methods[n]) if n in z.methods else None for n in shown]
-        images.append(tm.to_uint8(z.gt))
-        cells = [_text_block(info, label_w, tile)]
-        for img in images:
-            cell = np.full((tile, tile + gap, 3), 16, np.uint8)
-            cell[:, :tile] = _label("failed", tile, tile) if img is None else _fit_tile(img, tile)
-            cells.append(cell)
-        out.append(np.concatenate(cells, axis=1))
-        row = z.row(shown)
-        ratios = [row.linearized_log2, *(row.methods_log2[n] for n in shown)]
-        captions = [_label("log2 Y / Y_gt, region", label_w, cap_h), _label("", tile + gap, cap_h)]
-        captions += [_label("failed" if math.isnan(r) else f"{r:+.2f}", tile + gap, cap_h) for r in ratios]
-        captions.append(_label("0 (reference)", tile + gap, cap_h))
-        out.append(np.concatenate(captions, axis=1))
-        out.append(np.full((gap, width, 3), 16, np.uint8))
-    return np.concatenate(out, axis=0)
 
 
 # ------------------------------------------------------------------------------------------------- CLI

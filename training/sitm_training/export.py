@@ -100,7 +100,7 @@ def _data_with_sources(data: dict[str, Any] | None) -> dict[str, Any] | None:
     if not manifest.is_file():
         log.warning("the card's data set %s is gone: the exported card lists no data sources", data["root"])
         return data
-    from sitm_training.data.sources import card_sources
+    from sitm_training.data.source_tables import card_sources
 
     return {**data, "sources": card_sources(json.loads(manifest.read_text()))}
 

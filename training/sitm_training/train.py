@@ -17,6 +17,13 @@ stage; all written atomically) and ``val/`` (contact sheets: input | result | gr
 Re-running the same command resumes from the checkpoint. SIGINT/SIGTERM save a checkpoint before exiting, and so
 does the end of a ``--max-seconds`` wall-clock budget (the card then says ``stopped``).
 Several GPUs: ``torchrun --nproc_per_node N -m sitm_training.train ...`` (DistributedDataParallel).
+
+One module of about 540 lines on purpose: it is one thing, the run, read top to bottom. The helpers above
+:class:`Trainer` (the DDP wrapper, the two-stage view of the network, the batch iterator, the sampling weights, the
+``--init`` loading, the validation with its contact sheet) are short and serve the trainer (``git_commit`` also
+the weight averaging); what stands on its own already has its module (options: :mod:`.config`, losses:
+:mod:`.losses`, the discriminator, the masks, the data). Moving the helpers out would make a reader follow one
+step through two files.
 """
 
 from __future__ import annotations
@@ -343,7 +350,7 @@ class Trainer:
     def _card(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """The run card; on resume it keeps the earlier card's time, losses and validation, and records in
         ``history`` which options this resume changed."""
-        from sitm_training.data.sources import card_sources
+        from sitm_training.data.source_tables import card_sources
 
         cfg = self.cfg
         card: dict[str, Any] = {

@@ -4,7 +4,9 @@
 ``docs/data.md`` for the recipe, the label criterion, the sources and their licenses.
 """
 
-from .build import Recipe, Sample, build, export_split, generate_item, load_manifest, load_sample, load_sample_meta, make_sample, relabel_up, under_exposed, verify
+from .build import build, export_split, load_manifest, verify
+from .recipe import Recipe
+from .samples import Sample, generate_item, load_sample, load_sample_meta, make_sample, relabel_up, under_exposed
 from .camera import Camera, CameraConfig, Response
 from .stack import LabelCriterion, choose_labels
 

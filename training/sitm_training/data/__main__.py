@@ -158,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     import importlib
 
     B = importlib.import_module(".build", __package__)  # the package's `build` attribute is the function
-    S = importlib.import_module(".sources", __package__)
+    from . import fetch as F
+    from . import source_tables as T
+    from .recipe import Recipe
+    from .sources import HDRSource, scan_hdr_dir
 
     if args.command == "fetch":
         import time
@@ -168,32 +171,32 @@ def main(argv: list[str] | None = None) -> int:
         failed = False
         steps = []
         if not args.no_debian:
-            steps.append(lambda: S.fetch(args.cache, update=args.update, keep_debs=args.keep_debs,
+            steps.append(lambda: F.fetch(args.cache, update=args.update, keep_debs=args.keep_debs,
                                          allow_unverified=args.allow_unverified))
-        keys = tuple(k for k, art in S.REGISTRY_ARTEFACTS.items()
+        keys = tuple(k for k, art in T.REGISTRY_ARTEFACTS.items()
                      if not (art.registry == "npm" and args.no_npm) and not (art.registry == "pypi" and args.no_pypi))
         if keys:
-            steps.append(lambda: S.fetch_registry(args.cache, artefacts=keys, keep=args.keep_packages,
+            steps.append(lambda: F.fetch_registry(args.cache, artefacts=keys, keep=args.keep_packages,
                                                   allow_unverified=args.allow_unverified))
         for step in steps:  # one failing source does not stop the others
             try:
                 got.update(step())
-            except S.FetchError as err:
+            except F.FetchError as err:
                 log.error("%s", err)
                 failed = True
         for sid, path in sorted(got.items()):
             print(f"{sid:32s} {path}")
-        total = len(S.DEBIAN_FILES) + len(S.REGISTRY_FILES)
-        print(f"{len(got)} of {total} HDR files in {(args.cache or S.default_cache_dir()) / 'hdr'} "
+        total = len(T.DEBIAN_FILES) + len(T.REGISTRY_FILES)
+        print(f"{len(got)} of {total} HDR files in {(args.cache or F.default_cache_dir()) / 'hdr'} "
               f"({time.perf_counter() - start:.1f} s)")
         return 1 if failed else 0
 
     if args.command == "sources":
-        found, missing = S.find_all_sources(args.cache)
+        found, missing = F.find_all_sources(args.cache)
         for src in found:
             license = src.license if src.license_known else f"{src.license} [--exclude-unknown-license]"
-            print(f"{src.id:32s} {S.source_split(src.id):5s} {src.kind:9s} {license}")
-        for sid, why in S.SKIPPED_SCENES.items():
+            print(f"{src.id:32s} {T.source_split(src.id):5s} {src.kind:9s} {license}")
+        for sid, why in T.SKIPPED_SCENES.items():
             print(f"{sid:32s} -     skipped   {why}")
         if missing:
             print(f"missing: {', '.join(missing)} (run: python -m sitm_training.data fetch)")
@@ -203,14 +206,14 @@ def main(argv: list[str] | None = None) -> int:
         from .camera import CameraConfig
         from .stack import stack_evs
 
-        sources: list[S.HDRSource] = []
+        sources: list[HDRSource] = []
         if not (args.no_debian and args.no_registry):
-            found, missing = S.find_all_sources(args.cache, debian=not args.no_debian, registry=not args.no_registry,
+            found, missing = F.find_all_sources(args.cache, debian=not args.no_debian, registry=not args.no_registry,
                                                 allow_unverified=args.allow_unverified)
             dropped = [f.id for f in found if any(f.id.startswith(x) for x in args.exclude)]
             if args.exclude_unknown_license:
                 dropped += [f.id for f in found
-                            if not f.license_known and S.source_split(f.id) == "train" and f.id not in dropped]
+                            if not f.license_known and T.source_split(f.id) == "train" and f.id not in dropped]
             if dropped:
                 log.info("excluded: %s", ", ".join(dropped))
             sources += [f for f in found if f.id not in dropped]
@@ -225,14 +228,14 @@ def main(argv: list[str] | None = None) -> int:
             ("image", args.val_dir, "val/"),
         ):
             for d in dirs:
-                found_user, rejected = S.scan_hdr_dir(d, kind)
+                found_user, rejected = scan_hdr_dir(d, kind)
                 if rejected:
                     log.warning("%d files rejected in %s", len(rejected), d)
                 sources += [
-                    S.HDRSource(prefix + u.id, u.path, u.kind, u.license, u.weight, u.sha256) for u in found_user
+                    HDRSource(prefix + u.id, u.path, u.kind, u.license, u.weight, u.sha256) for u in found_user
                 ]
         try:  # a bad recipe (ValueError) is reported like a failed build
-            recipe = B.Recipe(
+            recipe = Recipe(
                 seed=args.seed,
                 n=args.n,
                 n_test=args.n_test,

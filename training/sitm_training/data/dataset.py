@@ -29,9 +29,10 @@ from torch.utils.data import Dataset
 
 from sitm_trt.media.io import ImageReadError, read_hdr, read_ldr, to_float
 
-from .build import (PlanItem, Recipe, Sample, generate_item, load_manifest, load_sample, load_sample_meta, make_sample,
-                    relabel_up)
+from .build import load_manifest
 from .real import MergedStack, SICEStack, find_pairs, find_sice_stacks, merge_stack, scan_hdr_files, stack_sample
+from .recipe import PlanItem, Recipe
+from .samples import Sample, generate_item, load_sample, load_sample_meta, make_sample, relabel_up
 from .sources import validate_radiance
 from .stack import LabelCriterion
 
@@ -113,7 +114,7 @@ class SampleDataset(_Augmented):
 
     ``crop=None`` returns whole images; otherwise ``crop x crop`` (random when ``augment``, centred
     otherwise). ``up_ev_max``: a sample whose exposure-up label is more than this many EV above the input gets
-    its label shot again at ``up_ev_max`` (:func:`~.build.relabel_up`; the noise draw is fixed per item, like a
+    its label shot again at ``up_ev_max`` (:func:`~.samples.relabel_up`; the noise draw is fixed per item, like a
     stored label's: seeded by ``seed`` (0 when ``None``) and the item's position in the split). ``check=True`` verifies every file's checksum at construction (raising ``ValueError`` with
     the broken files' names before any training step); otherwise a corrupt file raises ``ValueError`` naming
     it when read.

@@ -31,7 +31,7 @@ import numpy as np
 from sitm_trt.files import atomic_write
 from sitm_trt.media.io import HDR_EXTENSIONS, LDR_EXTENSIONS, ImageReadError, read_hdr, read_ldr, srgb_eotf
 
-from .build import Sample
+from .samples import Sample
 from .sources import validate_radiance
 from .stack import LabelCriterion, choose_labels
 
@@ -355,7 +355,8 @@ def import_sice(
     """
     import hashlib
 
-    from .build import FORMAT, _npz_bytes, _write_manifest, load_manifest
+    from .build import FORMAT, load_manifest, write_manifest
+    from .samples import npz_bytes
 
     root, out = Path(root), Path(out)
     stacks = find_sice_stacks(root)
@@ -414,7 +415,7 @@ def import_sice(
             rejected.append((err.path, err.reason))
             continue
         for sid, sample in zip(ids, sice_samples(merged, criterion)):
-            data = _npz_bytes(sample)
+            data = npz_bytes(sample)
             atomic_write(out / split / f"{sid}.npz", data)
             records.append(
                 {
@@ -443,5 +444,5 @@ def import_sice(
         "bytes": sum(r["bytes"] for r in records),
         "hdr_note": "HDR merged from each full stack with Debevec & Malik (Photomatix substitute)",
     }
-    _write_manifest(out, manifest)
+    write_manifest(out, manifest)
     return manifest
