@@ -124,6 +124,39 @@ def test_tiled_matches_the_full_frame(net, tile, overlap, coarse_level, tol):
     assert (naive - ref).abs().max() > 100 * err.max()
 
 
+def test_network_tiled_cores_cover_the_padded_frame_with_the_whole_networks_outputs(net):
+    """network_tiled (the video frame loop's entry) hands each padded-frame pixel to ``write`` exactly once,
+    with the whole network's masks, exposure images and pre-kernel image, and the frame's own coefficients."""
+    frame = make_frame(1, 150, 203)
+    pre = ops.pre(frame, stride=16)
+    with torch.inference_mode():
+        ref = net(*pre)
+    got = {k: torch.full_like(v, float("nan")) for k, v in
+           (("masks", ref.masks), ("image", pre.image), ("up", ref.image_up), ("down", ref.image_down))}
+    hits = torch.zeros(pre.image.shape[-2:], dtype=torch.int64)
+    coefs = []
+
+    def write(top, left, masks, image, up, down, coef):
+        h, w = masks.shape[-2:]
+        for key, v in zip(got, (masks, image, up, down)):
+            got[key][:, :, top : top + h, left : left + w] = v
+        hits[top : top + h, left : left + w] += 1
+        coefs.append(coef.clone())
+
+    info = {}
+    state = tiling.network_tiled(net, frame, write, tile=64, overlap=16, info=info)
+    assert info["tiles"] > 4 and len(coefs) == info["tiles"]
+    assert bool((hits == 1).all())  # the cores tile the padded frame once
+    assert torch.equal(got["image"], pre.image)
+    for key, want in (("masks", ref.masks), ("up", ref.image_up), ("down", ref.image_down)):
+        assert (got[key] - want).abs().max() < 1e-5, key
+    for c in coefs:
+        torch.testing.assert_close(c, state.coef, rtol=0, atol=0)
+    torch.testing.assert_close(state.coef, ref.coef, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="empty"):
+        tiling.network_tiled(net, torch.zeros(1, 3, 0, 5), write, tile=64)
+
+
 def test_error_comes_from_context_not_from_the_state(net):
     """Without context (overlap 0) tiles differ near their borders, but a gathered state stays close."""
     frame = make_frame(1)

@@ -261,6 +261,63 @@ def test_exr_sequence(tmp_path):
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["f000.exr", "f001.exr", "sequence.json"]
 
 
+def test_frame_over_the_memory_budget_is_converted_in_tiles(tmp_path, weights, monkeypatch):
+    """A budget that a whole 256x384 frame exceeds but 128-pixel tiles fit: the EXR sequence (lossless float32)
+    equals the whole-frame conversion within the seam error of docs/tiling.md (float rounding), with the
+    temporal smoothing on; a budget too small even for tiles is refused before any work."""
+    from sitm_trt.media import io
+    from sitm_trt.media.video import conversion
+    from sitm_trt.runtime import memory
+    from sitm_trt.runtime.pipeline import Pipeline
+
+    make_clip(tmp_path / "in.mp4", test_frames(3, h=256, w=384), audio=False)
+    pipe = Pipeline(weights, backend="torch")  # both runs on the same model: the difference is the tiles
+    opts = V.VideoOptions(exr_half=False, smoothing=0.25)
+    monkeypatch.setenv("SITM_TRT_MEMORY_LIMIT", "0")  # no guard: the whole frame
+    V.convert(tmp_path / "in.mp4", tmp_path / "whole", pipeline=pipe, device="cpu", progress=False, options=opts)
+    frame_bytes = conversion._tiled_frame_bytes("exr", half=False)
+    ok, need, _ = memory.fits(pipe.weights, 1, 256, 384, tiled=128, frame_bytes=frame_bytes)
+    assert memory.fits(pipe.weights, 1, 256, 384)[1] > need  # whole frames do not fit this budget
+    monkeypatch.setenv("SITM_TRT_MEMORY_LIMIT", str(need))
+    notices = []
+    res = V.convert(tmp_path / "in.mp4", tmp_path / "tiled", pipeline=pipe, device="cpu", progress=False,
+                    options=opts, log=notices.append)
+    assert res.frames == 3 and any("converting in 128-pixel tiles" in m for m in notices), notices
+    for i in range(3):
+        want = io.read_hdr(tmp_path / "whole" / f"frame_{i:06d}.exr")
+        got = io.read_hdr(tmp_path / "tiled" / f"frame_{i:06d}.exr")
+        assert want.shape == got.shape == (256, 384, 3) and want.max() > 0.1
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    monkeypatch.setenv("SITM_TRT_MEMORY_LIMIT", str(need - 1))
+    with pytest.raises(MemoryError, match="even in 128-pixel tiles"):
+        V.convert(tmp_path / "in.mp4", tmp_path / "refused", pipeline=pipe, device="cpu", progress=False,
+                  options=opts)
+    assert not list((tmp_path / "refused").glob("*.exr"))
+
+
+def test_tiled_frames_encode_pq_like_whole_frames(weights):
+    """The tiled frame loop feeds the same post kernel: PQ 4:2:0 code values of an odd-sized frame (cropped to
+    even sizes) within one code of the whole frame's, and the same light statistics (MaxCLL/MaxFALL terms)."""
+    from sitm_trt.media.video.frames import FrameProcessor
+    from sitm_trt.runtime.pipeline import Pipeline
+
+    pipe = Pipeline(weights, backend="torch")
+    frames = test_frames(3, h=201, w=331)
+    outs = {}
+    for tile in (None, 128):
+        proc = FrameProcessor(pipe, "cpu", encoding="pq", smoothing=0.25, slots=1, tile=tile)
+        outs[tile] = []
+        for i, f in enumerate(frames):
+            done = proc(f, i / 24)
+            done.wait()
+            outs[tile].append((np.array(done.out), np.array(done.stats)))
+            proc.release(done)
+    for (want, want_stats), (got, got_stats) in zip(outs[None], outs[128]):
+        assert want.shape == got.shape == (T.yuv420p_size(200, 330),)
+        assert np.abs(want.astype(np.int64) - got).max() <= 1 and (want != got).mean() < 1e-3
+        np.testing.assert_allclose(got_stats, want_stats, rtol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Ctrl-C and errors leave a playable file
 # ---------------------------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ docs/reliability.md, "The memory guard": ``compact`` 533-593 B/px with the torch
 resolution in the two U-Nets and the MEFM). The budget is the memory the kernel says is available
 (``MemAvailable``, or a cgroup's limit when lower) unless ``SITM_TRT_MEMORY_LIMIT`` (bytes, with an optional
 K/M/G/T suffix) sets it; ``SITM_TRT_MEMORY_LIMIT=0`` turns the guard off. :func:`limited` sets it for a block of
-code (``sitm-trt infer/video --max-memory``), over the environment.
+code (``sitm-trt infer/video --max-memory``), over the environment. :func:`choose_tile` picks the tile size of a
+frame that does not fit whole.
 
 Only host (CPU) work is guarded: a CUDA allocation that does not fit raises an error of its own.
 """
@@ -22,8 +23,8 @@ import os
 import struct
 from typing import Any, Iterator
 
-__all__ = ["bytes_per_pixel", "budget", "check", "fits", "format_bytes", "image_size", "limited", "parse_bytes",
-           "DECODED_BYTES_PER_PIXEL"]
+__all__ = ["bytes_per_pixel", "budget", "check", "choose_tile", "fits", "format_bytes", "image_size", "limited",
+           "parse_bytes", "DECODED_BYTES_PER_PIXEL", "TILES"]
 
 DECODED_BYTES_PER_PIXEL = 24
 """Host bytes per pixel that a tiled conversion keeps for the whole frame: the decoded 8/16-bit RGB (3-6), the
@@ -109,16 +110,27 @@ def format_bytes(n: float) -> str:
     return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MiB"
 
 
-def fits(preset: Any, n: int, h: int, w: int, *, tiled: int | None = None) -> tuple[bool, int, int | None]:
+def fits(preset: Any, n: int, h: int, w: int, *, tiled: int | None = None,
+         frame_bytes: int = DECODED_BYTES_PER_PIXEL) -> tuple[bool, int, int | None]:
     """(fits?, estimated bytes, budget) of converting ``n`` frames of ``h`` x ``w``; ``tiled``: the tile size of
-    a tiled conversion (the whole frame then costs only DECODED_BYTES_PER_PIXEL, the network one tile)."""
+    a tiled conversion (the whole frame then costs only ``frame_bytes`` per pixel, the network one tile)."""
     per = bytes_per_pixel(preset)
     if tiled:  # a window is the tile plus its context (at most 64 px a side at the shipped presets)
-        need = n * h * w * DECODED_BYTES_PER_PIXEL + min(h, tiled + 128) * min(w, tiled + 128) * per
+        need = n * h * w * frame_bytes + min(h, tiled + 128) * min(w, tiled + 128) * per
     else:
         need = n * h * w * per
     limit = budget()
     return (limit is None or need <= limit), need, limit
+
+
+TILES = (1024, 512, 256, 128)
+"""The tile sizes an automatic tiling tries, largest (fastest) first."""
+
+
+def choose_tile(preset: Any, h: int, w: int, *, frame_bytes: int = DECODED_BYTES_PER_PIXEL) -> int | None:
+    """The largest of :data:`TILES` whose tiled conversion of one ``h`` x ``w`` frame fits the budget (see
+    :func:`fits`), or None when none does."""
+    return next((t for t in TILES if fits(preset, 1, h, w, tiled=t, frame_bytes=frame_bytes)[0]), None)
 
 
 def check(preset: Any, n: int, h: int, w: int, what: str = "infer") -> None:

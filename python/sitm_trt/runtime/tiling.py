@@ -27,6 +27,9 @@ by ``python -m sitm_trt.tools.tiling_probe``.
 With a given ``state`` (e.g. a state smoothed over video frames) no statistic pass is needed: two passes
 over the fine levels (the encoder for the coarse input, then the whole fine network).
 
+:func:`infer_tiled` runs the post step (fusion and curve) on each core; :func:`network_tiled` hands each core's
+network outputs to the caller instead (the video frame loop smooths the coefficients and encodes PQ/HLG itself).
+
 Why one module of about 700 lines: it is one algorithm. Its sections (geometry, frame views, thumbnails from
 pieces, the statistic gatherer, the driver) serve each other - the gatherer feeds the thumbnail accumulator
 and reads the tile geometry, the driver uses them all - and none is of use alone; as separate modules their
@@ -40,7 +43,7 @@ import copy
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +56,7 @@ from sitm_trt.model.state import GlobalState, StatSource
 
 __all__ = [
     "infer_tiled",
+    "network_tiled",
     "global_state_tiled",
     "Tile",
     "tile_grid",
@@ -62,6 +66,10 @@ __all__ = [
     "frame_thumbnail",
 ]
 
+
+Write = Callable[..., None]
+"""``write(top, left, masks, image, image_up, image_down, coef)``: one core's network outputs
+(:func:`network_tiled`)."""
 
 # ---------------------------------------------------------------------------------------------------------
 # Geometry
@@ -508,8 +516,9 @@ class _Runner:
             first = (pyr_up[-1], pyr_down[-1])
         self.x_coarse, self.image_coarse, self.codes = x, first, codes
 
-    def fine(self, out: torch.Tensor | None, layout: str) -> None:
-        """The fine levels and the MEFM per window (passes until every statistic is known), then post."""
+    def fine(self, write: Write | None) -> None:
+        """The fine levels and the MEFM per window (passes until every statistic is known); the last pass hands
+        each core's outputs to ``write``."""
         net, L, st = self.net, self.level, self.stats
         s = 2**L
 
@@ -523,22 +532,11 @@ class _Runner:
             _, (pyr_up, pyr_down) = net.decode_levels(x, img, skips, self.codes, range(L - 1, -1, -1), st)
             up, down = pyr_up[-1].clamp(0.0, 1.0), pyr_down[-1].clamp(0.0, 1.0)
             masks, coef = net.mefm(pre.image, up, down, None, st)
-            if out is None:
-                return
-            h = min(t.core_height, self.f.h - t.core_top)
-            w = min(t.core_width, self.f.w - t.core_left)
-            if h <= 0 or w <= 0:
-                return
-            core = [st._core(v) for v in (masks, pre.image, up, down)]
-            hdr = ops.post(*core, coef, h, w, layout="nhwc" if layout != "nchw" else "nchw", dtype=out.dtype,
-                           fusion=net.preset.fusion)
-            if layout == "nchw":
-                out[:, :, t.core_top : t.core_top + h, t.core_left : t.core_left + w] = hdr
-            else:
-                out[:, t.core_top : t.core_top + h, t.core_left : t.core_left + w, :] = hdr
+            if write is not None:
+                write(t.core_top, t.core_left, *(st._core(v) for v in (masks, pre.image, up, down)), coef)
 
         while True:
-            if out is None and st.has("mefm_g"):
+            if write is None and st.has("mefm_g"):
                 return  # only the state was asked for
             if self._pass(body):
                 return
@@ -550,8 +548,8 @@ class _Runner:
         return GlobalState.from_values(st.values, self.net.preset.levels)
 
 
-def _single(net: SITMNet, frame: _Frame, state: GlobalState | None, out: torch.Tensor | None,
-            layout: str, dtype: torch.dtype) -> tuple[GlobalState, torch.Tensor | None]:
+def _single(net: SITMNet, frame: _Frame, state: GlobalState | None, write: Write | None,
+            dtype: torch.dtype) -> GlobalState:
     """One window covers the frame: exactly the whole-frame network."""
     s = net.stride
     pre = ops.pre(frame.crop(0, ops.padded_size(frame.h, s), 0, ops.padded_size(frame.w, s)), stride=1, dtype=dtype)
@@ -559,10 +557,23 @@ def _single(net: SITMNet, frame: _Frame, state: GlobalState | None, out: torch.T
         res, state = net.forward_with_state(*pre)
     else:
         res = net.forward_state(*pre, state.to(frame.device))
-    if out is not None:
-        out.copy_(ops.post(res.masks, pre.image, res.image_up, res.image_down, res.coef, frame.h, frame.w,
-                           layout="nhwc" if layout != "nchw" else "nchw", dtype=out.dtype, fusion=net.preset.fusion))
-    return state, out
+    if write is not None:
+        write(0, 0, res.masks, pre.image, res.image_up, res.image_down, res.coef)
+    return state
+
+
+def _network(net: SITMNet, f: _Frame, tile: int, overlap: int, level: int, state: GlobalState | None,
+             info: dict | None, write: Write | None) -> GlobalState:
+    """The tiled network on a non-empty frame (inside ``inference_mode``): each core's outputs go to ``write``;
+    returns the frame's state (or the given one)."""
+    runner = _Runner(net, f, tile, overlap, level, state, info)
+    if len(runner.tiles) == 1:
+        runner.info["passes"] = 1
+        return _single(net, f, state, write, runner.dtype)
+    runner.global_inputs()
+    runner.coarse()
+    runner.fine(write)
+    return runner.state()
 
 
 def _run(net_or_weights, frame, tile, overlap, coarse_level, state, layout, dtype, out, info, produce: bool):
@@ -577,26 +588,27 @@ def _run(net_or_weights, frame, tile, overlap, coarse_level, state, layout, dtyp
     tile, overlap, level = _resolve_geometry(net.preset, tile, overlap, coarse_level)
     hwc = layout != "nchw"
     oshape = (f.n, f.h, f.w, 3) if hwc else (f.n, 3, f.h, f.w)
-    result = None
+    result = write = None
     if produce:
-        if out is None:
-            result = torch.empty(oshape, dtype=names[dtype], device=f.device)
-        else:
-            result = _out_view(out, oshape, f)
+        result = torch.empty(oshape, dtype=names[dtype], device=f.device) if out is None else _out_view(out, oshape, f)
+
+        def write(top: int, left: int, masks, image, image_up, image_down, coef) -> None:
+            h, w = min(masks.shape[-2], f.h - top), min(masks.shape[-1], f.w - left)
+            if h <= 0 or w <= 0:
+                return  # a core in the bottom/right padding
+            hdr = ops.post(masks, image, image_up, image_down, coef, h, w, layout="nhwc" if hwc else "nchw",
+                           dtype=result.dtype, fusion=net.preset.fusion)
+            if hwc:
+                result[:, top : top + h, left : left + w, :] = hdr
+            else:
+                result[:, :, top : top + h, left : left + w] = hdr
+
     with torch.inference_mode():
         if f.n == 0 or f.h == 0 or f.w == 0:
             if state is None and not produce:
                 raise ValueError("global_state_tiled: the frame is empty")
             return state, result, f
-        runner = _Runner(net, f, tile, overlap, level, state, info)
-        if len(runner.tiles) == 1:
-            runner.info["passes"] = 1
-            st, _ = _single(net, f, state, result, layout, runner.dtype)
-            return st, result, f
-        runner.global_inputs()
-        runner.coarse()
-        runner.fine(result, layout)
-        return runner.state(), result, f
+        return _network(net, f, tile, overlap, level, state, info, write), result, f
 
 
 def _resolve_geometry(preset: Preset, tile: int, overlap: int | None, coarse_level: int | None):
@@ -697,6 +709,36 @@ def infer_tiled(
     st, result, f = _run(net_or_weights, frame, tile, overlap, coarse_level, state, layout, dtype, out, info, True)
     wrapped = _wrap(result, f, layout, out)
     return (wrapped, st) if return_state else wrapped
+
+
+def network_tiled(
+    net_or_weights: Any,
+    frame: Any,
+    write: Write,
+    *,
+    tile: int = 512,
+    overlap: int | None = None,
+    coarse_level: int | None = None,
+    state: GlobalState | None = None,
+    info: dict | None = None,
+) -> GlobalState:
+    """The network outputs of a non-empty frame, in tiles, for callers that post-process them themselves
+    (the video frame loop: curve smoothing and PQ/HLG encoding in the post kernel, docs/video.md).
+
+    ``write(top, left, masks, image, image_up, image_down, coef)`` is called once per core, in the last pass:
+    the tensors are the core's ``(N, C, h, w)`` block of the padded ``(N, C, Hp, Wp)`` outputs that
+    ``SITMNet.forward`` (masks, exposure images) and the pre kernel (image) give, at padded-frame row ``top``
+    and column ``left``; the cores tile the padded frame once. ``coef`` is the frame's curve coefficients
+    ``(N, 4)`` (the same in every call). The other arguments are :func:`infer_tiled`'s; returns the state
+    used. Each core's tensors are the same as :func:`infer_tiled` feeds to the post step.
+    """
+    f = _Frame(frame)
+    if f.n == 0 or f.h == 0 or f.w == 0:
+        raise ValueError("network_tiled: the frame is empty")
+    net = _resolve_net(net_or_weights, f.device)
+    tile, overlap, level = _resolve_geometry(net.preset, tile, overlap, coarse_level)
+    with torch.inference_mode():
+        return _network(net, f, tile, overlap, level, state, info, write)
 
 
 def global_state_tiled(

@@ -31,6 +31,8 @@ from sitm_trt.media.video.temporaries import _claim_temp, _clean_leftovers
 
 _END = object()  # end of a queue
 _MAX_DAMAGED_RUN = 64  # damaged video packets in a row before the input counts as unreadable
+_QUEUED = 8  # decoded frames waiting for the network
+_SLOTS = 4  # output buffers of frames in flight (FrameProcessor)
 
 
 class _SigtermAsInterrupt:
@@ -110,7 +112,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, weights: Any = "d
 
     ``pipeline``: a :class:`sitm_trt.Pipeline` to use (else one is made from ``weights``, ``backend``,
     ``precision``, ``cuda_graphs``). ``device``: "cpu" or "cuda:N" (default: the first GPU if there is one). ``on_frame(i)`` is
-    called after frame ``i`` is enqueued (progress hooks, tests); ``log`` receives one-line notices. Raises
+    called after frame ``i`` is enqueued (progress hooks, tests); ``log`` receives one-line notices. On the CPU a
+    frame over the memory budget runs in tiles (so does every frame with a ``Pipeline(tile=N)``; docs/video.md,
+    "Memory"), and MemoryError is raised before any frame is converted when even tiles do not fit. Raises
     :class:`VideoError` for unusable input or output, and re-raises Ctrl-C or any error after closing a
     playable output that holds the frames converted before it (``log`` says how many).
     """
@@ -175,14 +179,14 @@ def _convert(src: Path, dst: Path, fmt: str, opts: VideoOptions, temp: Any, patt
         device = device or _default_device()
         vin = container.streams.video[0]
         w, h = vin.codec_context.width, vin.codec_context.height
-        if device == "cpu" and hasattr(getattr(pipeline, "weights", None), "preset_json"):  # the memory guard
-            from sitm_trt.runtime import memory
-
-            memory.check(pipeline.weights, 1, h, w, what=str(src))
+        tile = getattr(pipeline, "tile", None)
+        if tile is None and device == "cpu" and hasattr(getattr(pipeline, "weights", None), "preset_json"):
+            tile = _tile_for_memory(pipeline.weights, h, w, fmt, opts, src, log)
         encoding = {"hdr10": "pq", "hlg": "hlg", "exr": "linear"}[fmt]
         proc = FrameProcessor(pipeline, device, encoding=encoding, dtype="float16" if opts.exr_half else "float32",
                               ref_white=opts.ref_white, peak_nits=opts.peak_nits, smoothing=opts.smoothing,
-                              scene_cut=opts.scene_cut, slots=4)
+                              scene_cut=opts.scene_cut, slots=_SLOTS, tile=tile,
+                              overlap=getattr(pipeline, "overlap", None) if tile else None)
         ow, oh = (w - w % 2, h - h % 2) if fmt != "exr" else (w, h)
         if fmt == "exr":
             sink: Any = _ExrSink(pattern, container, opts.exr_half, opts.ref_white)
@@ -203,6 +207,39 @@ def _convert(src: Path, dst: Path, fmt: str, opts: VideoOptions, temp: Any, patt
         container.close()
 
 
+def _tiled_frame_bytes(fmt: str, half: bool) -> int:
+    """Host bytes per pixel that a tiled video conversion keeps for whole frames: the decoded frames queued or
+    held (``_QUEUED + 2``, 16-bit RGB at most: 6 bytes each), the four float32 network outputs the tiles write
+    (48), the output slots (float32 12, half 6, 10-bit 4:2:0 3 bytes each) and the EXR writer's copy (12)."""
+    out = {"exr": 6 if half else 12}.get(fmt, 3)
+    return 6 * (_QUEUED + 2) + 48 + _SLOTS * out + 12
+
+
+def _tile_for_memory(weights: Any, h: int, w: int, fmt: str, opts: VideoOptions, src: Path,
+                     log: Callable[[str], None]) -> int | None:
+    """The memory guard of a CPU conversion: None when a whole frame fits the budget, else the largest tile size
+    whose tiled conversion fits (with a notice); MemoryError when even 128-pixel tiles do not fit, or when the
+    tiles' PyTorch model is not installed."""
+    from sitm_trt.runtime import memory
+
+    ok, need, limit = memory.fits(weights, 1, h, w)
+    if ok:
+        return None
+    frame_bytes = _tiled_frame_bytes(fmt, opts.exr_half)
+    tile = memory.choose_tile(weights, h, w, frame_bytes=frame_bytes)
+    whole = (f"{src}: {w}x{h} needs about {memory.format_bytes(need)} per frame in one piece, "
+             f"{memory.format_bytes(limit)} available (SITM_TRT_MEMORY_LIMIT or --max-memory)")
+    if tile is None:
+        least = memory.fits(weights, 1, h, w, tiled=memory.TILES[-1], frame_bytes=frame_bytes)[1]
+        raise MemoryError(f"{whole}, and about {memory.format_bytes(least)} even in {memory.TILES[-1]}-pixel tiles")
+    try:
+        import torch  # noqa: F401 - the tiles run the PyTorch model
+    except ImportError:
+        raise MemoryError(f"{whole}, and tiles run the PyTorch model: pip install 'sitm-trt[torch]'") from None
+    log(f"{whole}: converting in {tile}-pixel tiles")
+    return tile
+
+
 def _run(container: Any, proc: FrameProcessor, sink: Any, opts: VideoOptions, fmt: str, src: Path, dst: Path,
          partial: Path | None, size: tuple[int, int], progress: bool, on_frame: Callable[[int], None] | None,
          log: Callable[[str], None]) -> VideoResult:
@@ -211,7 +248,7 @@ def _run(container: Any, proc: FrameProcessor, sink: Any, opts: VideoOptions, fm
     vin = container.streams.video[0]
     audio = list(container.streams.audio) if (opts.audio and fmt != "exr") else []
     stop, stop_decode = threading.Event(), threading.Event()
-    q_in: queue.Queue = queue.Queue(maxsize=8)
+    q_in: queue.Queue = queue.Queue(maxsize=_QUEUED)
     q_out: queue.Queue = queue.Queue(maxsize=len(proc.slots) + 8)
     errors: list[BaseException] = []
     light = {"max": 0.0, "fall": 0.0}

@@ -3,6 +3,10 @@ post kernel on one decoded frame at a time, with a ring of slots (pinned host an
 event per frame), so the calling thread only enqueues work while another thread waits for each frame's result.
 The post kernel does the PQ/HLG encoding, BT.709 -> BT.2020 and the 10-bit 4:2:0 Y'CbCr that the encoder
 consumes, on the device the pipeline runs on, and measures each frame's light level in the same pass.
+
+With ``tile`` set, the network runs in tiles (:func:`sitm_trt.runtime.tiling.network_tiled`, the PyTorch model)
+that write its outputs into whole-frame buffers; the smoothing and the post kernel are then the same as for a
+whole frame, so only the network's memory is bounded by the tile (docs/video.md, "Memory").
 """
 
 from __future__ import annotations
@@ -57,12 +61,13 @@ class FrameProcessor:
 
     ``encoding``: ``"linear"`` (float (h, w, 3), BT.709, 1.0 = reference white; ``dtype`` float32/float16),
     or ``"pq"`` / ``"hlg"`` (uint16 yuv420p code values, BT.2020, narrow range, the frame cropped to even
-    sizes). ``device``: "cpu" or "cuda:N".
+    sizes). ``device``: "cpu" or "cuda:N". ``tile``: run the network in tiles of at most this many pixels a
+    side, with ``overlap`` (None: the preset's default) - the pipeline's PyTorch model, whatever its backend.
     """
 
     def __init__(self, pipeline: Any, device: str = "cpu", *, encoding: str = "linear", dtype: str = "float32",
                  ref_white: float = 203.0, peak_nits: float = 1000.0, smoothing: float = 0.0,
-                 scene_cut: float = 0.1, slots: int = 3):
+                 scene_cut: float = 0.1, slots: int = 3, tile: int | None = None, overlap: int | None = None):
         if encoding not in ("linear", "pq", "hlg"):
             raise ValueError(f"encoding must be 'linear', 'pq' or 'hlg', got {encoding!r}")
         self.pipeline, self.device, self.encoding, self.dtype = pipeline, device, encoding, dtype
@@ -70,7 +75,9 @@ class FrameProcessor:
         self.smoother = CoefSmoother(smoothing)
         self.detector = SceneCutDetector(scene_cut)
         self.cuts: list[int] = []
-        self.backend = pipeline.backend_for(device)
+        self.tile, self.overlap = tile, overlap
+        # tiles: the PyTorch model (as Pipeline(tile=...) runs it), and no whole-frame backend session
+        self.backend = pipeline._torch_for(device) if tile else pipeline.backend_for(device)
         self.fusion = pipeline.weights.fusion
         self.cuda = device.startswith("cuda")
         self.dev_index = int(device.split(":")[1]) if self.cuda else 0
@@ -119,15 +126,35 @@ class FrameProcessor:
                 slot.event = self.ext.Event(self.dev_index)
         slot.key = key
 
-    def _pre_buffers(self, h: int, w: int) -> tuple:
+    def _pre_buffers(self, h: int, w: int, channels: tuple[int, ...] = (3, 3, 3, 2)) -> tuple:
+        """Padded whole-frame buffers with ``channels`` channels: the pre kernel's outputs (the default), or the
+        network's that the tiles write (:meth:`_network_tiled`)."""
         s = self.backend.stride
         hp, wp = -(-h // s) * s, -(-w // s) * s
-        key = (hp, wp)
+        key = (hp, wp, channels)
         if key != self._pre_key:
             where = "device" if self.cuda else "host"
-            self._pre = tuple(self._alloc([1, c, hp, wp], self.backend.dtype, where) for c in (3, 3, 3, 2))
+            self._pre = tuple(self._alloc([1, c, hp, wp], self.backend.dtype, where) for c in channels)
             self._pre_key = key
         return self._pre
+
+    def _network_tiled(self, x: Any, h: int, w: int) -> tuple:
+        """(image, up, down, masks, coef) of the frame ``x`` from the network in tiles: the cores are written
+        into whole-frame buffers, which the post kernel then reads as it reads the whole network's outputs."""
+        from sitm_trt.runtime import tiling
+
+        torch = self.backend._torch
+        image, up, down, masks = (torch.from_dlpack(b) for b in self._pre_buffers(h, w, (3, 3, 3, 3)))
+
+        def write(top: int, left: int, *core: Any) -> None:
+            rows, cols = slice(top, top + core[0].shape[-2]), slice(left, left + core[0].shape[-1])
+            for buf, v in zip((masks, image, up, down), core[:4]):
+                buf[:, :, rows, cols] = v
+
+        with self.backend._stream_ctx(self.stream):  # on CUDA: the stream of the pre/post kernels
+            state = tiling.network_tiled(self.backend.model, torch.from_dlpack(x), write, tile=self.tile,
+                                         overlap=self.overlap)
+        return image, up, down, masks, state.coef.contiguous()
 
     def __call__(self, frame: np.ndarray, t: float, pts: int | None = None) -> _Done:
         """Enqueue one (H, W, 3) uint8/uint16 RGB frame shown at ``t`` seconds; the result's ``wait()``
@@ -153,17 +180,21 @@ class FrameProcessor:
             x = slot.dev_in
         else:
             x = frame
-        pre = self._pre_buffers(h, w)
-        kernels.pre(x, stride=self.backend.stride, dtype=self.backend.dtype, out=pre, stream=stream)
-        up, down, masks, coef = self.backend.run(pre, stream)
+        if self.tile:
+            image, up, down, masks, coef = self._network_tiled(x, h, w)
+        else:
+            pre = self._pre_buffers(h, w)
+            kernels.pre(x, stride=self.backend.stride, dtype=self.backend.dtype, out=pre, stream=stream)
+            up, down, masks, coef = self.backend.run(pre, stream)
+            image = pre[0]
         coef = self.smoother(coef, t, cut, stream)
         out = slot.dev_out if self.cuda else slot.host_out
         stats = slot.dev_stats if self.cuda else slot.host_stats
         if self.encoding == "linear":
-            kernels.post(masks, pre[0], up, down, coef, height=oh, width=ow, layout="nhwc", dtype=self.dtype,
+            kernels.post(masks, image, up, down, coef, height=oh, width=ow, layout="nhwc", dtype=self.dtype,
                          out=out, stats=stats, ref_white=self.ref_white, stream=stream, fusion=self.fusion)
         else:
-            kernels.post(masks, pre[0], up, down, coef, height=oh, width=ow, layout="yuv420p", dtype="uint16",
+            kernels.post(masks, image, up, down, coef, height=oh, width=ow, layout="yuv420p", dtype="uint16",
                          transfer=self.encoding, gamut="bt2020", ref_white=self.ref_white,
                          peak_nits=self.peak_nits, code_range="limited", bits=10, out=out, stats=stats,
                          stream=stream, fusion=self.fusion)
