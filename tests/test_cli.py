@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sitm_trt.tools import cli
+from sitm_trt.tools import cli, cli_infer, cli_video
 from sitm_trt.media import io
 from sitm_trt.runtime.pipeline import Pipeline
 
@@ -37,7 +37,7 @@ def stub_pipeline(weights) -> Pipeline:
 def fast(monkeypatch, weights):
     """Make `sitm-trt infer` use the stand-in network (the plumbing is under test, not the network)."""
     pipe = stub_pipeline(weights)
-    monkeypatch.setattr(cli, "_make_pipeline", lambda args: pipe)
+    monkeypatch.setattr(cli_infer, "_make_pipeline", lambda args: pipe)
     return pipe
 
 
@@ -444,7 +444,7 @@ def test_info_without_an_nvidia_driver_says_so(tmp_path):
 import sys
 from sitm_trt import kernels
 from sitm_trt.runtime import device
-from sitm_trt.tools import cli
+from sitm_trt.tools import cli, cli_infer, cli_video
 
 class NoDriver:  # the extension as a CUDA build sees a machine without libcuda
     def __getattr__(self, name):
@@ -479,13 +479,13 @@ def test_help_texts_render_and_every_option_has_one(capsys):
 
 
 def test_three_significant_digits():
-    assert [cli.significant(v) for v in (0.05234, 0.5, 2.1, 24.0, 123.4, 1234.4)] == \
+    assert [cli_video.significant(v) for v in (0.05234, 0.5, 2.1, 24.0, 123.4, 1234.4)] == \
         ["0.0523", "0.500", "2.10", "24.0", "123", "1234"]
 
 
 def test_video_threads_and_max_memory(tmp_path, weights, capsys, monkeypatch):
-    """--threads reaches the video's Pipeline; a frame over --max-memory is refused before any work (video
-    does not tile), and nothing is left behind."""
+    """--threads reaches the video's Pipeline; a frame that does not fit --max-memory even in 128-pixel
+    tiles is refused before any work, and nothing is left behind."""
     from sitm_trt.runtime import pipeline as P
 
     made = []

@@ -4,7 +4,7 @@ Inputs are files, folders (walked recursively), globs, or URIs that pyarrow's fi
 ``gs://``, ``abfs://``, ``hdfs://``, ``file://``); a folder input keeps its sub-folders under the output folder.
 Each image gives what ``sitm-trt infer`` writes (``NAME.exr`` or ``NAME.hdr``, optionally
 ``NAME.preview.png``), each video what ``sitm-trt video`` writes (``NAME.mp4`` HDR10/HLG, or an EXR sequence
-in the folder ``NAME/``), with the same code (:func:`sitm_trt.tools.cli.write_image_outputs`,
+in the folder ``NAME/``), with the same code (:func:`sitm_trt.tools.cli_infer.write_image_outputs`,
 :func:`sitm_trt.media.video.convert`), so the files are the same bytes.
 
 How it runs:
@@ -316,26 +316,27 @@ def summary(result: BatchResult) -> str:
 
 def run_cli(args: Any) -> int:
     """``sitm-trt batch`` (parsed by :func:`sitm_trt.tools.cli.build_parser`)."""
-    from sitm_trt.tools import cli
+    from sitm_trt.tools.cli_common import UsageError, say
+    from sitm_trt.tools.cli_video import video_options
 
     _ray()  # say what to install before anything else
-    vopts = cli.video_options(args, args.video_format)
+    vopts = video_options(args, args.video_format)
     try:
         result = convert(args.inputs, args.output, format=args.format, half=not args.float, preview=args.preview,
                          batch_size=args.batch, video_options=vopts, video_container=args.video_container,
                          weights=args.weights, backend=args.backend, precision=args.precision, device=args.device,
                          overwrite=args.overwrite, address=args.address, workers=args.workers,
                          cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.num_gpus_per_worker,
-                         retries=args.retries, manifest=args.manifest, progress=not args.quiet, log=cli._err)
+                         retries=args.retries, manifest=args.manifest, progress=not args.quiet, log=say)
     except BatchError as err:
-        raise cli.UsageError(str(err)) from err
+        raise UsageError(str(err)) from err
     except KeyboardInterrupt:
-        cli._err("stopped: the finished outputs are in place and in the manifest; run the same command again to "
-                 "continue")
+        say("stopped: the finished outputs are in place and in the manifest; run the same command again to "
+            "continue")
         raise
     for rec in result.records:
         if rec["status"] == "failed":
-            cli._err(f"{rec['input']}: {rec['error']}")
+            say(f"{rec['input']}: {rec['error']}")
     if not args.quiet:
         print(f"sitm-trt batch: {summary(result)}", file=sys.stderr)
     return 1 if result.failed else 0

@@ -52,7 +52,8 @@ def _kind(name: str) -> str | None:
 
 def _expand(patterns: Sequence[str], output_dir: Path) -> list[tuple[str, str, str]]:
     """(input, its path relative to the output folder without extension, kind) for each input file, in order."""
-    from sitm_trt.tools.cli import UsageError, expand_inputs
+    from sitm_trt.tools.cli_common import UsageError
+    from sitm_trt.tools.cli_infer import expand_inputs
 
     found: list[tuple[str, str, str]] = []
     out_real = os.path.realpath(output_dir)

@@ -44,11 +44,11 @@ class _Worker:
     """The pipeline (made once per worker), fetching inputs from URIs, bounded retries."""
 
     def __init__(self, config: dict):
-        from sitm_trt.tools import cli
         from sitm_trt.runtime.pipeline import Pipeline
+        from sitm_trt.tools.cli_common import resolve_device
 
         self.config = config
-        self.device = cli._device(config["device"])
+        self.device = resolve_device(config["device"])
         threads = max(1, int(config["cpus_per_worker"])) if self.device == "cpu" else None  # the CPUs Ray gave it
         self.pipe = Pipeline(config["weights"], backend=config["backend"], precision=config["precision"],
                              threads=threads)
@@ -124,7 +124,7 @@ class Worker(_Worker):
     def images(self, rows: list[dict]) -> list[dict]:
         import numpy as np
 
-        from sitm_trt.tools import cli
+        from sitm_trt.tools import cli_infer
 
         cfg = self.config
         results: dict[int, dict] = {}
@@ -136,7 +136,7 @@ class Worker(_Worker):
 
             def load(src: str = row["input"]) -> Any:
                 with self.local(src) as path:
-                    return cli.read_image(path)
+                    return cli_infer.read_image(path)
 
             got, err, n = self.attempt(load)
             if got is None:
@@ -154,7 +154,8 @@ class Worker(_Worker):
                 groups.append([entry])
         for g in groups:
             t0 = time.perf_counter()
-            hdr, err, n = self.attempt(lambda g=g: cli._run_batch(self.pipe, np.stack([e[1] for e in g]), self.device))
+            hdr, err, n = self.attempt(lambda g=g: cli_infer.run_batch(self.pipe, np.stack([e[1] for e in g]),
+                                                                       self.device))
             share = (time.perf_counter() - t0) / len(g)
             for k, (i, _, alpha, gray, sec) in enumerate(g):
                 row = rows[i]
@@ -164,9 +165,9 @@ class Worker(_Worker):
                 t1 = time.perf_counter()
                 Path(row["output"]).parent.mkdir(parents=True, exist_ok=True)
                 _, werr, wn = self.attempt(lambda h=np.ascontiguousarray(hdr[k]), row=row, alpha=alpha, gray=gray:
-                                           cli.write_image_outputs(Path(row["input"]), Path(row["output"]), h, alpha,
-                                                                   gray, half=cfg["half"], preview=cfg["preview"],
-                                                                   notice=notice))
+                                           cli_infer.write_image_outputs(Path(row["input"]), Path(row["output"]), h,
+                                                                         alpha, gray, half=cfg["half"],
+                                                                         preview=cfg["preview"], notice=notice))
                 results[i] = {**row, "status": "failed" if werr else "done", "error": werr, "attempts": max(n, wn),
                               "seconds": sec + share + time.perf_counter() - t1}
         return [results[i] for i in range(len(rows))]

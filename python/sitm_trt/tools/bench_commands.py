@@ -66,7 +66,7 @@ def bench_batch(weights: str, n: int, height: int, width: int, workers: list[int
     import numpy as np
 
     from sitm_trt.tools import batch
-    from sitm_trt.tools import cli
+    from sitm_trt.tools import cli_common, cli_infer
     from sitm_trt.media import io
     from sitm_trt.runtime.pipeline import Pipeline
 
@@ -85,14 +85,15 @@ def bench_batch(weights: str, n: int, height: int, width: int, workers: list[int
         files = sorted(src.iterdir())
 
         pipe = Pipeline(weights, backend=backend)
-        device = cli._device("auto")
+        device = cli_common.resolve_device("auto")
         seq = Path(tmp) / "seq"
         seq.mkdir()
 
         def one(path: Path) -> None:
-            rgb, alpha, gray = cli.read_image(path)
-            hdr = cli._run_batch(pipe, rgb[None], device)[0]
-            cli.write_image_outputs(path, seq / (path.stem + ".exr"), hdr, alpha, gray, half=True, preview=False)
+            rgb, alpha, gray = cli_infer.read_image(path)
+            hdr = cli_infer.run_batch(pipe, rgb[None], device)[0]
+            cli_infer.write_image_outputs(path, seq / (path.stem + ".exr"), hdr, alpha, gray, half=True,
+                                          preview=False)
 
         one(files[0])  # warm-up: backend creation, first-call costs
         t0 = time.perf_counter()
