@@ -170,12 +170,6 @@ def write_exr(path: str | os.PathLike[str], img: np.ndarray, half: bool = True, 
     files.atomic_write(path, buf.getvalue(), exclusive=exclusive)
 
 
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: never a partial file
-    (:func:`sitm_trt.files.atomic_write`)."""
-    files.atomic_write(path, data)
-
-
 def write_hdr_image(path: str | os.PathLike[str], img: np.ndarray, half: bool = False, *,
                     exclusive: bool = False) -> None:
     """Write an HDR image by extension: ``.exr`` (float32 unless ``half``) or ``.hdr`` (RGBE)."""

@@ -50,9 +50,9 @@ def save_weights(
     meta = {**extra, PRESET_KEY: model.preset.to_json(indent=None), FORMAT_KEY: FORMAT}
     # Through the atomic writer: no partial file, and the mode a new file gets (save_file makes 0600, which
     # a wheel would carry to every user).
-    from sitm_trt.media.io import write_bytes_atomic
+    from sitm_trt.files import atomic_write
 
-    write_bytes_atomic(path, _canonical_header(st.save(tensors, metadata=meta)))
+    atomic_write(path, _canonical_header(st.save(tensors, metadata=meta)))
 
 
 def _canonical_header(blob: bytes) -> bytes:

@@ -203,11 +203,11 @@ class Worker(_Worker):
                           overwrite=True, log=notice)
             if opts.format == "exr":
                 if name != str(src):  # a URI's local copy: sequence.json names the URI
-                    from sitm_trt.media.io import write_bytes_atomic
+                    from sitm_trt.files import atomic_write
 
                     meta = json.loads((tmp / "sequence.json").read_text())
                     meta["source"] = name
-                    write_bytes_atomic(tmp / "sequence.json", json.dumps(meta, indent=1).encode())
+                    atomic_write(tmp / "sequence.json", json.dumps(meta, indent=1).encode())
                 os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a folder made by mkdir would not be
                 if dst.exists():  # --overwrite: move the old sequence out of the way, then drop it
                     old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))

@@ -102,10 +102,10 @@ def _main(args: argparse.Namespace) -> int:
           f"{time.perf_counter() - t0:.1f} s; {weights.preset_name}, {args.precision}, "
           f"{profile.padded(weights.stride).describe()}; target {key.target})")
     if args.output:
-        from sitm_trt.media.io import write_bytes_atomic
+        from sitm_trt.files import atomic_write
 
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(args.output, data)  # never a partial copy
+        atomic_write(args.output, data)  # never a partial copy
         print(f"copied to {args.output}")
     return 0
 

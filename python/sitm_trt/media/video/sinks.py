@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from sitm_trt.files import atomic_write
 from sitm_trt.media.video.hevc_sei import _insert_before_vcl
 from sitm_trt.media.video.options import VideoError, VideoOptions, _av
 from sitm_trt.media.video.temporaries import _claim_temp
@@ -194,7 +195,7 @@ class _ExrSink:
         pass
 
     def close(self) -> None:
-        self.io.write_bytes_atomic(self.folder / "sequence.json", json.dumps(self.meta, indent=1).encode())
+        atomic_write(self.folder / "sequence.json", json.dumps(self.meta, indent=1).encode())
         self.removed = self.remove_stale()
 
     def remove_stale(self) -> int:

@@ -27,7 +27,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable, Iterator
 
-from sitm_trt.media.io import write_bytes_atomic
+from sitm_trt.files import atomic_write
 
 __all__ = ["Flavour", "find_flavour", "Profile", "EngineKey", "build_serialized", "EngineCache", "default_cache_dir", "cache_root",
            "TensorRTUnavailable"]
@@ -241,8 +241,8 @@ class EngineCache:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            write_bytes_atomic(engine, data)
-            write_bytes_atomic(meta, json.dumps(info, indent=2).encode())
+            atomic_write(engine, data)
+            atomic_write(meta, json.dumps(info, indent=2).encode())
         except OSError as err:  # a read-only or full cache
             from sitm_trt.errors import EngineError
 
