@@ -29,6 +29,7 @@ usage: tools/gpu_train.sh [options] [-- MORE_TRAIN_OPTIONS...]
   --build-seconds S    the data build's time limit (default 180)
   --preset P           compact or fast (paper: 96 MiB of weights cannot come back through the device tool)
   --fusion F           paper or residual (default paper)
+  --boost B            residual fusion: down or all (default down; docs/model.md, "The boost")
   --init FILE          start from these weights (.safetensors), e.g. python/sitm_trt/weights/default.safetensors
   --stage1-steps N     (default: the trainer's; CPU mode 1)
   --stage2-steps N     (default: the trainer's; CPU mode 1)
@@ -47,7 +48,7 @@ int_arg() { [[ "$2" =~ ^[0-9]+$ ]] || die_usage "$1 must be a whole number, got 
 CPU_MODE=0
 [ "${SITM_GPU_SCRIPT_CPU:-0}" = "1" ] && CPU_MODE=1
 CACHE=.gpu-carry; OUTDIR="${OUT:-gpu-train-out}"; WORKDIR=""; BUDGET=""; N=""; SIZE=""; SEED=0; WORKERS=""
-LOADER=""; BUILD_SECONDS=180; PRESET=compact; FUSION=paper; INIT=""; S1=""; S2=""; BATCH=""; CROP=""; NAME=""
+LOADER=""; BUILD_SECONDS=180; PRESET=compact; FUSION=paper; BOOST=down; INIT=""; S1=""; S2=""; BATCH=""; CROP=""; NAME=""
 ALLOW_PROC=0; PY="${PYTHON:-python3}"; EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -55,7 +56,7 @@ while [ $# -gt 0 ]; do
     --cpu) CPU_MODE=1; shift ;;
     --allow-procedural) ALLOW_PROC=1; shift ;;
     --) shift; EXTRA=("$@"); break ;;
-    --cache|--out|--work|--budget|--n|--size|--seed|--workers|--loader-workers|--build-seconds|--preset|--fusion|\
+    --cache|--out|--work|--budget|--n|--size|--seed|--workers|--loader-workers|--build-seconds|--preset|--fusion|--boost|\
     --init|--stage1-steps|--stage2-steps|--batch|--crop|--name|--python)
       [ $# -ge 2 ] || die_usage "$1 needs a value"
       case "$1" in
@@ -69,6 +70,7 @@ while [ $# -gt 0 ]; do
                     paper) die_usage "--preset paper: its float32 weights (96 MiB) exceed what the device tool brings back (16 MiB a file, 64 MiB in all)" ;;
                     *) die_usage "--preset must be compact or fast, got '$2'" ;; esac ;;
         --fusion) case "$2" in paper|residual) FUSION=$2 ;; *) die_usage "--fusion must be paper or residual, got '$2'" ;; esac ;;
+        --boost) case "$2" in down|all) BOOST=$2 ;; *) die_usage "--boost must be down or all, got '$2'" ;; esac ;;
         --name) [[ "$2" =~ ^[A-Za-z0-9._-]+$ ]] || die_usage "--name may hold letters, digits, '.', '_' and '-' only"; NAME=$2 ;;
       esac
       shift 2 ;;
@@ -148,7 +150,7 @@ if [ "$ok" = 1 ]; then
   if [ "$max" -lt 5 ]; then
     record train out-of-time 0 "no time left for training"; ok=0
   else
-    args=(--data "$WORKDIR/data" --out "$WORKDIR/run" --preset "$PRESET" --fusion "$FUSION" --device "$DEVICE"
+    args=(--data "$WORKDIR/data" --out "$WORKDIR/run" --preset "$PRESET" --fusion "$FUSION" --boost "$BOOST" --device "$DEVICE"
           --seed "$SEED" --workers "$LOADER" --max-seconds "$max")
     [ -n "$INIT" ] && args+=(--init "$INIT")
     [ -n "$S1" ] && args+=(--stage1-steps "$S1")
@@ -196,7 +198,7 @@ try:
     card = json.load(open(os.path.join(run, "card.json")))
     summary["train"] = {k: card.get(k) for k in ("step", "train_seconds", "stopped", "losses", "validation", "device",
                                                    "torch", "perceptual")}
-    summary["train"]["config"] = {k: card["config"].get(k) for k in ("preset", "fusion", "init", "stage1_steps",
+    summary["train"]["config"] = {k: card["config"].get(k) for k in ("preset", "fusion", "boost", "init", "stage1_steps",
                                                                        "stage2_steps", "batch", "crop", "max_seconds")}
 except (OSError, ValueError, KeyError):
     summary["train"] = None
