@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import files
+from . import image_read
 from .image_read import (
     HDR_EXTENSIONS,
     LDR_EXTENSIONS,
@@ -48,16 +49,7 @@ from .image_read import (
     to_float,
 )
 
-__all__ = [
-    "ImageReadError",
-    "LDR_EXTENSIONS",
-    "HDR_EXTENSIONS",
-    "LdrImage",
-    "read_ldr",
-    "read_ldr_image",
-    "read_hdr",
-    "read_image",
-    "to_float",
+__all__ = image_read.__all__ + [
     "write_png",
     "write_exr",
     "write_hdr",
@@ -122,7 +114,8 @@ def _float_to_rgbe(img: np.ndarray) -> np.ndarray:
     return out
 
 
-def _check_hdr_array(img: np.ndarray) -> np.ndarray:
+def check_hdr_array(img: np.ndarray) -> np.ndarray:
+    """``img`` as an array when it is a non-empty float ``(H, W, 3)`` HDR image; ``ValueError`` otherwise."""
     img = np.asarray(img)
     if img.ndim != 3 or img.shape[2] != 3 or img.size == 0:
         raise ValueError(f"HDR image must be a non-empty (H, W, 3) array, got shape {img.shape}")
@@ -137,7 +130,7 @@ def write_hdr(path: str | os.PathLike[str], img: np.ndarray, *, exclusive: bool 
     RGBE keeps 8 bits of mantissa per channel with a shared exponent: the largest channel of each pixel is
     stored to within 1/128 relative error; negative and NaN values are written as 0.
     """
-    img = _check_hdr_array(img)
+    img = check_hdr_array(img)
     h, w = img.shape[:2]
     clean = np.nan_to_num(img.astype(np.float32), nan=0.0, posinf=np.finfo(np.float32).max, neginf=0.0)
     rgbe = _float_to_rgbe(np.maximum(clean, 0.0))
@@ -154,7 +147,7 @@ def write_exr(path: str | os.PathLike[str], img: np.ndarray, half: bool = True, 
     OpenEXR convention).
     """
     exr = _openexr()
-    img = _check_hdr_array(img)
+    img = check_hdr_array(img)
     dtype = np.float16 if half else np.float32
     if alpha is not None:
         alpha = np.asarray(alpha, dtype=np.float32)
@@ -209,7 +202,7 @@ def tonemap_preview(hdr: np.ndarray, ev: float | None = None, white: float = 4.0
     otherwise the image is multiplied by ``2**ev``. The curve ``y = x (1 + x / white**2) / (1 + x)`` maps
     ``white`` (after exposure) to 1. NaN, negative values and black images are safe (they map to 0).
     """
-    x = _check_hdr_array(hdr).astype(np.float32)
+    x = check_hdr_array(hdr).astype(np.float32)
     x = np.nan_to_num(x, nan=0.0, posinf=np.finfo(np.float32).max, neginf=0.0)
     x = np.maximum(x, 0.0)
     if ev is None:

@@ -97,15 +97,6 @@ def _clean(x: np.ndarray, top: float) -> np.ndarray:
     return np.maximum(x, 0.0)
 
 
-def _check(hdr: np.ndarray) -> np.ndarray:
-    hdr = np.asarray(hdr)
-    if hdr.ndim != 3 or hdr.shape[2] != 3 or hdr.size == 0:
-        raise ValueError(f"HDR image must be a non-empty (H, W, 3) array, got shape {hdr.shape}")
-    if not np.issubdtype(hdr.dtype, np.floating):
-        raise ValueError(f"HDR image must be float, got {hdr.dtype}")
-    return hdr
-
-
 def _finite_max(hdr: np.ndarray) -> float:
     top = 0.0
     for s in _strips(*hdr.shape[:2]):
@@ -135,7 +126,7 @@ def exposure(hdr: np.ndarray, key: float = KEY, max_boost: float = 2.0) -> tuple
     """``(k, white)`` of :func:`tonemap` for ``hdr``: the exposure and the white point (luminance, before
     exposure). ``white`` is the brightest luminance, at least 1.0; ``k`` makes ``T(k * L_avg) = target`` with
     ``target = min(max(key, L_avg), max_boost * L_avg, 0.9)``, and is at least 1."""
-    hdr = _check(hdr)
+    hdr = io.check_hdr_array(hdr)
     return _exposure(hdr, _finite_max(hdr), key, max_boost)
 
 
@@ -146,7 +137,7 @@ def tonemap(hdr: np.ndarray, key: float = KEY, max_boost: float = 2.0) -> np.nda
     exposure of :func:`exposure`; the colour ratios of each pixel are kept, and a colour that would leave
     [0, 1] is scaled down to fit. NaN and negative values count as 0, +Inf as the largest finite value; an
     all-black image stays black. See the module docstring for the choices."""
-    hdr = _check(hdr)
+    hdr = io.check_hdr_array(hdr)
     top = _finite_max(hdr)
     k, white = _exposure(hdr, top, key, max_boost)
     wk = np.float32(k * white)
@@ -164,7 +155,7 @@ def tonemap(hdr: np.ndarray, key: float = KEY, max_boost: float = 2.0) -> np.nda
 def pq_codes(hdr: np.ndarray, ref_white: float = REF_WHITE, peak: float = PEAK) -> np.ndarray:
     """Linear BT.709 ``(H, W, 3)`` (1.0 = ``ref_white`` cd/m2) -> BT.2100 PQ, BT.2020 primaries, full-range
     16-bit code values ``uint16 (H, W, 3)`` (light clipped per channel to ``[0, peak]`` cd/m2; NaN -> 0)."""
-    hdr = _check(hdr)
+    hdr = io.check_hdr_array(hdr)
     out = np.empty(hdr.shape, np.uint16)
     for s in _strips(*hdr.shape[:2]):
         signal = transfer.encode(hdr[s], "pq", "bt2020", ref_white, peak)
@@ -227,7 +218,7 @@ def ultrahdr_jpeg(hdr: np.ndarray, ref_white: float = REF_WHITE, quality: int = 
     ISO 21496-1 metadata), libultrahdr through ``imagecodecs``; libultrahdr tone-maps the SDR base itself and
     takes linear 1.0 as 203 cd/m2, so the image is scaled by ``ref_white / 203``."""
     ic = _imagecodecs("Ultra HDR")
-    hdr = _check(hdr)
+    hdr = io.check_hdr_array(hdr)
     top = _finite_max(hdr)
     rgba = np.ones(hdr.shape[:2] + (4,), np.float16)
     for s in _strips(*hdr.shape[:2]):

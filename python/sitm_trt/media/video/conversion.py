@@ -18,7 +18,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from sitm_trt.media import transfer as T
 from sitm_trt.media.video.decode import _estimate_frames, _frame_time, _open_input, _peek, _rgb
@@ -240,6 +240,18 @@ def _tile_for_memory(weights: Any, h: int, w: int, fmt: str, opts: VideoOptions,
     return tile
 
 
+def _discard(partial: Path | None, dst: Path, err: BaseException, failure: BaseException | None) -> NoReturn:
+    """Finishing the output failed with ``err``: remove the partial file and raise what the caller should see:
+    the earlier failure that stopped the conversion, else a write or mux error as a ``VideoError``, else ``err``."""
+    if partial is not None:
+        partial.unlink(missing_ok=True)
+    if failure is not None:
+        raise failure
+    if isinstance(err, (OSError, _av().error.FFmpegError)):
+        raise VideoError(f"{dst}: cannot write the output ({err}); nothing was written") from err
+    raise err
+
+
 def _run(container: Any, proc: FrameProcessor, sink: Any, opts: VideoOptions, fmt: str, src: Path, dst: Path,
          partial: Path | None, size: tuple[int, int], progress: bool, on_frame: Callable[[int], None] | None,
          log: Callable[[str], None]) -> VideoResult:
@@ -413,13 +425,7 @@ def _run(container: Any, proc: FrameProcessor, sink: Any, opts: VideoOptions, fm
     try:
         sink.close()
     except BaseException as err:
-        if partial is not None:
-            partial.unlink(missing_ok=True)
-        if failure is not None:
-            raise failure
-        if isinstance(err, (OSError, _av().error.FFmpegError)):
-            raise VideoError(f"{dst}: cannot write the output ({err}); nothing was written") from err
-        raise
+        _discard(partial, dst, err, failure)
     if fmt == "exr" and getattr(sink, "removed", 0):
         log(f"{sink.folder}: removed {sink.removed} frame files of an earlier run that this run did not write")
     max_cll = max_fall = None
@@ -439,12 +445,7 @@ def _run(container: Any, proc: FrameProcessor, sink: Any, opts: VideoOptions, fm
             else:
                 os.replace(partial, dst)
         except BaseException as err:
-            partial.unlink(missing_ok=True)
-            if failure is not None:
-                raise failure
-            if isinstance(err, (OSError, _av().error.FFmpegError)):
-                raise VideoError(f"{dst}: cannot write the output ({err}); nothing was written") from err
-            raise
+            _discard(partial, dst, err, failure)
     if failure is not None:
         what = "interrupted" if isinstance(failure, KeyboardInterrupt) else f"stopped by an error ({failure})"
         log(f"{what}: {dst} holds the {written} frames converted before it")
