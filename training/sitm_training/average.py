@@ -24,8 +24,9 @@ import torch
 from sitm_trt.files import atomic_write
 from sitm_trt.model import save_weights
 from sitm_trt.model.serialization import load_weights
+from sitm_trt.weights import sha256_file
 
-from .export import combine_cards, sha256_file
+from .export import combine_cards
 from .train import git_commit
 
 META_KEY = "sitm_training.average"

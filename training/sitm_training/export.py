@@ -17,7 +17,6 @@ their cards under ``training.runs``; losses, options and validation are the firs
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -28,12 +27,9 @@ from sitm_trt.files import atomic_write
 from sitm_trt.model import save_weights
 from sitm_trt.model.export import onnx_bytes
 from sitm_trt.model.serialization import load_weights
+from sitm_trt.weights import sha256_file
 
 log = logging.getLogger(__name__)
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def combine_cards(runs: list[dict]) -> dict:
