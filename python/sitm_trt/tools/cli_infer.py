@@ -404,7 +404,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
         collect(pending)
     bar.close()
     if not args.quiet:
-        say(f"{len(inputs)} inputs: {len(written)} written, {skipped} skipped, {len(failed)} failed")
+        noun = "input" if len(inputs) == 1 else "inputs"
+        say(f"{len(inputs)} {noun}: {len(written)} written, {skipped} skipped, {len(failed)} failed")
     if failed:
         say(f"{len(failed)} of {len(inputs)} inputs failed:")
         for src in inputs:
