@@ -36,6 +36,13 @@ def test_response_hand_values() -> None:
         Response("emor", (1.0, 0.5, 0.0, 0.0))(np.array([0.5])), [0.5 + 0.5 / math.pi], rtol=1e-6
     )
     assert float(Response("linear")(np.array([2.0]))[0]) == 1.0  # clipped
+    # aces k=1 at x=0.5: A(0.5) = 0.5 * 1.285 / (0.5 * 1.805 + 0.14) = 0.6425 / 1.0425, A(1) = 2.54 / 3.16,
+    # then the sRGB encoding of their ratio (0.7667...)
+    lin = (0.6425 / 1.0425) / (2.54 / 3.16)
+    np.testing.assert_allclose(Response("aces", (1.0,))(np.array([0.5, 1.0])), [1.055 * lin ** (1 / 2.4) - 0.055, 1.0],
+                               rtol=1e-6)
+    # its toe: darker than the sRGB camera in the deep shadows at k=1 (A'(0) / A(1) = 0.214 / 0.804 < 1)
+    assert Response("aces", (1.0,))(np.array([1e-3]))[0] < Response("srgb")(np.array([1e-3]))[0]
 
 
 @pytest.mark.parametrize(
@@ -46,6 +53,7 @@ def test_response_hand_values() -> None:
         Response("filmic", (0.6, 0.4)),
         Response("emor", (2.2, 0.3, -0.3, 0.19)),
         Response("linear"),
+        Response("aces", (2.5,)),
     ],
 )
 def test_response_monotone_endpoints_and_inverse(resp: Response) -> None:
@@ -65,12 +73,16 @@ def test_response_rejects_bad_parameters() -> None:
         Response("cubic")
     with pytest.raises(ValueError, match="parameters"):
         Response("gamma")
+    with pytest.raises(ValueError, match="aces"):
+        Response("aces", (0.0,))
 
 
 def test_sample_response_covers_the_family() -> None:
     rng = np.random.default_rng(0)
     kinds = {sample_response(rng).kind for _ in range(60)}
-    assert kinds == {"srgb", "gamma", "filmic", "emor"}
+    assert kinds == {"srgb", "gamma", "filmic", "emor"}  # the default families: never the validation-only aces
+    aces = [sample_response(rng, ("aces",)) for _ in range(50)]
+    assert all(1.0 <= r.params[0] <= 4.0 for r in aces) and max(r.params[0] for r in aces) > 3.0
 
 
 def test_capture_hand_values_linear_camera() -> None:

@@ -62,7 +62,7 @@ def test_card_evaluation_beats_both_baselines_on_every_metric(default):
     methods = ev["methods"]
     models = [m for m, s in methods.items() if s["kind"] == "model"]
     baselines = [m for m, s in methods.items() if s["kind"] == "baseline"]
-    assert len(models) == 1 and {"linear", "banterle"} <= set(baselines)
+    assert len(models) == 1 and {"linear", "rempel", "banterle"} <= set(baselines)
     assert ev["images"] >= 90 and ev["jod"].startswith("ColorVideoVDP")  # JOD was computed, not skipped
     model = methods[models[0]]
     assert default.sha256[:12] in model["description"]  # the evaluation scored this very file
@@ -85,9 +85,10 @@ def test_readme_quality_table_is_the_cards(default):
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("## Quality of the shipped weights", 1)[1].split("\n## ", 1)[0]
-    rows = [r for r in section.splitlines() if r.startswith("| ") and not r.startswith("| method") and "---" not in r]
+    table = section[section.index("\n| method"):].split("\n\n", 1)[0]  # the section's first table: the card's
+    rows = [r for r in table.splitlines() if r.startswith("| ") and not r.startswith("| method") and "---" not in r]
     ev = default.card["evaluation"]["summary"]
-    names = {"linear": "linearized input", "banterle": "Banterle", "compact": "`compact`"}
+    names = {"linear": "linearized input", "rempel": "Rempel", "banterle": "Banterle", "compact": "`compact`"}
     assert len(rows) == len(names)
     for method, label in names.items():
         row = next(r for r in rows if label in r)

@@ -32,26 +32,50 @@ from sitm_trt.weights import sha256_file
 log = logging.getLogger(__name__)
 
 
-def combine_cards(runs: list[dict]) -> dict:
+def combine_cards(runs: list[dict], same_data: bool = True) -> dict:
     """The training summary of weights that several runs made (a chain of ``--init`` fine-tunes, or the runs
-    behind a weight average): their summed steps and seconds, their one data set (``ValueError`` when the
-    cards name different recipes), the perceptual loss kinds, and the cards themselves under ``runs``."""
+    behind a weight average): their summed steps and seconds, their data set, the perceptual loss kinds, and the
+    cards themselves under ``runs``. An average needs one data set (``ValueError`` when the cards name different
+    recipes); a chain of fine-tunes (``same_data=False``) may change it, and its ``data`` is then the newest run's
+    with ``sources`` the union of every run's (so the card names every source the weights ever learned from)."""
+    runs = [_as_run_card(r) for r in runs]
     recipes = {json.dumps((r.get("data") or {}).get("recipe_hash")) for r in runs}
-    if len(recipes) > 1:
+    if same_data and len(recipes) > 1:
         raise ValueError(f"the cards come from different data sets ({sorted(recipes)})")
+    data = runs[0].get("data") if runs else None
+    if len(recipes) > 1 and data is not None:
+        data = _data_with_sources(data)
+        sources, seen = [], set()
+        for r in runs:
+            for src in (_data_with_sources(r.get("data")) or {}).get("sources") or []:
+                if (src.get("id"), src.get("split")) not in seen:
+                    seen.add((src.get("id"), src.get("split")))
+                    sources.append(src)
+        data = {**data, "sources": sources,
+                "lineage_recipe_hashes": [(r.get("data") or {}).get("recipe_hash") for r in runs]}
     return {"runs": runs,
             "step": sum(int(r.get("step") or 0) for r in runs),
             "train_seconds": sum(float(r.get("train_seconds") or 0.0) for r in runs),
-            "data": runs[0].get("data") if runs else None,
+            "data": data,
             "perceptual": sorted({str(r.get("perceptual")) for r in runs}) if runs else None}
 
 
+def _as_run_card(card: dict) -> dict:
+    """A run's card as ``train`` writes it; an exported card (``NAME.json``, e.g. the shipped default a fine-tune
+    started from) holds that under ``training`` and ``data``."""
+    if "training" in card and "sha256" in card and "step" not in card:
+        return {**card["training"], "data": card.get("data"), "exported_as": card.get("name"),
+                "sha256": card.get("sha256")}
+    return card
+
+
 def lineage_card(cards: list[dict]) -> dict:
-    """One run card for weights made by ``cards[0]``'s run, started from ``cards[1]``'s weights, and so on."""
+    """One run card for weights made by ``cards[0]``'s run, started from ``cards[1]``'s weights, and so on (each
+    may have trained on another data set; an exported card is accepted as the oldest)."""
     if len(cards) == 1:
-        return cards[0]
-    combined = combine_cards(cards)
-    return {**cards[0], **{k: combined[k] for k in ("runs", "step", "train_seconds")}}
+        return _as_run_card(cards[0])
+    combined = combine_cards(cards, same_data=False)
+    return {**_as_run_card(cards[0]), **{k: combined[k] for k in ("runs", "step", "train_seconds", "data")}}
 
 
 def export(weights: Path, out: Path, run_card: dict | None = None, eval_dir: Path | None = None) -> dict:

@@ -32,7 +32,9 @@ __all__ = [
     "jpeg_roundtrip",
 ]
 
-RESPONSE_KINDS = ("srgb", "gamma", "filmic", "emor", "linear")
+RESPONSE_KINDS = ("srgb", "gamma", "filmic", "emor", "linear", "aces")
+# ``aces`` is in no default CameraConfig: it is a validation-only family (``--holdout-response aces``), a filmic
+# curve with a toe that no checkpoint has trained on, so a model can be scored on a camera it has never seen.
 
 _LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)  # Rec. 709 luminance weights
 
@@ -51,19 +53,27 @@ class Response:
       ``b = x ** (1 / g)``, ``f = b + sum_k c_k sin(k pi b) / (k pi)``; with ``sum |c_k| < 1`` the derivative
       ``1 + sum c_k cos(k pi b)`` stays positive, so the curve is monotone.
     * ``linear``: ``()``, ``f(x) = x`` (tests and raw-like cameras).
+    * ``aces``: ``(k,)``, a display-referred filmic camera: the exposure ``k x`` (``k`` = where the clip point
+      lands on the curve) through Narkowicz's fit of the ACES filmic curve
+      ``A(v) = v (2.51 v + 0.03) / (v (2.43 v + 0.59) + 0.14)``, normalized so that 1 maps to 1, then the
+      sRGB encoding: ``f(x) = srgb(A(k x) / A(k))``. Its toe darkens the shadows (``A'(0) = 0.21``) and its
+      shoulder compresses the highlights, unlike ``filmic``'s Naka-Rushton curve, which has no toe in code
+      values. Validation only (see ``RESPONSE_KINDS``).
     """
 
     kind: str
     params: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        expected = {"srgb": 0, "gamma": 1, "filmic": 2, "emor": 4, "linear": 0}
+        expected = {"srgb": 0, "gamma": 1, "filmic": 2, "emor": 4, "linear": 0, "aces": 1}
         if self.kind not in expected:
             raise ValueError(f"unknown response kind {self.kind!r}, expected one of {RESPONSE_KINDS}")
         if len(self.params) != expected[self.kind]:
             raise ValueError(f"response {self.kind!r} takes {expected[self.kind]} parameters, got {self.params}")
         if self.kind == "emor" and sum(abs(c) for c in self.params[1:]) >= 1.0:
             raise ValueError(f"emor coefficients must have sum |c_k| < 1 to stay monotone, got {self.params}")
+        if self.kind == "aces" and not self.params[0] > 0.0:
+            raise ValueError(f"aces exposure k must be > 0, got {self.params}")
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Linear [0, 1] -> code value [0, 1] (input clipped to [0, 1]); float32."""
@@ -71,13 +81,15 @@ class Response:
         if self.kind == "linear":
             return x
         if self.kind == "srgb":
-            return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1.0 / 2.4) - 0.055).astype(np.float32)
+            return _srgb_oetf(x)
         if self.kind == "gamma":
             return np.power(x, np.float32(1.0 / self.params[0]))
         if self.kind == "filmic":
             n, c = self.params
             xn = np.power(x, np.float32(n))
             return ((1.0 + c) * xn / (xn + c)).astype(np.float32)
+        if self.kind == "aces":
+            return _srgb_oetf(_aces_fit(x.astype(np.float64) * self.params[0]) / _aces_fit(self.params[0]))
         g, *cs = self.params
         b = np.power(x, np.float32(1.0 / g))
         y = b.copy()
@@ -97,7 +109,7 @@ class Response:
         elif self.kind == "filmic":
             n, c = self.params
             x = np.power(y * c / np.maximum(1.0 + c - y, 1e-12), 1.0 / n)
-        else:
+        else:  # emor, aces: tabulated
             t = np.linspace(0.0, 1.0, 16385) ** 4  # dense near 0 where the curve is steep
             x = np.interp(y, self(t.astype(np.float32)).astype(np.float64), t)
         return np.clip(x, 0.0, 1.0).astype(np.float32)
@@ -108,6 +120,17 @@ class Response:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Response:
         return cls(str(d["kind"]), tuple(float(p) for p in d.get("params", ())))
+
+
+def _aces_fit(v: np.ndarray | float) -> np.ndarray:
+    """Narkowicz's fit of the ACES filmic tone curve (scene-linear -> display-linear), monotone for v >= 0."""
+    v = np.asarray(v, np.float64)
+    return v * (2.51 * v + 0.03) / (v * (2.43 * v + 0.59) + 0.14)
+
+
+def _srgb_oetf(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1.0 / 2.4) - 0.055).astype(np.float32)
 
 
 def sample_response(rng: np.random.Generator, kinds: tuple[str, ...] = ("srgb", "gamma", "filmic", "emor")) -> Response:
@@ -121,6 +144,8 @@ def sample_response(rng: np.random.Generator, kinds: tuple[str, ...] = ("srgb", 
         c = rng.uniform(-1.0, 1.0, 3)
         c *= rng.uniform(0.1, 0.8) / np.abs(c).sum()
         return Response("emor", (float(rng.uniform(1.6, 2.6)), *map(float, c)))
+    if kind == "aces":  # the clip point 0 .. 2 EV above the shoulder (A(1) = 0.80 of the curve's limit)
+        return Response("aces", (float(2.0 ** rng.uniform(0.0, 2.0)),))
     return Response(kind)
 
 
