@@ -12,10 +12,11 @@ def test_kernel_benchmark_prints_every_kernel(tmp_path, capsys):
     assert bench.main(["kernels", "--device", "cpu", "--resolution", "512", "--repeats", "1", "--warmup", "0",
                        "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    for name in ("pre (uint8 HWC -> 4 inputs)", "fuse (Eq. 7)", "curve (Eq. 8)", "post (fuse + curve + crop)"):
+    for name in ("pre (uint8 HWC -> 4 inputs)", "fuse (Eq. 7)", "curve (Eq. 8)", "post (fuse + curve + crop)",
+                 "post, residual fusion"):
         assert f"| {name} | cpu | 512 |" in text
     data = json.loads(out.read_text())
-    assert len(data["rows"]) == 4 and data["header"]["cpu_triad_gbps"] > 0
+    assert len(data["rows"]) == 5 and data["header"]["cpu_triad_gbps"] > 0
     assert all(r["ms"] > 0 and r["torch_ms"] > 0 for r in data["rows"])
 
 

@@ -46,25 +46,44 @@ __device__ __forceinline__ void load_coef(const void* coef, bool per_channel, in
   for (int i = 0; i < 4; ++i) k[i] = Scalar<TC>::load(p, base + i);
 }
 
+// The post kernel's curves of image n, one per channel.
+template <typename TC>
+__device__ __forceinline__ void prepare_curves(const void* coef, bool per_channel, int64_t n, Fusion fusion,
+                                               PixelCurve cv[3]) {
+#pragma unroll
+  for (int c = 0; c < 3; ++c) {
+    float k[4];
+    load_coef<TC>(coef, per_channel, n, c, k);
+    cv[c] = prepare_curve(fusion, k);
+  }
+}
+
 template <typename TC, typename TI, typename TO, bool HWC>
 __global__ void post_kernel(const TI* __restrict__ m, const TI* __restrict__ img, const TI* __restrict__ iu,
                             const TI* __restrict__ id, const TC* __restrict__ coef, bool per_channel,
                             TO* __restrict__ out, int64_t n_img, int64_t hp, int64_t wp, int64_t h, int64_t w,
                             Fusion fusion) {
   const int64_t plane = hp * wp, oplane = h * w, total = n_img * oplane;
+  // The three channels' curves of the current image, prepared once per thread and image, not per pixel
+  // (prepare_curve has exp and double arithmetic: per pixel, on GPUs with slow FP64, it could rival the
+  // pixel's memory traffic).
+  PixelCurve cv[3];
+  int64_t cv_n = -1;
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t n = t / oplane, p = t % oplane, y = p / w, x = p % w;
+    if (n != cv_n) {
+      prepare_curves<TC>(coef, per_channel, n, fusion, cv);
+      cv_n = n;
+    }
     const int64_t base = n * 3 * plane + y * wp + x;
     const float mu = Scalar<TI>::load(m, base), mm = Scalar<TI>::load(m, base + plane),
                 md = Scalar<TI>::load(m, base + 2 * plane);
 #pragma unroll
     for (int c = 0; c < 3; ++c) {
-      float k[4];
-      load_coef<TC>(coef, per_channel, n, c, k);
       const int64_t i = base + c * plane;
-      const float v = hdr_pixel(prepare_curve(fusion, k), mu, mm, md, Scalar<TI>::load(img, i),
-                                Scalar<TI>::load(iu, i), Scalar<TI>::load(id, i));
+      const float v = hdr_pixel(cv[c], mu, mm, md, Scalar<TI>::load(img, i), Scalar<TI>::load(iu, i),
+                                Scalar<TI>::load(id, i));
       if constexpr (HWC)
         Scalar<TO>::store(out, t * 3 + c, v);
       else
@@ -79,15 +98,7 @@ __global__ void post_kernel(const TI* __restrict__ m, const TI* __restrict__ img
 
 constexpr int kStatsBlocks = 2048;  // grid.x cap when statistics are gathered: few atomics, enough to fill a GPU
 
-// The coefficients' dtype is a runtime flag here (uniform across the grid), to keep instantiations few.
-__device__ __forceinline__ void load_coef_rt(const void* coef, bool half, bool per_channel, int64_t n, int c,
-                                             float k[4]) {
-  if (half)
-    load_coef<half_t>(coef, per_channel, n, c, k);
-  else
-    load_coef<float>(coef, per_channel, n, c, k);
-}
-
+// The coefficients' dtype is a runtime flag in PostInputs (uniform across the grid), to keep instantiations few.
 template <typename TI>
 struct PostInputs {
   const TI* __restrict__ m;
@@ -100,20 +111,27 @@ struct PostInputs {
   Fusion fusion;
 };
 
-// Eq. 7 + Eq. 8 (or the residual fusion) + encode_rgb for pixel (y, x) of image n.
+// The curves of image n (a block's image: grid y), prepared once per thread before its pixel loop.
 template <typename TI>
-__device__ __forceinline__ void encoded_pixel(const PostInputs<TI>& in, const EncodeParams& e, int64_t n, int64_t y,
-                                              int64_t x, float rgb[3], float& light) {
+__device__ __forceinline__ void prepare_curves_rt(const PostInputs<TI>& in, int64_t n, PixelCurve cv[3]) {
+  if (in.coef_half)
+    prepare_curves<half_t>(in.coef, in.per_channel, n, in.fusion, cv);
+  else
+    prepare_curves<float>(in.coef, in.per_channel, n, in.fusion, cv);
+}
+
+// Eq. 7 + Eq. 8 (or the residual fusion) + encode_rgb for pixel (y, x) of image n, whose curves are cv.
+template <typename TI>
+__device__ __forceinline__ void encoded_pixel(const PostInputs<TI>& in, const EncodeParams& e, const PixelCurve cv[3],
+                                              int64_t n, int64_t y, int64_t x, float rgb[3], float& light) {
   const int64_t plane = in.hp * in.wp, base = n * 3 * plane + y * in.wp + x;
   const float mu = Scalar<TI>::load(in.m, base), mm = Scalar<TI>::load(in.m, base + plane),
               md = Scalar<TI>::load(in.m, base + 2 * plane);
 #pragma unroll
   for (int c = 0; c < 3; ++c) {
-    float k[4];
-    load_coef_rt(in.coef, in.coef_half, in.per_channel, n, c, k);
     const int64_t i = base + c * plane;
-    rgb[c] = hdr_pixel(prepare_curve(in.fusion, k), mu, mm, md, Scalar<TI>::load(in.img, i),
-                       Scalar<TI>::load(in.iu, i), Scalar<TI>::load(in.id, i));
+    rgb[c] = hdr_pixel(cv[c], mu, mm, md, Scalar<TI>::load(in.img, i), Scalar<TI>::load(in.iu, i),
+                       Scalar<TI>::load(in.id, i));
   }
   encode_rgb(e, rgb[0], rgb[1], rgb[2], light);
 }
@@ -160,12 +178,14 @@ template <typename TI, typename TO, bool HWC>
 __global__ void post_encode_kernel(PostInputs<TI> in, EncodeParams e, TO* __restrict__ out, float* stats,
                                    int64_t h, int64_t w) {
   const int64_t n = blockIdx.y, oplane = h * w;
+  PixelCurve cv[3];
+  prepare_curves_rt(in, n, cv);
   float mx = 0.0f, sum = 0.0f;
   for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < oplane;
        p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t y = p / w, x = p % w;
     float rgb[3], light;
-    encoded_pixel(in, e, n, y, x, rgb, light);
+    encoded_pixel(in, e, cv, n, y, x, rgb, light);
     mx = fmaxf(mx, light);
     sum += light;
 #pragma unroll
@@ -186,6 +206,8 @@ __global__ void post_yuv420_kernel(PostInputs<TI> in, EncodeParams e, uint16_t* 
                                    int64_t h, int64_t w) {
   const int64_t n = blockIdx.y, ch = (h + 1) / 2, cw = (w + 1) / 2, count = ch * cw;
   uint16_t* f = out + n * (h * w + 2 * count);
+  PixelCurve cv[3];
+  prepare_curves_rt(in, n, cv);
   float mx = 0.0f, sum = 0.0f;
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < count;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -199,7 +221,7 @@ __global__ void post_yuv420_kernel(PostInputs<TI> in, EncodeParams e, uint16_t* 
 #pragma unroll
       for (int s = 0; s < 3; ++s) {
         float light;
-        encoded_pixel(in, e, n, y, xs[s], px[s], light);
+        encoded_pixel(in, e, cv, n, y, xs[s], px[s], light);
         const bool own = yy < h && s > 0 && (s == 1 || 2 * j + 1 < w);  // pixels (yy, 2j) and (yy, 2j+1)
         if (own) {
           float Y, cb, cr;

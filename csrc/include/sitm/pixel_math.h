@@ -207,53 +207,167 @@ SITM_HD float fuse_pixel(float m_up, float m_mid, float m_down, float i, float i
 // H = a3 x^3 + a2 x^2 + a1 x + a0, evaluated in Horner form (the PyTorch reference uses the same order).
 SITM_HD float curve_eval(float x, float a0, float a1, float a2, float a3) { return ((a3 * x + a2) * x + a1) * x + a0; }
 
+// ---------------------------------------------------------------------------------------------------------
+// pow_scaled: 2^(e (log2(x) + k) + s) = (x 2^k)^e 2^s for x = 0 or a normal float, an integer k and e >= 0,
+// in plain float arithmetic and bit casts, so that the CPU loops vectorize it (a libm powf call is scalar and
+// blocks vectorization) and CUDA runs the same math. The residual fusion's decode is one such pow per value
+// (decode_gamma): ((v + a) / (1 + a))^(2.4 gamma) = (v + a)^(2.4 gamma) 2^(-2.4 gamma log2(1 + a)), and
+// (v / 12.92)^gamma = (v 2^24 2^-28)^gamma 2^(gamma log2(16 / 12.92)): no division rounds the base, and the
+// exact scaling by 2^24 makes a subnormal v a normal float.
+// Method: x = m 2^E, m in [sqrt(1/2), sqrt(2)); log2(m) = t P(t^2), t = (m - 1) / (m + 1); y = e (E + k +
+// log2 m) + s = n + f, n an integer, |f| <= 1/2; 2^f = 1 + f Q(f); the result 2^n 2^f. P and Q are minimax
+// fits (relative error 6.9e-10 and 2.0e-9). e comes split (PowExponent): e = hi + lo with hi of at most 16
+// significant bits, so hi (E + k) is exact: the large part of y carries no rounding error (an exponent rounded
+// to float, and y rounded to float, would be off by up to 2^-24 |y|, |y| up to 150 e); |s| stays below
+// e / 2, so its own rounding is small. Valid for |E + k| <= 160 and e <= 2^14 (every product and sum then
+// stays below 2^22, where round_small is exact): prepare_curve caps gamma for that.
+// Max relative error, measured against double over every float32 x in [2^-30, 1] for e = gamma and 2.4 gamma,
+// gamma = exp(k), |k| <= 0.5: 4.6e-7 (6.3 ulp, at e = 3.96), 2.7e-7 (3.8 ulp) for e <= 2.4, 1.0e-7 at e = 1;
+// with and without FMA (docs/kernels.md, "Speed (CPU)", also for decode_gamma's).
+// x = 0 gives exactly 0; a subnormal result is rounded once. NaN x is not an input (the callers clamp).
+// ---------------------------------------------------------------------------------------------------------
+
+// c ? a : b as bit operations: a select the compiler keeps branch-free. With a float ternary GCC may move
+// the computation of a or b into a branch (it does not speculate float operations that might trap), which
+// keeps the CPU loops from vectorizing.
+SITM_HD float select_bits(bool c, float a, float b) {
+  const uint32_t mask = 0u - static_cast<uint32_t>(c);
+  return bits_f32((f32_bits(a) & mask) | (f32_bits(b) & ~mask));
+}
+
+// round-to-nearest-even of |v| < 2^22, as a float, and the integer in its low bits (no float-to-int
+// conversion: well-defined for every input, NaN included)
+SITM_HD float round_small(float v, int32_t& n) {
+  constexpr float magic = 12582912.0f;  // 1.5 * 2^23: the sum's last mantissa bit has weight 1
+  const float sum = v + magic;
+  n = static_cast<int32_t>(f32_bits(sum) - f32_bits(magic));
+  return sum - magic;
+}
+
+// The constants of one pow_scaled: e = hi + lo (hi with at most 16 significant bits, |lo| < 2^-15 e),
+// full = float(e), the shift s and the integer k.
+struct PowExponent {
+  float hi, lo, full, s;
+  int32_t k;
+};
+
+SITM_HD PowExponent pow_exponent(double e, double s, int32_t k) {
+  const float hi = bits_f32(f32_bits(static_cast<float>(e)) & 0xffff8000u);  // 1 + 15 mantissa bits
+  return {hi, static_cast<float>(e - static_cast<double>(hi)), static_cast<float>(e), static_cast<float>(s), k};
+}
+
+SITM_HD float pow_scaled(float x, const PowExponent& e) {
+  constexpr float two64 = 18446744073709551616.0f;
+  // log2(m) = t (c0 + c1 t^2 + c2 t^4 + c3 t^6), minimax for t^2 in [0, 0.02944]
+  constexpr float c0 = 2.88539008f, c1 = 0.961798848f, c2 = 0.576714394f, c3 = 0.431735620f;
+  // 2^f = 1 + f (d1 + d2 f + ... + d6 f^5), minimax for f in [-1/2, 1/2]; Estrin's scheme (shorter chains)
+  constexpr float d1 = 0.693147203f, d2 = 0.240226479f, d3 = 0.0555033247f, d4 = 0.00961843739f;
+  constexpr float d5 = 0.00133988745f, d6 = 0.000153533504f;
+  constexpr uint32_t sqrt_half = 0x3f3504f3u;  // the bits of sqrt(1/2)
+
+  // x = m 2^E with m in [sqrt(1/2), sqrt(2)): offset the bits by sqrt(1/2)'s, so that the exponent field is E
+  // (an arithmetic shift) and the mantissa, offset back, is m
+  const int32_t u = static_cast<int32_t>(f32_bits(x) - sqrt_half);
+  const float m = bits_f32((static_cast<uint32_t>(u) & 0x007fffffu) + sqrt_half);
+  const float ek = static_cast<float>((u >> 23) + e.k);  // E + k
+  const float t = (m - 1.0f) / (m + 1.0f), t2 = t * t;
+  const float l = t * (c0 + t2 * (c1 + t2 * (c2 + t2 * c3)));  // log2(m), |l| <= 1/2
+  // y = n1 + r: hi (E + k) is exact, n1 its nearest integer
+  const float ph = e.hi * ek;
+  int32_t n1, n2;
+  const float r = (ph - round_small(ph, n1)) + ((e.lo * ek + e.full * l) + e.s);
+  const float f = r - round_small(r, n2);  // |f| <= 1/2
+  const float f2 = f * f;
+  const float p = 1.0f + f * ((d1 + d2 * f) + f2 * ((d3 + d4 * f) + f2 * (d5 + d6 * f)));
+  // 2^n p as (2^(n + 64) p) 2^-64: exact until the last product, which rounds a subnormal result once;
+  // n below -190 gives 0 whatever p is. The sum wraps (never UB) for NaN exponents, which give NaN.
+  int32_t n = static_cast<int32_t>(static_cast<uint32_t>(n1) + static_cast<uint32_t>(n2));
+  n = n < -190 ? -190 : (n > 63 ? 63 : n);
+  const float v = (p * bits_f32(static_cast<uint32_t>(n + 64 + 127) << 23)) * (1.0f / two64);
+  return select_bits(x > 0.0f, v, 0.0f);
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // The residual fusion (docs/model.md, "The residual fusion"): the three images are decoded to linear light
 // with the inverse sRGB curve raised to a per-image power gamma = exp(k[2]), and merged in radiance with the
 // per-image exposure gains 2^k[0] (exposure-up image) and 2^k[1] (exposure-down image):
 //   HDR = M_mid L(I) + M_up 2^k0 L(I_up) + M_down 2^k1 L(I_down),   L(v) = srgb^-1(clamp(v, 0, 1))^gamma.
-// k[3] is unused (0). With masks (0, 1, 0) and k[2] = 0 the result is exactly srgb^-1(I): the linearized
-// input, the network's starting point. An image whose mask is 0 is not decoded (the masks are sparse).
-SITM_HD float srgb_to_linear(float v) {
-  constexpr float threshold = static_cast<float>(encode::kSrgbDecodeThreshold);
-  constexpr float slope = static_cast<float>(encode::kSrgbSlope), offset = static_cast<float>(encode::kSrgbOffset);
-  constexpr float scale = static_cast<float>(1.0 + encode::kSrgbOffset);
-  constexpr float exponent = static_cast<float>(encode::kSrgbExponent);
-  v = clamp01(v);
-  return v <= threshold ? v / slope : powf((v + offset) / scale, exponent);
-}
-
-SITM_HD float decode_gamma(float v, float gamma) {
-  const float l = srgb_to_linear(v);
-  return (gamma == 1.0f || l <= 0.0f) ? l : powf(l, gamma);
-}
+// k[3] is unused (0). With masks (0, 1, 0) and k[2] = 0 the result is srgb^-1(I) (to float rounding): the
+// linearized input, the network's starting point. An image whose mask is 0 contributes exactly 0.
+// ---------------------------------------------------------------------------------------------------------
 
 // The fusion modes of the post kernel: the paper's Eq. 7 + Eq. 8, or the residual fusion above.
 enum class Fusion : int { Paper = 0, Residual = 1 };
 
 // One image's (and channel's) curve, prepared once from its four coefficients, not per pixel: the paper's
-// a0..a3, or the residual fusion's gamma = exp(k2) and exposure gains 2^k0, 2^k1.
+// a0..a3, or the residual fusion's exposure gains 2^k0, 2^k1 and the pow_scaled constants of L's two pieces
+// (decode_gamma), computed in double from the float gamma = exp(k2).
 struct PixelCurve {
   Fusion fusion;
   float k[4];
-  float gamma, gain_up, gain_down;
+  float gain_up, gain_down;
+  PowExponent e_linear, e_power;
 };
 
 SITM_HD PixelCurve prepare_curve(Fusion fusion, const float k[4]) {
-  PixelCurve c{fusion, {k[0], k[1], k[2], k[3]}, 1.0f, 1.0f, 1.0f};
+  // log2(16 / kSrgbSlope) = 4 - log2(12.92) and log2(1 + kSrgbOffset) = log2(1.055), to double precision
+  constexpr double log2_16_slope = 0.30846583508079979, log2_scale = 0.077242998932460438;
+  static_assert(encode::kSrgbSlope == 12.92 && encode::kSrgbOffset == 0.055, "update the two logarithms");
+  // pow_scaled's exponent stays below 2^14: gamma is capped at 4096 (k2 = 8.3, far beyond a plausible
+  // network output; L(v) at gamma = 4096 is below 1e-20 for v <= 0.995, and only v above that would differ)
+  constexpr float max_gamma = 4096.0f;
+  PixelCurve c{fusion, {k[0], k[1], k[2], k[3]}, 1.0f, 1.0f, {}, {}};
   if (fusion == Fusion::Residual) {
-    c.gamma = k[2] == 0.0f ? 1.0f : expf(k[2]);
     c.gain_up = exp2f(k[0]);
     c.gain_down = exp2f(k[1]);
+    const float gamma = k[2] == 0.0f ? 1.0f : expf(k[2]);
+    const double g = gamma > max_gamma ? max_gamma : gamma;  // NaN stays NaN (and gives NaN)
+    const double ge = encode::kSrgbExponent * g;
+    c.e_linear = pow_exponent(g, g * log2_16_slope, -28);  // (v 2^24 2^-28)^g 2^(g log2(16 / 12.92))
+    c.e_power = pow_exponent(ge, -ge * log2_scale, 0);     // (v + a)^ge 2^(-ge log2(1 + a))
   }
   return c;
 }
 
+// clamp01 with the same values (NaN -> 0) from comparisons and select_bits on the host, where fminf/fmaxf
+// are libm calls that block vectorization (see max_sanitized). (A ternary that yields a constant lets GCC
+// specialize the code after it for that constant, a branch that keeps the loop from vectorizing.)
+SITM_HD float clamp01_select(float v) {
+#if defined(__CUDA_ARCH__)
+  return clamp01(v);
+#else
+  v = select_bits(v > 0.0f, v, 0.0f);
+  return select_bits(v < 1.0f, v, 1.0f);
+#endif
+}
+
+// L(v) = srgb^-1(clamp(v, 0, 1))^gamma with one pow_scaled (see there for the two pieces), gamma = 1
+// included. Branch-free (the pieces' operands are selected), so the CPU loop vectorizes.
+SITM_HD float decode_gamma(float v, const PixelCurve& c) {
+  constexpr float threshold = static_cast<float>(encode::kSrgbDecodeThreshold);
+  constexpr float offset = static_cast<float>(encode::kSrgbOffset), two24 = 16777216.0f;
+  v = clamp01_select(v);
+  const bool linear = v <= threshold;
+  const PowExponent& a = c.e_linear;
+  const PowExponent& b = c.e_power;
+  const PowExponent e{select_bits(linear, a.hi, b.hi), select_bits(linear, a.lo, b.lo),
+                      select_bits(linear, a.full, b.full), select_bits(linear, a.s, b.s), linear ? a.k : b.k};
+  return pow_scaled(select_bits(linear, v * two24, v + offset), e);
+}
+
+// The blend of the three decoded images l = L(I), L(I_up), L(I_down). Branch-free: an image whose mask is 0
+// adds exactly 0 (even where its gain overflowed to infinity).
+SITM_HD float residual_blend(float m_up, float m_mid, float m_down, float l_mid, float l_up, float l_down,
+                             const PixelCurve& c) {
+  const float v = select_bits(m_mid != 0.0f, m_mid * l_mid, 0.0f);
+  return (v + select_bits(m_up != 0.0f, m_up * (c.gain_up * l_up), 0.0f)) +
+         select_bits(m_down != 0.0f, m_down * (c.gain_down * l_down), 0.0f);
+}
+
+// The three decodes are computed whatever the masks (the shipped weights' masks are dense).
 SITM_HD float residual_pixel(float m_up, float m_mid, float m_down, float i, float i_up, float i_down,
                              const PixelCurve& c) {
-  float v = m_mid != 0.0f ? m_mid * decode_gamma(i, c.gamma) : 0.0f;
-  if (m_up != 0.0f) v += m_up * (c.gain_up * decode_gamma(i_up, c.gamma));
-  if (m_down != 0.0f) v += m_down * (c.gain_down * decode_gamma(i_down, c.gamma));
-  return v;
+  return residual_blend(m_up, m_mid, m_down, decode_gamma(i, c), decode_gamma(i_up, c), decode_gamma(i_down, c), c);
 }
 
 // One output channel of the post kernel for either fusion.

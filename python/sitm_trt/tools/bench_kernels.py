@@ -1,4 +1,5 @@
-"""``sitm-trt bench kernels``: the pre, fuse, curve and post kernels against the same math in torch eager.
+"""``sitm-trt bench kernels``: the pre, fuse, curve and post kernels (post with the paper's and the residual
+fusion) against the same math in torch eager.
 
 Per kernel, ms per frame, effective GB/s and the speed-up over equivalent torch eager code, at 1080p and 4K, on
 the CPU always and on CUDA when a device is present. On the CPU the STREAM-triad bandwidth of this machine
@@ -77,6 +78,12 @@ def _eager_post(masks, image, up, down, coef, h, w):
     return (((a[:, 3:4] * f + a[:, 2:3]) * f + a[:, 1:2]) * f + a[:, 0:1])[..., :h, :w].contiguous()
 
 
+def _eager_post_residual(masks, image, up, down, coef, h, w):
+    from sitm_trt import reference
+
+    return reference.residual_fuse(masks, image, up, down, coef)[..., :h, :w].contiguous()
+
+
 def _eager_fuse(masks, image, up, down):
     return masks[:, 0:1] * up + masks[:, 1:2] * image + masks[:, 2:3] * down
 
@@ -140,6 +147,8 @@ def bench_kernels(devices: list[str], resolutions: list[str], repeats: int, warm
             frame = torch.randint(0, 256, (1, h, w, 3), generator=gen, dtype=torch.uint8).to(device)
             nets = [torch.rand(1, 3, hp, wp, generator=gen).to(device, tdt) for _ in range(4)]
             coef = torch.randn(1, 4, generator=gen).to(device, tdt)
+            # the residual fusion's k0, k1 (exposure gains, EV) and k2 = log gamma, gamma != 1
+            coef_residual = torch.tensor([[0.5, -0.5, 0.1, 0.0]]).to(device, tdt)
             pre_out = tuple(torch.empty(1, c, hp, wp, device=device, dtype=tdt) for c in (3, 3, 3, 2))
             post_out = torch.empty(1, 3, h, w, device=device)
             full_out = torch.empty(1, 3, hp, wp, device=device)
@@ -152,6 +161,9 @@ def bench_kernels(devices: list[str], resolutions: list[str], repeats: int, warm
                  3 * isz * pxp + 12 * pxp),
                 ("post (fuse + curve + crop)", lambda: K.post(*nets, coef, height=h, width=w, out=post_out),
                  lambda: _eager_post(*nets, coef, h, w), 12 * isz * px + 12 * px),
+                ("post, residual fusion",
+                 lambda: K.post(*nets, coef_residual, height=h, width=w, out=post_out, fusion="residual"),
+                 lambda: _eager_post_residual(*nets, coef_residual, h, w), 12 * isz * px + 12 * px),
             ]
             for name, ours, eager, nbytes in cases:
                 copy = _same_bytes_copy(nbytes, device, max(1, K.get_num_threads()))
