@@ -11,7 +11,9 @@ written atomically (``sitm_trt.files.atomic_write``).
 Weights that more than one run made (a fine-tune started with ``--init`` from another run's weights, and that
 one from a third) take every run's card, the one that wrote the weights first: ``--weights W --card
 FINETUNE/card.json --card BASE/card.json``. The card then counts the steps and seconds of all of them and keeps
-their cards under ``training.runs``; losses, options and validation are the first card's.
+their cards under ``training.runs``; losses, options and validation are the first card's. The runs may have used
+different data sets: ``data`` is then the first card's, its ``sources`` every run's. The oldest card may be an
+exported one (the ``NAME.json`` of shipped weights a fine-tune started from).
 """
 
 from __future__ import annotations
