@@ -46,15 +46,13 @@ def combine_cards(runs: list[dict], same_data: bool = True) -> dict:
         raise ValueError(f"the cards come from different data sets ({sorted(recipes)})")
     data = runs[0].get("data") if runs else None
     if len(recipes) > 1 and data is not None:
-        data = _data_with_sources(data)
-        sources, seen = [], set()
-        for r in runs:
-            for src in (_data_with_sources(r.get("data")) or {}).get("sources") or []:
-                if (src.get("id"), src.get("split")) not in seen:
-                    seen.add((src.get("id"), src.get("split")))
-                    sources.append(src)
-        data = {**data, "sources": sources,
-                "lineage_recipe_hashes": [(r.get("data") or {}).get("recipe_hash") for r in runs]}
+        datas = [_data_with_sources(r.get("data")) or {} for r in runs]
+        sources: dict[tuple, dict] = {}  # each (id, split) once, in the order the runs name them, newest run first
+        for d in datas:
+            for src in d.get("sources") or []:
+                sources.setdefault((src.get("id"), src.get("split")), src)
+        data = {**datas[0], "sources": list(sources.values()),
+                "lineage_recipe_hashes": [d.get("recipe_hash") for d in datas]}
     return {"runs": runs,
             "step": sum(int(r.get("step") or 0) for r in runs),
             "train_seconds": sum(float(r.get("train_seconds") or 0.0) for r in runs),
