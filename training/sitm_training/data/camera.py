@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from sitm_trt.media.io import srgb_oetf
+
 __all__ = [
     "RESPONSE_KINDS",
     "Response",
@@ -81,7 +83,7 @@ class Response:
         if self.kind == "linear":
             return x
         if self.kind == "srgb":
-            return _srgb_oetf(x)
+            return srgb_oetf(x)
         if self.kind == "gamma":
             return np.power(x, np.float32(1.0 / self.params[0]))
         if self.kind == "filmic":
@@ -89,7 +91,7 @@ class Response:
             xn = np.power(x, np.float32(n))
             return ((1.0 + c) * xn / (xn + c)).astype(np.float32)
         if self.kind == "aces":
-            return _srgb_oetf(_aces_fit(x.astype(np.float64) * self.params[0]) / _aces_fit(self.params[0]))
+            return _srgb_oetf_f64(_aces_fit(x.astype(np.float64) * self.params[0]) / _aces_fit(self.params[0]))
         g, *cs = self.params
         b = np.power(x, np.float32(1.0 / g))
         y = b.copy()
@@ -128,7 +130,9 @@ def _aces_fit(v: np.ndarray | float) -> np.ndarray:
     return v * (2.51 * v + 0.03) / (v * (2.43 * v + 0.59) + 0.14)
 
 
-def _srgb_oetf(x: np.ndarray) -> np.ndarray:
+def _srgb_oetf_f64(x: np.ndarray) -> np.ndarray:
+    """``sitm_trt.media.io.srgb_oetf`` without rounding its input to float32 first: the aces camera encodes its
+    float64 display values (the samples of ``--holdout-response aces`` were built and scored this way)."""
     x = np.clip(x, 0.0, 1.0)
     return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1.0 / 2.4) - 0.055).astype(np.float32)
 
