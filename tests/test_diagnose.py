@@ -131,10 +131,13 @@ def test_by_camera_means_per_camera_family_marking_the_held_out_one(tmp_path, ca
     diffs = {"0": 2.0, "1": -1.0, "2": 4.0, "3": -3.0}  # model - linear on every score
     per_image = tmp_path / "per_image.csv"
     with open(per_image, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["id", "method", "status", *D.SCORES])
+        w = csv.DictWriter(f, fieldnames=["id", "method", "status", *D.SCORES, "clip_fraction"])
         w.writeheader()
+        # bins 0-0.01, 0.01-0.03 (a lower edge belongs to its bin), 0.01-0.03, 0.1-1
+        fractions = {"0": 0.005, "1": 0.01, "2": 0.02, "3": 0.5}
         for sid, d in diffs.items():
-            w.writerow({"id": sid, "method": "linear", "status": "ok", **{k: 20.0 for k in D.SCORES}})
+            w.writerow({"id": sid, "method": "linear", "status": "ok", **{k: 20.0 for k in D.SCORES},
+                        "clip_fraction": fractions[sid]})
             w.writerow({"id": sid, "method": "m", "status": "ok", **{k: 20.0 + d for k in D.SCORES}})
     assert D.main(["--per-image", str(per_image), "--samples", str(samples)]) == 0
     text = capsys.readouterr().out
@@ -145,6 +148,9 @@ def test_by_camera_means_per_camera_family_marking_the_held_out_one(tmp_path, ca
     assert mean("camera/filmic (held out)") == -2.0 and rows["camera/filmic (held out)"][3].strip() == "2"
     assert mean("camera/filmic (held out)/val/s2") == -3.0 and mean("camera/srgb/val/s1") == 2.0
     assert mean("all") == 0.5 and mean("clip/filmic") == -2.0 and mean("scene/val/s1") == 0.5
+    assert mean("clipped/srgb/0-0.01") == 2.0 and mean("clipped/srgb/0.01-0.03") == 4.0
+    assert mean("clipped/filmic (held out)/0.01-0.03") == -1.0 and mean("clipped/filmic (held out)/0.1-1") == -3.0
+    assert not any(key.startswith("clipped/srgb/0.1") for key in rows)
     (root / "manifest.json").unlink()  # samples outside a built data set: the families, unmarked
     assert "camera/filmic |" in D.by_camera(per_image, samples) and "held out" not in D.by_camera(per_image, samples)
 
@@ -210,3 +216,45 @@ def test_highlights_cli_on_pairs(tmp_path, tiny_weights_path, capsys):
     assert D.main(["--highlights", "--images", str(tmp_path), "--weights", str(tmp_path / "no.safetensors")]) == 2
     assert D.main(["--highlights", "--images", str(tmp_path / "0.png").replace("0.png", ""),
                    "--weights", str(tiny_weights_path), "--limit", "0"]) == 2  # no pairs left
+
+
+def test_clip_log_ratio_is_the_aligned_mean_log2_ratio():
+    rng = np.random.default_rng(3)
+    ldr = rng.uniform(0.2, 0.8, (16, 16, 3))
+    ldr[:4] = 1.0  # 64 clipped pixels
+    gt = ldr ** 2.2
+    gt[:4] = 4.0  # the truth is 2 EV above the clip there
+    pred = 0.5 * ldr ** 2.2  # half the truth's scale where well exposed: alignment doubles it
+    pred[:4] = 0.5  # -> 1.0 after alignment, 2 EV below the truth
+    assert D.clip_log_ratio(pred, gt, ldr, min_pixels=64) == pytest.approx(-2.0, abs=1e-9)
+    assert D.clip_log_ratio(pred, gt, ldr, min_pixels=65) is None
+
+
+def test_clip_bias_cli_groups_samples_by_kind_camera_and_fraction(tmp_path, tiny_weights_path, capsys):
+    import json
+
+    rng = np.random.default_rng(4)
+    for i, (source, kind, rows, mode) in enumerate([("procedural/indoor", "srgb", 1, "clip"),
+                                                     ("pmndrs/bridge", "srgb", 8, "clip"),
+                                                     ("pmndrs/bridge", "gamma", 8, "under")]):
+        ldr = rng.integers(40, 200, (32, 32, 3), dtype=np.uint8)
+        ldr[:rows] = 255  # 32 (3 %: bin 0.03-0.1) or 256 (25 %: bin 0.1-1) clipped pixels
+        lin = np.where(ldr / 255 <= 0.04045, ldr / 255 / 12.92, ((ldr / 255 + 0.055) / 1.055) ** 2.4)
+        hdr = lin.copy()
+        hdr[:rows] = 8.0  # 3 EV above the clip level: the linearized input is -3 EV there
+        meta = {"exposure": {"mode": mode}, "camera": {"response": {"kind": kind}}}
+        np.savez(tmp_path / f"{i:06d}.npz", ldr=ldr, hdr=hdr.astype(np.float16), source=np.array(source),
+                 meta=np.array(json.dumps(meta)))
+    args = ["--clip-bias", "--samples", str(tmp_path), "--weights", f"tiny={tiny_weights_path}", "--min-pixels", "20"]
+    assert D.main(args) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    body = {(r[0].strip(), r[1].strip(), r[2].strip()): r[3:] for r in rows[2:]}  # after the header and rule
+    # the under-exposed sample is left out
+    assert set(body) == {("procedural", "srgb", "0.03-0.1"), ("real", "srgb", "0.1-1")}
+    for key, values in body.items():
+        assert values[0].strip() == "1"
+        assert float(values[1]) == pytest.approx(-3.0, abs=0.01)  # linear: hand-computed
+        assert np.isfinite(float(values[2]))  # the model's column
+    assert D.main(args + ["--every", "0"]) == 2
+    assert D.main(["--clip-bias", "--samples", str(tmp_path)]) == 2  # no weights
+    assert D.main(["--clip-bias", "--samples", str(tmp_path / "nowhere"), "--weights", str(tiny_weights_path)]) == 2

@@ -167,6 +167,31 @@ def test_oversample_under_weights_follow_the_sample_meta(tmp_path, monkeypatch):
     assert card["step"] == 1 and card["config"]["oversample_under"] == 4.0
 
 
+def test_oversample_real_weights_follow_the_manifest_source(tmp_path):
+    from sitm_training.data import SampleDataset
+    from sitm_training.train import exposure_weights
+
+    root = tmp_path / "data"
+    build(root, Recipe(seed=2, n=8, n_test=0, size=64, val_fraction=0.2), progress=False)
+    ds = SampleDataset(root, "train", crop=32)
+    assert all(r["source"].startswith("procedural/") for r in ds.records)  # a procedural-only build
+    assert exposure_weights(ds, 1.0, 3.0) == [1.0] * len(ds.records)
+    for i, r in enumerate(ds.records):  # pretend every other sample came from a real panorama
+        if i % 2:
+            r["source"] = "pmndrs/bridge"
+    modes = [json.loads(str(np.load(root / r["file"])["meta"]))["exposure"]["mode"] for r in ds.records]
+    expected = [(2.0 if m == "under" else 1.0) * (3.0 if i % 2 else 1.0) for i, m in enumerate(modes)]
+    assert exposure_weights(ds, 2.0, 3.0) == expected  # the two factors multiply
+    assert exposure_weights(ds, 1.0, 1.0) == [1.0] * len(ds.records)
+    ds.records[0].pop("source")
+    with pytest.raises(ValueError, match="records no source"):
+        exposure_weights(ds, 1.0, 3.0)
+    with pytest.raises(ValueError, match="--oversample-real must be > 0"):
+        config(root, tmp_path / "run", oversample_real=-1.0)
+    _, card = train_small(root, tmp_path / "run", stage1_steps=1, stage2_steps=0, oversample_real=2.0)
+    assert card["step"] == 1 and card["config"]["oversample_real"] == 2.0
+
+
 def test_down_label_input_is_what_stage_1_trains_on(tmp_path, tiny_data, monkeypatch):
     import sitm_training.train as T
 

@@ -36,6 +36,7 @@ class DataConfig:
     down_label: str = "data"  # the ADEM's label: "data" (the data set's) or "input" (losses.input_down_label)
     up_ev_max: float | None = None  # shoot the exposure-up labels of more EV again at this EV (data.relabel_up)
     oversample_under: float = 1.0  # draw under-exposed training samples this many times as often (1 = uniform)
+    oversample_real: float = 1.0  # draw training samples of real scenes (not procedural/*) this many times as often
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,8 @@ class TrainConfig:
             raise ValueError(f"--up-ev-max must be > 0 EV, got {self.data.up_ev_max}")
         if not self.data.oversample_under > 0:
             raise ValueError(f"--oversample-under must be > 0, got {self.data.oversample_under}")
+        if not self.data.oversample_real > 0:
+            raise ValueError(f"--oversample-real must be > 0, got {self.data.oversample_real}")
         if self.model.boost not in ("down", "all") or (self.model.boost == "all" and self.model.fusion != "residual"):
             raise ValueError(f"--boost must be 'down' or 'all', and 'all' needs --fusion residual; got "
                              f"{self.model.boost!r} with --fusion {self.model.fusion}")
@@ -235,6 +238,9 @@ def _parser(description: str | None) -> argparse.ArgumentParser:
                         "sample's simulated camera (data.relabel_up); default: the data set's labels")
     p.add_argument("--oversample-under", type=float, default=_default("oversample_under"),
                    help="draw under-exposed training samples K times as often (default 1: uniform)")
+    p.add_argument("--oversample-real", type=float, default=_default("oversample_real"),
+                   help="draw the training samples of real scenes (every source but procedural/*) K times as often "
+                        "(default 1: uniform); multiplies with --oversample-under")
     p.add_argument("--init", default=None, help="start a new run from these weights (.safetensors; fresh optimizer)")
     p.add_argument("--max-seconds", type=float, default=None,
                    help="wall-clock budget of this process, counted from the first step and checked before each "

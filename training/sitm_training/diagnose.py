@@ -24,6 +24,15 @@ which gives, over the images with at least ``--min-pixels`` clipped pixels (``ma
 per-image standard deviation of log luminance there (the detail) and the median over images of the per-image
 median luminance there (1.0 = the input's clip level on the ground truth's scale).
 
+and, on the project's own samples (a split's ``.npz`` folder), how far each result's clipped pixels are from the
+truth, by scene kind (real or procedural), camera response family and clipped fraction of the input:
+
+``python -m sitm_training.diagnose --clip-bias --samples data/sitm256r/train --weights NAME=PATH [--every K]``
+
+which gives, over the clip-mode samples with at least ``--min-pixels`` clipped pixels (every ``K``-th sample), the
+mean of the per-image mean ``log2(Y_result / Y_gt)`` there, each result scale-aligned as the evaluation does
+(0 = right on average; negative = too dark), for the inverse-sRGB linearized input and each model.
+
 Regions of the LDR input ``I`` (in [0, 1], after the pre kernel's normalization):
 
 * ``dark``: ``min_c I < 0.05`` (the shadows, where AUEM's exposure-up image can add detail)
@@ -43,6 +52,7 @@ Writes a markdown table to stdout (and ``--out FILE`` atomically).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -144,11 +154,22 @@ def _held_out_families(samples: Path) -> tuple[str, ...]:
     return tuple(json.loads(manifest.read_text()).get("recipe", {}).get("holdout_responses", ()))
 
 
+CLIP_BINS = (0.0, 0.01, 0.03, 0.1, 1.0)  # bins of the input's clipped fraction (--per-image, --clip-bias)
+
+
+def _clip_bin(fraction: float) -> str:
+    """The :data:`CLIP_BINS` bin of a clipped fraction as ``"lo-hi"`` (the lower edge in the bin, 0 in the first)."""
+    k = min(max(int(np.searchsorted(CLIP_BINS, fraction, side="right")) - 1, 0), len(CLIP_BINS) - 2)
+    return f"{CLIP_BINS[k]:g}-{CLIP_BINS[k + 1]:g}"
+
+
 def by_camera(per_image: Path, samples: Path, baseline: str = "linear") -> str:
     """Mean (method - baseline) per score, grouped by exposure mode, by (mode, response), by camera family (the
-    response curve's kind, ``camera/<kind>``), by family and scene (``camera/<kind>/<scene>``) and by scene (the
-    sample's source), as markdown. A family the data set's train split never drew (``build
-    --holdout-response``, read from ``samples/../manifest.json``) is marked ``(held out)``.
+    response curve's kind, ``camera/<kind>``), by family and scene (``camera/<kind>/<scene>``), by scene (the
+    sample's source) and, for the clip-mode samples, by family and the input's clipped fraction (the baseline's
+    ``clip_fraction`` column, :data:`CLIP_BINS`: ``clipped/<kind>/<lo>-<hi>``), as markdown. A family the data
+    set's train split never drew (``build --holdout-response``, read from ``samples/../manifest.json``) is marked
+    ``(held out)``.
 
     ``per_image``: the ``per_image.csv`` of ``python -m sitm_training.evaluate``; ``samples``: the folder of
     the samples' ``.npz`` files (``meta`` holds the camera). Rows with a failed method are left out."""
@@ -169,11 +190,14 @@ def by_camera(per_image: Path, samples: Path, baseline: str = "linear") -> str:
         family = f"{response} (held out)" if response in held else response
         with np.load(samples / f"{sid}.npz") as z:
             scene = str(z["source"])
+        keys = [("all",), (mode,), (mode, response), ("camera", family), ("camera", family, scene), ("scene", scene)]
+        fraction = _num(by_method[baseline].get("clip_fraction", "nan"))
+        if mode == "clip" and np.isfinite(fraction):  # by the input's clipped fraction (CLIP_BINS)
+            keys.append(("clipped", family, _clip_bin(fraction)))
         for m in methods:
             if m in by_method:
                 d = [_num(by_method[m][k]) - _num(by_method[baseline][k]) for k in SCORES]
-                for key in (("all",), (mode,), (mode, response), ("camera", family), ("camera", family, scene),
-                            ("scene", scene)):
+                for key in keys:
                     groups[key][m].append(d)
     lines = [f"Mean (method - {baseline}) by simulated camera; positive = the method is better:", ""]
     if held:
@@ -280,12 +304,79 @@ def highlights(pairs: Path, weights: list[tuple[str, str]], min_pixels: int, lim
     return "\n".join(lines) + "\n"
 
 
+def clip_log_ratio(pred: np.ndarray, gt: np.ndarray, ldr01: np.ndarray, min_pixels: int) -> float | None:
+    """Mean ``log2(Y_pred / Y_gt)`` over the clipped pixels of ``ldr01`` (both luminances positive), ``pred``
+    scale-aligned to ``gt`` as the evaluation does; ``None`` with fewer than ``min_pixels`` such pixels."""
+    from . import metrics as M
+
+    clip = M.clipped_mask(ldr01)
+    yp = M.luminance(pred * M.align_scale(pred, gt, ldr01))[clip]
+    yg = M.luminance(gt)[clip]
+    ok = (yp > 0) & (yg > 0) & np.isfinite(yp) & np.isfinite(yg)
+    if np.count_nonzero(ok) < min_pixels:
+        return None
+    return float(np.mean(np.log2(yp[ok] / yg[ok])))
+
+
+def clip_bias(samples: Path, weights: list[tuple[str, str]], min_pixels: int, every: int = 1,
+              limit: int | None = None) -> str:
+    """The ``--clip-bias`` table: per (scene kind, camera family, clipped-fraction bin) the mean over samples of
+    :func:`clip_log_ratio` for the linearized input and each ``(name, path)``."""
+    import sitm_trt
+
+    from .baselines import BASELINES, _ldr01
+
+    if every < 1:
+        raise ValueError(f"--every must be >= 1, got {every}")
+    files = sorted(samples.glob("*.npz"))[::every][:limit]
+    if not files:
+        raise ValueError(f"{samples}: no .npz samples")
+    pipes = {name: sitm_trt.Pipeline(sitm_trt.load(path), backend="torch", precision="fp32") for name, path in weights}
+    names = ["linear", *pipes]
+    groups: dict[tuple[str, str, str], dict[str, list[float]]] = {}
+    for f in files:
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                ldr, gt = np.asarray(z["ldr"]), np.asarray(z["hdr"], np.float64)
+                source, meta = str(z["source"]), json.loads(str(z["meta"]))
+        except (OSError, KeyError, ValueError) as err:
+            raise ValueError(f"{f}: not a sample file ({type(err).__name__}: {err})") from err
+        if meta.get("exposure", {}).get("mode") != "clip":
+            continue
+        ldr01 = np.asarray(_ldr01(ldr), np.float64)
+        fraction = float(np.mean(ldr01.max(axis=2) > 0.95))
+        key = ("procedural" if source.startswith("procedural/") else "real",
+               str(meta.get("camera", {}).get("response", {}).get("kind", "?")), _clip_bin(fraction))
+        outs = {"linear": BASELINES["linear"](ldr)}
+        for name, pipe in pipes.items():
+            outs[name] = np.asarray(pipe(np.ascontiguousarray(ldr), layout="hwc")).reshape(gt.shape)
+        values = {name: clip_log_ratio(np.asarray(outs[name], np.float64), gt, ldr01, min_pixels) for name in names}
+        if any(v is None for v in values.values()):
+            continue
+        row = groups.setdefault(key, {name: [] for name in names})
+        for name in names:
+            row[name].append(values[name])  # type: ignore[arg-type]
+    lines = [f"Mean log2(result / truth) over the input's clipped pixels (max_c > 0.95), results scale-aligned, "
+             f"{len(files)} samples of `{samples}` (clip-mode ones with >= {min_pixels} clipped pixels):", "",
+             "| scenes | camera | clipped fraction | images | " + " | ".join(names) + " |",
+             "| --- | --- | --- | ---: | " + " | ".join("---:" for _ in names) + " |"]
+    for key in sorted(groups):
+        row = groups[key]
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {len(row['linear'])} | "
+                     + " | ".join(f"{np.mean(row[n]):+.2f}" for n in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sitm_training.diagnose", description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=Path, help="a folder of LDR images (e.g. an exported pairs folder)")
     p.add_argument("--weights", action="append", help="NAME=PATH or PATH (repeatable)")
     p.add_argument("--highlights", action="store_true",
                    help="with --images PAIRS: detail and level of each result in the input's clipped pixels")
+    p.add_argument("--clip-bias", action="store_true",
+                   help="with --samples DIR and --weights: mean log2(result / truth) in the input's clipped pixels by "
+                        "scene kind, camera family and clipped fraction")
+    p.add_argument("--every", type=int, default=1, help="with --clip-bias: every K-th sample (sorted by name)")
     p.add_argument("--per-image", type=Path, help="an evaluation's per_image.csv (instead of --images/--weights)")
     p.add_argument("--weakest", type=Path, nargs="+", metavar="CSV",
                    help="per_image.csv files: per method the t-statistic of each score's difference to --baseline, "
@@ -331,6 +422,13 @@ def _run(args: argparse.Namespace) -> str:
         try:
             return weakest_scores(args.weakest, args.baseline)
         except (ValueError, KeyError) as err:
+            raise _UsageError(str(err)) from err
+    if args.clip_bias:
+        if args.samples is None or not args.samples.is_dir() or not args.weights:
+            raise _UsageError("--clip-bias needs --samples DIR (a split's .npz folder) and --weights")
+        try:
+            return clip_bias(args.samples, _weight_specs(args.weights), args.min_pixels, args.every, args.limit)
+        except ValueError as err:
             raise _UsageError(str(err)) from err
     if args.per_image is not None:
         if args.samples is None or not args.samples.is_dir() or not args.per_image.is_file():

@@ -154,18 +154,29 @@ def _batches(loader: DataLoader, start_epoch: int) -> Iterator[dict[str, Any]]:
         epoch += 1
 
 
-def exposure_weights(dataset: SampleDataset, oversample_under: float) -> list[float]:
+def exposure_weights(dataset: SampleDataset, oversample_under: float, oversample_real: float = 1.0) -> list[float]:
     """Sampling weight per training sample: ``oversample_under`` for the under-exposed ones (the camera
-    ``meta`` of each sample says ``exposure.mode``), 1 for the rest."""
+    ``meta`` of each sample says ``exposure.mode``), times ``oversample_real`` for the samples of real scenes (the
+    manifest's ``source`` of each is not ``procedural/...``); 1 for the rest."""
     from sitm_training.data import load_sample_meta, under_exposed
 
     weights = []
     for r in dataset.records:
-        under = under_exposed(load_sample_meta(dataset.root / r["file"]))
-        if under is None:
-            raise ValueError(f"{dataset.root / r['file']}: the sample's meta records no exposure mode, which "
-                             "--oversample-under needs")
-        weights.append(float(oversample_under) if under else 1.0)
+        w = 1.0
+        if oversample_under != 1.0:
+            under = under_exposed(load_sample_meta(dataset.root / r["file"]))
+            if under is None:
+                raise ValueError(f"{dataset.root / r['file']}: the sample's meta records no exposure mode, which "
+                                 "--oversample-under needs")
+            w = float(oversample_under) if under else 1.0
+        if oversample_real != 1.0:
+            source = r.get("source")
+            if not isinstance(source, str) or not source:
+                raise ValueError(f"{dataset.root}: the manifest records no source for {r['file']}, which "
+                                 "--oversample-real needs")
+            if not source.startswith("procedural/"):
+                w *= float(oversample_real)
+        weights.append(w)
     return weights
 
 
@@ -301,10 +312,12 @@ class Trainer:
 
     def _sampler(self):
         cfg, d = self.cfg, self.dist
-        if cfg.data.oversample_under != 1.0:
+        if cfg.data.oversample_under != 1.0 or cfg.data.oversample_real != 1.0:
             if d.world > 1:
-                raise ValueError("--oversample-under is not supported with several processes (torchrun) yet")
-            return WeightedRandomSampler(exposure_weights(self.train_set, cfg.data.oversample_under),
+                raise ValueError("--oversample-under/--oversample-real are not supported with several processes "
+                                 "(torchrun) yet")
+            weights = exposure_weights(self.train_set, cfg.data.oversample_under, cfg.data.oversample_real)
+            return WeightedRandomSampler(weights,
                                          len(self.train_set), replacement=True,
                                          generator=torch.Generator().manual_seed(cfg.run.seed))
         if d.world > 1:
