@@ -151,7 +151,7 @@ def test_hdr_loss_is_mu_law_l1():
     expected = np.abs(tau(h.double().numpy()) - tau(g.double().numpy())).mean()
     assert hdr_loss(h, g).item() == pytest.approx(expected, rel=1e-5)
     assert LossWeights() == LossWeights(lambda_per=0.5, lambda_gan=0.1, lambda_h=1.0, mu=5000.0, lambda_pu21=0.0,
-                                        lambda_clip=0.0, align=False)
+                                        lambda_clip=0.0, align=False, clip_norm="l1")
 
 
 def test_pu21_clipped_loss_averages_the_over_exposed_pixels_per_image():
@@ -172,6 +172,31 @@ def test_pu21_clipped_loss_averages_the_over_exposed_pixels_per_image():
     loss = pu21_clipped_loss(hh, g, torch.full_like(image, 0.5))
     loss.backward()
     assert loss.item() == 0 and hh.grad.abs().sum().item() == 0
+    # the squared form: per image the weighted mean over pixels of the RGB-mean squared error
+    sq = ((pu21_encode(Display()(h.double().numpy())) - pu21_encode(Display()(g.double().numpy()))) ** 2).mean(axis=1)
+    first = (sq[0, 0, 0] + sq[0, 0, 1] + 0.5 * sq[0, 3, 4]) / 2.5
+    want_l2 = (first + sq[2, 2, 2]) / 2 / 256 ** 2
+    assert pu21_clipped_loss(h, g, image, norm="l2").item() == pytest.approx(want_l2, rel=1e-4)
+    with pytest.raises(ValueError, match="norm must be one of"):
+        pu21_clipped_loss(h, g, image, norm="rms")
+
+
+def test_l2_clipped_term_aims_at_the_mean_not_the_median():
+    # one clipped pixel whose truth is 1 (two images in three) or 20 (one): summed over the three images, the L1
+    # term is least at the median 1, the squared one at the mean in PU21 space; minimized over constant predictions
+    from sitm_training.losses import _clipped_term, pu21_error
+
+    image = torch.ones(3, 3, 1, 1)
+    truth = torch.tensor([1.0, 1.0, 20.0]).view(3, 1, 1, 1).expand(3, 3, 1, 1)
+    grid = torch.linspace(0.5, 25.0, 491)
+
+    def best(norm):  # the constant prediction that minimizes the sum over the three outcomes
+        losses = [sum(_clipped_term(pu21_error(torch.full((1, 3, 1, 1), float(x)), truth[i:i + 1]), image[:1], norm)
+                      for i in range(3)) for x in grid]
+        return float(grid[int(torch.argmin(torch.stack(losses)))])
+
+    assert best("l1") == pytest.approx(1.0, abs=0.05)
+    assert 2.0 < best("l2") < 20.0
 
 
 def test_align_scale_torch_matches_the_evaluation_alignment():
@@ -233,6 +258,9 @@ def test_generator_adds_the_pu21_terms_only_when_weighted():
     for w_pu21, w_clip in ((0.5, 0.0), (0.0, 0.7), (0.5, 0.7)):
         got = SITMLoss(None, LossWeights(lambda_pu21=w_pu21, lambda_clip=w_clip)).generator(out, image, *gt)
         assert got.hdr.item() == pytest.approx(plain.hdr.item() + w_pu21 * l1 + w_clip * clipped, rel=1e-5)
+    l2 = pu21_clipped_loss(hdr, gt[2], image, norm="l2").item()
+    got = SITMLoss(None, LossWeights(lambda_clip=0.7, clip_norm="l2")).generator(out, image, *gt)
+    assert 0 < l2 < clipped and got.hdr.item() == pytest.approx(plain.hdr.item() + 0.7 * l2, rel=1e-5)
 
 
 # --- perceptual loss (Eq. 10) -------------------------------------------------------------------------------

@@ -320,3 +320,11 @@ def test_resume_of_a_run_saved_by_the_earlier_trainer(tiny_data, tmp_path):
     with pytest.warns(UserWarning, match="REPLACED"), pytest.raises(ValueError, match="mask_prior=1.0"):
         train(config(tiny_data, tmp_path, batch=2, crop=32, workers=0, gan=False, stage1_steps=3, stage2_steps=0))
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_hdr_clip_norm_reaches_the_loss_and_is_checked(tmp_path):
+    cfg = config(tmp_path / "data", tmp_path / "run", hdr_clip=10.0, hdr_clip_norm="l2")
+    assert cfg.loss.weights().clip_norm == "l2" and cfg.loss.weights().lambda_clip == 10.0
+    assert config(tmp_path / "data", tmp_path / "run").loss.weights().clip_norm == "l1"  # the default
+    with pytest.raises(ValueError, match="--hdr-clip-norm must be 'l1' or 'l2'"):
+        config(tmp_path / "data", tmp_path / "run", hdr_clip_norm="rms")

@@ -88,9 +88,11 @@ class LossConfig:
     hdr_pu21: float = 0.0  # weight of losses.pu21_hdr_loss added to Eq. 15
     hdr_clip: float = 0.0  # weight of losses.pu21_clipped_loss added to Eq. 15
     hdr_align: bool = False  # the PU21 terms compare after the evaluation's scale alignment (losses.align_scale_torch)
+    hdr_clip_norm: str = "l1"  # the --hdr-clip term per image: "l1" or "l2" (losses.pu21_clipped_loss)
 
     def weights(self) -> LossWeights:
-        return LossWeights(lambda_pu21=self.hdr_pu21, lambda_clip=self.hdr_clip, align=self.hdr_align)
+        return LossWeights(lambda_pu21=self.hdr_pu21, lambda_clip=self.hdr_clip, align=self.hdr_align,
+                           clip_norm=self.hdr_clip_norm)
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,8 @@ class TrainConfig:
             raise ValueError(f"--oversample-under must be > 0, got {self.data.oversample_under}")
         if not self.data.oversample_real > 0:
             raise ValueError(f"--oversample-real must be > 0, got {self.data.oversample_real}")
+        if self.loss.hdr_clip_norm not in ("l1", "l2"):
+            raise ValueError(f"--hdr-clip-norm must be 'l1' or 'l2', got {self.loss.hdr_clip_norm!r}")
         if self.model.boost not in ("down", "all") or (self.model.boost == "all" and self.model.fusion != "residual"):
             raise ValueError(f"--boost must be 'down' or 'all', and 'all' needs --fusion residual; got "
                              f"{self.model.boost!r} with --fusion {self.model.fusion}")
@@ -227,6 +231,10 @@ def _parser(description: str | None) -> argparse.ArgumentParser:
     p.add_argument("--hdr-clip", type=float, default=_default("hdr_clip"),
                    help="weight of an extra PU21 L1 term over the input's over-exposed pixels only (per image, Eq. 14's "
                         "mask) in stage 2 (default 0)")
+    p.add_argument("--hdr-clip-norm", default=_default("hdr_clip_norm"), choices=["l1", "l2"],
+                   help="the --hdr-clip term per image: 'l1' (mean absolute PU21 error, default) or 'l2' (mean squared, "
+                        "smaller where errors are small: weigh it up; aims at the mean of what the clipped truth could "
+                        "be, as PSNR rewards, not at its median)")
     p.add_argument("--hdr-align", action="store_true",
                    help="the PU21 terms (--hdr-pu21/--hdr-clip) compare after scaling H like the evaluation does "
                         "(median log-ratio over well-exposed pixels, no gradient); Eq. 15 stays absolute")
