@@ -258,3 +258,5 @@ def test_clip_bias_cli_groups_samples_by_kind_camera_and_fraction(tmp_path, tiny
     assert D.main(args + ["--every", "0"]) == 2
     assert D.main(["--clip-bias", "--samples", str(tmp_path)]) == 2  # no weights
     assert D.main(["--clip-bias", "--samples", str(tmp_path / "nowhere"), "--weights", str(tiny_weights_path)]) == 2
+    (tmp_path / "999999.npz").write_bytes(b"not a zip file")  # a corrupt sample: named, exit 2, no traceback
+    assert D.main(args) == 2 and "999999.npz: not a sample file" in capsys.readouterr().err

@@ -55,6 +55,7 @@ import argparse
 import json
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -339,7 +340,7 @@ def clip_bias(samples: Path, weights: list[tuple[str, str]], min_pixels: int, ev
             with np.load(f, allow_pickle=False) as z:
                 ldr, gt = np.asarray(z["ldr"]), np.asarray(z["hdr"], np.float64)
                 source, meta = str(z["source"]), json.loads(str(z["meta"]))
-        except (OSError, KeyError, ValueError) as err:
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
             raise ValueError(f"{f}: not a sample file ({type(err).__name__}: {err})") from err
         if meta.get("exposure", {}).get("mode") != "clip":
             continue
