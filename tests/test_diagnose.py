@@ -243,8 +243,8 @@ def test_clip_bias_cli_groups_samples_by_kind_camera_and_fraction(tmp_path, tiny
         hdr = lin.copy()
         hdr[:rows] = 8.0  # 3 EV above the clip level: the linearized input is -3 EV there
         meta = {"exposure": {"mode": mode}, "camera": {"response": {"kind": kind}}}
-        np.savez(tmp_path / f"{i:06d}.npz", ldr=ldr, hdr=hdr.astype(np.float16), source=np.array(source),
-                 meta=np.array(json.dumps(meta)))
+        np.savez(tmp_path / f"{i:06d}.npz", ldr=ldr, up=ldr, down=ldr, hdr=hdr.astype(np.float16),
+                 ev_up=np.float32(2), ev_down=np.float32(-2), source=np.array(source), meta=np.array(json.dumps(meta)))
     args = ["--clip-bias", "--samples", str(tmp_path), "--weights", f"tiny={tiny_weights_path}", "--min-pixels", "20"]
     assert D.main(args) == 0
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
@@ -259,4 +259,4 @@ def test_clip_bias_cli_groups_samples_by_kind_camera_and_fraction(tmp_path, tiny
     assert D.main(["--clip-bias", "--samples", str(tmp_path)]) == 2  # no weights
     assert D.main(["--clip-bias", "--samples", str(tmp_path / "nowhere"), "--weights", str(tiny_weights_path)]) == 2
     (tmp_path / "999999.npz").write_bytes(b"not a zip file")  # a corrupt sample: named, exit 2, no traceback
-    assert D.main(args) == 2 and "999999.npz: not a sample file" in capsys.readouterr().err
+    assert D.main(args) == 2 and "999999.npz: corrupt sample file" in capsys.readouterr().err

@@ -52,10 +52,8 @@ Writes a markdown table to stdout (and ``--out FILE`` atomically).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -255,15 +253,20 @@ def table(results: dict[str, dict[str, tuple[np.ndarray, int]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def clipped_stats(pred: np.ndarray, gt: np.ndarray, ldr01: np.ndarray, min_pixels: int) -> tuple[float, float] | None:
-    """``(std of log Y, median Y)`` of the scale-aligned ``pred`` (``(H, W, 3)`` linear) over the clipped pixels
-    of ``ldr01`` (``(H, W, 3)`` in [0, 1]), or ``None`` when fewer than ``min_pixels`` are clipped."""
+def _clipped_luminance(pred: np.ndarray, gt: np.ndarray, ldr01: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(Y of the scale-aligned pred, Y of gt)`` over the clipped pixels of ``ldr01`` (1-D, the same pixels)."""
     from . import metrics as M
 
     clip = M.clipped_mask(ldr01)
-    if np.count_nonzero(clip) < min_pixels:
+    return M.luminance(pred * M.align_scale(pred, gt, ldr01))[clip], M.luminance(gt)[clip]
+
+
+def clipped_stats(pred: np.ndarray, gt: np.ndarray, ldr01: np.ndarray, min_pixels: int) -> tuple[float, float] | None:
+    """``(std of log Y, median Y)`` of the scale-aligned ``pred`` (``(H, W, 3)`` linear) over the clipped pixels
+    of ``ldr01`` (``(H, W, 3)`` in [0, 1]), or ``None`` when fewer than ``min_pixels`` are clipped."""
+    y, _ = _clipped_luminance(pred, gt, ldr01)
+    if y.size < min_pixels:
         return None
-    y = M.luminance(pred * M.align_scale(pred, gt, ldr01))[clip]
     y = y[y > 0]
     if y.size == 0:
         return None
@@ -308,11 +311,7 @@ def highlights(pairs: Path, weights: list[tuple[str, str]], min_pixels: int, lim
 def clip_log_ratio(pred: np.ndarray, gt: np.ndarray, ldr01: np.ndarray, min_pixels: int) -> float | None:
     """Mean ``log2(Y_pred / Y_gt)`` over the clipped pixels of ``ldr01`` (both luminances positive), ``pred``
     scale-aligned to ``gt`` as the evaluation does; ``None`` with fewer than ``min_pixels`` such pixels."""
-    from . import metrics as M
-
-    clip = M.clipped_mask(ldr01)
-    yp = M.luminance(pred * M.align_scale(pred, gt, ldr01))[clip]
-    yg = M.luminance(gt)[clip]
+    yp, yg = _clipped_luminance(pred, gt, ldr01)
     ok = (yp > 0) & (yg > 0) & np.isfinite(yp) & np.isfinite(yg)
     if np.count_nonzero(ok) < min_pixels:
         return None
@@ -325,7 +324,9 @@ def clip_bias(samples: Path, weights: list[tuple[str, str]], min_pixels: int, ev
     :func:`clip_log_ratio` for the linearized input and each ``(name, path)``."""
     import sitm_trt
 
+    from . import metrics as M
     from .baselines import BASELINES, _ldr01
+    from .data import load_sample
 
     if every < 1:
         raise ValueError(f"--every must be >= 1, got {every}")
@@ -336,18 +337,14 @@ def clip_bias(samples: Path, weights: list[tuple[str, str]], min_pixels: int, ev
     names = ["linear", *pipes]
     groups: dict[tuple[str, str, str], dict[str, list[float]]] = {}
     for f in files:
-        try:
-            with np.load(f, allow_pickle=False) as z:
-                ldr, gt = np.asarray(z["ldr"]), np.asarray(z["hdr"], np.float64)
-                source, meta = str(z["source"]), json.loads(str(z["meta"]))
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
-            raise ValueError(f"{f}: not a sample file ({type(err).__name__}: {err})") from err
-        if meta.get("exposure", {}).get("mode") != "clip":
+        sample = load_sample(f)  # a corrupt file: ValueError naming it
+        if sample.meta.get("exposure", {}).get("mode") != "clip":
             continue
+        ldr, gt = sample.ldr, sample.hdr.astype(np.float64)
         ldr01 = np.asarray(_ldr01(ldr), np.float64)
-        fraction = float(np.mean(ldr01.max(axis=2) > 0.95))
-        key = ("procedural" if source.startswith("procedural/") else "real",
-               str(meta.get("camera", {}).get("response", {}).get("kind", "?")), _clip_bin(fraction))
+        key = ("procedural" if sample.source.startswith("procedural/") else "real",
+               str(sample.meta.get("camera", {}).get("response", {}).get("kind", "?")),
+               _clip_bin(float(np.mean(M.clipped_mask(ldr01)))))
         outs = {"linear": BASELINES["linear"](ldr)}
         for name, pipe in pipes.items():
             outs[name] = np.asarray(pipe(np.ascontiguousarray(ldr), layout="hwc")).reshape(gt.shape)
