@@ -139,7 +139,7 @@ def test_oversample_under_weights_follow_the_sample_meta(tmp_path, monkeypatch):
 
     from sitm_training.data import SampleDataset
     from sitm_training.data.camera import CameraConfig
-    from sitm_training.train import exposure_weights
+    from sitm_training.train import sampling_weights
 
     root = tmp_path / "data"
     build(root, Recipe(seed=2, n=8, n_test=0, size=64, val_fraction=0.2,
@@ -150,7 +150,7 @@ def test_oversample_under_weights_follow_the_sample_meta(tmp_path, monkeypatch):
         with np.load(root / r["file"]) as z:
             modes.append(json.loads(str(z["meta"]))["exposure"]["mode"])
     assert "under" in modes and "clip" in modes  # this seed gives both kinds
-    assert exposure_weights(ds, 4.0) == [4.0 if m == "under" else 1.0 for m in modes]
+    assert sampling_weights(ds, 4.0) == [4.0 if m == "under" else 1.0 for m in modes]
     from sitm_training.data import under_exposed
 
     assert under_exposed({"exposure": {"mode": "under"}}) is True and under_exposed({"exposure": {"mode": "clip"}}) is False
@@ -160,7 +160,7 @@ def test_oversample_under_weights_follow_the_sample_meta(tmp_path, monkeypatch):
     with monkeypatch.context() as mp:  # samples that do not record their exposure: a clear error, not a KeyError
         mp.setattr(data_pkg, "load_sample_meta", lambda path: {})
         with pytest.raises(ValueError, match="records no exposure mode"):
-            exposure_weights(ds, 4.0)
+            sampling_weights(ds, 4.0)
     with pytest.raises(ValueError, match="--oversample-under must be > 0"):
         config(root, tmp_path / "run", oversample_under=0.0)
     _, card = train_small(root, tmp_path / "run", stage1_steps=1, stage2_steps=0, gan=True, oversample_under=4.0)
@@ -169,23 +169,23 @@ def test_oversample_under_weights_follow_the_sample_meta(tmp_path, monkeypatch):
 
 def test_oversample_real_weights_follow_the_manifest_source(tmp_path):
     from sitm_training.data import SampleDataset
-    from sitm_training.train import exposure_weights
+    from sitm_training.train import sampling_weights
 
     root = tmp_path / "data"
     build(root, Recipe(seed=2, n=8, n_test=0, size=64, val_fraction=0.2), progress=False)
     ds = SampleDataset(root, "train", crop=32)
     assert all(r["source"].startswith("procedural/") for r in ds.records)  # a procedural-only build
-    assert exposure_weights(ds, 1.0, 3.0) == [1.0] * len(ds.records)
+    assert sampling_weights(ds, 1.0, 3.0) == [1.0] * len(ds.records)
     for i, r in enumerate(ds.records):  # pretend every other sample came from a real panorama
         if i % 2:
             r["source"] = "pmndrs/bridge"
     modes = [json.loads(str(np.load(root / r["file"])["meta"]))["exposure"]["mode"] for r in ds.records]
     expected = [(2.0 if m == "under" else 1.0) * (3.0 if i % 2 else 1.0) for i, m in enumerate(modes)]
-    assert exposure_weights(ds, 2.0, 3.0) == expected  # the two factors multiply
-    assert exposure_weights(ds, 1.0, 1.0) == [1.0] * len(ds.records)
+    assert sampling_weights(ds, 2.0, 3.0) == expected  # the two factors multiply
+    assert sampling_weights(ds, 1.0, 1.0) == [1.0] * len(ds.records)
     ds.records[0].pop("source")
     with pytest.raises(ValueError, match="records no source"):
-        exposure_weights(ds, 1.0, 3.0)
+        sampling_weights(ds, 1.0, 3.0)
     with pytest.raises(ValueError, match="--oversample-real must be > 0"):
         config(root, tmp_path / "run", oversample_real=-1.0)
     _, card = train_small(root, tmp_path / "run", stage1_steps=1, stage2_steps=0, oversample_real=2.0)
@@ -327,5 +327,5 @@ def test_hdr_clip_norm_reaches_the_loss_and_is_checked(tmp_path):
     cfg = config(tmp_path / "data", tmp_path / "run", hdr_clip=10.0, hdr_clip_norm="l2")
     assert cfg.loss.weights().clip_norm == "l2" and cfg.loss.weights().lambda_clip == 10.0
     assert config(tmp_path / "data", tmp_path / "run").loss.weights().clip_norm == "l1"  # the default
-    with pytest.raises(ValueError, match="--hdr-clip-norm must be 'l1' or 'l2'"):
+    with pytest.raises(ValueError, match=r"--hdr-clip-norm must be one of \('l1', 'l2'\), got 'rms'"):
         config(tmp_path / "data", tmp_path / "run", hdr_clip_norm="rms")

@@ -19,7 +19,7 @@ from typing import Any
 
 from sitm_trt.model import get_preset
 
-from .losses import DOWN_LABELS, LossWeights
+from .losses import CLIP_NORMS, DOWN_LABELS, LossWeights
 
 __all__ = ["DataConfig", "ModelConfig", "OptimConfig", "LossConfig", "RunConfig", "TrainConfig", "REMOVED_OPTIONS",
            "stored_config", "config_from_args"]
@@ -149,8 +149,8 @@ class TrainConfig:
             raise ValueError(f"--oversample-under must be > 0, got {self.data.oversample_under}")
         if not self.data.oversample_real > 0:
             raise ValueError(f"--oversample-real must be > 0, got {self.data.oversample_real}")
-        if self.loss.hdr_clip_norm not in ("l1", "l2"):
-            raise ValueError(f"--hdr-clip-norm must be 'l1' or 'l2', got {self.loss.hdr_clip_norm!r}")
+        if self.loss.hdr_clip_norm not in CLIP_NORMS:
+            raise ValueError(f"--hdr-clip-norm must be one of {CLIP_NORMS}, got {self.loss.hdr_clip_norm!r}")
         if self.model.boost not in ("down", "all") or (self.model.boost == "all" and self.model.fusion != "residual"):
             raise ValueError(f"--boost must be 'down' or 'all', and 'all' needs --fusion residual; got "
                              f"{self.model.boost!r} with --fusion {self.model.fusion}")
@@ -231,7 +231,7 @@ def _parser(description: str | None) -> argparse.ArgumentParser:
     p.add_argument("--hdr-clip", type=float, default=_default("hdr_clip"),
                    help="weight of an extra PU21 L1 term over the input's over-exposed pixels only (per image, Eq. 14's "
                         "mask) in stage 2 (default 0)")
-    p.add_argument("--hdr-clip-norm", default=_default("hdr_clip_norm"), choices=["l1", "l2"],
+    p.add_argument("--hdr-clip-norm", default=_default("hdr_clip_norm"), choices=list(CLIP_NORMS),
                    help="the --hdr-clip term per image: 'l1' (mean absolute PU21 error, default) or 'l2' (mean squared, "
                         "smaller where errors are small: weigh it up; aims at the mean of what the clipped truth could "
                         "be, as PSNR rewards, not at its median)")

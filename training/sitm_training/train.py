@@ -59,7 +59,7 @@ from .masks import over_exposure_mask, under_exposure_mask
 if TYPE_CHECKING:
     from sitm_training.data import SampleDataset
 
-__all__ = ["Batch", "Trainer", "train", "validate", "exposure_weights", "load_init", "git_commit", "main"]
+__all__ = ["Batch", "Trainer", "train", "validate", "sampling_weights", "load_init", "git_commit", "main"]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -154,7 +154,7 @@ def _batches(loader: DataLoader, start_epoch: int) -> Iterator[dict[str, Any]]:
         epoch += 1
 
 
-def exposure_weights(dataset: SampleDataset, oversample_under: float, oversample_real: float = 1.0) -> list[float]:
+def sampling_weights(dataset: SampleDataset, oversample_under: float, oversample_real: float = 1.0) -> list[float]:
     """Sampling weight per training sample: ``oversample_under`` for the under-exposed ones (the camera
     ``meta`` of each sample says ``exposure.mode``), times ``oversample_real`` for the samples of real scenes (the
     manifest's ``source`` of each is not ``procedural/...``); 1 for the rest."""
@@ -316,7 +316,7 @@ class Trainer:
             if d.world > 1:
                 raise ValueError("--oversample-under/--oversample-real are not supported with several processes "
                                  "(torchrun) yet")
-            weights = exposure_weights(self.train_set, cfg.data.oversample_under, cfg.data.oversample_real)
+            weights = sampling_weights(self.train_set, cfg.data.oversample_under, cfg.data.oversample_real)
             return WeightedRandomSampler(weights,
                                          len(self.train_set), replacement=True,
                                          generator=torch.Generator().manual_seed(cfg.run.seed))
