@@ -329,3 +329,15 @@ def test_hdr_clip_norm_reaches_the_loss_and_is_checked(tmp_path):
     assert config(tmp_path / "data", tmp_path / "run").loss.weights().clip_norm == "l1"  # the default
     with pytest.raises(ValueError, match=r"--hdr-clip-norm must be one of \('l1', 'l2'\), got 'rms'"):
         config(tmp_path / "data", tmp_path / "run", hdr_clip_norm="rms")
+
+
+def test_mefm_context_trains_travels_in_the_weights_and_must_match_on_resume(tiny_data, tmp_path):
+    """``--mefm-context 1``: the context layer trains (moves off its zero start), the saved weights carry it in
+    their preset, and resuming the run with another value is a clear error, not a silent shape change."""
+    options = dict(fusion="residual", boost="all", mefm_context=1, stage1_steps=0, stage2_steps=2, log_every=1,
+                   val_every=100, ckpt_every=100, val_images=1, lr=1e-3)
+    train_small(tiny_data, tmp_path / "c", **options)
+    net = load_weights(tmp_path / "c" / "ckpt" / "model.safetensors")
+    assert net.preset.mefm_context == 1 and net.mefm.context[0][0].weight.abs().sum() > 0
+    with pytest.raises(ValueError, match="mefm-context is 1, not 2"):
+        train_small(tiny_data, tmp_path / "c", **{**options, "mefm_context": 2, "stage2_steps": 3})

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sitm_trt.model import get_preset
+from sitm_trt.model.config import MEFM_CONTEXT_DILATIONS
 
 from .losses import CLIP_NORMS, DOWN_LABELS, LossWeights
 
@@ -46,6 +47,7 @@ class ModelConfig:
     preset: str = "compact"
     fusion: str = "paper"  # Preset.fusion: "paper" (Eq. 7-8) or "residual" (docs/model.md, "The residual fusion")
     boost: str = "down"  # Preset.boost (residual fusion): the gain 2^(12 b) on M_down only, or on the whole blend
+    mefm_context: int = 0  # Preset.mefm_context: residual dilated convolutions that widen what the MEFM's masks see
     init: str | None = None  # start a new run from these weights (fresh optimizer, step 0): a fine-tune
     freeze_exposure: bool = False  # stage 2 trains the MEFM only (EAB, AUEM, ADEM fixed): a fusion fine-tune
     disc_width: int = 16
@@ -154,6 +156,8 @@ class TrainConfig:
         if self.model.boost not in ("down", "all") or (self.model.boost == "all" and self.model.fusion != "residual"):
             raise ValueError(f"--boost must be 'down' or 'all', and 'all' needs --fusion residual; got "
                              f"{self.model.boost!r} with --fusion {self.model.fusion}")
+        if not 0 <= self.model.mefm_context <= len(MEFM_CONTEXT_DILATIONS):
+            raise ValueError(f"--mefm-context must be in [0, {len(MEFM_CONTEXT_DILATIONS)}], got {self.model.mefm_context}")
         if self.run.max_seconds is not None and not self.run.max_seconds > 0:
             raise ValueError(f"--max-seconds must be > 0, got {self.run.max_seconds}")
 
@@ -221,6 +225,10 @@ def _parser(description: str | None) -> argparse.ArgumentParser:
                    help="residual fusion: what the per-pixel gain 2^(12 b) multiplies: the exposure-down term "
                         "(down) or the whole blend (all: it can brighten a clipped pixel on its own; docs/model.md, "
                         "\"The boost\"); with --init of weights of the other kind the gain's channel starts at zero")
+    p.add_argument("--mefm-context", type=int, default=_default("mefm_context"),
+                   help="residual dilated convolutions (dilations 4, 8, 16, 32) after the MEFM's dilated branch, so "
+                        "the masks see how far a clipped region extends (docs/model.md, \"Context\"); they start at "
+                        "zero, so --init of weights with fewer keeps their function")
     for name in ("stage1_steps", "stage2_steps", "batch", "crop", "disc_width", "disc_max_width", "workers", "seed",
                  "log_every", "val_every", "ckpt_every", "val_images", "threads"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=_default(name))

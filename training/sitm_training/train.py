@@ -183,12 +183,14 @@ def sampling_weights(dataset: SampleDataset, oversample_under: float, oversample
 def load_init(net: SITMNet, init: SITMNet, path: str) -> list[str]:
     """Copy ``init``'s weights into ``net``. Between the two fusions (``--fusion residual --init`` of
     paper-fusion weights) the MEFM's mask and coefficient heads keep ``net``'s initialisation (zero: the residual
-    heads start at the linearized input), whatever their shapes; returns their names."""
+    heads start at the linearized input), whatever their shapes; so do MEFM context convolutions ``init`` lacks
+    (``--mefm-context``: zero, an identity). Returns the names of what kept ``net``'s initialisation."""
     src, dst = init.state_dict(), net.state_dict()
     heads = ("mefm.mask_head.", "mefm.coef_head.") if init.preset.fusion != net.preset.fusion else ()
     fresh = sorted(k for k in dst if k not in src or src[k].shape != dst[k].shape or k.startswith(heads))
     extra = sorted(k for k in src if k not in dst)
-    if init.preset.fusion == net.preset.fusion and (fresh or extra):
+    added = [k for k in fresh if k.startswith("mefm.context.") and k not in src]  # new context layers start at zero
+    if init.preset.fusion == net.preset.fusion and ([k for k in fresh if k not in added] or extra):
         raise ValueError(f"--init {path}: the weights do not fit the network ({fresh + extra})")
     net.load_state_dict({k: v for k, v in src.items() if k in dst and k not in fresh}, strict=False)
     if init.preset.fusion == net.preset.fusion == "residual" and init.preset.boost != net.preset.boost:
@@ -198,9 +200,12 @@ def load_init(net: SITMNet, init: SITMNet, path: str) -> list[str]:
             net.mefm.mask_head.bias[2].zero_()
         print(f"--init {path}: boost {init.preset.boost} -> {net.preset.boost}; the gain's gate starts at zero",
               file=sys.stderr)
-    if fresh:
+    if added:
+        print(f"--init {path}: MEFM context {init.preset.mefm_context} -> {net.preset.mefm_context}; the new "
+              f"convolutions start at zero: {', '.join(added)}", file=sys.stderr)
+    if len(fresh) > len(added):
         print(f"--init {path}: {init.preset.fusion} -> {net.preset.fusion} fusion; freshly initialised: "
-              f"{', '.join(fresh)}", file=sys.stderr)
+              f"{', '.join(k for k in fresh if k not in added)}", file=sys.stderr)
     return fresh
 
 
@@ -283,7 +288,8 @@ class Trainer:
 
         # model, losses, optimisers
         self.net = SITMNet(dataclasses.replace(get_preset(cfg.model.preset), fusion=cfg.model.fusion,
-                                               boost=cfg.model.boost)).to(self.device)
+                                               boost=cfg.model.boost, mefm_context=cfg.model.mefm_context)
+                           ).to(self.device)
         self.disc = (MaskAwareDiscriminator(width=cfg.model.disc_width, max_width=cfg.model.disc_max_width)
                      .to(self.device) if cfg.loss.gan else None)
         self.perceptual = VGGPerceptual(cfg.loss.vgg).to(self.device)
@@ -343,6 +349,9 @@ class Trainer:
                              f"{cfg.model.preset!r}")
         if before.model.boost != cfg.model.boost:
             raise ValueError(f"{self.run_dir}: the checkpoint's boost is {before.model.boost!r}, not {cfg.model.boost!r}")
+        if before.model.mefm_context != cfg.model.mefm_context:
+            raise ValueError(f"{self.run_dir}: the checkpoint's --mefm-context is {before.model.mefm_context}, not "
+                             f"{cfg.model.mefm_context}")
         if before.model.fusion != cfg.model.fusion:
             raise ValueError(f"{self.run_dir}: the checkpoint's fusion is {before.model.fusion!r}, not "
                              f"{cfg.model.fusion!r}")

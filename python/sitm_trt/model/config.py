@@ -16,12 +16,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Preset", "PRESETS", "get_preset", "preset_names"]
+__all__ = ["Preset", "PRESETS", "MEFM_CONTEXT_DILATIONS", "get_preset", "preset_names"]
 
 THUMB_SIZE = 256  # Sec. 3.4: the EAB input is the LDR image resized to 256 x 256
 MAX_LEVELS = 12  # limits a preset read from a file must respect (Preset._check_limits): stride <= 2048
 MAX_WIDTH = 4096
 MAX_CONVS = 16
+MEFM_CONTEXT_DILATIONS = (4, 8, 16, 32)  # Preset.mefm_context: the dilation of each residual context convolution
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,12 @@ class Preset:
     mefm_dilated: int = 3
     """3x3 dilated convolutions of the MEFM dilated branch."""
     mefm_dilation: int = 2
+    mefm_context: int = 0
+    """Residual 3x3 convolutions after the MEFM dilated branch, with dilations ``MEFM_CONTEXT_DILATIONS`` (4, 8,
+    16, 32), each ``x + LReLU(conv(x))`` and zero-initialised, so weights trained without them keep their function
+    when they are added. They let the masks (the residual fusion's gain) see how far a clipped region extends:
+    the two branches of ``compact`` see 7x7 pixels (docs/model.md, "Context"). Written into a preset's JSON only
+    when not 0, so files without the key keep their meaning."""
     negative_slope: float = 0.2
     """LeakyReLU slope used everywhere."""
     thumb_size: int = THUMB_SIZE
@@ -132,6 +139,7 @@ class Preset:
                              ("ca_reduction", 1, MAX_WIDTH), ("eab_dim", 1, MAX_WIDTH), ("eab_depth", 1, MAX_CONVS),
                              ("eab_heads", 1, MAX_WIDTH), ("eab_window", 1, 1024), ("mefm_width", 1, MAX_WIDTH),
                              ("mefm_local", 1, MAX_CONVS), ("mefm_dilated", 1, MAX_CONVS), ("mefm_dilation", 1, 64),
+                             ("mefm_context", 0, len(MEFM_CONTEXT_DILATIONS)),
                              ("thumb_size", 1, 4096)):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
@@ -156,6 +164,8 @@ class Preset:
         d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
         if d["boost"] == "down":  # the meaning of every file written before the field existed
             del d["boost"]
+        if d["mefm_context"] == 0:  # likewise
+            del d["mefm_context"]
         return d
 
     @classmethod

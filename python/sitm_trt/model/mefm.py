@@ -4,7 +4,9 @@ Outputs the masks ``(M_up, M_mid, M_down)`` of Eq. 7 and the curve coefficients 
 fusion and the curve themselves are :func:`sitm_trt.reference.fuse` / :func:`sitm_trt.reference.curve` (the post kernel).
 
 * local: ``mefm_local`` 3x3 convolutions at full resolution;
-* dilated: ``mefm_dilated`` 3x3 convolutions with dilation ``mefm_dilation`` at full resolution;
+* dilated: ``mefm_dilated`` 3x3 convolutions with dilation ``mefm_dilation`` at full resolution, then
+  ``mefm_context`` residual ones (``x + LReLU(conv(x))``, dilations 4, 8, 16, 32, zero-initialised; 0 in the
+  shipped presets) that widen what the masks see;
 * global: the 9-channel thumbnail (``thumb_size`` square), stride-2 3x3 convolutions down to 4x4, a mean and a
   linear layer -> one vector ``g`` per image.
 
@@ -39,7 +41,7 @@ from torch import nn
 
 from .. import reference as ops
 from .blocks import ConvAct, cast, f32, linear32, thumbnail
-from .config import Preset
+from .config import MEFM_CONTEXT_DILATIONS, Preset
 from .state import StatSource
 
 __all__ = ["MEFM", "COEF_INIT", "exposure_gains"]
@@ -94,6 +96,14 @@ class MEFM(nn.Module):
         self.dilated = nn.Sequential(
             *[ConvAct(9 if i == 0 else w, w, s, dilation=p.mefm_dilation) for i in range(p.mefm_dilated)]
         )
+        # Preset.mefm_context: residual dilated convolutions after the dilated branch, zero at initialisation
+        self.context = nn.ModuleList(
+            ConvAct(w, w, s, dilation=MEFM_CONTEXT_DILATIONS[i]) for i in range(p.mefm_context)
+        )
+        with torch.no_grad():
+            for layer in self.context:
+                layer[0].weight.zero_()
+                layer[0].bias.zero_()
         steps = int(math.log2(p.thumb_size // 4))
         self.glob = nn.Sequential(*[ConvAct(9 if i == 0 else w, w, s, stride=2) for i in range(steps)])
         self.glob_fc = nn.Linear(w, w)
@@ -171,7 +181,10 @@ class MEFM(nn.Module):
         """The local and dilated branches plus the per-image bias ``W_g g`` -> the softmax masks. Every
         operation here is local (3x3 convolutions), so it runs on tiles given the whole frame's ``g``."""
         x = torch.cat([image, image_up, image_down], dim=1)
-        z = self.fuse_local(self.local(x)) + self.fuse_dilated(self.dilated(x))
+        d = self.dilated(x)
+        for layer in self.context:  # x + LReLU(conv(x)): an identity while the convolution is zero
+            d = d + layer(d)
+        z = self.fuse_local(self.local(x)) + self.fuse_dilated(d)
         z = z + cast(linear32(self.fuse_global, g[:, :self.width]), z.dtype)[:, :, None, None]
         logits = self.mask_head(self.act(z))
         if not self.residual:

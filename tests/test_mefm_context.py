@@ -1,0 +1,134 @@
+"""``Preset.mefm_context`` (docs/model.md, "Context"): residual dilated convolutions after the MEFM's dilated
+branch. Checked: they start as an exact identity (so ``--init`` of weights without them keeps their result),
+they widen what the masks see by the hand-computed radius, the preset carries them (old files keep their
+meaning), and tiling, ONNX and the trainer's options follow."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from sitm_trt import reference as ops
+from sitm_trt.model import Preset, SITMNet, get_preset, predict_hdr
+from sitm_trt.model.config import MEFM_CONTEXT_DILATIONS
+
+
+def preset(context: int = 0) -> Preset:
+    return dataclasses.replace(get_preset("compact"), fusion="residual", boost="all", mefm_context=context)
+
+
+def trained_like(context: int = 0, seed: int = 0) -> SITMNet:
+    """A residual network whose heads are not at their zero start, so the tests are not of the identity."""
+    torch.manual_seed(seed)
+    net = SITMNet(preset(context)).eval()
+    with torch.no_grad():
+        net.mefm.mask_head.weight.normal_(0, 0.2)
+        net.mefm.mask_head.bias.copy_(torch.tensor([0.1, 0.1, 0.2]))
+        net.mefm.coef_head.weight.normal_(0, 0.05)
+    return net
+
+
+def randomize_context(net: SITMNet) -> None:
+    with torch.no_grad():
+        for layer in net.mefm.context:
+            layer[0].weight.normal_(0, 0.1)
+            layer[0].bias.normal_(0, 0.05)
+
+
+def test_preset_field_round_trips_and_is_checked():
+    assert get_preset("compact").mefm_context == 0
+    assert "mefm_context" not in preset(0).to_dict()  # files without the key keep their meaning
+    p = preset(2)
+    assert p.to_dict()["mefm_context"] == 2 and Preset.from_json(p.to_json()) == p
+    assert Preset.from_dict(preset(0).to_dict()).mefm_context == 0
+    for bad in (-1, len(MEFM_CONTEXT_DILATIONS) + 1, 1.5, True):
+        with pytest.raises(ValueError, match="mefm_context"):
+            preset(bad)
+
+
+def test_new_context_layers_start_as_an_exact_identity():
+    """``load_init`` of weights without context into a network with two context layers: every tensor is copied,
+    the four new ones are zero, and the outputs are bit-identical (``d + LReLU(0) == d``)."""
+    from sitm_training.train import load_init
+
+    old = trained_like(0)
+    net = SITMNet(preset(2)).eval()
+    added = load_init(net, old, "old.safetensors")
+    assert added == ["mefm.context.0.0.bias", "mefm.context.0.0.weight", "mefm.context.1.0.bias",
+                     "mefm.context.1.0.weight"]
+    assert all(not net.state_dict()[k].any() for k in added)
+    frame = torch.rand(1, 3, 48, 64)
+    pre = ops.pre(frame, stride=net.stride)
+    with torch.no_grad():
+        a, b = old(*pre), net(*pre)
+        assert torch.equal(a.masks, b.masks) and torch.equal(a.coef, b.coef)
+        assert torch.equal(predict_hdr(old, frame), predict_hdr(net, frame))
+    with pytest.raises(ValueError, match="do not fit"):  # more context than the network has: nowhere to go
+        load_init(SITMNet(preset(1)), SITMNet(preset(2)), "more.safetensors")
+
+
+@pytest.mark.parametrize("context", [0, 1, 2])
+def test_context_widens_what_the_masks_see_by_the_hand_computed_radius(context):
+    """The masks at one pixel, perturbing ``I`` only, ``r`` and ``r + 1`` pixels away (MEFM alone, ``g`` fixed).
+    ``compact``: local branch 2 convs (radius 2), dilated branch 1 conv of dilation 2 (radius 2), mask head 3x3
+    (+1): ``r = 3``; each context layer adds its dilation (4, then 8): 7, then 15."""
+    net = trained_like(context)
+    randomize_context(net)
+    radius = 3 + sum(MEFM_CONTEXT_DILATIONS[:context])
+    torch.manual_seed(1)
+    image, up, down = (torch.rand(1, 3, 40, 40) for _ in range(3))
+    g = torch.rand(1, net.mefm.width + 2)
+    cy = cx = 20
+
+    def masks_at_centre(dx: int) -> torch.Tensor:
+        x = image.clone()
+        x[:, :, cy, cx + dx] = 1.0 - x[:, :, cy, cx + dx]
+        with torch.no_grad():
+            return net.mefm.masks(x, up, down, g)[0, :, cy, cx]
+
+    with torch.no_grad():
+        ref = net.mefm.masks(image, up, down, g)[0, :, cy, cx]
+    assert not torch.equal(masks_at_centre(radius), ref)  # the outermost tap reaches
+    assert torch.equal(masks_at_centre(radius + 1), ref)  # one pixel further does not
+
+
+def test_tiled_equals_whole_frame_with_context():
+    from sitm_trt.runtime import tiling
+
+    net = trained_like(2)
+    randomize_context(net)
+    p = net.preset
+    assert tiling.context_radius(p, 2) == tiling.context_radius(preset(0), 2) + 4 + 8
+    frame = torch.rand(1, 3, 160, 144)
+    with torch.no_grad():
+        whole = predict_hdr(net, frame)
+        tiled = tiling.infer_tiled(net, frame, tile=112)  # the default overlap follows context_radius
+    torch.testing.assert_close(tiled, whole, rtol=1e-4, atol=1e-5)
+
+
+def test_onnx_export_with_context(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from sitm_trt.model import export_onnx
+
+    net = trained_like(1)
+    randomize_context(net)
+    path = export_onnx(net, tmp_path / "c.onnx")
+    pre = ops.pre(torch.rand(1, 3, 64, 48), stride=net.stride)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {i.name: v.numpy() for i, v in zip(sess.get_inputs(), pre)})
+    with torch.no_grad():
+        want = net(*pre)
+    # the gain 2^(12 b) turns an absolute error e in the gate into a relative one of 8.3 e: compare relatively
+    np.testing.assert_allclose(got[2], want.masks.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_train_option_builds_the_network_and_is_checked(tmp_path):
+    from sitm_training.config import TrainConfig
+
+    cfg = TrainConfig.from_dict({"data": "d", "out": "o", "fusion": "residual", "mefm_context": 2})
+    assert cfg.model.mefm_context == 2
+    with pytest.raises(ValueError, match="mefm-context"):
+        TrainConfig.from_dict({"data": "d", "out": "o", "mefm_context": 9})
