@@ -66,8 +66,8 @@ def test_new_context_layers_start_as_an_exact_identity():
         a, b = old(*pre), net(*pre)
         assert torch.equal(a.masks, b.masks) and torch.equal(a.coef, b.coef)
         assert torch.equal(predict_hdr(old, frame), predict_hdr(net, frame))
-    with pytest.raises(ValueError, match="do not fit"):  # more context than the network has: nowhere to go
-        load_init(SITMNet(preset(1)), SITMNet(preset(2)), "more.safetensors")
+    with pytest.raises(ValueError, match="have 2 MEFM context convolutions, the network 1: pass --mefm-context 2"):
+        load_init(SITMNet(preset(1)), SITMNet(preset(2)), "more.safetensors")  # nowhere to put the second
 
 
 @pytest.mark.parametrize("context", [0, 1, 2])

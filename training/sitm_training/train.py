@@ -190,6 +190,9 @@ def load_init(net: SITMNet, init: SITMNet, path: str) -> list[str]:
     fresh = sorted(k for k in dst if k not in src or src[k].shape != dst[k].shape or k.startswith(heads))
     extra = sorted(k for k in src if k not in dst)
     added = [k for k in fresh if k.startswith("mefm.context.") and k not in src]  # new context layers start at zero
+    if init.preset.mefm_context > net.preset.mefm_context:
+        raise ValueError(f"--init {path}: the weights have {init.preset.mefm_context} MEFM context convolutions, the "
+                         f"network {net.preset.mefm_context}: pass --mefm-context {init.preset.mefm_context}")
     if init.preset.fusion == net.preset.fusion and ([k for k in fresh if k not in added] or extra):
         raise ValueError(f"--init {path}: the weights do not fit the network ({fresh + extra})")
     net.load_state_dict({k: v for k, v in src.items() if k in dst and k not in fresh}, strict=False)
