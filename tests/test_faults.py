@@ -411,7 +411,7 @@ def test_tiled_inference_refuses_read_only_out():
         import numpy as np, sitm_trt
         out = np.frombuffer(bytes(40 * 48 * 3 * 4), np.float32).reshape(40, 48, 3)
         try:
-            pipe = sitm_trt.Pipeline("default", backend="torch", tile=64)
+            pipe = sitm_trt.Pipeline("default", backend="torch", tile=128)  # >= the default weights' context
             pipe(np.zeros((40, 48, 3), np.uint8), layout="hwc", out=out)
         except ValueError as err:
             print("refused:", err)

@@ -284,10 +284,10 @@ def test_stored_configs_of_earlier_trainers():
     old = json.loads(card.read_text())["config"]
     assert REMOVED_OPTIONS.keys() <= old.keys()
     cfg = stored_config(old, str(card))
-    # the card predates --boost, --oversample-real and --hdr-clip-norm: the config takes their defaults, the
-    # meaning those weights have (boost "down", uniform sampling, the L1 clipped term)
+    # the card predates --boost, --oversample-real, --hdr-clip-norm and --mefm-context: the config takes their
+    # defaults, the meaning those weights have (boost "down", uniform sampling, the L1 clipped term, no context)
     assert cfg.to_dict() == {**{k: tuple(v) if k == "betas" else v for k, v in old.items() if k not in REMOVED_OPTIONS},
-                             "boost": "down", "oversample_real": 1.0, "hdr_clip_norm": "l1"}
+                             "boost": "down", "oversample_real": 1.0, "hdr_clip_norm": "l1", "mefm_context": 0}
     assert cfg.model.fusion == "residual" and cfg.model.freeze_exposure and cfg.loss.hdr_clip == 3.0
     for key, value in (("mask_prior", 1.0), ("mask_prior_scope", "under"), ("hdr_grad", 3.0), ("hdr_psnr", 0.02)):
         with pytest.raises(ValueError, match=f"card.json: the run was trained with {key}={value!r}, an option this "
