@@ -336,8 +336,9 @@ def test_mefm_context_trains_travels_in_the_weights_and_must_match_on_resume(tin
     their preset, and resuming the run with another value is a clear error, not a silent shape change."""
     options = dict(fusion="residual", boost="all", mefm_context=1, stage1_steps=0, stage2_steps=2, log_every=1,
                    val_every=100, ckpt_every=100, val_images=1, lr=1e-3)
-    train_small(tiny_data, tmp_path / "c", **options)
+    _, card = train_small(tiny_data, tmp_path / "c", **options)
     net = load_weights(tmp_path / "c" / "ckpt" / "model.safetensors")
     assert net.preset.mefm_context == 1 and net.mefm.context[0][0].weight.abs().sum() > 0
+    assert card["preset"] == net.preset.to_dict()  # the card names the network that trained, not the bare preset
     with pytest.raises(ValueError, match="mefm-context is 1, not 2"):
         train_small(tiny_data, tmp_path / "c", **{**options, "mefm_context": 2, "stage2_steps": 3})

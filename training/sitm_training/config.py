@@ -17,8 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sitm_trt.model import get_preset
-from sitm_trt.model.config import MEFM_CONTEXT_DILATIONS
+from sitm_trt.model import Preset, get_preset
 
 from .losses import CLIP_NORMS, DOWN_LABELS, LossWeights
 
@@ -52,6 +51,12 @@ class ModelConfig:
     freeze_exposure: bool = False  # stage 2 trains the MEFM only (EAB, AUEM, ADEM fixed): a fusion fine-tune
     disc_width: int = 16
     disc_max_width: int = 64
+
+    def network_preset(self) -> Preset:
+        """The network these options build: the named preset with ``fusion``, ``boost`` and ``mefm_context``
+        (``Preset`` checks them)."""
+        return dataclasses.replace(get_preset(self.preset), fusion=self.fusion, boost=self.boost,
+                                   mefm_context=self.mefm_context)
 
 
 @dataclass(frozen=True)
@@ -140,7 +145,10 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
-        stride = get_preset(self.model.preset).stride
+        try:
+            stride = self.model.network_preset().stride
+        except ValueError as err:
+            raise ValueError(f"--preset/--fusion/--boost/--mefm-context: {err}") from err
         if self.data.crop % stride:
             raise ValueError(f"--crop must be a multiple of the network stride {stride}, got {self.data.crop}")
         if self.data.down_label not in DOWN_LABELS:
@@ -153,11 +161,6 @@ class TrainConfig:
             raise ValueError(f"--oversample-real must be > 0, got {self.data.oversample_real}")
         if self.loss.hdr_clip_norm not in CLIP_NORMS:
             raise ValueError(f"--hdr-clip-norm must be one of {CLIP_NORMS}, got {self.loss.hdr_clip_norm!r}")
-        if self.model.boost not in ("down", "all") or (self.model.boost == "all" and self.model.fusion != "residual"):
-            raise ValueError(f"--boost must be 'down' or 'all', and 'all' needs --fusion residual; got "
-                             f"{self.model.boost!r} with --fusion {self.model.fusion}")
-        if not 0 <= self.model.mefm_context <= len(MEFM_CONTEXT_DILATIONS):
-            raise ValueError(f"--mefm-context must be in [0, {len(MEFM_CONTEXT_DILATIONS)}], got {self.model.mefm_context}")
         if self.run.max_seconds is not None and not self.run.max_seconds > 0:
             raise ValueError(f"--max-seconds must be > 0, got {self.run.max_seconds}")
 

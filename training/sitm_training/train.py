@@ -29,7 +29,6 @@ step through two files.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import os
 import signal
@@ -47,7 +46,7 @@ from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampl
 from sitm_trt import reference as ops
 from sitm_trt.files import atomic_write
 from sitm_trt.media.io import tonemap_preview, write_png
-from sitm_trt.model import SITMNet, get_preset, save_weights
+from sitm_trt.model import SITMNet, save_weights
 from sitm_trt.model.serialization import load_weights
 from sitm_trt.weights import sha256_file
 
@@ -190,10 +189,11 @@ def load_init(net: SITMNet, init: SITMNet, path: str) -> list[str]:
     fresh = sorted(k for k in dst if k not in src or src[k].shape != dst[k].shape or k.startswith(heads))
     extra = sorted(k for k in src if k not in dst)
     added = [k for k in fresh if k.startswith("mefm.context.") and k not in src]  # new context layers start at zero
+    others = [k for k in fresh if k not in added]
     if init.preset.mefm_context > net.preset.mefm_context:
         raise ValueError(f"--init {path}: the weights have {init.preset.mefm_context} MEFM context convolutions, the "
                          f"network {net.preset.mefm_context}: pass --mefm-context {init.preset.mefm_context}")
-    if init.preset.fusion == net.preset.fusion and ([k for k in fresh if k not in added] or extra):
+    if init.preset.fusion == net.preset.fusion and (others or extra):
         raise ValueError(f"--init {path}: the weights do not fit the network ({fresh + extra})")
     net.load_state_dict({k: v for k, v in src.items() if k in dst and k not in fresh}, strict=False)
     if init.preset.fusion == net.preset.fusion == "residual" and init.preset.boost != net.preset.boost:
@@ -206,9 +206,9 @@ def load_init(net: SITMNet, init: SITMNet, path: str) -> list[str]:
     if added:
         print(f"--init {path}: MEFM context {init.preset.mefm_context} -> {net.preset.mefm_context}; the new "
               f"convolutions start at zero: {', '.join(added)}", file=sys.stderr)
-    if len(fresh) > len(added):
+    if others:
         print(f"--init {path}: {init.preset.fusion} -> {net.preset.fusion} fusion; freshly initialised: "
-              f"{', '.join(k for k in fresh if k not in added)}", file=sys.stderr)
+              f"{', '.join(others)}", file=sys.stderr)
     return fresh
 
 
@@ -290,9 +290,7 @@ class Trainer:
                                  generator=torch.Generator().manual_seed(cfg.run.seed))
 
         # model, losses, optimisers
-        self.net = SITMNet(dataclasses.replace(get_preset(cfg.model.preset), fusion=cfg.model.fusion,
-                                               boost=cfg.model.boost, mefm_context=cfg.model.mefm_context)
-                           ).to(self.device)
+        self.net = SITMNet(cfg.model.network_preset()).to(self.device)
         self.disc = (MaskAwareDiscriminator(width=cfg.model.disc_width, max_width=cfg.model.disc_max_width)
                      .to(self.device) if cfg.loss.gan else None)
         self.perceptual = VGGPerceptual(cfg.loss.vgg).to(self.device)
@@ -347,17 +345,10 @@ class Trainer:
             return 0, 0
         state = json.loads(state_path.read_text())
         before = stored_config(state["config"], str(state_path))
-        if before.model.preset != cfg.model.preset:
-            raise ValueError(f"{self.run_dir}: the checkpoint is of preset {before.model.preset!r}, not "
-                             f"{cfg.model.preset!r}")
-        if before.model.boost != cfg.model.boost:
-            raise ValueError(f"{self.run_dir}: the checkpoint's boost is {before.model.boost!r}, not {cfg.model.boost!r}")
-        if before.model.mefm_context != cfg.model.mefm_context:
-            raise ValueError(f"{self.run_dir}: the checkpoint's --mefm-context is {before.model.mefm_context}, not "
-                             f"{cfg.model.mefm_context}")
-        if before.model.fusion != cfg.model.fusion:
-            raise ValueError(f"{self.run_dir}: the checkpoint's fusion is {before.model.fusion!r}, not "
-                             f"{cfg.model.fusion!r}")
+        for key in ("preset", "fusion", "boost", "mefm_context"):  # what the network's shapes and meaning follow
+            was, now = getattr(before.model, key), getattr(cfg.model, key)
+            if was != now:
+                raise ValueError(f"{self.run_dir}: the checkpoint's --{key.replace('_', '-')} is {was!r}, not {now!r}")
         self.net.load_state_dict(load_weights(ckpt / "model.safetensors").state_dict())
         optim = torch.load(ckpt / "optim.pt", map_location=self.device, weights_only=True)
         self.opt_g.load_state_dict(optim["g"])
@@ -379,7 +370,7 @@ class Trainer:
 
         cfg = self.cfg
         card: dict[str, Any] = {
-            "preset": get_preset(cfg.model.preset).to_dict(), "config": cfg.to_dict(), "seed": cfg.run.seed,
+            "preset": self.net.preset.to_dict(), "config": cfg.to_dict(), "seed": cfg.run.seed,
             "git_commit": git_commit(),
             "data": {"root": os.path.abspath(cfg.data.root), "recipe": manifest.get("recipe"),
                      "recipe_hash": manifest.get("recipe_hash"), "sources": card_sources(manifest)},
