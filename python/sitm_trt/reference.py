@@ -150,16 +150,31 @@ def residual_fuse(masks: torch.Tensor, image: torch.Tensor, image_up: torch.Tens
     k0, k1, k2, _ = _coef_planes(coef, image.shape[0])
     gamma = torch.exp(k2)
 
+    def power(lin: torch.Tensor) -> torch.Tensor:
+        # l^gamma with a finite gradient at l = 0 (where the value is 0 whatever gamma is)
+        return torch.where(lin > 0, lin.clamp_min(1e-30) ** gamma, torch.zeros_like(lin))
+
     def decode(v: torch.Tensor) -> torch.Tensor:
         lin = srgb_to_linear(v)
-        # l^gamma with a finite gradient at l = 0 (where the value is 0 whatever gamma is); exactly l at gamma 1
-        # (torch's pow with a tensor exponent is not exact there), as the kernel computes it
-        powed = torch.where(lin > 0, lin.clamp_min(1e-30) ** gamma, torch.zeros_like(lin))
-        return torch.where(gamma == 1.0, lin, powed)
+        # exactly l at gamma 1 (torch's pow with a tensor exponent is not exact there), as the kernel computes it;
+        # a plain where would also zero d/dgamma there, and gamma starts at exactly 1 (k2 = 0): the curve would
+        # never train. The added difference is 0 in value and carries d/dgamma = l^gamma ln l (the gradient in
+        # l comes from l itself: d l^gamma / d l = 1 at gamma 1).
+        if not gamma.requires_grad:
+            return torch.where(gamma == 1.0, lin, power(lin))
+        at_one = power(lin.detach())
+        return torch.where(gamma == 1.0, lin + (at_one - at_one.detach()), power(lin))
 
     def term(mask: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         # like the kernel, an image whose mask is 0 contributes exactly 0 (even where its gain overflowed)
-        return torch.where(mask != 0, mask * value, torch.zeros_like(value))
+        out = torch.where(mask != 0, mask * value, torch.zeros_like(value))
+        if not mask.requires_grad:
+            return out
+        # ... but d/dmask is that image's value there too: a shut gate learns what opening it would bring (the
+        # where alone gives a shut M_up or M_down no gradient, so they opened only through M_mid's loss). The
+        # added term is 0 in value; the value is made finite first (a gain may overflow where the mask is 0)
+        v = torch.nan_to_num(value.detach(), nan=0.0, posinf=1e30, neginf=-1e30).clamp(-1e30, 1e30)
+        return out + torch.where(mask == 0, (mask - mask.detach()) * v, torch.zeros_like(v))
 
     return (term(masks[:, 1:2], decode(image)) + term(masks[:, 0:1], torch.exp2(k0) * decode(image_up))
             + term(masks[:, 2:3], torch.exp2(k1) * decode(image_down)))
