@@ -287,7 +287,8 @@ def test_stored_configs_of_earlier_trainers():
     # the card predates --boost, --oversample-real, --hdr-clip-norm and --mefm-context: the config takes their
     # defaults, the meaning those weights have (boost "down", uniform sampling, the L1 clipped term, no context)
     assert cfg.to_dict() == {**{k: tuple(v) if k == "betas" else v for k, v in old.items() if k not in REMOVED_OPTIONS},
-                             "boost": "down", "oversample_real": 1.0, "hdr_clip_norm": "l1", "mefm_context": 0}
+                             "boost": "down", "oversample_real": 1.0, "hdr_clip_norm": "l1", "mefm_context": 0,
+                             "coef_lr_mult": 1.0}
     assert cfg.model.fusion == "residual" and cfg.model.freeze_exposure and cfg.loss.hdr_clip == 3.0
     for key, value in (("mask_prior", 1.0), ("mask_prior_scope", "under"), ("hdr_grad", 3.0), ("hdr_psnr", 0.02)):
         with pytest.raises(ValueError, match=f"card.json: the run was trained with {key}={value!r}, an option this "
@@ -342,3 +343,30 @@ def test_mefm_context_trains_travels_in_the_weights_and_must_match_on_resume(tin
     assert card["preset"] == net.preset.to_dict()  # the card names the network that trained, not the bare preset
     with pytest.raises(ValueError, match="mefm-context is 1, not 2"):
         train_small(tiny_data, tmp_path / "c", **{**options, "mefm_context": 2, "stage2_steps": 3})
+
+
+def test_coef_lr_mult_steps_the_coefficient_head_faster(tiny_data, tmp_path):
+    """``--coef-lr-mult 10``: Adam's first step moves each parameter by its group's rate times the sign of its
+    gradient, so the coefficient head's curve entry moves 10 lr and the rest at most lr; the value must match on
+    resume (the optimizer's groups follow it)."""
+    import dataclasses
+
+    from sitm_trt.model import SITMNet, get_preset, save_weights
+
+    torch.manual_seed(0)
+    start = SITMNet(dataclasses.replace(get_preset("compact"), fusion="residual", boost="all"))
+    save_weights(start, tmp_path / "start.safetensors")
+    lr = 1e-4
+    options = dict(fusion="residual", boost="all", init=str(tmp_path / "start.safetensors"), stage1_steps=0,
+                   stage2_steps=1, log_every=1, val_every=100, ckpt_every=100, val_images=1, lr=lr, coef_lr_mult=10.0)
+    train_small(tiny_data, tmp_path / "r", **options)
+    after = load_weights(tmp_path / "r" / "ckpt" / "model.safetensors")
+    before, moved = start.state_dict(), after.state_dict()
+    step = {k: (moved[k] - before[k]).abs().max().item() for k in before}
+    # the curve's k2 (row 2) has a gradient from the first step (the fusion's fixed where; the gates shut)
+    assert step["mefm.coef_head.bias"] == pytest.approx(10 * lr, rel=1e-3)
+    assert max(v for k, v in step.items() if not k.startswith("mefm.coef_head.")) == pytest.approx(lr, rel=1e-3)
+    with pytest.raises(ValueError, match="coef-lr-mult is 10.0, not 1.0"):
+        train_small(tiny_data, tmp_path / "r", **{**options, "coef_lr_mult": 1.0, "stage2_steps": 2})
+    with pytest.raises(ValueError, match="--coef-lr-mult must be > 0"):
+        config(tmp_path / "data", tmp_path / "x", coef_lr_mult=0.0)

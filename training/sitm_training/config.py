@@ -67,6 +67,7 @@ class OptimConfig:
     stage2_steps: int = 4000
     lr: float = 2e-4  # Sec. 4.1
     lr_min: float = 1e-5  # cosine decay over stage 2 (our choice)
+    coef_lr_mult: float = 1.0  # the MEFM's coefficient head (the residual fusion's k0..k2) learns at lr times this
     betas: tuple[float, float] = (0.9, 0.999)
     amp: bool = True  # bf16/fp16 autocast on CUDA only
 
@@ -161,6 +162,8 @@ class TrainConfig:
             raise ValueError(f"--oversample-real must be > 0, got {self.data.oversample_real}")
         if self.loss.hdr_clip_norm not in CLIP_NORMS:
             raise ValueError(f"--hdr-clip-norm must be one of {CLIP_NORMS}, got {self.loss.hdr_clip_norm!r}")
+        if not (self.optim.coef_lr_mult > 0 and math.isfinite(self.optim.coef_lr_mult)):
+            raise ValueError(f"--coef-lr-mult must be > 0, got {self.optim.coef_lr_mult}")
         if self.run.max_seconds is not None and not self.run.max_seconds > 0:
             raise ValueError(f"--max-seconds must be > 0, got {self.run.max_seconds}")
 
@@ -237,6 +240,10 @@ def _parser(description: str | None) -> argparse.ArgumentParser:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=_default(name))
     p.add_argument("--lr", type=float, default=_default("lr"))
     p.add_argument("--lr-min", type=float, default=_default("lr_min"))
+    p.add_argument("--coef-lr-mult", type=float, default=_default("coef_lr_mult"),
+                   help="the MEFM's coefficient head (one small linear layer: the residual fusion's per-image exposure "
+                        "gains and curve exponent) learns at --lr times this (default 1); its per-image target varies "
+                        "with the camera, so its gradient is noisy and Adam moves it slowly at the network's rate")
     p.add_argument("--hdr-pu21", type=float, default=_default("hdr_pu21"),
                    help="weight of an extra L1 term on PU21-encoded HDR in stage 2 (default 0: Eq. 16 as published)")
     p.add_argument("--hdr-clip", type=float, default=_default("hdr_clip"),

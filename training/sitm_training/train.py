@@ -295,7 +295,7 @@ class Trainer:
                      .to(self.device) if cfg.loss.gan else None)
         self.perceptual = VGGPerceptual(cfg.loss.vgg).to(self.device)
         self.criterion = SITMLoss(self.perceptual, cfg.loss.weights())
-        self.opt_g = torch.optim.Adam(self.net.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas)
+        self.opt_g = torch.optim.Adam(self._param_groups(), lr=cfg.optim.lr, betas=cfg.optim.betas)
         self.opt_d = (torch.optim.Adam(self.disc.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas)
                       if self.disc is not None else None)
 
@@ -331,6 +331,17 @@ class Trainer:
             return DistributedSampler(self.train_set, d.world, d.rank, shuffle=True, seed=cfg.run.seed)
         return None
 
+    def _param_groups(self) -> list[dict]:
+        """One group, or with ``--coef-lr-mult`` two: the MEFM's coefficient head at ``lr_mult`` times the rate
+        (:meth:`step` sets each group's ``lr`` from the schedule times its ``lr_mult``)."""
+        mult = self.cfg.optim.coef_lr_mult
+        if mult == 1.0:
+            return [{"params": list(self.net.parameters()), "lr_mult": 1.0}]
+        head = list(self.net.mefm.coef_head.parameters())
+        ids = {id(p) for p in head}
+        return [{"params": [p for p in self.net.parameters() if id(p) not in ids], "lr_mult": 1.0},
+                {"params": head, "lr_mult": mult}]
+
     def _restore(self) -> tuple[int, int]:
         """Resume from ``OUT/ckpt`` (its stored config must be of this preset and fusion), or start from
         ``--init``'s weights, or from scratch: ``(steps done, epoch)``."""
@@ -345,8 +356,10 @@ class Trainer:
             return 0, 0
         state = json.loads(state_path.read_text())
         before = stored_config(state["config"], str(state_path))
-        for key in ("preset", "fusion", "boost", "mefm_context"):  # what the network's shapes and meaning follow
-            was, now = getattr(before.model, key), getattr(cfg.model, key)
+        # what the network's shapes and meaning follow, and the optimizer's parameter groups
+        for group, key in (("model", "preset"), ("model", "fusion"), ("model", "boost"), ("model", "mefm_context"),
+                           ("optim", "coef_lr_mult")):
+            was, now = getattr(getattr(before, group), key), getattr(getattr(cfg, group), key)
             if was != now:
                 raise ValueError(f"{self.run_dir}: the checkpoint's --{key.replace('_', '-')} is {was!r}, not {now!r}")
         self.net.load_state_dict(load_weights(ckpt / "model.safetensors").state_dict())
@@ -422,7 +435,7 @@ class Trainer:
         the step's losses (:data:`LOSS_NAMES`)."""
         stage = self.stage
         for g in self.opt_g.param_groups:
-            g["lr"] = self.cfg.optim.lr_at(self.steps)
+            g["lr"] = self.cfg.optim.lr_at(self.steps) * g.get("lr_mult", 1.0)
         pre = ops.pre(batch.ldr, stride=1)
         with self._autocast():
             if stage == 1:  # EAB + AUEM + ADEM on the exposure labels
