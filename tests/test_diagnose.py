@@ -260,3 +260,41 @@ def test_clip_bias_cli_groups_samples_by_kind_camera_and_fraction(tmp_path, tiny
     assert D.main(["--clip-bias", "--samples", str(tmp_path / "nowhere"), "--weights", str(tiny_weights_path)]) == 2
     (tmp_path / "999999.npz").write_bytes(b"not a zip file")  # a corrupt sample: named, exit 2, no traceback
     assert D.main(args) == 2 and "999999.npz: corrupt sample file" in capsys.readouterr().err
+
+
+def test_coefficients_cli_groups_the_whole_frame_coefficients(tmp_path, capsys):
+    """``--coefficients``: per weights, scene kind and camera, the mean and spread of ``coef[:, :3]``, against the
+    network run directly on each sample; an untrained residual network's curve exponent k2 is exactly 0."""
+    import dataclasses
+    import json
+
+    from sitm_trt import reference as ops
+    from sitm_trt.model import SITMNet, get_preset, save_weights
+
+    torch.manual_seed(0)
+    net = SITMNet(dataclasses.replace(get_preset("compact"), fusion="residual", boost="all")).eval()
+    weights = tmp_path / "res.safetensors"
+    save_weights(net, weights)
+    rng = np.random.default_rng(5)
+    samples, want = tmp_path / "s", {}
+    samples.mkdir()
+    for i, (source, kind) in enumerate([("pmndrs/bridge", "srgb"), ("pmndrs/hall", "srgb"),
+                                        ("procedural/indoor", "gamma")]):
+        ldr = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        meta = {"exposure": {"mode": "clip"}, "camera": {"response": {"kind": kind}}}
+        np.savez(samples / f"{i:06d}.npz", ldr=ldr, up=ldr, down=ldr, hdr=np.ones((32, 32, 3), np.float16),
+                 ev_up=np.float32(2), ev_down=np.float32(-2), source=np.array(source), meta=np.array(json.dumps(meta)))
+        with torch.no_grad():
+            coef = net(*ops.pre(torch.from_numpy(ldr), stride=net.stride)).coef[0, :3].double().numpy()
+        want.setdefault(("real" if i < 2 else "procedural", kind), []).append(coef)
+    assert D.main(["--coefficients", "--samples", str(samples), "--weights", f"r={weights}"]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][2:]
+    assert {(r[1].strip(), r[2].strip()) for r in rows} == set(want)
+    for r in rows:
+        a = np.array(want[(r[1].strip(), r[2].strip())])
+        assert int(r[3]) == len(a)
+        cells = [c.strip().split(" +- ") for c in r[4:7]]
+        np.testing.assert_allclose([float(m) for m, _ in cells], a.mean(0), atol=6e-4)
+        np.testing.assert_allclose([float(sd) for _, sd in cells], a.std(0), atol=6e-4)
+        assert r[6].strip() == "+0.000 +- 0.000"  # k2 of an untrained residual network
+    assert D.main(["--coefficients", "--samples", str(samples)]) == 2  # no weights

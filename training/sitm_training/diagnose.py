@@ -365,6 +365,38 @@ def clip_bias(samples: Path, weights: list[tuple[str, str]], min_pixels: int, ev
     return "\n".join(lines) + "\n"
 
 
+def coefficients(samples: Path, weights: list[tuple[str, str]], limit: int | None = None) -> str:
+    """The ``--coefficients`` table: per weights file, scene kind and camera family, the mean and standard
+    deviation over the samples of the network's whole-frame coefficients ``coef`` (the residual fusion's
+    ``k0, k1, k2``: exposure gains in EV and the curve's log-exponent; Eq. 8's ``a0..a2`` for the paper fusion)."""
+    from sitm_trt.model import load_weights
+
+    from .data import load_sample
+
+    files = sorted(samples.glob("*.npz"))[:limit]
+    if not files:
+        raise ValueError(f"{samples}: no .npz samples")
+    nets = [(name, load_weights(path).eval()) for name, path in weights]
+    rows: dict[tuple[str, str, str], list[np.ndarray]] = {}
+    with torch.no_grad():
+        for f in files:
+            sample = load_sample(f)  # a corrupt file: ValueError naming it
+            kind = "procedural" if sample.source.startswith("procedural/") else "real"
+            camera = str(sample.meta.get("camera", {}).get("response", {}).get("kind", "?"))
+            frame = torch.from_numpy(np.ascontiguousarray(sample.ldr))  # uint8 (H, W, 3)
+            for name, net in nets:
+                out = net(*ops.pre(frame, stride=net.stride))
+                rows.setdefault((name, kind, camera), []).append(out.coef[0, :3].double().numpy())
+    lines = [f"Whole-frame coefficients over {len(files)} samples of `{samples}`, mean +- standard deviation "
+             "(residual fusion: k0, k1 the exposure gains in EV, k2 = log gamma of the curve):", "",
+             "| weights | scenes | camera | images | k0 | k1 | k2 |", "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    for key in sorted(rows):
+        a = np.array(rows[key])
+        cells = " | ".join(f"{m:+.3f} +- {sd:.3f}" for m, sd in zip(a.mean(0), a.std(0)))
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {len(a)} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sitm_training.diagnose", description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=Path, help="a folder of LDR images (e.g. an exported pairs folder)")
@@ -374,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clip-bias", action="store_true",
                    help="with --samples DIR and --weights: mean log2(result / truth) in the input's clipped pixels by "
                         "scene kind, camera family and clipped fraction")
+    p.add_argument("--coefficients", action="store_true",
+                   help="with --samples DIR and --weights: the network's whole-frame coefficients (the residual "
+                        "fusion's exposure gains and curve exponent) by scene kind and camera family")
     p.add_argument("--every", type=int, default=1, help="with --clip-bias: every K-th sample (sorted by name)")
     p.add_argument("--per-image", type=Path, help="an evaluation's per_image.csv (instead of --images/--weights)")
     p.add_argument("--weakest", type=Path, nargs="+", metavar="CSV",
@@ -426,6 +461,13 @@ def _run(args: argparse.Namespace) -> str:
             raise _UsageError("--clip-bias needs --samples DIR (a split's .npz folder) and --weights")
         try:
             return clip_bias(args.samples, _weight_specs(args.weights), args.min_pixels, args.every, args.limit)
+        except ValueError as err:
+            raise _UsageError(str(err)) from err
+    if args.coefficients:
+        if args.samples is None or not args.samples.is_dir() or not args.weights:
+            raise _UsageError("--coefficients needs --samples DIR (a split's .npz folder) and --weights")
+        try:
+            return coefficients(args.samples, _weight_specs(args.weights), args.limit)
         except ValueError as err:
             raise _UsageError(str(err)) from err
     if args.per_image is not None:
