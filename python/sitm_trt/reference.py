@@ -166,15 +166,11 @@ def residual_fuse(masks: torch.Tensor, image: torch.Tensor, image_up: torch.Tens
         return torch.where(gamma == 1.0, lin + (at_one - at_one.detach()), power(lin))
 
     def term(mask: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        # like the kernel, an image whose mask is 0 contributes exactly 0 (even where its gain overflowed)
-        out = torch.where(mask != 0, mask * value, torch.zeros_like(value))
-        if not mask.requires_grad:
-            return out
-        # ... but d/dmask is that image's value there too: a shut gate learns what opening it would bring (the
-        # where alone gives a shut M_up or M_down no gradient, so they opened only through M_mid's loss). The
-        # added term is 0 in value; the value is made finite first (a gain may overflow where the mask is 0)
-        v = torch.nan_to_num(value.detach(), nan=0.0, posinf=1e30, neginf=-1e30).clamp(-1e30, 1e30)
-        return out + torch.where(mask == 0, (mask - mask.detach()) * v, torch.zeros_like(v))
+        # like the kernel, an image whose mask is 0 contributes exactly 0 (even where its gain overflowed): there
+        # the product is taken with the value made finite (and detached: d/dvalue = mask = 0), which is exactly 0
+        # and keeps d/dmask = the value, so a shut M_up or M_down learns what opening it would bring
+        finite = torch.nan_to_num(value.detach(), nan=0.0, posinf=1e30, neginf=-1e30).clamp(-1e30, 1e30)
+        return torch.where(mask != 0, mask * value, mask * finite)
 
     return (term(masks[:, 1:2], decode(image)) + term(masks[:, 0:1], torch.exp2(k0) * decode(image_up))
             + term(masks[:, 2:3], torch.exp2(k1) * decode(image_down)))

@@ -318,6 +318,22 @@ def clip_log_ratio(pred: np.ndarray, gt: np.ndarray, ldr01: np.ndarray, min_pixe
     return float(np.mean(np.log2(yp[ok] / yg[ok])))
 
 
+def _sample_files(samples: Path, every: int = 1, limit: int | None = None) -> list[Path]:
+    """Every ``every``-th ``.npz`` sample of ``samples`` (sorted by name), the first ``limit`` of those."""
+    if every < 1:
+        raise ValueError(f"--every must be >= 1, got {every}")
+    files = sorted(samples.glob("*.npz"))[::every][:limit]
+    if not files:
+        raise ValueError(f"{samples}: no .npz samples")
+    return files
+
+
+def _scene_and_camera(sample) -> tuple[str, str]:
+    """``("procedural" | "real", the camera's response family)`` of a loaded sample."""
+    return ("procedural" if sample.source.startswith("procedural/") else "real",
+            str(sample.meta.get("camera", {}).get("response", {}).get("kind", "?")))
+
+
 def clip_bias(samples: Path, weights: list[tuple[str, str]], min_pixels: int, every: int = 1,
               limit: int | None = None) -> str:
     """The ``--clip-bias`` table: per (scene kind, camera family, clipped-fraction bin) the mean over samples of
@@ -328,11 +344,7 @@ def clip_bias(samples: Path, weights: list[tuple[str, str]], min_pixels: int, ev
     from .baselines import BASELINES, _ldr01
     from .data import load_sample
 
-    if every < 1:
-        raise ValueError(f"--every must be >= 1, got {every}")
-    files = sorted(samples.glob("*.npz"))[::every][:limit]
-    if not files:
-        raise ValueError(f"{samples}: no .npz samples")
+    files = _sample_files(samples, every, limit)
     pipes = {name: sitm_trt.Pipeline(sitm_trt.load(path), backend="torch", precision="fp32") for name, path in weights}
     names = ["linear", *pipes]
     groups: dict[tuple[str, str, str], dict[str, list[float]]] = {}
@@ -342,9 +354,7 @@ def clip_bias(samples: Path, weights: list[tuple[str, str]], min_pixels: int, ev
             continue
         ldr, gt = sample.ldr, sample.hdr.astype(np.float64)
         ldr01 = np.asarray(_ldr01(ldr), np.float64)
-        key = ("procedural" if sample.source.startswith("procedural/") else "real",
-               str(sample.meta.get("camera", {}).get("response", {}).get("kind", "?")),
-               _clip_bin(float(np.mean(M.clipped_mask(ldr01)))))
+        key = (*_scene_and_camera(sample), _clip_bin(float(np.mean(M.clipped_mask(ldr01)))))
         outs = {"linear": BASELINES["linear"](ldr)}
         for name, pipe in pipes.items():
             outs[name] = np.asarray(pipe(np.ascontiguousarray(ldr), layout="hwc")).reshape(gt.shape)
@@ -373,20 +383,17 @@ def coefficients(samples: Path, weights: list[tuple[str, str]], limit: int | Non
 
     from .data import load_sample
 
-    files = sorted(samples.glob("*.npz"))[:limit]
-    if not files:
-        raise ValueError(f"{samples}: no .npz samples")
+    files = _sample_files(samples, limit=limit)
     nets = [(name, load_weights(path).eval()) for name, path in weights]
     rows: dict[tuple[str, str, str], list[np.ndarray]] = {}
     with torch.no_grad():
         for f in files:
             sample = load_sample(f)  # a corrupt file: ValueError naming it
-            kind = "procedural" if sample.source.startswith("procedural/") else "real"
-            camera = str(sample.meta.get("camera", {}).get("response", {}).get("kind", "?"))
+            group = _scene_and_camera(sample)
             frame = torch.from_numpy(np.ascontiguousarray(sample.ldr))  # uint8 (H, W, 3)
             for name, net in nets:
                 out = net(*ops.pre(frame, stride=net.stride))
-                rows.setdefault((name, kind, camera), []).append(out.coef[0, :3].double().numpy())
+                rows.setdefault((name, *group), []).append(out.coef[0, :3].double().numpy())
     lines = [f"Whole-frame coefficients over {len(files)} samples of `{samples}`, mean +- standard deviation "
              "(residual fusion: k0, k1 the exposure gains in EV, k2 = log gamma of the curve):", "",
              "| weights | scenes | camera | images | k0 | k1 | k2 |", "| --- | --- | --- | ---: | ---: | ---: | ---: |"]

@@ -335,7 +335,7 @@ class Trainer:
         """One group, or with ``--coef-lr-mult`` two: the MEFM's coefficient head at ``lr_mult`` times the rate
         (:meth:`step` sets each group's ``lr`` from the schedule times its ``lr_mult``)."""
         mult = self.cfg.optim.coef_lr_mult
-        if mult == 1.0:
+        if mult == 1.0:  # one group, as every checkpoint before the option has (its optimizer state resumes)
             return [{"params": list(self.net.parameters()), "lr_mult": 1.0}]
         head = list(self.net.mefm.coef_head.parameters())
         ids = {id(p) for p in head}
