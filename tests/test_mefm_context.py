@@ -16,14 +16,16 @@ from sitm_trt.model import Preset, SITMNet, get_preset, predict_hdr
 from sitm_trt.model.config import MEFM_CONTEXT_DILATIONS
 
 
-def preset(context: int = 0) -> Preset:
-    return dataclasses.replace(get_preset("compact"), fusion="residual", boost="all", mefm_context=context)
+def preset(context: int = 0, global_width: int = 0) -> Preset:
+    return dataclasses.replace(get_preset("compact"), fusion="residual", boost="all", mefm_context=context,
+                               mefm_global_width=global_width)
 
 
-def trained_like(context: int = 0, seed: int = 0) -> SITMNet:
-    """A residual network whose heads are not at their zero start, so the tests are not of the identity."""
+def trained_like(context: int = 0, seed: int = 0, global_width: int = 0) -> SITMNet:
+    """A residual network whose heads are not at their zero start, so the tests are not of the identity (also
+    used by test_mefm_global.py)."""
     torch.manual_seed(seed)
-    net = SITMNet(preset(context)).eval()
+    net = SITMNet(preset(context, global_width)).eval()
     with torch.no_grad():
         net.mefm.mask_head.weight.normal_(0, 0.2)
         net.mefm.mask_head.bias.copy_(torch.tensor([0.1, 0.1, 0.2]))
@@ -109,13 +111,13 @@ def test_tiled_equals_whole_frame_with_context():
     torch.testing.assert_close(tiled, whole, rtol=1e-4, atol=1e-5)
 
 
-def test_onnx_export_with_context(tmp_path):
+def check_onnx_against_pytorch(net: SITMNet, path) -> None:
+    """``net`` exported to ONNX and run by ONNX Runtime gives PyTorch's masks and coefficients (also used by
+    test_mefm_global.py)."""
     ort = pytest.importorskip("onnxruntime")
     from sitm_trt.model import export_onnx
 
-    net = trained_like(1)
-    randomize_context(net)
-    path = export_onnx(net, tmp_path / "c.onnx")
+    export_onnx(net, path)
     pre = ops.pre(torch.rand(1, 3, 64, 48), stride=net.stride)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {i.name: v.numpy() for i, v in zip(sess.get_inputs(), pre)})
@@ -123,6 +125,13 @@ def test_onnx_export_with_context(tmp_path):
         want = net(*pre)
     # the gain 2^(12 b) turns an absolute error e in the gate into a relative one of 8.3 e: compare relatively
     np.testing.assert_allclose(got[2], want.masks.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got[3], want.coef.numpy(), rtol=1e-4, atol=1e-5)  # log2 of thumbnail sums
+
+
+def test_onnx_export_with_context(tmp_path):
+    net = trained_like(1)
+    randomize_context(net)
+    check_onnx_against_pytorch(net, tmp_path / "c.onnx")
 
 
 def test_train_option_builds_the_network_and_is_checked(tmp_path):

@@ -47,16 +47,17 @@ class ModelConfig:
     fusion: str = "paper"  # Preset.fusion: "paper" (Eq. 7-8) or "residual" (docs/model.md, "The residual fusion")
     boost: str = "down"  # Preset.boost (residual fusion): the gain 2^(12 b) on M_down only, or on the whole blend
     mefm_context: int = 0  # Preset.mefm_context: residual dilated convolutions that widen what the MEFM's masks see
+    mefm_global_width: int = 0  # Preset.mefm_global_width: channels of the MEFM global branch (0: the MEFM's width)
     init: str | None = None  # start a new run from these weights (fresh optimizer, step 0): a fine-tune
     freeze_exposure: bool = False  # stage 2 trains the MEFM only (EAB, AUEM, ADEM fixed): a fusion fine-tune
     disc_width: int = 16
     disc_max_width: int = 64
 
     def network_preset(self) -> Preset:
-        """The network these options build: the named preset with ``fusion``, ``boost`` and ``mefm_context``
-        (``Preset`` checks them)."""
+        """The network these options build: the named preset with ``fusion``, ``boost``, ``mefm_context`` and
+        ``mefm_global_width`` (``Preset`` checks them)."""
         return dataclasses.replace(get_preset(self.preset), fusion=self.fusion, boost=self.boost,
-                                   mefm_context=self.mefm_context)
+                                   mefm_context=self.mefm_context, mefm_global_width=self.mefm_global_width)
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ class TrainConfig:
         try:
             stride = self.model.network_preset().stride
         except ValueError as err:
-            raise ValueError(f"--preset/--fusion/--boost/--mefm-context: {err}") from err
+            raise ValueError(f"--preset/--fusion/--boost/--mefm-context/--mefm-global-width: {err}") from err
         if self.data.crop % stride:
             raise ValueError(f"--crop must be a multiple of the network stride {stride}, got {self.data.crop}")
         if self.data.down_label not in DOWN_LABELS:
@@ -235,6 +236,10 @@ def _parser(description: str | None) -> argparse.ArgumentParser:
                    help="residual dilated convolutions (dilations 4, 8, 16, 32) after the MEFM's dilated branch, so "
                         "the masks see how far a clipped region extends (docs/model.md, \"Context\"); they start at "
                         "zero, so --init of weights with fewer keeps their function")
+    p.add_argument("--mefm-global-width", type=int, default=_default("mefm_global_width"),
+                   help="channels of the MEFM global branch, which gives the whole-frame coefficients (gains, curve "
+                        "exponent); 0: the MEFM's width. Its extra channels start uncoupled, so --init of narrower "
+                        "weights keeps their function (docs/model.md, \"The global branch\")")
     for name in ("stage1_steps", "stage2_steps", "batch", "crop", "disc_width", "disc_max_width", "workers", "seed",
                  "log_every", "val_every", "ckpt_every", "val_images", "threads"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=_default(name))

@@ -179,12 +179,40 @@ def sampling_weights(dataset: SampleDataset, oversample_under: float, oversample
     return weights
 
 
+GLOBAL_BRANCH = ("mefm.glob.", "mefm.glob_fc.", "mefm.fuse_global.", "mefm.coef_head.")
+"""What ``--mefm-global-width`` widens: the global branch and the two layers that read ``g``."""
+
+
+def widen(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """``src`` embedded in the larger ``dst`` so that the layer keeps its function on its old inputs and outputs:
+    the leading block is ``src``; the weights from new inputs into old outputs are 0 (so the new channels do not
+    reach anything that existed); new outputs keep ``dst``'s values (their fresh initialisation)."""
+    if src.dim() != dst.dim() or any(a > b for a, b in zip(src.shape, dst.shape)):
+        raise ValueError(f"cannot widen {tuple(src.shape)} to {tuple(dst.shape)}")
+    out = dst.clone()
+    out[:src.shape[0]] = 0
+    out[tuple(slice(0, n) for n in src.shape)] = src
+    return out
+
+
 def load_init(net: SITMNet, init: SITMNet, path: str) -> list[str]:
     """Copy ``init``'s weights into ``net``. Between the two fusions (``--fusion residual --init`` of
     paper-fusion weights) the MEFM's mask and coefficient heads keep ``net``'s initialisation (zero: the residual
     heads start at the linearized input), whatever their shapes; so do MEFM context convolutions ``init`` lacks
-    (``--mefm-context``: zero, an identity). Returns the names of what kept ``net``'s initialisation."""
+    (``--mefm-context``: zero, an identity). A wider MEFM global branch (``--mefm-global-width``) gets ``init``'s
+    narrower one by :func:`widen`, so the network keeps ``init``'s function. Returns the names of what kept
+    ``net``'s initialisation."""
     src, dst = init.state_dict(), net.state_dict()
+    if init.preset.global_width > net.preset.global_width:
+        raise ValueError(f"--init {path}: the weights' MEFM global branch has {init.preset.global_width} channels, "
+                         f"the network's {net.preset.global_width}: pass --mefm-global-width {init.preset.global_width}")
+    if init.preset.global_width < net.preset.global_width:
+        src = dict(src)
+        for k in dst:
+            if k.startswith(GLOBAL_BRANCH) and k in src and src[k].shape != dst[k].shape:
+                src[k] = widen(src[k], dst[k])
+        print(f"--init {path}: MEFM global branch {init.preset.global_width} -> {net.preset.global_width} channels; "
+              f"the new ones start uncoupled", file=sys.stderr)
     heads = ("mefm.mask_head.", "mefm.coef_head.") if init.preset.fusion != net.preset.fusion else ()
     fresh = sorted(k for k in dst if k not in src or src[k].shape != dst[k].shape or k.startswith(heads))
     extra = sorted(k for k in src if k not in dst)
@@ -358,7 +386,7 @@ class Trainer:
         before = stored_config(state["config"], str(state_path))
         # what the network's shapes and meaning follow, and the optimizer's parameter groups
         for group, key in (("model", "preset"), ("model", "fusion"), ("model", "boost"), ("model", "mefm_context"),
-                           ("optim", "coef_lr_mult")):
+                           ("model", "mefm_global_width"), ("optim", "coef_lr_mult")):
             was, now = getattr(getattr(before, group), key), getattr(getattr(cfg, group), key)
             if was != now:
                 raise ValueError(f"{self.run_dir}: the checkpoint's --{key.replace('_', '-')} is {was!r}, not {now!r}")

@@ -67,6 +67,13 @@ class Preset:
     when they are added. They let the masks (the residual fusion's gain) see how far a clipped region extends:
     the two branches of ``compact`` see 7x7 pixels (docs/model.md, "Context"). Written into a preset's JSON only
     when not 0, so files without the key keep their meaning."""
+    mefm_global_width: int = 0
+    """Channels of the MEFM global branch (its convolutions, its linear layer and so the vector ``g``); 0 means
+    ``mefm_width``. A wider global branch costs almost nothing (it runs on the thumbnail) and gives the whole-frame
+    coefficients (the residual fusion's gains and curve exponent) more to tell one camera from another with
+    (docs/model.md, "The global branch"). The extra channels start uncoupled (zero weights into ``g``'s first
+    entries, the mask bias and the coefficient head), so ``--init`` of narrower weights keeps their function.
+    Written into a preset's JSON only when not 0, so files without the key keep their meaning."""
     negative_slope: float = 0.2
     """LeakyReLU slope used everywhere."""
     thumb_size: int = THUMB_SIZE
@@ -139,7 +146,7 @@ class Preset:
                              ("ca_reduction", 1, MAX_WIDTH), ("eab_dim", 1, MAX_WIDTH), ("eab_depth", 1, MAX_CONVS),
                              ("eab_heads", 1, MAX_WIDTH), ("eab_window", 1, 1024), ("mefm_width", 1, MAX_WIDTH),
                              ("mefm_local", 1, MAX_CONVS), ("mefm_dilated", 1, MAX_CONVS), ("mefm_dilation", 1, 64),
-                             ("mefm_context", 0, len(MEFM_CONTEXT_DILATIONS)),
+                             ("mefm_context", 0, len(MEFM_CONTEXT_DILATIONS)), ("mefm_global_width", 0, MAX_WIDTH),
                              ("thumb_size", 1, 4096)):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
@@ -156,6 +163,11 @@ class Preset:
         return len(self.widths)
 
     @property
+    def global_width(self) -> int:
+        """Channels of the MEFM global branch: ``mefm_global_width``, or ``mefm_width`` when that is 0."""
+        return self.mefm_global_width or self.mefm_width
+
+    @property
     def stride(self) -> int:
         """Inputs must be padded to a multiple of this (2 ** (levels - 1): 16 for 5 levels)."""
         return 2 ** (self.levels - 1)
@@ -164,8 +176,9 @@ class Preset:
         d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
         if d["boost"] == "down":  # the meaning of every file written before the field existed
             del d["boost"]
-        if d["mefm_context"] == 0:  # likewise
-            del d["mefm_context"]
+        for key in ("mefm_context", "mefm_global_width"):  # likewise
+            if d[key] == 0:
+                del d[key]
         return d
 
     @classmethod

@@ -8,7 +8,8 @@ fusion and the curve themselves are :func:`sitm_trt.reference.fuse` / :func:`sit
   ``mefm_context`` residual ones (``x + LReLU(conv(x))``, dilations 4, 8, 16, 32, zero-initialised; 0 in the
   shipped presets) that widen what the masks see;
 * global: the 9-channel thumbnail (``thumb_size`` square), stride-2 3x3 convolutions down to 4x4, a mean and a
-  linear layer -> one vector ``g`` per image.
+  linear layer -> one vector ``g`` per image (``Preset.global_width`` entries: ``mefm_width`` unless
+  ``mefm_global_width`` says more).
 
 Masks: ``softmax(conv3x3(LReLU(W_l local + W_d dilated + W_g g)))`` over the three channels (float32), so the
 masks are positive and sum to 1 and ``I_fuse`` is a convex combination of the three images (the ``W_g g``
@@ -105,25 +106,27 @@ class MEFM(nn.Module):
                 layer[0].weight.zero_()
                 layer[0].bias.zero_()
         steps = int(math.log2(p.thumb_size // 4))
-        self.glob = nn.Sequential(*[ConvAct(9 if i == 0 else w, w, s, stride=2) for i in range(steps)])
-        self.glob_fc = nn.Linear(w, w)
+        gw = p.global_width
+        self.glob = nn.Sequential(*[ConvAct(9 if i == 0 else gw, gw, s, stride=2) for i in range(steps)])
+        self.glob_fc = nn.Linear(gw, gw)
         self.fuse_local = nn.Conv2d(w, w, 1)
         self.fuse_dilated = nn.Conv2d(w, w, 1, bias=False)
-        self.fuse_global = nn.Linear(w, w, bias=False)
+        self.fuse_global = nn.Linear(gw, w, bias=False)
         self.act = nn.LeakyReLU(s)
         self.residual = p.fusion == "residual"
         self.boost_all = p.boost == "all"
         self.width = w
+        self.global_width = gw
         self.slope = s
         if self.residual:
             self.mask_head = nn.Conv2d(w, 3, 3, padding=1)
-            self.coef_head = nn.Linear(w, 3)
+            self.coef_head = nn.Linear(gw, 3)
             with torch.no_grad():
                 for t in (self.mask_head.weight, self.mask_head.bias, self.coef_head.weight, self.coef_head.bias):
                     t.zero_()
             return
         self.mask_head = nn.Conv2d(w, 3, 3, padding=1)
-        self.coef_head = nn.Linear(w, 4)
+        self.coef_head = nn.Linear(gw, 4)
         with torch.no_grad():
             self.coef_head.weight.mul_(0.01)
             self.coef_head.bias.copy_(torch.tensor([_softplus_inverse(a) for a in COEF_INIT]))
@@ -160,7 +163,8 @@ class MEFM(nn.Module):
         return torch.cat([image_thumb, thumbnail(torch.cat([image_up, image_down], dim=1), self.thumb)], dim=1)
 
     def global_vector(self, thumb: torch.Tensor) -> torch.Tensor:
-        """The global branch: ``(N, 9, t, t)`` thumbnails -> ``g`` ``(N, w)`` float32 (a whole-frame quantity)."""
+        """The global branch: ``(N, 9, t, t)`` thumbnails -> ``g`` ``(N, global_width)`` float32 (a whole-frame
+        quantity; the residual fusion appends the two measured exposure gains)."""
         g = f32(self.glob(thumb)).mean(dim=(2, 3))
         g = F.leaky_relu(linear32(self.glob_fc, g), self.slope)
         if self.residual:  # the two measured exposure gains ride along as the last entries of g
@@ -172,7 +176,7 @@ class MEFM(nn.Module):
         ``(gain_up + d0, gain_down + d1, d2, 0)`` with ``d = linear(g)`` (zero at initialisation)."""
         if not self.residual:
             return F.softplus(linear32(self.coef_head, g))
-        w = self.width
+        w = self.global_width
         d = linear32(self.coef_head, g[:, :w])
         return torch.cat([g[:, w:w + 2] + d[:, 0:2], d[:, 2:3], torch.zeros_like(d[:, 0:1])], dim=1)
 
@@ -185,7 +189,7 @@ class MEFM(nn.Module):
         for layer in self.context:  # x + LReLU(conv(x)): an identity while the convolution is zero
             d = d + layer(d)
         z = self.fuse_local(self.local(x)) + self.fuse_dilated(d)
-        z = z + cast(linear32(self.fuse_global, g[:, :self.width]), z.dtype)[:, :, None, None]
+        z = z + cast(linear32(self.fuse_global, g[:, :self.global_width]), z.dtype)[:, :, None, None]
         logits = self.mask_head(self.act(z))
         if not self.residual:
             return cast(torch.softmax(f32(logits), dim=1), image.dtype)
