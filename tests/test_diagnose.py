@@ -298,3 +298,37 @@ def test_coefficients_cli_groups_the_whole_frame_coefficients(tmp_path, capsys):
         np.testing.assert_allclose([float(sd) for _, sd in cells], a.std(0), atol=6e-4)
         assert r[6].strip() == "+0.000 +- 0.000"  # k2 of an untrained residual network
     assert D.main(["--coefficients", "--samples", str(samples)]) == 2  # no weights
+
+
+def test_fix_curve_writes_copies_whose_curve_exponent_is_fixed(tmp_path, capsys):
+    """``--fix-curve``: each copy's curve log-exponent ``k2`` is the given value for any picture; its gains and
+    masks are the original's; weights of the paper fusion are refused with the reason."""
+    import dataclasses
+
+    from sitm_trt import reference as ops
+    from sitm_trt.model import SITMNet, get_preset, load_weights, save_weights
+
+    torch.manual_seed(0)
+    net = SITMNet(dataclasses.replace(get_preset("compact"), fusion="residual", boost="all")).eval()
+    with torch.no_grad():
+        net.mefm.coef_head.weight.normal_(0, 0.3)  # k2 depends on the picture before the fix
+        net.mefm.mask_head.weight.normal_(0, 0.2)
+    weights = tmp_path / "res.safetensors"
+    save_weights(net, weights)
+    out = tmp_path / "variants"
+    assert D.main(["--fix-curve", "-0.1", "0.05", "--weights", f"r={weights}", "--variants", str(out)]) == 0
+    assert "r-k2=-0.1.safetensors" in capsys.readouterr().out
+    frames = [torch.from_numpy(np.random.default_rng(i).integers(0, 256, (32, 48, 3), dtype=np.uint8)) for i in (1, 2)]
+    for k in (-0.1, 0.05):
+        fixed = load_weights(out / f"r-k2={k:g}.safetensors").eval()
+        for frame in frames:
+            pre = ops.pre(frame, stride=net.stride)
+            with torch.no_grad():
+                a, b = net(*pre), fixed(*pre)
+            assert b.coef[0, 2].item() == pytest.approx(k, abs=1e-7) and a.coef[0, 2].item() != pytest.approx(k)
+            assert torch.equal(a.coef[:, :2], b.coef[:, :2]) and torch.equal(a.masks, b.masks)
+    paper = tmp_path / "paper.safetensors"
+    save_weights(SITMNet("compact"), paper)
+    assert D.main(["--fix-curve", "0", "--weights", str(paper), "--variants", str(out)]) == 2
+    assert "needs residual-fusion weights" in capsys.readouterr().err
+    assert D.main(["--fix-curve", "nan", "--weights", str(weights), "--variants", str(out)]) == 2

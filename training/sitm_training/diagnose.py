@@ -33,6 +33,12 @@ which gives, over the clip-mode samples with at least ``--min-pixels`` clipped p
 mean of the per-image mean ``log2(Y_result / Y_gt)`` there, each result scale-aligned as the evaluation does
 (0 = right on average; negative = too dark), for the inverse-sRGB linearized input and each model.
 
+and the whole-frame coefficients (gains, curve exponent) by scene kind and camera family, and copies of
+residual-fusion weights with the curve's log-exponent ``k2`` fixed (to evaluate which curve each camera wants):
+
+``python -m sitm_training.diagnose --coefficients --samples data/heldout-aces/val --weights NAME=PATH``
+``python -m sitm_training.diagnose --fix-curve -0.1 0 0.05 --weights NAME=PATH --variants DIR``
+
 Regions of the LDR input ``I`` (in [0, 1], after the pre kernel's normalization):
 
 * ``dark``: ``min_c I < 0.05`` (the shadows, where AUEM's exposure-up image can add detail)
@@ -52,6 +58,7 @@ Writes a markdown table to stdout (and ``--out FILE`` atomically).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -404,6 +411,29 @@ def coefficients(samples: Path, weights: list[tuple[str, str]], limit: int | Non
     return "\n".join(lines) + "\n"
 
 
+def fixed_curve_variants(weights: list[tuple[str, str]], exponents: list[float], folder: Path) -> str:
+    """``--fix-curve``: for each residual-fusion weights file and each ``k`` in ``exponents``, a copy whose curve
+    log-exponent ``k2`` is ``k`` for every picture (the coefficient head's row 2: weights 0, bias ``k``; all else
+    unchanged), written to ``folder/NAME-k2=K.safetensors``. Evaluating them side by side shows which fixed curve
+    each camera wants (training/LOG.md, "Sixteenth round")."""
+    from sitm_trt.model import load_weights, save_weights
+
+    lines = ["| weights | k2 | file |", "| --- | ---: | --- |"]
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, path in weights:
+        for k in exponents:
+            net = load_weights(path)
+            if net.preset.fusion != "residual":
+                raise ValueError(f"{path}: --fix-curve needs residual-fusion weights (fusion {net.preset.fusion!r})")
+            with torch.no_grad():
+                net.mefm.coef_head.weight[2].zero_()
+                net.mefm.coef_head.bias[2].fill_(k)
+            out = folder / f"{name}-k2={k:g}.safetensors"
+            save_weights(net, out)
+            lines.append(f"| {name} | {k:+g} | `{out}` |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sitm_training.diagnose", description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=Path, help="a folder of LDR images (e.g. an exported pairs folder)")
@@ -416,6 +446,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--coefficients", action="store_true",
                    help="with --samples DIR and --weights: the network's whole-frame coefficients (the residual "
                         "fusion's exposure gains and curve exponent) by scene kind and camera family")
+    p.add_argument("--fix-curve", type=float, nargs="+", metavar="K",
+                   help="with --weights and --variants DIR: write a copy of each residual-fusion weights file whose curve "
+                        "log-exponent k2 is K for every picture, one per K")
+    p.add_argument("--variants", type=Path, help="with --fix-curve: the folder the copies go to")
     p.add_argument("--every", type=int, default=1, help="with --clip-bias: every K-th sample (sorted by name)")
     p.add_argument("--per-image", type=Path, help="an evaluation's per_image.csv (instead of --images/--weights)")
     p.add_argument("--weakest", type=Path, nargs="+", metavar="CSV",
@@ -468,6 +502,15 @@ def _run(args: argparse.Namespace) -> str:
             raise _UsageError("--clip-bias needs --samples DIR (a split's .npz folder) and --weights")
         try:
             return clip_bias(args.samples, _weight_specs(args.weights), args.min_pixels, args.every, args.limit)
+        except ValueError as err:
+            raise _UsageError(str(err)) from err
+    if args.fix_curve:
+        if args.variants is None or not args.weights:
+            raise _UsageError("--fix-curve needs --weights and --variants DIR")
+        if not all(math.isfinite(k) for k in args.fix_curve):
+            raise _UsageError(f"--fix-curve: exponents must be finite, got {args.fix_curve}")
+        try:
+            return fixed_curve_variants(_weight_specs(args.weights), args.fix_curve, args.variants)
         except ValueError as err:
             raise _UsageError(str(err)) from err
     if args.coefficients:
