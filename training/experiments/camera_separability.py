@@ -1,0 +1,84 @@
+"""How well a whole-frame feature tells the camera from the picture: leave-one-scene-out accuracy of an
+L2-regularized logistic regression that predicts the response family (sRGB against the held-out ``aces``) of the
+paired real validation views of a ``--holdout-response aces`` build, from (a) histograms of the input (max RGB and
+mean RGB, 16 bins each, plus the mean saturation and the clipped and black fractions) and (b) with ``WEIGHTS``, the
+MEFM's global vector ``g`` of those weights, split into its first 8 entries, the rest, and the two measured
+exposure gains. 0.5 is chance: every view is shot through both cameras. The sixteenth round (training/LOG.md).
+
+``python training/experiments/camera_separability.py data/heldout-aces/val [WEIGHTS]``"""
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sitm_trt import reference as ops
+from sitm_trt.model.serialization import load_weights
+from sitm_training.data import load_sample
+
+
+def histograms(ldr: np.ndarray) -> np.ndarray:
+    x = ldr.astype(np.float32) / 255.0
+    mx, mean = x.max(-1), x.mean(-1)
+    sat = (mx - x.min(-1)) / (mx + 1e-3)
+    hist = [np.histogram(v, bins=16, range=(0.0, 1.0))[0] / v.size for v in (mx, mean)]
+    return np.concatenate(hist + [[sat.mean(), (mx > 0.95).mean(), (mx < 0.05).mean()]])
+
+
+def loso_accuracy(x: np.ndarray, y: np.ndarray, scenes: np.ndarray, l2: float = 1e-2) -> float:
+    """Mean over scenes of the accuracy on that scene's views of a model fitted on the other scenes."""
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    acc = []
+    for scene in np.unique(scenes):
+        train = scenes != scene
+        xt, yt = torch.tensor(x[train], dtype=torch.float32), torch.tensor(y[train], dtype=torch.float32)
+        w = torch.zeros(x.shape[1], requires_grad=True)
+        b = torch.zeros(1, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], max_iter=200)
+
+        def closure():
+            opt.zero_grad()
+            loss = F.binary_cross_entropy_with_logits(xt @ w + b, yt) + l2 * (w * w).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            pred = (torch.tensor(x[~train], dtype=torch.float32) @ w + b).numpy() > 0
+        acc.append(float((pred == y[~train]).mean()))
+    return float(np.mean(acc))
+
+
+def main(samples: str, weights: str | None = None) -> None:
+    net = load_weights(weights).eval() if weights else None
+    feats, gs, ys, scenes = [], [], [], []
+    for f in sorted(Path(samples).glob("*.npz")):
+        s = load_sample(f)
+        cam = s.meta.get("camera", {}).get("response", {}).get("kind")
+        if cam not in ("srgb", "aces"):
+            continue
+        feats.append(histograms(s.ldr))
+        ys.append(cam == "aces")
+        scenes.append(s.source)
+        if net is not None:
+            with torch.no_grad():
+                st = net.global_state(*ops.pre(torch.from_numpy(np.ascontiguousarray(s.ldr)), stride=net.stride))
+            gs.append(st.mefm_g[0].numpy())
+    y, sc, h = np.array(ys, float), np.array(scenes), np.array(feats)
+    print(f"{len(y)} views of {len(np.unique(sc))} scenes, {int(y.sum())} through aces; leave-one-scene-out accuracy")
+    print(f"  histogram of max RGB: {loso_accuracy(h[:, :16], y, sc):.3f}")
+    print(f"  histogram of mean RGB: {loso_accuracy(h[:, 16:32], y, sc):.3f}")
+    print(f"  all histogram features: {loso_accuracy(h, y, sc):.3f}")
+    if net is not None:
+        g, w = np.array(gs), net.preset.mefm_width
+        print(f"  g, first {w} entries: {loso_accuracy(g[:, :w], y, sc):.3f}")
+        if g.shape[1] - 2 > w:
+            print(f"  g, the other {g.shape[1] - 2 - w} learned entries: {loso_accuracy(g[:, w:-2], y, sc):.3f}")
+        print(f"  g, the two exposure gains: {loso_accuracy(g[:, -2:], y, sc):.3f}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) not in (2, 3):
+        sys.exit(__doc__.split("\n\n")[-1])
+    main(*sys.argv[1:])
