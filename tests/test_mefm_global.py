@@ -1,5 +1,5 @@
 """``Preset.mefm_global_width`` (docs/model.md, "The global branch"): a wider MEFM global branch. Checked: the
-preset carries it (old files keep their meaning), ``--init`` of narrower weights keeps their function exactly
+preset carries it (old files keep their meaning), ``--init`` of narrower weights keeps their function (to rounding)
 while the new channels can learn, narrowing is refused, and tiling and ONNX follow."""
 
 from __future__ import annotations
