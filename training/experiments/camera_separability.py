@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from sitm_trt import reference as ops
 from sitm_trt.model.serialization import load_weights
 from sitm_training.data import load_sample
+from sitm_training.diagnose import _scene_and_camera
 
 
 def histograms(ldr: np.ndarray) -> np.ndarray:
@@ -52,10 +53,12 @@ def loso_accuracy(x: np.ndarray, y: np.ndarray, scenes: np.ndarray, l2: float = 
 
 def main(samples: str, weights: str | None = None) -> None:
     net = load_weights(weights).eval() if weights else None
+    if net is not None and net.preset.fusion != "residual":
+        sys.exit(f"{weights}: needs residual-fusion weights (their g carries the two exposure gains)")
     feats, gs, ys, scenes = [], [], [], []
     for f in sorted(Path(samples).glob("*.npz")):
         s = load_sample(f)
-        cam = s.meta.get("camera", {}).get("response", {}).get("kind")
+        cam = _scene_and_camera(s)[1]
         if cam not in ("srgb", "aces"):
             continue
         feats.append(histograms(s.ldr))
@@ -71,11 +74,11 @@ def main(samples: str, weights: str | None = None) -> None:
     print(f"  histogram of mean RGB: {loso_accuracy(h[:, 16:32], y, sc):.3f}")
     print(f"  all histogram features: {loso_accuracy(h, y, sc):.3f}")
     if net is not None:
-        g, w = np.array(gs), net.preset.mefm_width
+        g, w, gw = np.array(gs), net.preset.mefm_width, net.preset.global_width
         print(f"  g, first {w} entries: {loso_accuracy(g[:, :w], y, sc):.3f}")
-        if g.shape[1] - 2 > w:
-            print(f"  g, the other {g.shape[1] - 2 - w} learned entries: {loso_accuracy(g[:, w:-2], y, sc):.3f}")
-        print(f"  g, the two exposure gains: {loso_accuracy(g[:, -2:], y, sc):.3f}")
+        if gw > w:
+            print(f"  g, the other {gw - w} learned entries: {loso_accuracy(g[:, w:gw], y, sc):.3f}")
+        print(f"  g, the two exposure gains: {loso_accuracy(g[:, gw:], y, sc):.3f}")
 
 
 if __name__ == "__main__":

@@ -418,13 +418,14 @@ def fixed_curve_variants(weights: list[tuple[str, str]], exponents: list[float],
     each camera wants (training/LOG.md, "Sixteenth round")."""
     from sitm_trt.model import load_weights, save_weights
 
+    nets = [(name, path, load_weights(path)) for name, path in weights]
+    for _, path, net in nets:  # every file checked before anything is written
+        if net.preset.fusion != "residual":
+            raise ValueError(f"{path}: --fix-curve needs residual-fusion weights (fusion {net.preset.fusion!r})")
     lines = ["| weights | k2 | file |", "| --- | ---: | --- |"]
     folder.mkdir(parents=True, exist_ok=True)
-    for name, path in weights:
-        for k in exponents:
-            net = load_weights(path)
-            if net.preset.fusion != "residual":
-                raise ValueError(f"{path}: --fix-curve needs residual-fusion weights (fusion {net.preset.fusion!r})")
+    for name, _, net in nets:
+        for k in exponents:  # only the curve's row changes between the copies
             with torch.no_grad():
                 net.mefm.coef_head.weight[2].zero_()
                 net.mefm.coef_head.bias[2].fill_(k)
