@@ -51,16 +51,12 @@ def test_preset_field_round_trips_and_is_checked():
             preset(bad)
 
 
-def test_new_context_layers_start_as_an_exact_identity():
-    """``load_init`` of weights without context into a network with two context layers: every tensor is copied,
-    the four new ones are zero, and the outputs are bit-identical (``d + LReLU(0) == d``)."""
+def assert_init_is_identity(old: SITMNet, net: SITMNet, added: list[str]) -> None:
+    """``load_init(net, old)`` reports exactly ``added`` as new, leaves them zero, and ``net`` gives ``old``'s
+    masks, coefficients and HDR bit for bit (also used by test_clip_prior.py)."""
     from sitm_training.train import load_init
 
-    old = trained_like(0)
-    net = SITMNet(preset(2)).eval()
-    added = load_init(net, old, "old.safetensors")
-    assert added == ["mefm.context.0.0.bias", "mefm.context.0.0.weight", "mefm.context.1.0.bias",
-                     "mefm.context.1.0.weight"]
+    assert load_init(net, old, "old.safetensors") == added
     assert all(not net.state_dict()[k].any() for k in added)
     frame = torch.rand(1, 3, 48, 64)
     pre = ops.pre(frame, stride=net.stride)
@@ -68,6 +64,15 @@ def test_new_context_layers_start_as_an_exact_identity():
         a, b = old(*pre), net(*pre)
         assert torch.equal(a.masks, b.masks) and torch.equal(a.coef, b.coef)
         assert torch.equal(predict_hdr(old, frame), predict_hdr(net, frame))
+
+
+def test_new_context_layers_start_as_an_exact_identity():
+    """``load_init`` of weights without context into a network with two context layers: every tensor is copied,
+    the four new ones are zero, and the outputs are bit-identical (``d + LReLU(0) == d``)."""
+    from sitm_training.train import load_init
+
+    assert_init_is_identity(trained_like(0), SITMNet(preset(2)).eval(), [
+        "mefm.context.0.0.bias", "mefm.context.0.0.weight", "mefm.context.1.0.bias", "mefm.context.1.0.weight"])
     with pytest.raises(ValueError, match="have 2 MEFM context convolutions, the network 1: pass --mefm-context 2"):
         load_init(SITMNet(preset(1)), SITMNet(preset(2)), "more.safetensors")  # nowhere to put the second
 

@@ -284,12 +284,12 @@ def test_stored_configs_of_earlier_trainers():
     old = json.loads(card.read_text())["config"]
     assert REMOVED_OPTIONS.keys() <= old.keys()
     cfg = stored_config(old, str(card))
-    # the card predates --boost, --oversample-real, --hdr-clip-norm, --mefm-context and --mefm-global-width: the
-    # config takes their defaults, the meaning those weights have (boost "down", uniform sampling, the L1 clipped
-    # term, no context, the MEFM's width for the global branch)
+    # the card predates --boost, --oversample-real, --hdr-clip-norm, --mefm-context, --mefm-global-width and
+    # --mefm-clip-prior: the config takes their defaults, the meaning those weights have (boost "down", uniform
+    # sampling, the L1 clipped term, no context, the MEFM's width for the global branch, no clip prior)
     assert cfg.to_dict() == {**{k: tuple(v) if k == "betas" else v for k, v in old.items() if k not in REMOVED_OPTIONS},
                              "boost": "down", "oversample_real": 1.0, "hdr_clip_norm": "l1", "mefm_context": 0,
-                             "mefm_global_width": 0, "coef_lr_mult": 1.0}
+                             "mefm_global_width": 0, "mefm_clip_prior": 0, "coef_lr_mult": 1.0}
     assert cfg.model.fusion == "residual" and cfg.model.freeze_exposure and cfg.loss.hdr_clip == 3.0
     for key, value in (("mask_prior", 1.0), ("mask_prior_scope", "under"), ("hdr_grad", 3.0), ("hdr_psnr", 0.02)):
         with pytest.raises(ValueError, match=f"card.json: the run was trained with {key}={value!r}, an option this "
@@ -356,6 +356,18 @@ def test_mefm_global_width_travels_in_the_weights_and_must_match_on_resume(tiny_
     assert net.preset.global_width == 16 and net.mefm.coef_head.weight.shape == (3, 16)
     with pytest.raises(ValueError, match="mefm-global-width is 16, not 0"):
         train_small(tiny_data, tmp_path / "g", **{**options, "mefm_global_width": 0, "stage2_steps": 2})
+
+
+def test_mefm_clip_prior_trains_travels_in_the_weights_and_must_match_on_resume(tiny_data, tmp_path):
+    """``--mefm-clip-prior 2``: the prior's strength head trains (moves off its zero start), the saved weights carry
+    the radius in their preset, and resuming with another value is a clear error."""
+    options = dict(fusion="residual", boost="all", mefm_clip_prior=2, stage1_steps=0, stage2_steps=2, log_every=1,
+                   val_every=100, ckpt_every=100, val_images=1, lr=1e-3)
+    train_small(tiny_data, tmp_path / "p", **options)
+    net = load_weights(tmp_path / "p" / "ckpt" / "model.safetensors")
+    assert net.preset.mefm_clip_prior == 2 and net.mefm.prior_head.weight.abs().sum() > 0
+    with pytest.raises(ValueError, match="mefm-clip-prior is 2, not 4"):
+        train_small(tiny_data, tmp_path / "p", **{**options, "mefm_clip_prior": 4, "stage2_steps": 3})
 
 
 def test_coef_lr_mult_steps_the_coefficient_head_faster(tiny_data, tmp_path):

@@ -48,16 +48,18 @@ class ModelConfig:
     boost: str = "down"  # Preset.boost (residual fusion): the gain 2^(12 b) on M_down only, or on the whole blend
     mefm_context: int = 0  # Preset.mefm_context: residual dilated convolutions that widen what the MEFM's masks see
     mefm_global_width: int = 0  # Preset.mefm_global_width: channels of the MEFM global branch (0: the MEFM's width)
+    mefm_clip_prior: int = 0  # Preset.mefm_clip_prior: box half-width of the gain's clipped-region prior (0: none)
     init: str | None = None  # start a new run from these weights (fresh optimizer, step 0): a fine-tune
     freeze_exposure: bool = False  # stage 2 trains the MEFM only (EAB, AUEM, ADEM fixed): a fusion fine-tune
     disc_width: int = 16
     disc_max_width: int = 64
 
     def network_preset(self) -> Preset:
-        """The network these options build: the named preset with ``fusion``, ``boost``, ``mefm_context`` and
-        ``mefm_global_width`` (``Preset`` checks them)."""
+        """The network these options build: the named preset with ``fusion``, ``boost``, ``mefm_context``,
+        ``mefm_global_width`` and ``mefm_clip_prior`` (``Preset`` checks them)."""
         return dataclasses.replace(get_preset(self.preset), fusion=self.fusion, boost=self.boost,
-                                   mefm_context=self.mefm_context, mefm_global_width=self.mefm_global_width)
+                                   mefm_context=self.mefm_context, mefm_global_width=self.mefm_global_width,
+                                   mefm_clip_prior=self.mefm_clip_prior)
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,8 @@ class TrainConfig:
         try:
             stride = self.model.network_preset().stride
         except ValueError as err:
-            raise ValueError(f"--preset/--fusion/--boost/--mefm-context/--mefm-global-width: {err}") from err
+            raise ValueError(f"--preset/--fusion/--boost/--mefm-context/--mefm-global-width/--mefm-clip-prior: "
+                             f"{err}") from err
         if self.data.crop % stride:
             raise ValueError(f"--crop must be a multiple of the network stride {stride}, got {self.data.crop}")
         if self.data.down_label not in DOWN_LABELS:
@@ -240,6 +243,11 @@ def _parser(description: str | None) -> argparse.ArgumentParser:
                    help="channels of the MEFM global branch, which gives the whole-frame coefficients (gains, curve "
                         "exponent); 0: the MEFM's width. Its extra channels start uncoupled, so --init of narrower "
                         "weights keeps their function (docs/model.md, \"The global branch\")")
+    p.add_argument("--mefm-clip-prior", type=int, default=_default("mefm_clip_prior"), metavar="R",
+                   help="residual fusion: add a Rempel-style prior to the gain, the nearly clipped pixels blurred by "
+                        "three passes of a (2R+1)-pixel box times a strength the network predicts per pixel; 0: none. "
+                        "The strength starts at zero, so --init of weights without it keeps their function "
+                        "(docs/model.md, \"The clipped-region prior\")")
     for name in ("stage1_steps", "stage2_steps", "batch", "crop", "disc_width", "disc_max_width", "workers", "seed",
                  "log_every", "val_every", "ckpt_every", "val_images", "threads"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=_default(name))

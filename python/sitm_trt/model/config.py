@@ -23,6 +23,7 @@ MAX_LEVELS = 12  # limits a preset read from a file must respect (Preset._check_
 MAX_WIDTH = 4096
 MAX_CONVS = 16
 MEFM_CONTEXT_DILATIONS = (4, 8, 16, 32)  # Preset.mefm_context: the dilation of each residual context convolution
+MAX_CLIP_PRIOR = 64  # Preset.mefm_clip_prior: the largest box half-width (three passes reach 3 x 64 pixels)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,12 @@ class Preset:
     (docs/model.md, "The global branch"). The extra channels start uncoupled (zero weights into ``g``'s first
     entries, the mask bias and the coefficient head), so ``--init`` of narrower weights keeps their function.
     Written into a preset's JSON only when not 0, so files without the key keep their meaning."""
+    mefm_clip_prior: int = 0
+    """Residual fusion only: the half-width ``r`` in pixels of a Rempel-style prior on the gain (0: none, in every
+    shipped preset and every file without the key). The input's nearly clipped pixels (max RGB from 0.92 to 1),
+    blurred by three passes of a ``(2r + 1)``-pixel box, times a per-pixel strength that a zero-initialised 3x3
+    head predicts, are added to the gain's gate, so ``--init`` of weights without it keeps their function
+    (docs/model.md, "The clipped-region prior")."""
     negative_slope: float = 0.2
     """LeakyReLU slope used everywhere."""
     thumb_size: int = THUMB_SIZE
@@ -113,6 +120,8 @@ class Preset:
             (self.mefm_width >= 1 and self.mefm_local >= 1 and self.mefm_dilated >= 1, "MEFM sizes must be >= 1"),
             (self.fusion in ("paper", "residual"), f"fusion must be 'paper' or 'residual', got {self.fusion!r}"),
             (self.boost in ("down", "all"), f"boost must be 'down' or 'all', got {self.boost!r}"),
+            (not self.mefm_clip_prior or self.fusion == "residual",
+             f"mefm_clip_prior needs the residual fusion (it adds to the gain's gate), got fusion {self.fusion!r}"),
             (self.boost == "down" or self.fusion == "residual", "boost='all' needs the residual fusion"),
         ]
         for ok, msg in checks:
@@ -147,6 +156,7 @@ class Preset:
                              ("eab_heads", 1, MAX_WIDTH), ("eab_window", 1, 1024), ("mefm_width", 1, MAX_WIDTH),
                              ("mefm_local", 1, MAX_CONVS), ("mefm_dilated", 1, MAX_CONVS), ("mefm_dilation", 1, 64),
                              ("mefm_context", 0, len(MEFM_CONTEXT_DILATIONS)), ("mefm_global_width", 0, MAX_WIDTH),
+                             ("mefm_clip_prior", 0, MAX_CLIP_PRIOR),
                              ("thumb_size", 1, 4096)):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
@@ -176,7 +186,7 @@ class Preset:
         d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
         if d["boost"] == "down":  # the meaning of every file written before the field existed
             del d["boost"]
-        for key in ("mefm_context", "mefm_global_width"):  # likewise
+        for key in ("mefm_context", "mefm_global_width", "mefm_clip_prior"):  # likewise
             if d[key] == 0:
                 del d[key]
         return d

@@ -28,7 +28,9 @@ With ``Preset.fusion == "residual"`` (docs/model.md, "The residual fusion") the 
 * ``g`` gains two analytic entries, the log2 exposure gains of I_up and I_down against I measured on the
   thumbnails (:func:`exposure_gains`), and ``coef = (gain_up + d0, gain_down + d1, d2, 0)`` with ``d`` a
   zero-initialised linear head of ``g``: the post kernel then computes
-  ``M_mid L(I) + M_up 2^coef0 L(I_up) + M_down 2^coef1 L(I_down)``, ``L = srgb^-1(.)^exp(coef2)``.
+  ``M_mid L(I) + M_up 2^coef0 L(I_up) + M_down 2^coef1 L(I_down)``, ``L = srgb^-1(.)^exp(coef2)``;
+* with ``Preset.mefm_clip_prior = r`` the gain's gate gets ``s * clip_prior_map(I, r)`` added before its clamp,
+  ``s`` a zero-initialised 3x3 head of the same features (:func:`clip_prior_map`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ __all__ = ["MEFM", "COEF_INIT", "exposure_gains"]
 
 GATE_LEAK = 0.01  # training only: gradient slope of the residual gates outside [0, 1] (the value is unchanged)
 BOOST_EV = 12.0  # the residual fusion's largest per-pixel gain on the exposure-down term, in EV
+CLIP_PRIOR_THRESHOLD = 0.92  # Preset.mefm_clip_prior: max RGB ramps 0 -> 1 from here to 1 (baselines.rempel's)
+CLIP_PRIOR_PASSES = 3  # box passes of the prior's blur: close to a Gaussian of sigma sqrt(r (r + 1))
 
 COEF_INIT = (1e-3, 0.5, 0.25, 0.25)  # a0..a3 at initialisation (before the image-dependent part)
 
@@ -88,6 +92,22 @@ def exposure_gains(thumb: torch.Tensor) -> torch.Tensor:
     return torch.stack([gain(w_up, lum[1]), gain(w_down, lum[2])], dim=1)
 
 
+def clip_prior_map(image: torch.Tensor, radius: int) -> torch.Tensor:
+    """The clipped-region prior of ``Preset.mefm_clip_prior`` (float32 ``(N, 1, H, W)`` in [0, 1]): the mask of the
+    nearly clipped pixels, ``clamp((max_c I - 0.92) / 0.08, 0, 1)`` (the threshold of ``baselines.rempel``),
+    blurred by :data:`CLIP_PRIOR_PASSES` passes of a separable ``(2 radius + 1)``-pixel box that averages over the
+    pixels inside the image only (so a region at the border is not darkened by padding). It is 1 inside a clipped
+    region wider than the blur and falls off over about ``3 radius`` pixels around it: a smooth extent, like
+    Rempel et al.'s brightness enhancement function (whose whole-frame normalisation we leave out, so that the map
+    is local and tiles). Every operation is local; it reaches ``CLIP_PRIOR_PASSES * radius`` pixels."""
+    m = ((f32(image).amax(dim=1, keepdim=True) - CLIP_PRIOR_THRESHOLD) / (1.0 - CLIP_PRIOR_THRESHOLD)).clamp(0.0, 1.0)
+    k = 2 * radius + 1
+    for _ in range(CLIP_PRIOR_PASSES):
+        m = F.avg_pool2d(m, (1, k), stride=1, padding=(0, radius), count_include_pad=False)
+        m = F.avg_pool2d(m, (k, 1), stride=1, padding=(radius, 0), count_include_pad=False)
+    return m
+
+
 class MEFM(nn.Module):
     def __init__(self, preset: Preset) -> None:
         super().__init__()
@@ -118,12 +138,18 @@ class MEFM(nn.Module):
         self.width = w
         self.global_width = gw
         self.slope = s
+        self.clip_prior = p.mefm_clip_prior
         if self.residual:
             self.mask_head = nn.Conv2d(w, 3, 3, padding=1)
             self.coef_head = nn.Linear(gw, 3)
+            heads = [self.mask_head, self.coef_head]
+            if self.clip_prior:  # Preset.mefm_clip_prior: the prior's per-pixel strength, zero at initialisation
+                self.prior_head = nn.Conv2d(w, 1, 3, padding=1)
+                heads.append(self.prior_head)
             with torch.no_grad():
-                for t in (self.mask_head.weight, self.mask_head.bias, self.coef_head.weight, self.coef_head.bias):
-                    t.zero_()
+                for head in heads:
+                    head.weight.zero_()
+                    head.bias.zero_()
             return
         self.mask_head = nn.Conv2d(w, 3, 3, padding=1)
         self.coef_head = nn.Linear(gw, 4)
@@ -190,10 +216,14 @@ class MEFM(nn.Module):
             d = d + layer(d)
         z = self.fuse_local(self.local(x)) + self.fuse_dilated(d)
         z = z + cast(linear32(self.fuse_global, g[:, :self.global_width]), z.dtype)[:, :, None, None]
-        logits = self.mask_head(self.act(z))
+        h = self.act(z)
+        logits = self.mask_head(h)
         if not self.residual:
             return cast(torch.softmax(f32(logits), dim=1), image.dtype)
         z = f32(logits)
+        if self.clip_prior:  # the gain's gate += strength x blurred nearly-clipped mask (docs/model.md)
+            prior = f32(self.prior_head(h)) * clip_prior_map(image, self.clip_prior)
+            z = torch.cat([z[:, 0:2], z[:, 2:3] + prior], dim=1)
         gates = z.clamp(0.0, 1.0)
         if self.training:  # a small gradient where a gate is shut, so a gate can open again (value unchanged)
             gates = gates + GATE_LEAK * (z - z.detach())

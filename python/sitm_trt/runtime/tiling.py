@@ -52,6 +52,7 @@ from sitm_trt import reference as ops
 from sitm_trt.model import Preset, SITMNet
 from sitm_trt.model.blocks import CMAB_DILATIONS, cast
 from sitm_trt.model.config import MEFM_CONTEXT_DILATIONS
+from sitm_trt.model.mefm import CLIP_PRIOR_PASSES
 from sitm_trt.model.exposure import guide_pyramid
 from sitm_trt.model.state import GlobalState, StatSource
 
@@ -148,7 +149,8 @@ def context_radius(preset: Preset, coarse_level: int) -> int:
     """How far (frame pixels) a tile's output can depend on pixels beyond it, with the whole-frame state
     given and the levels from ``coarse_level`` on run on the whole frame: an upper bound from the layers of
     the tiled part (3x3 convolutions, the CMAB dilations up to 13, 2x2 pools, bilinear x2 upsamples, the
-    MEFM's local and dilated branches and its context convolutions), each counted at its level's scale.
+    MEFM's local and dilated branches, its context convolutions and its clip prior), each counted at its
+    level's scale.
 
     With ``overlap >= context_radius`` the tiles agree with the whole frame up to float rounding (the
     bound is loose: the outer taps of the dilated convolutions weigh little). 38 for ``compact`` at level 2,
@@ -165,7 +167,8 @@ def context_radius(preset: Preset, coarse_level: int) -> int:
     for k in reversed(range(coarse_level)):
         r = max(r + 2 ** (k + 1), enc[k]) + 2**k * p.dec_convs[k]
     dilated = p.mefm_dilated * p.mefm_dilation + sum(MEFM_CONTEXT_DILATIONS[: p.mefm_context])
-    r += max(p.mefm_local, dilated) + 1  # MEFM local/dilated (+ context) branches, mask head
+    prior = CLIP_PRIOR_PASSES * p.mefm_clip_prior  # Preset.mefm_clip_prior's blur of the input
+    r += max(p.mefm_local, dilated, prior) + 1  # MEFM local/dilated (+ context) branches, clip prior, mask head
     return max(r, enc[-1] + 2 ** (coarse_level - 1))  # also: the stitched input of the coarse levels
 
 
