@@ -188,3 +188,14 @@ def test_fp16_onnx_with_the_prior_tracks_float32_pytorch(tmp_path):
     err = np.abs(got[2].astype(np.float32) - ref.masks.numpy()).max() / scale
     err_torch = (half.masks.float() - ref.masks).abs().max().item() / scale
     assert err <= 4 * err_torch + 1e-3, f"masks: onnx fp16 error {err:.2e}, torch fp16 error {err_torch:.2e}"
+
+
+@pytest.mark.slow
+def test_tensorrt_rtx_engine_builds_with_the_prior(tmp_path):
+    """The prior's box blur (ONNX AveragePool that leaves the padding out) in an FP16 graph parses and builds as a
+    TensorRT-RTX engine for 256x256 to 3840x2160, like the shipped presets (test_export.py)."""
+    from sitm_trt.model import export_onnx
+    from test_export import assert_rtx_engine_builds
+
+    path = export_onnx(with_prior(8, context=2), tmp_path / "p16.onnx", fp16=True)
+    assert_rtx_engine_builds(str(path), fp16=True)

@@ -105,13 +105,18 @@ def test_fp16_onnx_tracks_float32_pytorch(exported):
 @pytest.mark.slow
 @pytest.mark.parametrize("name,fp16", [("compact", False), ("compact", True), ("fast", True), ("paper", True)])
 def test_tensorrt_rtx_engine_builds_for_256_to_4k(exported, name, fp16):
+    _, path = exported(name, fp16)
+    assert_rtx_engine_builds(path, fp16)
+
+
+def assert_rtx_engine_builds(path: str, fp16: bool) -> None:
     """Parse the ONNX file and build a serialized TensorRT-RTX engine (ahead of time: no GPU needed) for a
-    dynamic profile from 256x256 to 3840x2160. FP16 graphs are built as strongly typed networks."""
+    dynamic profile from 256x256 to 3840x2160. FP16 graphs are built as strongly typed networks. (Also used by
+    test_clip_prior.py.)"""
     trt = pytest.importorskip(
         "tensorrt_rtx_bindings",
         reason="TensorRT-RTX is not installed (pip install tensorrt-rtx-cu13-bindings tensorrt-rtx-cu13-libs)",
     )
-    _, path = exported(name, fp16)
     logger = trt.Logger(trt.Logger.ERROR)
     builder = trt.Builder(logger)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if fp16 else 0
