@@ -1,8 +1,9 @@
 """``Preset.mefm_clip_prior`` (docs/model.md, "The clipped-region prior"): a Rempel-style prior on the residual
-fusion's gain, ``s * blur(nearly clipped mask)`` added to the gain's gate with a per-pixel strength ``s`` the
-network predicts. Checked: the map against a NumPy reimplementation and hand-computed values, the gate against
-the formula, the exact identity after ``--init`` of weights without it, the reach the tiling assumes, tiling,
-ONNX, the preset's round trip and the trainer's option."""
+fusion's gain, a factor ``2^(s P)`` with ``P`` the blurred nearly clipped mask and ``s`` a per-pixel strength the
+network predicts. Checked: the map against a NumPy reimplementation and hand-computed values, the gain against
+the formula (gate open or shut, the clamps) and its gradient where the gate is shut, the exact identity after
+``--init`` of weights without it, the reach the tiling assumes, tiling, ONNX, the preset's round trip and the
+trainer's option."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 from sitm_trt import reference as ops
 from sitm_trt.model import Preset, SITMNet, get_preset, predict_hdr
 from sitm_trt.model.config import MAX_CLIP_PRIOR
-from sitm_trt.model.mefm import BOOST_EV, clip_prior_map
+from sitm_trt.model.mefm import clip_prior_map
 
 from test_mefm_context import assert_init_is_identity, check_onnx_against_pytorch, trained_like
 
@@ -85,26 +86,55 @@ def test_map_matches_a_numpy_reimplementation_and_hand_values():
     assert np.allclose(clip_prior_map(torch.from_numpy(half)[None], 1).numpy(), 0.5, atol=1e-6)
 
 
-def test_prior_adds_strength_times_map_to_the_gain_gate():
-    """Strength head = constant 0.5, gain gate = constant 0.1 (weights zeroed, biases set): the gain is
-    ``2^(12 clamp(0.1 + 0.5 map))``, so the masks are the no-prior masks times ``2^(12 (b - 0.1))``."""
+def masks_with_and_without_prior(gate_bias: float, strength_bias: float, train: bool = False):
+    """Masks of ``with_prior(2)`` with its gain gate and strength heads constant (weights zeroed, biases set), of the
+    same network without the prior, the frame, and the network."""
     net = with_prior(2)
     with torch.no_grad():
         net.mefm.prior_head.weight.zero_()
+        net.mefm.prior_head.bias.fill_(strength_bias)
         net.mefm.mask_head.weight[2].zero_()
-        net.mefm.mask_head.bias[2] = 0.1
+        net.mefm.mask_head.bias[2] = gate_bias
     plain = SITMNet(preset(0)).eval()
     plain.load_state_dict({k: v for k, v in net.state_dict().items() if "prior_head" not in k})
     torch.manual_seed(2)
     image, up, down = (torch.rand(1, 3, 24, 20) for _ in range(3))
     g = torch.rand(1, net.mefm.width + 2)
+    net.train(train)
+    got = net.mefm.masks(image, up, down, g)
     with torch.no_grad():
-        got = net.mefm.masks(image, up, down, g).double()
-        base = plain.mefm.masks(image, up, down, g).double()
-    b = np.clip(0.1 + 0.5 * reference_map(image[0].numpy(), 2), 0.0, 1.0)
-    want = base * torch.from_numpy(2.0 ** (BOOST_EV * (b - 0.1)))[None, None]
-    torch.testing.assert_close(got, want, rtol=2e-5, atol=1e-7)
-    assert (b > 0.1 + 1e-3).mean() > 0.2  # the prior did brighten a good part of this frame
+        base = plain.mefm.masks(image, up, down, g)
+    return got, base, image, net
+
+
+@pytest.mark.parametrize("gate_bias", [0.1, -3.0])
+@pytest.mark.parametrize("strength_bias,ev", [(0.5, 0.5), (-1.0, -1.0), (10.0, 4.0)])
+def test_prior_multiplies_the_gain_by_two_to_the_strength_times_map(gate_bias, strength_bias, ev):
+    """Gain gate and strength constant: the masks are the no-prior masks times ``2^(s P)``, ``s`` clamped to
+    [-4, 4] EV, whether the gate is open (0.1: a gain of 2^1.2 already) or shut (-3, where the trained models keep
+    it: the prior acts outside the gate's clamp)."""
+    got, base, image, _ = masks_with_and_without_prior(gate_bias, strength_bias)
+    p = reference_map(image[0].numpy(), 2)
+    want = base.double() * torch.from_numpy(2.0 ** (ev * p))[None, None]
+    torch.testing.assert_close(got.detach().double(), want, rtol=2e-5, atol=1e-7)
+    assert (p > 1e-3).mean() > 0.2  # the prior did act on a good part of this frame
+
+
+def test_prior_gain_is_capped_at_twelve_ev():
+    """A gate wide open (2^12) and a positive strength: the total gain stays 2^12 (FP16 holds it), not 2^16."""
+    got, base, image, _ = masks_with_and_without_prior(5.0, 4.0)
+    torch.testing.assert_close(got.detach(), base, rtol=1e-6, atol=0.0)
+
+
+def test_strength_gets_its_gradient_where_the_gate_is_shut():
+    """At the zero start, with the gate shut (-3), d(sum of masks)/d(strength bias) = ln 2 sum(P x masks): the full
+    gradient, not the gate's 0.01 leak (the reason the prior sits outside the clamp)."""
+    got, base, image, net = masks_with_and_without_prior(-3.0, 0.0, train=True)
+    got.sum().backward()
+    p = torch.from_numpy(reference_map(image[0].numpy(), 2)).float()
+    want = float(np.log(2.0)) * (base[0] * p).sum()
+    torch.testing.assert_close(net.mefm.prior_head.bias.grad[0], want, rtol=1e-4, atol=0.0)
+    assert want > 1.0
 
 
 def test_init_without_the_prior_is_an_exact_identity():

@@ -289,7 +289,8 @@ def test_stored_configs_of_earlier_trainers():
     # sampling, the L1 clipped term, no context, the MEFM's width for the global branch, no clip prior)
     assert cfg.to_dict() == {**{k: tuple(v) if k == "betas" else v for k, v in old.items() if k not in REMOVED_OPTIONS},
                              "boost": "down", "oversample_real": 1.0, "hdr_clip_norm": "l1", "mefm_context": 0,
-                             "mefm_global_width": 0, "mefm_clip_prior": 0, "coef_lr_mult": 1.0}
+                             "mefm_global_width": 0, "mefm_clip_prior": 0, "coef_lr_mult": 1.0,
+                             "prior_lr_mult": 1.0}
     assert cfg.model.fusion == "residual" and cfg.model.freeze_exposure and cfg.loss.hdr_clip == 3.0
     for key, value in (("mask_prior", 1.0), ("mask_prior_scope", "under"), ("hdr_grad", 3.0), ("hdr_psnr", 0.02)):
         with pytest.raises(ValueError, match=f"card.json: the run was trained with {key}={value!r}, an option this "
@@ -368,6 +369,32 @@ def test_mefm_clip_prior_trains_travels_in_the_weights_and_must_match_on_resume(
     assert net.preset.mefm_clip_prior == 2 and net.mefm.prior_head.weight.abs().sum() > 0
     with pytest.raises(ValueError, match="mefm-clip-prior is 2, not 4"):
         train_small(tiny_data, tmp_path / "p", **{**options, "mefm_clip_prior": 4, "stage2_steps": 3})
+
+
+def test_prior_lr_mult_steps_the_strength_head_faster(tiny_data, tmp_path):
+    """``--prior-lr-mult 10``: Adam's first step moves the clip prior's strength bias by 10 lr (it has a gradient
+    from the zero start: the prior sits outside the gain's gate) and everything else by at most lr; the value must
+    match on resume."""
+    import dataclasses
+
+    from sitm_trt.model import SITMNet, get_preset, save_weights
+
+    torch.manual_seed(0)
+    start = SITMNet(dataclasses.replace(get_preset("compact"), fusion="residual", boost="all", mefm_clip_prior=2))
+    save_weights(start, tmp_path / "start.safetensors")
+    lr = 1e-4
+    options = dict(fusion="residual", boost="all", mefm_clip_prior=2, init=str(tmp_path / "start.safetensors"),
+                   stage1_steps=0, stage2_steps=1, log_every=1, val_every=100, ckpt_every=100, val_images=1, lr=lr,
+                   prior_lr_mult=10.0)
+    train_small(tiny_data, tmp_path / "r", **options)
+    before, moved = start.state_dict(), load_weights(tmp_path / "r" / "ckpt" / "model.safetensors").state_dict()
+    step = {k: (moved[k] - before[k]).abs().max().item() for k in before}
+    assert step["mefm.prior_head.bias"] == pytest.approx(10 * lr, rel=1e-3)
+    assert max(v for k, v in step.items() if not k.startswith("mefm.prior_head.")) == pytest.approx(lr, rel=1e-3)
+    with pytest.raises(ValueError, match="prior-lr-mult is 10.0, not 1.0"):
+        train_small(tiny_data, tmp_path / "r", **{**options, "prior_lr_mult": 1.0, "stage2_steps": 2})
+    with pytest.raises(ValueError, match="--prior-lr-mult must be > 0"):
+        config(tmp_path / "data", tmp_path / "x", prior_lr_mult=float("nan"))
 
 
 def test_coef_lr_mult_steps_the_coefficient_head_faster(tiny_data, tmp_path):

@@ -71,6 +71,7 @@ class OptimConfig:
     lr: float = 2e-4  # Sec. 4.1
     lr_min: float = 1e-5  # cosine decay over stage 2 (our choice)
     coef_lr_mult: float = 1.0  # the MEFM's coefficient head (the residual fusion's k0..k2) learns at lr times this
+    prior_lr_mult: float = 1.0  # the clip prior's strength head (--mefm-clip-prior) learns at lr times this
     betas: tuple[float, float] = (0.9, 0.999)
     amp: bool = True  # bf16/fp16 autocast on CUDA only
 
@@ -168,6 +169,8 @@ class TrainConfig:
             raise ValueError(f"--hdr-clip-norm must be one of {CLIP_NORMS}, got {self.loss.hdr_clip_norm!r}")
         if not (self.optim.coef_lr_mult > 0 and math.isfinite(self.optim.coef_lr_mult)):
             raise ValueError(f"--coef-lr-mult must be > 0, got {self.optim.coef_lr_mult}")
+        if not (self.optim.prior_lr_mult > 0 and math.isfinite(self.optim.prior_lr_mult)):
+            raise ValueError(f"--prior-lr-mult must be > 0, got {self.optim.prior_lr_mult}")
         if self.run.max_seconds is not None and not self.run.max_seconds > 0:
             raise ValueError(f"--max-seconds must be > 0, got {self.run.max_seconds}")
 
@@ -257,6 +260,9 @@ def _parser(description: str | None) -> argparse.ArgumentParser:
                    help="the MEFM's coefficient head (one small linear layer: the residual fusion's per-image exposure "
                         "gains and curve exponent) learns at --lr times this (default 1); its per-image target varies "
                         "with the camera, so its gradient is noisy and Adam moves it slowly at the network's rate")
+    p.add_argument("--prior-lr-mult", type=float, default=_default("prior_lr_mult"),
+                   help="the clip prior's strength head (--mefm-clip-prior; 73 parameters, zero at the start) learns at "
+                        "--lr times this (default 1): a fine-tune's rate moves it by at most about --lr per step")
     p.add_argument("--hdr-pu21", type=float, default=_default("hdr_pu21"),
                    help="weight of an extra L1 term on PU21-encoded HDR in stage 2 (default 0: Eq. 16 as published)")
     p.add_argument("--hdr-clip", type=float, default=_default("hdr_clip"),

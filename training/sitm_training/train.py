@@ -365,15 +365,16 @@ class Trainer:
         return None
 
     def _param_groups(self) -> list[dict]:
-        """One group, or with ``--coef-lr-mult`` two: the MEFM's coefficient head at ``lr_mult`` times the rate
-        (:meth:`step` sets each group's ``lr`` from the schedule times its ``lr_mult``)."""
-        mult = self.cfg.optim.coef_lr_mult
-        if mult == 1.0:  # one group, as every checkpoint before the option has (its optimizer state resumes)
-            return [{"params": list(self.net.parameters()), "lr_mult": 1.0}]
-        head = list(self.net.mefm.coef_head.parameters())
-        ids = {id(p) for p in head}
-        return [{"params": [p for p in self.net.parameters() if id(p) not in ids], "lr_mult": 1.0},
-                {"params": head, "lr_mult": mult}]
+        """One group, or with ``--coef-lr-mult`` / ``--prior-lr-mult`` one more for each: the MEFM's coefficient
+        head, the clip prior's strength head, at ``lr_mult`` times the rate (:meth:`step` sets each group's ``lr``
+        from the schedule times its ``lr_mult``). Without them one group, as every checkpoint before the options
+        has (its optimizer state resumes)."""
+        heads = [(self.net.mefm.coef_head, self.cfg.optim.coef_lr_mult)]
+        if self.net.preset.mefm_clip_prior:
+            heads.append((self.net.mefm.prior_head, self.cfg.optim.prior_lr_mult))
+        extra = [{"params": list(head.parameters()), "lr_mult": mult} for head, mult in heads if mult != 1.0]
+        ids = {id(p) for group in extra for p in group["params"]}
+        return [{"params": [p for p in self.net.parameters() if id(p) not in ids], "lr_mult": 1.0}, *extra]
 
     def _restore(self) -> tuple[int, int]:
         """Resume from ``OUT/ckpt`` (its stored config must be of this preset and fusion), or start from
@@ -391,7 +392,8 @@ class Trainer:
         before = stored_config(state["config"], str(state_path))
         # what the network's shapes and meaning follow, and the optimizer's parameter groups
         for group, key in (("model", "preset"), ("model", "fusion"), ("model", "boost"), ("model", "mefm_context"),
-                           ("model", "mefm_global_width"), ("model", "mefm_clip_prior"), ("optim", "coef_lr_mult")):
+                           ("model", "mefm_global_width"), ("model", "mefm_clip_prior"), ("optim", "coef_lr_mult"),
+                           ("optim", "prior_lr_mult")):
             was, now = getattr(getattr(before, group), key), getattr(getattr(cfg, group), key)
             if was != now:
                 raise ValueError(f"{self.run_dir}: the checkpoint's --{key.replace('_', '-')} is {was!r}, not {now!r}")

@@ -78,9 +78,9 @@ class Preset:
     mefm_clip_prior: int = 0
     """Residual fusion only: the half-width ``r`` in pixels of a Rempel-style prior on the gain (0: none, in every
     shipped preset and every file without the key). The input's nearly clipped pixels (max RGB from 0.92 to 1),
-    blurred by three passes of a ``(2r + 1)``-pixel box, times a per-pixel strength that a zero-initialised 3x3
-    head predicts, are added to the gain's gate, so ``--init`` of weights without it keeps their function
-    (docs/model.md, "The clipped-region prior")."""
+    blurred by three passes of a ``(2r + 1)``-pixel box, times a per-pixel strength in EV that a zero-initialised
+    3x3 head predicts, are added to the gain's exponent outside its gate, so ``--init`` of weights without it keeps
+    their function (docs/model.md, "The clipped-region prior")."""
     negative_slope: float = 0.2
     """LeakyReLU slope used everywhere."""
     thumb_size: int = THUMB_SIZE

@@ -29,8 +29,9 @@ With ``Preset.fusion == "residual"`` (docs/model.md, "The residual fusion") the 
   thumbnails (:func:`exposure_gains`), and ``coef = (gain_up + d0, gain_down + d1, d2, 0)`` with ``d`` a
   zero-initialised linear head of ``g``: the post kernel then computes
   ``M_mid L(I) + M_up 2^coef0 L(I_up) + M_down 2^coef1 L(I_down)``, ``L = srgb^-1(.)^exp(coef2)``;
-* with ``Preset.mefm_clip_prior = r`` the gain's gate gets ``s * clip_prior_map(I, r)`` added before its clamp,
-  ``s`` a zero-initialised 3x3 head of the same features (:func:`clip_prior_map`).
+* with ``Preset.mefm_clip_prior = r`` the gain becomes ``2^(min(BOOST_EV b + clamp(s, -4, 4) P, BOOST_EV))``,
+  ``P = clip_prior_map(I, r)`` and ``s`` a zero-initialised 3x3 head of the same features: outside the gate's
+  clamp, so the prior has a gradient where the gate is shut (:func:`clip_prior_map`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ GATE_LEAK = 0.01  # training only: gradient slope of the residual gates outside 
 BOOST_EV = 12.0  # the residual fusion's largest per-pixel gain on the exposure-down term, in EV
 CLIP_PRIOR_THRESHOLD = 0.92  # Preset.mefm_clip_prior: max RGB ramps 0 -> 1 from here to 1 (baselines.rempel's)
 CLIP_PRIOR_PASSES = 3  # box passes of the prior's blur: close to a Gaussian of sigma sqrt(r (r + 1))
+CLIP_PRIOR_EV = 4.0  # the prior's largest gain (or loss) in EV: 16x (Rempel's boost of 4 is 2 EV)
 
 COEF_INIT = (1e-3, 0.5, 0.25, 0.25)  # a0..a3 at initialisation (before the image-dependent part)
 
@@ -221,9 +223,6 @@ class MEFM(nn.Module):
         if not self.residual:
             return cast(torch.softmax(f32(logits), dim=1), image.dtype)
         z = f32(logits)
-        if self.clip_prior:  # the gain's gate += strength x blurred nearly-clipped mask (docs/model.md)
-            prior = f32(self.prior_head(h)) * clip_prior_map(image, self.clip_prior)
-            z = torch.cat([z[:, 0:2], z[:, 2:3] + prior], dim=1)
         gates = z.clamp(0.0, 1.0)
         if self.training:  # a small gradient where a gate is shut, so a gate can open again (value unchanged)
             gates = gates + GATE_LEAK * (z - z.detach())
@@ -233,7 +232,12 @@ class MEFM(nn.Module):
         mid = (1.0 - up - down).clamp_min(0.0)
         # M_down carries a per-pixel gain of up to BOOST_EV: the exposure-down labels are only 1-2 EV below the
         # input, so the brightest highlights stay clipped in I_down too and need more than 2^k1 to come back
-        gain = torch.exp((BOOST_EV * math.log(2.0)) * boost)  # 2^(BOOST_EV b); ONNX opset 17 has no Exp2
+        log_gain = (BOOST_EV * math.log(2.0)) * boost  # ln of 2^(BOOST_EV b); ONNX opset 17 has no Exp2
+        if self.clip_prior:  # + strength x blurred nearly-clipped mask, outside the gate's clamp (docs/model.md)
+            strength = f32(self.prior_head(h)).clamp(-CLIP_PRIOR_EV, CLIP_PRIOR_EV)
+            prior = math.log(2.0) * strength * clip_prior_map(image, self.clip_prior)
+            log_gain = (log_gain + prior).clamp(max=BOOST_EV * math.log(2.0))  # at most 2^12, as without it
+        gain = torch.exp(log_gain)
         if self.boost_all:  # the gain brightens the whole blend (docs/model.md, "The boost")
             return cast(torch.cat([up * gain, mid * gain, down * gain], dim=1), image.dtype)
         return cast(torch.cat([up, mid, down * gain], dim=1), image.dtype)
