@@ -121,7 +121,7 @@ class Preset:
             (self.fusion in ("paper", "residual"), f"fusion must be 'paper' or 'residual', got {self.fusion!r}"),
             (self.boost in ("down", "all"), f"boost must be 'down' or 'all', got {self.boost!r}"),
             (not self.mefm_clip_prior or self.fusion == "residual",
-             f"mefm_clip_prior needs the residual fusion (it adds to the gain's gate), got fusion {self.fusion!r}"),
+             f"mefm_clip_prior needs the residual fusion (it scales its gain), got fusion {self.fusion!r}"),
             (self.boost == "down" or self.fusion == "residual", "boost='all' needs the residual fusion"),
         ]
         for ok, msg in checks:

@@ -52,8 +52,8 @@ from sitm_trt import reference as ops
 from sitm_trt.model import Preset, SITMNet
 from sitm_trt.model.blocks import CMAB_DILATIONS, cast
 from sitm_trt.model.config import MEFM_CONTEXT_DILATIONS
-from sitm_trt.model.mefm import CLIP_PRIOR_PASSES
 from sitm_trt.model.exposure import guide_pyramid
+from sitm_trt.model.mefm import CLIP_PRIOR_PASSES
 from sitm_trt.model.state import GlobalState, StatSource
 
 __all__ = [
