@@ -371,24 +371,30 @@ def test_mefm_clip_prior_trains_travels_in_the_weights_and_must_match_on_resume(
         train_small(tiny_data, tmp_path / "p", **{**options, "mefm_clip_prior": 4, "stage2_steps": 3})
 
 
-def test_prior_lr_mult_steps_the_strength_head_faster(tiny_data, tmp_path):
-    """``--prior-lr-mult 10``: Adam's first step moves the clip prior's strength bias by 10 lr (it has a gradient
-    from the zero start: the prior sits outside the gain's gate) and everything else by at most lr; the value must
-    match on resume."""
+def first_step_sizes(data, tmp_path, lr: float, **options) -> tuple[dict[str, float], dict]:
+    """One training step at ``lr`` from a fixed residual ``compact`` start (``options`` also name the network's
+    extras): the largest change of every tensor, and the options (to resume with)."""
     import dataclasses
 
     from sitm_trt.model import SITMNet, get_preset, save_weights
 
+    extras = {k: options[k] for k in ("mefm_clip_prior",) if k in options}
     torch.manual_seed(0)
-    start = SITMNet(dataclasses.replace(get_preset("compact"), fusion="residual", boost="all", mefm_clip_prior=2))
+    start = SITMNet(dataclasses.replace(get_preset("compact"), fusion="residual", boost="all", **extras))
     save_weights(start, tmp_path / "start.safetensors")
-    lr = 1e-4
-    options = dict(fusion="residual", boost="all", mefm_clip_prior=2, init=str(tmp_path / "start.safetensors"),
-                   stage1_steps=0, stage2_steps=1, log_every=1, val_every=100, ckpt_every=100, val_images=1, lr=lr,
-                   prior_lr_mult=10.0)
-    train_small(tiny_data, tmp_path / "r", **options)
+    options = dict(fusion="residual", boost="all", init=str(tmp_path / "start.safetensors"), stage1_steps=0,
+                   stage2_steps=1, log_every=1, val_every=100, ckpt_every=100, val_images=1, lr=lr, **options)
+    train_small(data, tmp_path / "r", **options)
     before, moved = start.state_dict(), load_weights(tmp_path / "r" / "ckpt" / "model.safetensors").state_dict()
-    step = {k: (moved[k] - before[k]).abs().max().item() for k in before}
+    return {k: (moved[k] - before[k]).abs().max().item() for k in before}, options
+
+
+def test_prior_lr_mult_steps_the_strength_head_faster(tiny_data, tmp_path):
+    """``--prior-lr-mult 10``: Adam's first step moves the clip prior's strength bias by 10 lr (it has a gradient
+    from the zero start: the prior sits outside the gain's gate) and everything else by at most lr; the value must
+    match on resume."""
+    lr = 1e-4
+    step, options = first_step_sizes(tiny_data, tmp_path, lr, mefm_clip_prior=2, prior_lr_mult=10.0)
     assert step["mefm.prior_head.bias"] == pytest.approx(10 * lr, rel=1e-3)
     assert max(v for k, v in step.items() if not k.startswith("mefm.prior_head.")) == pytest.approx(lr, rel=1e-3)
     with pytest.raises(ValueError, match="prior-lr-mult is 10.0, not 1.0"):
@@ -401,20 +407,8 @@ def test_coef_lr_mult_steps_the_coefficient_head_faster(tiny_data, tmp_path):
     """``--coef-lr-mult 10``: Adam's first step moves each parameter by its group's rate times the sign of its
     gradient, so the coefficient head's curve entry moves 10 lr and the rest at most lr; the value must match on
     resume (the optimizer's groups follow it)."""
-    import dataclasses
-
-    from sitm_trt.model import SITMNet, get_preset, save_weights
-
-    torch.manual_seed(0)
-    start = SITMNet(dataclasses.replace(get_preset("compact"), fusion="residual", boost="all"))
-    save_weights(start, tmp_path / "start.safetensors")
     lr = 1e-4
-    options = dict(fusion="residual", boost="all", init=str(tmp_path / "start.safetensors"), stage1_steps=0,
-                   stage2_steps=1, log_every=1, val_every=100, ckpt_every=100, val_images=1, lr=lr, coef_lr_mult=10.0)
-    train_small(tiny_data, tmp_path / "r", **options)
-    after = load_weights(tmp_path / "r" / "ckpt" / "model.safetensors")
-    before, moved = start.state_dict(), after.state_dict()
-    step = {k: (moved[k] - before[k]).abs().max().item() for k in before}
+    step, options = first_step_sizes(tiny_data, tmp_path, lr, coef_lr_mult=10.0)
     # the curve's k2 (row 2) has a gradient from the first step (the fusion's fixed where; the gates shut)
     assert step["mefm.coef_head.bias"] == pytest.approx(10 * lr, rel=1e-3)
     assert max(v for k, v in step.items() if not k.startswith("mefm.coef_head.")) == pytest.approx(lr, rel=1e-3)
