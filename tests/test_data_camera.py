@@ -43,6 +43,13 @@ def test_response_hand_values() -> None:
                                rtol=1e-6)
     # its toe: darker than the sRGB camera in the deep shadows at k=1 (A'(0) / A(1) = 0.214 / 0.804 < 1)
     assert Response("aces", (1.0,))(np.array([1e-3]))[0] < Response("srgb")(np.array([1e-3]))[0]
+    # hable k=4 at x=0.5: U(2) = (2 * 0.35 + 0.004) / (2 * 0.8 + 0.06) - 1/15 = 0.704 / 1.66 - 1/15,
+    # U(4) = (4 * 0.65 + 0.004) / (4 * 1.1 + 0.06) - 1/15 = 2.604 / 4.46 - 1/15, then the sRGB encoding
+    lin = (0.704 / 1.66 - 1 / 15) / (2.604 / 4.46 - 1 / 15)
+    np.testing.assert_allclose(Response("hable", (4.0,))(np.array([0.5, 1.0])), [1.055 * lin ** (1 / 2.4) - 0.055, 1.0],
+                               rtol=1e-6)
+    # unlike aces, its toe lifts the deep shadows above the sRGB camera's (k U'(0) / U(k) = 4 * 0.278 / 0.517 > 1)
+    assert Response("hable", (4.0,))(np.array([1e-3]))[0] > Response("srgb")(np.array([1e-3]))[0]
 
 
 @pytest.mark.parametrize(
@@ -54,6 +61,8 @@ def test_response_hand_values() -> None:
         Response("emor", (2.2, 0.3, -0.3, 0.19)),
         Response("linear"),
         Response("aces", (2.5,)),
+        Response("hable", (4.0,)),
+        Response("hable", (32.0,)),
     ],
 )
 def test_response_monotone_endpoints_and_inverse(resp: Response) -> None:
@@ -66,6 +75,17 @@ def test_response_monotone_endpoints_and_inverse(resp: Response) -> None:
     assert Response.from_dict(resp.to_dict()) == resp
 
 
+def test_hable_is_not_aces_in_disguise() -> None:
+    """``hable`` trains while ``aces`` stays held out; that is honest only if no curve of one family is close to
+    a curve of the other: over both families' ranges of ``k``, the closest pair still differs by 0.085 in code
+    value somewhere (docs/data.md)."""
+    x = np.linspace(0.0, 1.0, 2049, dtype=np.float32)
+    aces = np.stack([Response("aces", (2.0 ** u,))(x) for u in np.linspace(0.0, 2.0, 41)]).astype(np.float64)
+    for u in np.linspace(2.0, 5.0, 31):
+        hable = Response("hable", (2.0 ** u,))(x).astype(np.float64)
+        assert np.abs(aces - hable).max(axis=1).min() > 0.08, u
+
+
 def test_response_rejects_bad_parameters() -> None:
     with pytest.raises(ValueError, match="monotone"):
         Response("emor", (2.2, 0.6, 0.5, 0.0))
@@ -75,6 +95,8 @@ def test_response_rejects_bad_parameters() -> None:
         Response("gamma")
     with pytest.raises(ValueError, match="aces"):
         Response("aces", (0.0,))
+    with pytest.raises(ValueError, match="hable"):
+        Response("hable", (-1.0,))
 
 
 def test_sample_response_covers_the_family() -> None:
@@ -83,6 +105,9 @@ def test_sample_response_covers_the_family() -> None:
     assert kinds == {"srgb", "gamma", "filmic", "emor"}  # the default families: never the validation-only aces
     aces = [sample_response(rng, ("aces",)) for _ in range(50)]
     assert all(1.0 <= r.params[0] <= 4.0 for r in aces) and max(r.params[0] for r in aces) > 3.0
+    hable = [sample_response(rng, ("hable",)) for _ in range(50)]
+    assert all(4.0 <= r.params[0] <= 32.0 for r in hable) and min(r.params[0] for r in hable) < 6.0
+    assert max(r.params[0] for r in hable) > 20.0
 
 
 def test_capture_hand_values_linear_camera() -> None:

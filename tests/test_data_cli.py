@@ -102,17 +102,22 @@ def test_exclude_drops_debian_sources(tmp_path: Path, monkeypatch: pytest.Monkey
     assert {r["source"] for r in manifest["samples"] if r["split"] == "train"} == {"blender/city"}
 
 
-def test_build_with_a_held_out_response_family(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
-) -> None:
-    rng = np.random.default_rng(4)
+def _tiny_build_args(tmp_path: Path, out: Path, *, seed: int, n: int, n_val_real: int) -> list[str]:
+    """``build`` arguments for a 16-pixel set from one random EXR for train ("mine") and one for val ("held")."""
+    rng = np.random.default_rng(seed)
     for folder in ("mine", "held"):
         (tmp_path / folder).mkdir()
         io.write_exr(tmp_path / folder / "a.exr", np.exp(rng.normal(0, 2, (30, 40, 3))).astype(np.float32), half=False)
+    return ["build", "--out", str(out), "--n", str(n), "--n-test", "0", "--n-val-real", str(n_val_real),
+            "--val-fraction", "0", "--size", "16", "--no-debian", "--no-registry", "--no-progress",
+            "--hdr-dir", str(tmp_path / "mine"), "--val-dir", str(tmp_path / "held")]
+
+
+def test_build_with_a_held_out_response_family(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     out = tmp_path / "ds"
-    args = ["build", "--out", str(out), "--n", "16", "--n-test", "0", "--n-val-real", "4", "--val-fraction", "0",
-            "--size", "16", "--no-debian", "--no-registry", "--no-progress", "--hdr-dir", str(tmp_path / "mine"),
-            "--val-dir", str(tmp_path / "held"), "--holdout-response", "filmic"]
+    args = _tiny_build_args(tmp_path, out, seed=4, n=16, n_val_real=4) + ["--holdout-response", "filmic"]
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["holdout_responses"] == ["filmic"]
     manifest = json.loads((out / "manifest.json").read_text())
@@ -129,6 +134,28 @@ def test_build_with_a_held_out_response_family(
         main([*args, "srgb"])
     assert info.value.code == 2
     assert main([*args[:-1], "filmic", "filmic"]) == 1 and "holdout_responses" in caplog.text
+
+
+def test_build_with_chosen_response_families(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--responses`` sets the families the cameras draw from (recorded in the recipe); with
+    ``--holdout-response`` the held-out one still never reaches the train split."""
+    out = tmp_path / "ds"
+    args = _tiny_build_args(tmp_path, out, seed=5, n=24, n_val_real=2) + [
+        "--holdout-response", "aces", "--responses", "srgb", "hable", "hable"]
+    assert main(args) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["recipe"]["camera"]["responses"] == ["srgb", "hable"]  # repeats dropped, order kept
+    train = [load_sample_meta(out / r["file"])["camera"]["response"]
+             for r in manifest["samples"] if r["split"] == "train"]
+    assert {r["kind"] for r in train} == {"srgb", "hable"}
+    assert all(4.0 <= r["params"][0] <= 32.0 for r in train if r["kind"] == "hable")
+    val = [load_sample_meta(out / r["file"])["camera"]["response"]["kind"]
+           for r in manifest["samples"] if r["split"] == "val"]
+    assert val == ["srgb", "aces"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:  # an unknown family is refused by the parser
+        main([*args[:-1], "cubic"])
+    assert info.value.code == 2
 
 
 def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:

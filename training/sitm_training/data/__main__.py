@@ -70,6 +70,15 @@ def _parser() -> argparse.ArgumentParser:
         help="response families the train split never uses (e.g. filmic); the real val samples then come in "
         "pairs of one view, shot with the exact sRGB curve and with a held-out family (docs/data.md)",
     )
+    b.add_argument(
+        "--responses",
+        nargs="+",
+        default=None,
+        metavar="KIND",
+        choices=list(RESPONSE_KINDS),
+        help="response families the simulated cameras draw from (default: srgb gamma filmic emor; aces and "
+        "hable are in no default; --holdout-response takes families out of the train split)",
+    )
     b.add_argument("--ev-max", type=float, default=4.0, help="stack from -EV_MAX to +EV_MAX (default 4)")
     b.add_argument("--ev-step", type=float, default=1.0, help="stack step in EV (default 1)")
     b.add_argument(
@@ -245,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
                 holdout_responses=tuple(args.holdout_response),
                 real_fraction=args.real_fraction,
                 evs=stack_evs(args.ev_max, args.ev_step),
-                camera=CameraConfig(jpeg_prob=args.jpeg_prob),
+                camera=CameraConfig(jpeg_prob=args.jpeg_prob)
+                if args.responses is None
+                else CameraConfig(jpeg_prob=args.jpeg_prob, responses=tuple(dict.fromkeys(args.responses))),
             )
             manifest = B.build(args.out, recipe, sources, workers=args.workers, progress=not args.no_progress)
         except (B.BuildError, ValueError) as err:

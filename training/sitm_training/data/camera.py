@@ -34,9 +34,11 @@ __all__ = [
     "jpeg_roundtrip",
 ]
 
-RESPONSE_KINDS = ("srgb", "gamma", "filmic", "emor", "linear", "aces")
+RESPONSE_KINDS = ("srgb", "gamma", "filmic", "emor", "linear", "aces", "hable")
 # ``aces`` is in no default CameraConfig: it is a validation-only family (``--holdout-response aces``), a filmic
 # curve with a toe that no checkpoint has trained on, so a model can be scored on a camera it has never seen.
+# ``hable`` is another display-referred S-curve (a different toe and shoulder), trainable with
+# ``data build --responses ... hable``; it is not in the default CameraConfig either (docs/data.md).
 
 _LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)  # Rec. 709 luminance weights
 
@@ -61,21 +63,27 @@ class Response:
       sRGB encoding: ``f(x) = srgb(A(k x) / A(k))``. Its toe darkens the shadows (``A'(0) = 0.21``) and its
       shoulder compresses the highlights, unlike ``filmic``'s Naka-Rushton curve, which has no toe in code
       values. Validation only (see ``RESPONSE_KINDS``).
+    * ``hable``: ``(k,)``, the same construction through Hable's filmic curve (Uncharted 2,
+      ``U(v) = (v (0.15 v + 0.05) + 0.004) / (v (0.15 v + 0.5) + 0.06) - 1 / 15``):
+      ``f(x) = srgb(U(k x) / U(k))``. Its toe lifts the shadows where ``aces``' darkens them (``U`` is linear
+      near 0 and the sRGB encoding steepens it) and its shoulder is softer at the same ``k``; at their closest the
+      two families' curves still differ by 0.085 in code value somewhere (``k`` from 4 to 32 against ``aces``' 1
+      to 4; the largest difference over ``x``, minimised over both ``k``).
     """
 
     kind: str
     params: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        expected = {"srgb": 0, "gamma": 1, "filmic": 2, "emor": 4, "linear": 0, "aces": 1}
+        expected = {"srgb": 0, "gamma": 1, "filmic": 2, "emor": 4, "linear": 0, "aces": 1, "hable": 1}
         if self.kind not in expected:
             raise ValueError(f"unknown response kind {self.kind!r}, expected one of {RESPONSE_KINDS}")
         if len(self.params) != expected[self.kind]:
             raise ValueError(f"response {self.kind!r} takes {expected[self.kind]} parameters, got {self.params}")
         if self.kind == "emor" and sum(abs(c) for c in self.params[1:]) >= 1.0:
             raise ValueError(f"emor coefficients must have sum |c_k| < 1 to stay monotone, got {self.params}")
-        if self.kind == "aces" and not self.params[0] > 0.0:
-            raise ValueError(f"aces exposure k must be > 0, got {self.params}")
+        if self.kind in ("aces", "hable") and not self.params[0] > 0.0:
+            raise ValueError(f"{self.kind} exposure k must be > 0, got {self.params}")
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Linear [0, 1] -> code value [0, 1] (input clipped to [0, 1]); float32."""
@@ -92,6 +100,8 @@ class Response:
             return ((1.0 + c) * xn / (xn + c)).astype(np.float32)
         if self.kind == "aces":
             return _srgb_oetf_f64(_aces_fit(x.astype(np.float64) * self.params[0]) / _aces_fit(self.params[0]))
+        if self.kind == "hable":
+            return _srgb_oetf_f64(_hable(x.astype(np.float64) * self.params[0]) / _hable(self.params[0]))
         g, *cs = self.params
         b = np.power(x, np.float32(1.0 / g))
         y = b.copy()
@@ -111,7 +121,7 @@ class Response:
         elif self.kind == "filmic":
             n, c = self.params
             x = np.power(y * c / np.maximum(1.0 + c - y, 1e-12), 1.0 / n)
-        else:  # emor, aces: tabulated
+        else:  # emor, aces, hable: tabulated
             t = np.linspace(0.0, 1.0, 16385) ** 4  # dense near 0 where the curve is steep
             x = np.interp(y, self(t.astype(np.float32)).astype(np.float64), t)
         return np.clip(x, 0.0, 1.0).astype(np.float32)
@@ -128,6 +138,14 @@ def _aces_fit(v: np.ndarray | float) -> np.ndarray:
     """Narkowicz's fit of the ACES filmic tone curve (scene-linear -> display-linear), monotone for v >= 0."""
     v = np.asarray(v, np.float64)
     return v * (2.51 * v + 0.03) / (v * (2.43 * v + 0.59) + 0.14)
+
+
+def _hable(v: np.ndarray | float) -> np.ndarray:
+    """Hable's filmic tone curve (Uncharted 2: A..F = 0.15, 0.50, 0.10, 0.20, 0.02, 0.30), ``U(0) = 0``,
+    monotone for v >= 0."""
+    v = np.asarray(v, np.float64)
+    a, b, c, d, e, f = 0.15, 0.50, 0.10, 0.20, 0.02, 0.30
+    return (v * (a * v + c * b) + d * e) / (v * (a * v + b) + d * f) - e / f
 
 
 def _srgb_oetf_f64(x: np.ndarray) -> np.ndarray:
@@ -150,6 +168,8 @@ def sample_response(rng: np.random.Generator, kinds: tuple[str, ...] = ("srgb", 
         return Response("emor", (float(rng.uniform(1.6, 2.6)), *map(float, c)))
     if kind == "aces":  # the clip point 0 .. 2 EV above the shoulder (A(1) = 0.80 of the curve's limit)
         return Response("aces", (float(2.0 ** rng.uniform(0.0, 2.0)),))
+    if kind == "hable":  # the clip point 2 .. 5 EV up the curve: its shoulder from soft to as strong as aces'
+        return Response("hable", (float(2.0 ** rng.uniform(2.0, 5.0)),))
     return Response(kind)
 
 
