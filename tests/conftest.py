@@ -10,8 +10,18 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 
 import pytest
+
+# The `sitm-trt` command line in a child that takes Ctrl-C as a terminal's would, whatever this process holds:
+# Python keeps SIGINT ignored when it starts with it ignored (under nohup, or as a background job of a
+# non-interactive shell, which is how CI may run us), and a blocked signal stays blocked across exec. The child
+# unblocks SIGINT and installs Python's KeyboardInterrupt handler before it imports the CLI.
+CTRL_C_CLI = [sys.executable, "-c",
+              "import signal, sys; signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+              "signal.signal(signal.SIGINT, signal.default_int_handler); "
+              "from sitm_trt.tools import cli; sys.exit(cli.main(sys.argv[1:]))"]
 
 
 def require_gpu() -> bool:

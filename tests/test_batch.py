@@ -22,6 +22,7 @@ from sitm_trt.media import io
 from sitm_trt.media.video import VideoOptions
 from sitm_trt.weights import load
 
+from conftest import CTRL_C_CLI
 from test_cli import images
 from test_video import make_clip, test_frames  # noqa: F401 - test_frames is a helper
 
@@ -264,8 +265,9 @@ def test_sigint_mid_way_then_rerun_completes_without_partial_files(cluster, libr
     reference = start_cli(["infer", str(src / "*.png"), "-o", str(ref), *COMMON, *library["weights"]], env=ONE_THREAD)
     out = tmp_path / "out"
     args = ["batch", str(src), "-o", str(out), *COMMON, *library["weights"], "--workers", "1", "-q"]
-    # the child connects to this module's Ray; its own session, so the signal reaches it alone
-    proc = subprocess.Popen([sys.executable, "-m", "sitm_trt.tools.cli", *args, "--address", cluster],
+    # the child connects to this module's Ray; its own session, so the signal reaches it alone; it takes Ctrl-C
+    # as from a terminal, whatever SIGINT disposition this process holds after the tests before it
+    proc = subprocess.Popen([*CTRL_C_CLI, *args, "--address", cluster],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     book = out / "manifest.jsonl"
     try:
@@ -280,6 +282,21 @@ def test_sigint_mid_way_then_rerun_completes_without_partial_files(cluster, libr
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+    try:
+        check_interrupted_then_rerun(proc, err, out, src, n, library)
+        finish(reference)
+    finally:  # a failed check must not leak the reference's process into the next test
+        if reference.poll() is None:
+            reference.kill()
+            reference.communicate()
+    for i in range(n):
+        name = f"img_{i:02d}.exr"
+        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+
+
+def check_interrupted_then_rerun(proc, err, out, src, n, library) -> None:
+    """The interrupted batch's exit and files, then a rerun that completes it."""
+    book = out / "manifest.jsonl"
     assert proc.returncode == 130, err
     assert "interrupted" in err
     assert sum(r["status"] == "done" for r in manifest(book)) >= 2
@@ -295,7 +312,3 @@ def test_sigint_mid_way_then_rerun_completes_without_partial_files(cluster, libr
                       progress=False)
     assert (r.done, r.skipped, r.failed) == (n - len(existing), len(existing), 0)
     assert leftovers(out) == []
-    finish(reference)
-    for i in range(n):
-        name = f"img_{i:02d}.exr"
-        assert (out / name).read_bytes() == (ref / name).read_bytes(), name

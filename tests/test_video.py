@@ -19,6 +19,8 @@ from sitm_trt.media import transfer as T
 from sitm_trt.media import video as V
 from sitm_trt.media.video import hevc_sei, sinks
 
+from conftest import CTRL_C_CLI
+
 av = pytest.importorskip("av")
 
 
@@ -476,11 +478,7 @@ def test_sigint_leaves_a_playable_file(tmp_path, weights):
     out = tmp_path / "out.mp4"
     args = ["video", str(tmp_path / "in.mp4"), str(out), "--weights", str(weights), "--device", "cpu",
             "--preset", "ultrafast"]
-    # Python keeps SIGINT ignored when it starts with it ignored (as under nohup or a background job of a
-    # non-interactive shell, which is how CI may run us): give the child the normal Ctrl-C handler.
-    boot = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-            "from sitm_trt.tools import cli; sys.exit(cli.main(sys.argv[1:]))")
-    cmd = [sys.executable, "-c", boot, *args]
+    cmd = [*CTRL_C_CLI, *args]  # the child takes Ctrl-C as from a terminal, whatever this process holds
     err: list[str] = []
     with subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) as proc:
         reader = threading.Thread(target=lambda: err.extend(iter(lambda: proc.stderr.read(1), "")), daemon=True)
