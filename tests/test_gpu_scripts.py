@@ -123,6 +123,7 @@ def test_gpu_check_reassembles_split_wheels_and_refuses_an_incomplete_set(tmp_pa
     (["--name", "a/b"], "--name may hold"),
     (["--init", "/nonexistent.safetensors"], "no such file"),
     (["--cache", "/nonexistent-sitm"], "no such folder"),
+    (["--responses", "srgb,hable"], "--responses takes one quoted list"),
 ])
 def test_gpu_train_refuses_bad_arguments(tmp_path, args, message):
     (tmp_path / "cache" / "hdr").mkdir(parents=True)
@@ -147,7 +148,8 @@ def test_gpu_train_cpu_mode_builds_trains_and_exports_weights_that_load(tmp_path
     (tmp_path / "cache" / "hdr").mkdir(parents=True)
     out, work = tmp_path / "out", tmp_path / "work"
     r = script("gpu_train.sh", "--cpu", "--cache", str(tmp_path / "cache"), "--allow-procedural", "--out", str(out),
-               "--work", str(work), "--name", "tiny", "--", "--lr", "1e-4", tmp_path=tmp_path, timeout=170)
+               "--work", str(work), "--name", "tiny", "--responses", "srgb hable", "--", "--lr", "1e-4",
+               tmp_path=tmp_path, timeout=170)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["log.txt", "run.tar", "summary.json", "tiny-fp16.onnx",
                                                      "tiny-fp32.onnx", "tiny.json", "tiny.safetensors"]
@@ -160,6 +162,8 @@ def test_gpu_train_cpu_mode_builds_trains_and_exports_weights_that_load(tmp_path
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ok"] and [s["status"] for s in summary["stages"]] == ["passed"] * 3
     assert summary["data"]["counts"] == {"train": 8, "val": 2, "test": 0}
+    recipe = json.loads((work / "data" / "manifest.json").read_text())["recipe"]
+    assert recipe["camera"]["responses"] == ["srgb", "hable"]  # --responses reached the data build
     assert summary["train"]["step"] == card["training"]["step"] >= 1
     with tarfile.open(out / "run.tar") as tar:
         names = set(tar.getnames())

@@ -31,6 +31,8 @@ usage: tools/gpu_train.sh [options] [-- MORE_TRAIN_OPTIONS...]
   --fusion F           paper or residual (default paper)
   --boost B            residual fusion: down or all (default down; docs/model.md, "The boost")
   --init FILE          start from these weights (.safetensors), e.g. python/sitm_trt/weights/default.safetensors
+  --responses "K ..."  the data build's camera response families, one quoted list (default: the builder's
+                       srgb gamma filmic emor), e.g. "srgb gamma filmic emor hable" (docs/data.md)
   --stage1-steps N     (default: the trainer's; CPU mode 1)
   --stage2-steps N     (default: the trainer's; CPU mode 1)
   --batch N            (default: the trainer's; CPU mode 2)
@@ -49,7 +51,7 @@ CPU_MODE=0
 [ "${SITM_GPU_SCRIPT_CPU:-0}" = "1" ] && CPU_MODE=1
 CACHE=.gpu-carry; OUTDIR="${OUT:-gpu-train-out}"; WORKDIR=""; BUDGET=""; N=""; SIZE=""; SEED=0; WORKERS=""
 LOADER=""; BUILD_SECONDS=180; PRESET=compact; FUSION=paper; BOOST=down; INIT=""; S1=""; S2=""; BATCH=""; CROP=""; NAME=""
-ALLOW_PROC=0; PY="${PYTHON:-python3}"; EXTRA=()
+ALLOW_PROC=0; PY="${PYTHON:-python3}"; EXTRA=(); RESPONSES=()
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
@@ -57,7 +59,7 @@ while [ $# -gt 0 ]; do
     --allow-procedural) ALLOW_PROC=1; shift ;;
     --) shift; EXTRA=("$@"); break ;;
     --cache|--out|--work|--budget|--n|--size|--seed|--workers|--loader-workers|--build-seconds|--preset|--fusion|--boost|\
-    --init|--stage1-steps|--stage2-steps|--batch|--crop|--name|--python)
+    --init|--stage1-steps|--stage2-steps|--batch|--crop|--name|--python|--responses)
       [ $# -ge 2 ] || die_usage "$1 needs a value"
       case "$1" in
         --cache) CACHE=$2 ;; --out) OUTDIR=$2 ;; --work) WORKDIR=$2 ;; --init) INIT=$2 ;; --python) PY=$2 ;;
@@ -72,6 +74,8 @@ while [ $# -gt 0 ]; do
         --fusion) case "$2" in paper|residual) FUSION=$2 ;; *) die_usage "--fusion must be paper or residual, got '$2'" ;; esac ;;
         --boost) case "$2" in down|all) BOOST=$2 ;; *) die_usage "--boost must be down or all, got '$2'" ;; esac ;;
         --name) [[ "$2" =~ ^[A-Za-z0-9._-]+$ ]] || die_usage "--name may hold letters, digits, '.', '_' and '-' only"; NAME=$2 ;;
+        --responses) [[ "$2" =~ ^[a-z]+( [a-z]+)*$ ]] || die_usage "--responses takes one quoted list of family names, got '$2'"
+                     read -r -a RESPONSES <<< "$2" ;;
       esac
       shift 2 ;;
     *) die_usage "unknown argument '$1'" ;;
@@ -137,7 +141,8 @@ if [ "$t" -lt 10 ]; then
   record data out-of-time 0 "no time left for the data build"; ok=0
 else
   timeout -s TERM -k 20 "$t" "$PY" -m sitm_training.data build --out "$WORKDIR/data" --n "$N" --size "$SIZE" \
-    --seed "$SEED" --workers "$WORKERS" --cache "$CACHE" --no-progress "${BUILD_FIXED[@]}" | tee "$WORKDIR/build.json"
+    --seed "$SEED" --workers "$WORKERS" --cache "$CACHE" --no-progress "${BUILD_FIXED[@]}" \
+    ${RESPONSES[@]+--responses "${RESPONSES[@]}"} | tee "$WORKDIR/build.json"
   rc=$?
   if [ "$rc" = 0 ]; then record data passed $(( $(date +%s) - t0 )) "$(tail -1 "$WORKDIR/build.json")"
   else record data failed $(( $(date +%s) - t0 )) "rc $rc (124: the ${t}s limit)"; ok=0; fi
