@@ -19,7 +19,10 @@ BANDS = ((0.0, 0.5), (0.5, 0.7), (0.7, 0.85), (0.85, 0.95), (0.95, 1.01))  # max
 MIN_PIXELS = 50
 
 
-def main(samples: Path, specs: list[str]) -> str:
+def aligned_views(samples: Path, specs: list[str]):
+    """``(names, views)``: the methods (the linearized input, the Rempel-style expansion, each ``NAME=WEIGHTS``)
+    and, per clip-mode sample, ``(x, camera, y_truth, {name: y})``, ``x`` the input in [0, 1] and ``y`` the
+    luminance of each result scale-aligned as the evaluation does. Shared with ``region_bias.py``."""
     pipes = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
@@ -27,20 +30,33 @@ def main(samples: Path, specs: list[str]) -> str:
             raise SystemExit(f"expected NAME=WEIGHTS, got {spec!r}")
         pipes[name] = sitm_trt.Pipeline(sitm_trt.load(path), backend="torch", precision="fp32")
     names = ["linear", "rempel", *pipes]
+
+    def views():
+        for f in sorted(samples.glob("*.npz")):
+            s = load_sample(f)
+            if s.meta.get("exposure", {}).get("mode") != "clip":
+                continue
+            ldr, gt = s.ldr, s.hdr.astype(np.float64)
+            x = np.asarray(_ldr01(ldr), np.float64)
+            outs = {"linear": BASELINES["linear"](ldr), "rempel": BASELINES["rempel"](ldr)}
+            for name, pipe in pipes.items():
+                outs[name] = np.asarray(pipe(np.ascontiguousarray(ldr), layout="hwc")).reshape(gt.shape)
+            ys = {}
+            for name in names:
+                out = np.asarray(outs[name], np.float64)
+                ys[name] = M.luminance(out * M.align_scale(out, gt, x))
+            yield x, _scene_and_camera(s)[1], M.luminance(gt), ys
+
+    return names, views()
+
+
+def main(samples: Path, specs: list[str]) -> str:
+    names, views = aligned_views(samples, specs)
     acc: dict[tuple, list[float]] = {}
-    for f in sorted(samples.glob("*.npz")):
-        s = load_sample(f)
-        if s.meta.get("exposure", {}).get("mode") != "clip":
-            continue
-        ldr, gt = s.ldr, s.hdr.astype(np.float64)
-        x = np.asarray(_ldr01(ldr), np.float64)
-        mx, camera, yg = x.max(axis=2), _scene_and_camera(s)[1], M.luminance(gt)
-        outs = {"linear": BASELINES["linear"](ldr), "rempel": BASELINES["rempel"](ldr)}
-        for name, pipe in pipes.items():
-            outs[name] = np.asarray(pipe(np.ascontiguousarray(ldr), layout="hwc")).reshape(gt.shape)
+    for x, camera, yg, ys in views:
+        mx = x.max(axis=2)
         for name in names:
-            out = np.asarray(outs[name], np.float64)
-            yp = M.luminance(out * M.align_scale(out, gt, x))
+            yp = ys[name]
             for band in BANDS:
                 sel = (mx >= band[0]) & (mx < band[1]) & (yp > 0) & (yg > 0)
                 if np.count_nonzero(sel) >= MIN_PIXELS:

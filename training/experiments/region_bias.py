@@ -11,40 +11,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-import sitm_trt
-from sitm_training import metrics as M
-from sitm_training.baselines import BASELINES, _ldr01
-from sitm_training.data import load_sample
-from sitm_training.diagnose import _scene_and_camera
+from band_bias import aligned_views  # this folder's probe: the same samples, methods and alignment
 
 CLASSES = ((0.0, 0.001), (0.001, 0.01), (0.01, 0.05), (0.05, 1.01))  # share of the image's pixels
 MIN_PIXELS = 4
 
 
 def main(samples: Path, specs: list[str]) -> str:
-    pipes = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep:
-            raise SystemExit(f"expected NAME=WEIGHTS, got {spec!r}")
-        pipes[name] = sitm_trt.Pipeline(sitm_trt.load(path), backend="torch", precision="fp32")
-    names = ["linear", "rempel", *pipes]
+    names, views = aligned_views(samples, specs)
     acc: dict[tuple, list[float]] = {}
-    for f in sorted(samples.glob("*.npz")):
-        s = load_sample(f)
-        if s.meta.get("exposure", {}).get("mode") != "clip":
-            continue
-        ldr, gt = s.ldr, s.hdr.astype(np.float64)
-        x = np.asarray(_ldr01(ldr), np.float64)
-        camera, yg = _scene_and_camera(s)[1], M.luminance(gt)
+    for x, camera, yg, ys in views:
         n_reg, labels = cv2.connectedComponents((x.max(axis=2) >= 0.99).astype(np.uint8), connectivity=8)
-        outs = {"linear": BASELINES["linear"](ldr), "rempel": BASELINES["rempel"](ldr)}
-        for name, pipe in pipes.items():
-            outs[name] = np.asarray(pipe(np.ascontiguousarray(ldr), layout="hwc")).reshape(gt.shape)
-        ys = {}
-        for n, o in outs.items():
-            o = np.asarray(o, np.float64)
-            ys[n] = M.luminance(o * M.align_scale(o, gt, x))
         for r in range(1, n_reg):
             m = labels == r
             if m.sum() < MIN_PIXELS:
