@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .camera import RESPONSE_KINDS
+from .camera import RESPONSE_KINDS, CameraConfig
 
 log = logging.getLogger("sitm_training.data")
 
@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--responses",
         nargs="+",
-        default=None,
+        default=list(CameraConfig().responses),
         metavar="KIND",
         choices=list(RESPONSE_KINDS),
         help="response families the simulated cameras draw from (default: srgb gamma filmic emor; aces and "
@@ -212,7 +212,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "build":
-        from .camera import CameraConfig
         from .stack import stack_evs
 
         sources: list[HDRSource] = []
@@ -254,9 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                 holdout_responses=tuple(args.holdout_response),
                 real_fraction=args.real_fraction,
                 evs=stack_evs(args.ev_max, args.ev_step),
-                camera=CameraConfig(jpeg_prob=args.jpeg_prob)
-                if args.responses is None
-                else CameraConfig(jpeg_prob=args.jpeg_prob, responses=tuple(dict.fromkeys(args.responses))),
+                camera=CameraConfig(jpeg_prob=args.jpeg_prob, responses=tuple(dict.fromkeys(args.responses))),
             )
             manifest = B.build(args.out, recipe, sources, workers=args.workers, progress=not args.no_progress)
         except (B.BuildError, ValueError) as err:
