@@ -128,8 +128,12 @@ def check_onnx_against_pytorch(net: SITMNet, path) -> None:
     got = sess.run(None, {i.name: v.numpy() for i, v in zip(sess.get_inputs(), pre)})
     with torch.no_grad():
         want = net(*pre)
-    # the gain 2^(12 b) turns an absolute error e in the gate into a relative one of 8.3 e: compare relatively
-    np.testing.assert_allclose(got[2], want.masks.numpy(), rtol=1e-4, atol=1e-5)
+    # the gain 2^(12 b) turns an absolute error e in the gate into a relative one of 8.3 e: compare relatively, and
+    # a mask whose gate is near 0 (an absolute error e x gain) relative to its pixel's gain (the three masks' sum)
+    masks = want.masks.numpy()
+    gain = masks.sum(axis=1, keepdims=True)
+    excess = np.abs(got[2] - masks) - (1e-5 + 1e-4 * np.abs(masks) + 1e-5 * gain)
+    assert excess.max() <= 0, f"masks: {int((excess > 0).sum())} of {masks.size} off by up to {excess.max():.2e} more"
     np.testing.assert_allclose(got[3], want.coef.numpy(), rtol=1e-4, atol=1e-5)  # log2 of thumbnail sums
 
 

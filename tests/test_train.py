@@ -284,12 +284,13 @@ def test_stored_configs_of_earlier_trainers():
     old = json.loads(card.read_text())["config"]
     assert REMOVED_OPTIONS.keys() <= old.keys()
     cfg = stored_config(old, str(card))
-    # the card predates --boost, --oversample-real, --hdr-clip-norm, --mefm-context, --mefm-global-width and
-    # --mefm-clip-prior: the config takes their defaults, the meaning those weights have (boost "down", uniform
-    # sampling, the L1 clipped term, no context, the MEFM's width for the global branch, no clip prior)
+    # the card predates --boost, --oversample-real, --hdr-clip-norm, --mefm-context, --mefm-global-width,
+    # --mefm-clip-prior and --mefm-shoulder: the config takes their defaults, the meaning those weights have (boost
+    # "down", uniform sampling, the L1 clipped term, no context, the MEFM's width for the global branch, no clip
+    # prior, no shoulder features)
     assert cfg.to_dict() == {**{k: tuple(v) if k == "betas" else v for k, v in old.items() if k not in REMOVED_OPTIONS},
                              "boost": "down", "oversample_real": 1.0, "hdr_clip_norm": "l1", "mefm_context": 0,
-                             "mefm_global_width": 0, "mefm_clip_prior": 0, "coef_lr_mult": 1.0,
+                             "mefm_global_width": 0, "mefm_clip_prior": 0, "mefm_shoulder": False, "coef_lr_mult": 1.0,
                              "prior_lr_mult": 1.0}
     assert cfg.model.fusion == "residual" and cfg.model.freeze_exposure and cfg.loss.hdr_clip == 3.0
     for key, value in (("mask_prior", 1.0), ("mask_prior_scope", "under"), ("hdr_grad", 3.0), ("hdr_psnr", 0.02)):
@@ -369,6 +370,18 @@ def test_mefm_clip_prior_trains_travels_in_the_weights_and_must_match_on_resume(
     assert net.preset.mefm_clip_prior == 2 and net.mefm.prior_head.weight.abs().sum() > 0
     with pytest.raises(ValueError, match="mefm-clip-prior is 2, not 4"):
         train_small(tiny_data, tmp_path / "p", **{**options, "mefm_clip_prior": 4, "stage2_steps": 3})
+
+
+def test_mefm_shoulder_trains_travels_in_the_weights_and_must_match_on_resume(tiny_data, tmp_path):
+    """``--mefm-shoulder``: the features' layer trains (moves off its zero start), the saved weights carry the flag
+    in their preset, and resuming without it is a clear error."""
+    options = dict(fusion="residual", boost="all", mefm_shoulder=True, stage1_steps=0, stage2_steps=2, log_every=1,
+                   val_every=100, ckpt_every=100, val_images=1, lr=1e-3)
+    train_small(tiny_data, tmp_path / "s", **options)
+    net = load_weights(tmp_path / "s" / "ckpt" / "model.safetensors")
+    assert net.preset.mefm_shoulder and net.mefm.shoulder_fc.weight.abs().sum() > 0
+    with pytest.raises(ValueError, match="mefm-shoulder is True, not False"):
+        train_small(tiny_data, tmp_path / "s", **{**options, "mefm_shoulder": False, "stage2_steps": 3})
 
 
 def first_step_sizes(data, tmp_path, lr: float, **options) -> tuple[dict[str, float], dict]:

@@ -49,6 +49,7 @@ class ModelConfig:
     mefm_context: int = 0  # Preset.mefm_context: residual dilated convolutions that widen what the MEFM's masks see
     mefm_global_width: int = 0  # Preset.mefm_global_width: channels of the MEFM global branch (0: the MEFM's width)
     mefm_clip_prior: int = 0  # Preset.mefm_clip_prior: box half-width of the gain's clipped-region prior (0: none)
+    mefm_shoulder: bool = False  # Preset.mefm_shoulder: the input's highlight histogram into the MEFM's global vector
     init: str | None = None  # start a new run from these weights (fresh optimizer, step 0): a fine-tune
     freeze_exposure: bool = False  # stage 2 trains the MEFM only (EAB, AUEM, ADEM fixed): a fusion fine-tune
     disc_width: int = 16
@@ -56,10 +57,10 @@ class ModelConfig:
 
     def network_preset(self) -> Preset:
         """The network these options build: the named preset with ``fusion``, ``boost``, ``mefm_context``,
-        ``mefm_global_width`` and ``mefm_clip_prior`` (``Preset`` checks them)."""
+        ``mefm_global_width``, ``mefm_clip_prior`` and ``mefm_shoulder`` (``Preset`` checks them)."""
         return dataclasses.replace(get_preset(self.preset), fusion=self.fusion, boost=self.boost,
                                    mefm_context=self.mefm_context, mefm_global_width=self.mefm_global_width,
-                                   mefm_clip_prior=self.mefm_clip_prior)
+                                   mefm_clip_prior=self.mefm_clip_prior, mefm_shoulder=self.mefm_shoulder)
 
 
 @dataclass(frozen=True)
@@ -153,8 +154,8 @@ class TrainConfig:
         try:
             stride = self.model.network_preset().stride
         except ValueError as err:
-            raise ValueError(f"--preset/--fusion/--boost/--mefm-context/--mefm-global-width/--mefm-clip-prior: "
-                             f"{err}") from err
+            raise ValueError(f"--preset/--fusion/--boost/--mefm-context/--mefm-global-width/--mefm-clip-prior/"
+                             f"--mefm-shoulder: {err}") from err
         if self.data.crop % stride:
             raise ValueError(f"--crop must be a multiple of the network stride {stride}, got {self.data.crop}")
         if self.data.down_label not in DOWN_LABELS:
@@ -251,6 +252,11 @@ def _parser(description: str | None) -> argparse.ArgumentParser:
                         "three passes of a (2R+1)-pixel box times a strength the network predicts per pixel; 0: none. "
                         "The strength starts at zero, so --init of weights without it keeps their function "
                         "(docs/model.md, \"The clipped-region prior\")")
+    p.add_argument("--mefm-shoulder", action="store_true",
+                   help="feed the MEFM's global vector the input's highlight histogram (log2 shares of pixels above "
+                        "0.5 ... 0.99), so the whole-frame gains can tell an S-curve camera's shoulder from a hard "
+                        "clip; its layer starts at zero, so --init of weights without it keeps their function "
+                        "(docs/model.md, \"The shoulder features\")")
     for name in ("stage1_steps", "stage2_steps", "batch", "crop", "disc_width", "disc_max_width", "workers", "seed",
                  "log_every", "val_every", "ckpt_every", "val_images", "threads"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=_default(name))

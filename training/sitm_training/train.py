@@ -199,7 +199,8 @@ def load_init(net: SITMNet, init: SITMNet, path: str) -> list[str]:
     """Copy ``init``'s weights into ``net``. Between the two fusions (``--fusion residual --init`` of
     paper-fusion weights) the MEFM's mask and coefficient heads keep ``net``'s initialisation (zero: the residual
     heads start at the linearized input), whatever their shapes; so do MEFM context convolutions ``init`` lacks
-    (``--mefm-context``: zero, an identity) and a clip prior's strength head (``--mefm-clip-prior``: zero). A wider
+    (``--mefm-context``: zero, an identity), a clip prior's strength head (``--mefm-clip-prior``: zero) and the
+    shoulder features' layer (``--mefm-shoulder``: zero). A wider
     MEFM global branch (``--mefm-global-width``) gets ``init``'s narrower one by :func:`widen`, so the network keeps
     ``init``'s function. Returns the names of what kept ``net``'s initialisation."""
     src, dst = init.state_dict(), net.state_dict()
@@ -216,8 +217,9 @@ def load_init(net: SITMNet, init: SITMNet, path: str) -> list[str]:
     heads = ("mefm.mask_head.", "mefm.coef_head.") if init.preset.fusion != net.preset.fusion else ()
     fresh = sorted(k for k in dst if k not in src or src[k].shape != dst[k].shape or k.startswith(heads))
     extra = sorted(k for k in src if k not in dst)
-    # new context layers and a new clip prior's strength start at zero (identities)
-    added = [k for k in fresh if k.startswith(("mefm.context.", "mefm.prior_head.")) and k not in src]
+    # new context layers, a new clip prior's strength and new shoulder features start at zero (identities)
+    added = [k for k in fresh if k.startswith(("mefm.context.", "mefm.prior_head.", "mefm.shoulder_fc."))
+             and k not in src]
     others = [k for k in fresh if k not in added]
     if init.preset.mefm_context > net.preset.mefm_context:
         raise ValueError(f"--init {path}: the weights have {init.preset.mefm_context} MEFM context convolutions, the "
@@ -225,6 +227,9 @@ def load_init(net: SITMNet, init: SITMNet, path: str) -> list[str]:
     if init.preset.mefm_clip_prior not in (0, net.preset.mefm_clip_prior):
         raise ValueError(f"--init {path}: the weights' clip prior has radius {init.preset.mefm_clip_prior}, the "
                          f"network's {net.preset.mefm_clip_prior}: pass --mefm-clip-prior {init.preset.mefm_clip_prior}")
+    if init.preset.mefm_shoulder and not net.preset.mefm_shoulder:
+        raise ValueError(f"--init {path}: the weights read the shoulder features, the network does not: pass "
+                         f"--mefm-shoulder")
     if init.preset.fusion == net.preset.fusion and (others or extra):
         raise ValueError(f"--init {path}: the weights do not fit the network ({fresh + extra})")
     net.load_state_dict({k: v for k, v in src.items() if k in dst and k not in fresh}, strict=False)
@@ -237,7 +242,8 @@ def load_init(net: SITMNet, init: SITMNet, path: str) -> list[str]:
               file=sys.stderr)
     if added:
         print(f"--init {path}: new MEFM layers start at zero (context {init.preset.mefm_context} -> "
-              f"{net.preset.mefm_context}, clip prior {init.preset.mefm_clip_prior} -> {net.preset.mefm_clip_prior}): "
+              f"{net.preset.mefm_context}, clip prior {init.preset.mefm_clip_prior} -> {net.preset.mefm_clip_prior}, "
+              f"shoulder {init.preset.mefm_shoulder} -> {net.preset.mefm_shoulder}): "
               f"{', '.join(added)}", file=sys.stderr)
     if others:
         print(f"--init {path}: {init.preset.fusion} -> {net.preset.fusion} fusion; freshly initialised: "
@@ -392,7 +398,8 @@ class Trainer:
         before = stored_config(state["config"], str(state_path))
         # what the network's shapes and meaning follow, and the optimizer's parameter groups
         for group, key in (("model", "preset"), ("model", "fusion"), ("model", "boost"), ("model", "mefm_context"),
-                           ("model", "mefm_global_width"), ("model", "mefm_clip_prior"), ("optim", "coef_lr_mult"),
+                           ("model", "mefm_global_width"), ("model", "mefm_clip_prior"), ("model", "mefm_shoulder"),
+                           ("optim", "coef_lr_mult"),
                            ("optim", "prior_lr_mult")):
             was, now = getattr(getattr(before, group), key), getattr(getattr(cfg, group), key)
             if was != now:

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Preset", "PRESETS", "MEFM_CONTEXT_DILATIONS", "get_preset", "preset_names"]
+__all__ = ["Preset", "PRESETS", "MEFM_CONTEXT_DILATIONS", "SHOULDER_THRESHOLDS", "get_preset", "preset_names"]
 
 THUMB_SIZE = 256  # Sec. 3.4: the EAB input is the LDR image resized to 256 x 256
 MAX_LEVELS = 12  # limits a preset read from a file must respect (Preset._check_limits): stride <= 2048
@@ -24,6 +24,7 @@ MAX_WIDTH = 4096
 MAX_CONVS = 16
 MEFM_CONTEXT_DILATIONS = (4, 8, 16, 32)  # Preset.mefm_context: the dilation of each residual context convolution
 MAX_CLIP_PRIOR = 64  # Preset.mefm_clip_prior: the largest box half-width (three passes reach 3 x 64 pixels)
+SHOULDER_THRESHOLDS = (0.5, 0.7, 0.85, 0.92, 0.97, 0.99)  # Preset.mefm_shoulder: max RGB levels whose shares g sees
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,13 @@ class Preset:
     blurred by three passes of a ``(2r + 1)``-pixel box, times a per-pixel strength in EV that a zero-initialised
     3x3 head predicts, are added to the gain's exponent outside its gate, so ``--init`` of weights without it keeps
     their function (docs/model.md, "The clipped-region prior")."""
+    mefm_shoulder: bool = False
+    """Feed the MEFM global branch the input's highlight histogram: the log2 shares of the thumbnail's pixels whose
+    max RGB lies above each of :data:`SHOULDER_THRESHOLDS` (0.5 to 0.99), through a zero-initialised linear layer
+    into the pre-activation of ``g``, so the whole-frame coefficients and the mask bias can see how a camera's
+    curve rolls into its clip point (an S-curve's shoulder) and ``--init`` of weights without it keeps their
+    function (docs/model.md, "The shoulder features"). Written into a preset's JSON only when true, so files
+    without the key keep their meaning."""
     negative_slope: float = 0.2
     """LeakyReLU slope used everywhere."""
     thumb_size: int = THUMB_SIZE
@@ -149,6 +157,8 @@ class Preset:
         ints("widths", 1, MAX_WIDTH)
         ints("enc_convs", 1, MAX_CONVS)
         ints("dec_convs", 1, MAX_CONVS)
+        if not isinstance(self.mefm_shoulder, bool):
+            bad(f"mefm_shoulder must be true or false, got {self.mefm_shoulder!r}")
         if not isinstance(self.cmab_levels, tuple) or not all(isinstance(x, bool) for x in self.cmab_levels):
             bad(f"cmab_levels must be a list of booleans, got {self.cmab_levels!r}")
         for name, lo, hi in (("cmab_reduction", 1, MAX_WIDTH), ("cmab_min_channels", 1, MAX_WIDTH),
@@ -186,8 +196,8 @@ class Preset:
         d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
         if d["boost"] == "down":  # the meaning of every file written before the field existed
             del d["boost"]
-        for key in ("mefm_context", "mefm_global_width", "mefm_clip_prior"):  # likewise
-            if d[key] == 0:
+        for key in ("mefm_context", "mefm_global_width", "mefm_clip_prior", "mefm_shoulder"):  # likewise
+            if not d[key]:
                 del d[key]
         return d
 

@@ -9,7 +9,8 @@ fusion and the curve themselves are :func:`sitm_trt.reference.fuse` / :func:`sit
   shipped presets) that widen what the masks see;
 * global: the 9-channel thumbnail (``thumb_size`` square), stride-2 3x3 convolutions down to 4x4, a mean and a
   linear layer -> one vector ``g`` per image (``Preset.global_width`` entries: ``mefm_width`` unless
-  ``mefm_global_width`` says more).
+  ``mefm_global_width`` says more); with ``Preset.mefm_shoulder`` a zero-initialised linear layer adds the input's
+  highlight histogram (:func:`shoulder_features`) to ``g`` before its activation.
 
 Masks: ``softmax(conv3x3(LReLU(W_l local + W_d dilated + W_g g)))`` over the three channels (float32), so the
 masks are positive and sum to 1 and ``I_fuse`` is a convex combination of the three images (the ``W_g g``
@@ -45,16 +46,19 @@ from torch import nn
 
 from .. import reference as ops
 from .blocks import ConvAct, cast, f32, linear32, thumbnail
-from .config import MEFM_CONTEXT_DILATIONS, Preset
+from .config import MEFM_CONTEXT_DILATIONS, SHOULDER_THRESHOLDS, Preset
 from .state import StatSource
 
-__all__ = ["MEFM", "COEF_INIT", "exposure_gains"]
+__all__ = ["MEFM", "COEF_INIT", "exposure_gains", "shoulder_features"]
 
 GATE_LEAK = 0.01  # training only: gradient slope of the residual gates outside [0, 1] (the value is unchanged)
 BOOST_EV = 12.0  # the residual fusion's largest per-pixel gain on the exposure-down term, in EV
 CLIP_PRIOR_THRESHOLD = 0.92  # Preset.mefm_clip_prior: max RGB ramps 0 -> 1 from here to 1 (baselines.rempel's)
 CLIP_PRIOR_PASSES = 3  # box passes of the prior's blur: close to a Gaussian of sigma sqrt(r (r + 1))
 CLIP_PRIOR_EV = 4.0  # the prior's largest gain (or loss) in EV: 16x (Rempel's boost of 4 is 2 EV)
+
+SHOULDER_RAMP = 0.02  # Preset.mefm_shoulder: a pixel counts 0 -> 1 as max RGB goes from t - 0.01 to t + 0.01
+SHOULDER_FLOOR = 2.0 ** -10  # ... and a share below about 0.1 % of the frame reads as -10 (log2 of the floor)
 
 COEF_INIT = (1e-3, 0.5, 0.25, 0.25)  # a0..a3 at initialisation (before the image-dependent part)
 
@@ -94,6 +98,18 @@ def exposure_gains(thumb: torch.Tensor) -> torch.Tensor:
     return torch.stack([gain(w_up, lum[1]), gain(w_down, lum[2])], dim=1)
 
 
+def shoulder_features(thumb: torch.Tensor) -> torch.Tensor:
+    """``(N, C >= 3, t, t)`` thumbnails whose first three channels are the input ``I`` -> ``(N, 6)`` float32 (the
+    input of ``Preset.mefm_shoulder``): for each threshold ``t`` of :data:`SHOULDER_THRESHOLDS`,
+    ``log2(mean(clamp((max_c I - t) / 0.02 + 0.5, 0, 1)) + 2^-10)``, the log share of the pixels whose max RGB is
+    above ``t`` (a ramp 0.02 wide, so the value moves smoothly as a frame brightens). From 0.5 to 0.99: how many
+    pixels sit near the clip point, and how the share falls off as the level rises (an S-curve's shoulder piles
+    pixels up below 1; the exact sRGB curve clips them), in -10 to 0."""
+    m = f32(thumb[:, 0:3]).amax(dim=1)
+    shares = [((m - t) / SHOULDER_RAMP + 0.5).clamp(0.0, 1.0).mean(dim=(1, 2)) for t in SHOULDER_THRESHOLDS]
+    return torch.log2(torch.stack(shares, dim=1) + SHOULDER_FLOOR)
+
+
 def clip_prior_map(image: torch.Tensor, radius: int) -> torch.Tensor:
     """The clipped-region prior of ``Preset.mefm_clip_prior`` (float32 ``(N, 1, H, W)`` in [0, 1]): the mask of the
     nearly clipped pixels, ``clamp((max_c I - 0.92) / 0.08, 0, 1)`` (the threshold of ``baselines.rempel``),
@@ -131,6 +147,11 @@ class MEFM(nn.Module):
         gw = p.global_width
         self.glob = nn.Sequential(*[ConvAct(9 if i == 0 else gw, gw, s, stride=2) for i in range(steps)])
         self.glob_fc = nn.Linear(gw, gw)
+        self.shoulder = p.mefm_shoulder
+        if self.shoulder:  # Preset.mefm_shoulder: the highlight histogram into g's pre-activation, zero at the start
+            self.shoulder_fc = nn.Linear(len(SHOULDER_THRESHOLDS), gw, bias=False)
+            with torch.no_grad():
+                self.shoulder_fc.weight.zero_()
         self.fuse_local = nn.Conv2d(w, w, 1)
         self.fuse_dilated = nn.Conv2d(w, w, 1, bias=False)
         self.fuse_global = nn.Linear(gw, w, bias=False)
@@ -193,8 +214,10 @@ class MEFM(nn.Module):
     def global_vector(self, thumb: torch.Tensor) -> torch.Tensor:
         """The global branch: ``(N, 9, t, t)`` thumbnails -> ``g`` ``(N, global_width)`` float32 (a whole-frame
         quantity; the residual fusion appends the two measured exposure gains)."""
-        g = f32(self.glob(thumb)).mean(dim=(2, 3))
-        g = F.leaky_relu(linear32(self.glob_fc, g), self.slope)
+        g = linear32(self.glob_fc, f32(self.glob(thumb)).mean(dim=(2, 3)))
+        if self.shoulder:  # + W_s shoulder_features(I): zero at initialisation, an exact identity
+            g = g + linear32(self.shoulder_fc, shoulder_features(thumb))
+        g = F.leaky_relu(g, self.slope)
         if self.residual:  # the two measured exposure gains ride along as the last entries of g
             g = torch.cat([g, exposure_gains(thumb)], dim=1)
         return g
