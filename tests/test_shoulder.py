@@ -101,6 +101,21 @@ def test_init_without_the_features_is_an_exact_identity_and_the_layer_gets_a_gra
         load_init(SITMNet(preset(False, context=2)), net, "s.safetensors")
 
 
+def test_init_into_a_wider_global_branch_keeps_the_features_function():
+    """``--mefm-global-width 32 --init`` of 8-channel weights with the features: their layer is widened like the
+    rest of the branch (new rows zero), and the network's outputs stay the old ones."""
+    from sitm_training.train import load_init
+
+    old = with_shoulder()
+    net = SITMNet(preset(True, global_width=32)).eval()
+    assert load_init(net, old, "s8.safetensors") == []
+    w = net.mefm.shoulder_fc.weight
+    assert torch.equal(w[:8], old.mefm.shoulder_fc.weight) and not w[8:].any()
+    frame = torch.rand(1, 3, 48, 64) ** 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(predict_hdr(net, frame), predict_hdr(old, frame), rtol=1e-5, atol=1e-6)
+
+
 def test_tiled_equals_whole_frame_with_the_features():
     from sitm_trt.runtime import tiling
 

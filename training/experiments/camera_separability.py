@@ -1,7 +1,8 @@
 """How well a whole-frame feature tells the camera from the picture: leave-one-scene-out accuracy of an
 L2-regularized logistic regression that predicts the response family (sRGB against the held-out ``aces``) of the
 paired real validation views of a ``--holdout-response aces`` build, from (a) histograms of the input (max RGB and
-mean RGB, 16 bins each, plus the mean saturation and the clipped and black fractions) and (b) with ``WEIGHTS``, the
+mean RGB, 16 bins each, plus the mean saturation and the clipped and black fractions), (b) the six shoulder
+features of ``Preset.mefm_shoulder`` (log2 shares above 0.5 ... 0.99 of the model's thumbnail) and (c) with ``WEIGHTS``, the
 MEFM's global vector ``g`` of those weights, split into its first 8 entries, the rest, and the two measured
 exposure gains. 0.5 is chance: every view is shot through both cameras. The sixteenth round (training/LOG.md).
 
@@ -14,6 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from sitm_trt import reference as ops
+from sitm_trt.model.blocks import thumbnail
+from sitm_trt.model.mefm import shoulder_features
 from sitm_trt.model.serialization import load_weights
 from sitm_training.data import load_sample
 from sitm_training.diagnose import _scene_and_camera
@@ -55,13 +58,15 @@ def main(samples: str, weights: str | None = None) -> None:
     net = load_weights(weights).eval() if weights else None
     if net is not None and net.preset.fusion != "residual":
         sys.exit(f"{weights}: needs residual-fusion weights (their g carries the two exposure gains)")
-    feats, gs, ys, scenes = [], [], [], []
+    feats, shoulders, gs, ys, scenes = [], [], [], [], []
     for f in sorted(Path(samples).glob("*.npz")):
         s = load_sample(f)
         cam = _scene_and_camera(s)[1]
         if cam not in ("srgb", "aces"):
             continue
         feats.append(histograms(s.ldr))
+        x = torch.from_numpy(np.ascontiguousarray(s.ldr)).permute(2, 0, 1)[None].float() / 255.0
+        shoulders.append(shoulder_features(thumbnail(x, 256))[0].numpy())
         ys.append(cam == "aces")
         scenes.append(s.source)
         if net is not None:
@@ -73,6 +78,8 @@ def main(samples: str, weights: str | None = None) -> None:
     print(f"  histogram of max RGB: {loso_accuracy(h[:, :16], y, sc):.3f}")
     print(f"  histogram of mean RGB: {loso_accuracy(h[:, 16:32], y, sc):.3f}")
     print(f"  all histogram features: {loso_accuracy(h, y, sc):.3f}")
+    print(f"  shoulder features (Preset.mefm_shoulder): {loso_accuracy(np.array(shoulders), y, sc):.3f}")
+    print(f"  shoulder and histogram features: {loso_accuracy(np.hstack([h, shoulders]), y, sc):.3f}")
     if net is not None:
         g, w, gw = np.array(gs), net.preset.mefm_width, net.preset.global_width
         print(f"  g, first {w} entries: {loso_accuracy(g[:, :w], y, sc):.3f}")

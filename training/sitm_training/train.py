@@ -179,8 +179,9 @@ def sampling_weights(dataset: SampleDataset, oversample_under: float, oversample
     return weights
 
 
-GLOBAL_BRANCH = ("mefm.glob.", "mefm.glob_fc.", "mefm.fuse_global.", "mefm.coef_head.")
-"""What ``--mefm-global-width`` widens: the global branch and the two layers that read ``g``."""
+GLOBAL_BRANCH = ("mefm.glob.", "mefm.glob_fc.", "mefm.shoulder_fc.", "mefm.fuse_global.", "mefm.coef_head.")
+"""What ``--mefm-global-width`` widens: the global branch (with the shoulder features' layer into ``g``) and the two
+layers that read ``g``."""
 
 
 def widen(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
