@@ -285,12 +285,13 @@ def test_stored_configs_of_earlier_trainers():
     assert REMOVED_OPTIONS.keys() <= old.keys()
     cfg = stored_config(old, str(card))
     # the card predates --boost, --oversample-real, --hdr-clip-norm, --mefm-context, --mefm-global-width,
-    # --mefm-clip-prior and --mefm-shoulder: the config takes their defaults, the meaning those weights have (boost
-    # "down", uniform sampling, the L1 clipped term, no context, the MEFM's width for the global branch, no clip
-    # prior, no shoulder features)
+    # --mefm-clip-prior, --mefm-shoulder and --camera-aux: the config takes their defaults, the meaning those
+    # weights have (boost "down", uniform sampling, the L1 clipped term, no context, the MEFM's width for the global
+    # branch, no clip prior, no shoulder features, no camera probe)
     assert cfg.to_dict() == {**{k: tuple(v) if k == "betas" else v for k, v in old.items() if k not in REMOVED_OPTIONS},
                              "boost": "down", "oversample_real": 1.0, "hdr_clip_norm": "l1", "mefm_context": 0,
-                             "mefm_global_width": 0, "mefm_clip_prior": 0, "mefm_shoulder": False, "coef_lr_mult": 1.0,
+                             "mefm_global_width": 0, "mefm_clip_prior": 0, "mefm_shoulder": False, "camera_aux": 0.0,
+                             "coef_lr_mult": 1.0,
                              "prior_lr_mult": 1.0}
     assert cfg.model.fusion == "residual" and cfg.model.freeze_exposure and cfg.loss.hdr_clip == 3.0
     for key, value in (("mask_prior", 1.0), ("mask_prior_scope", "under"), ("hdr_grad", 3.0), ("hdr_psnr", 0.02)):
@@ -429,3 +430,52 @@ def test_coef_lr_mult_steps_the_coefficient_head_faster(tiny_data, tmp_path):
         train_small(tiny_data, tmp_path / "r", **{**options, "coef_lr_mult": 1.0, "stage2_steps": 2})
     with pytest.raises(ValueError, match="--coef-lr-mult must be > 0"):
         config(tmp_path / "data", tmp_path / "x", coef_lr_mult=0.0)
+
+
+def test_camera_aux_is_the_probes_cross_entropy_and_travels_with_the_checkpoint(tiny_data, tmp_path):
+    """``--camera-aux 0.5``: each item names its camera family; the step's ``camera`` loss is the cross-entropy of
+    the probe on the pass's ``g`` against the recipe's family index (recomputed here from the same weights before
+    the step); the probe is saved with the checkpoint (not in the weights), resumes, and must match on resume."""
+    import torch.nn.functional as F
+
+    from sitm_trt import reference as ops
+    from sitm_trt.model.state import StatSource
+    from sitm_training.data import SampleDataset
+    from sitm_training.train import Trainer
+
+    families = json.loads((tiny_data / "manifest.json").read_text())["recipe"]["camera"]["responses"]
+    assert SampleDataset(tiny_data, "train", crop=32)[0]["camera"] in families
+    options = dict(fusion="residual", boost="all", camera_aux=0.5, stage1_steps=0, stage2_steps=2, log_every=1,
+                   val_every=100, ckpt_every=100, val_images=1, lr=1e-3)
+    cfg = config(tiny_data, tmp_path / "c", **{"batch": 2, "crop": 32, "workers": 0, "gan": False, **options})
+    with pytest.warns(UserWarning, match="perceptual loss of Eq. 10 is REPLACED"):
+        trainer = Trainer(cfg)
+    assert trainer.camera_families == tuple(families)
+    raw = next(iter(trainer.loader))
+    assert all(kind in families for kind in raw["camera"])
+    raw["camera"] = [families[-1], "no-such-family"]  # a family the recipe does not name is left out of the loss
+    trainer.batches = iter([raw])
+    batch = trainer.feed()
+    want_labels = torch.tensor([len(families) - 1, -100])
+    assert torch.equal(batch.camera.cpu(), want_labels)
+    with torch.no_grad():
+        stats = StatSource()
+        trainer.net.forward_train(*ops.pre(batch.ldr, stride=1), stats=stats)
+        logits = trainer.camera_probe(stats.values["mefm_g"])
+        want = F.cross_entropy(logits[:1], want_labels[:1]).item()  # the one known sample's
+    probe_before = trainer.camera_probe.weight.detach().clone()
+    vals = trainer.step(batch)
+    assert vals["camera"] == pytest.approx(want, rel=1e-5) and want > 0
+    assert not torch.equal(trainer.camera_probe.weight, probe_before)  # the probe learns with the network
+    trainer.batches = iter(trainer.loader)
+    trainer.run()
+    card = json.loads((tmp_path / "c" / "card.json").read_text())
+    assert card["camera_aux"] == {"families": families} and "camera" in card["losses"]
+    saved = (tmp_path / "c" / "ckpt" / "camera_probe.safetensors")
+    assert saved.exists() and "camera" not in read_log(tmp_path / "c" / "log.csv")[0]  # the log keeps its columns
+    _, card = train_small(tiny_data, tmp_path / "c", **{**options, "stage2_steps": 3})  # resumes with the probe
+    assert card["step"] == 3
+    with pytest.raises(ValueError, match="camera-aux is 0.5, not 0.0"):
+        train_small(tiny_data, tmp_path / "c", **{**options, "camera_aux": 0.0, "stage2_steps": 4})
+    with pytest.raises(ValueError, match="--camera-aux must be >= 0"):
+        config(tiny_data, tmp_path / "x", camera_aux=-1.0)

@@ -102,6 +102,7 @@ class LossConfig:
     hdr_clip: float = 0.0  # weight of losses.pu21_clipped_loss added to Eq. 15
     hdr_align: bool = False  # the PU21 terms compare after the evaluation's scale alignment (losses.align_scale_torch)
     hdr_clip_norm: str = "l1"  # the --hdr-clip term per image: "l1" or "l2" (losses.pu21_clipped_loss)
+    camera_aux: float = 0.0  # weight of the auxiliary loss: a linear probe of the MEFM's g names the camera family
 
     def weights(self) -> LossWeights:
         return LossWeights(lambda_pu21=self.hdr_pu21, lambda_clip=self.hdr_clip, align=self.hdr_align,
@@ -170,6 +171,8 @@ class TrainConfig:
             raise ValueError(f"--hdr-clip-norm must be one of {CLIP_NORMS}, got {self.loss.hdr_clip_norm!r}")
         if not (self.optim.coef_lr_mult > 0 and math.isfinite(self.optim.coef_lr_mult)):
             raise ValueError(f"--coef-lr-mult must be > 0, got {self.optim.coef_lr_mult}")
+        if not (self.loss.camera_aux >= 0 and math.isfinite(self.loss.camera_aux)):
+            raise ValueError(f"--camera-aux must be >= 0, got {self.loss.camera_aux}")
         if not (self.optim.prior_lr_mult > 0 and math.isfinite(self.optim.prior_lr_mult)):
             raise ValueError(f"--prior-lr-mult must be > 0, got {self.optim.prior_lr_mult}")
         if self.run.max_seconds is not None and not self.run.max_seconds > 0:
@@ -278,6 +281,11 @@ def _parser(description: str | None) -> argparse.ArgumentParser:
                    help="the --hdr-clip term per image: 'l1' (mean absolute PU21 error, default) or 'l2' (mean squared, "
                         "smaller where errors are small: weigh it up; aims at the mean of what the clipped truth could "
                         "be, as PSNR rewards, not at its median)")
+    p.add_argument("--camera-aux", type=float, default=_default("camera_aux"), metavar="W",
+                   help="stage 2: add W x the cross-entropy of a linear probe of the MEFM's global vector g that names "
+                        "each training sample's camera response family (from the data's recipe), so that g learns to "
+                        "tell the camera and the gains can depend on it; the probe is training-only (saved in the "
+                        "checkpoint, not in the weights). Default 0: off")
     p.add_argument("--hdr-align", action="store_true",
                    help="the PU21 terms (--hdr-pu21/--hdr-clip) compare after scaling H like the evaluation does "
                         "(median log-ratio over well-exposed pixels, no gradient); Eq. 15 stays absolute")

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
 from sitm_trt import reference as ops
@@ -48,6 +49,7 @@ from sitm_trt.files import atomic_write
 from sitm_trt.media.io import tonemap_preview, write_png
 from sitm_trt.model import SITMNet, save_weights
 from sitm_trt.model.serialization import load_weights
+from sitm_trt.model.state import StatSource
 from sitm_trt.weights import sha256_file
 
 from .config import TrainConfig, config_from_args, stored_config
@@ -123,14 +125,18 @@ class _Exposures(NamedTuple):
 
 
 class _Stages(torch.nn.Module):
-    """The network's two training passes behind one forward(), so DistributedDataParallel sees every call."""
+    """The network's two training passes behind one forward(), so DistributedDataParallel sees every call. Stage 2
+    returns the output and the MEFM's global vector ``g`` of the pass (``--camera-aux``'s probe reads it)."""
 
     def __init__(self, net: SITMNet):
         super().__init__()
         self.net = net
 
     def forward(self, stage: int, *pre: torch.Tensor):
-        return self.net.forward_exposure(*pre) if stage == 1 else self.net.forward_train(*pre)
+        if stage == 1:
+            return self.net.forward_exposure(*pre)
+        stats = StatSource()
+        return self.net.forward_train(*pre, stats=stats), stats.values["mefm_g"]
 
 
 class Batch(NamedTuple):
@@ -140,6 +146,7 @@ class Batch(NamedTuple):
     up: torch.Tensor
     down: torch.Tensor
     hdr: torch.Tensor
+    camera: torch.Tensor | None = None  # --camera-aux: the index of each sample's camera family (-100: not one)
 
 
 def _batches(loader: DataLoader, start_epoch: int) -> Iterator[dict[str, Any]]:
@@ -335,6 +342,15 @@ class Trainer:
                      .to(self.device) if cfg.loss.gan else None)
         self.perceptual = VGGPerceptual(cfg.loss.vgg).to(self.device)
         self.criterion = SITMLoss(self.perceptual, cfg.loss.weights())
+        # --camera-aux: a linear probe of g (learned entries and the two exposure gains) -> the recipe's families
+        self.camera_families = tuple((manifest.get("recipe") or {}).get("camera", {}).get("responses") or ())
+        self.camera_probe = None
+        if cfg.loss.camera_aux > 0:
+            if len(self.camera_families) < 2:
+                raise ValueError(f"--camera-aux: {cfg.data.root}'s recipe names {len(self.camera_families)} camera "
+                                 "response families; the probe needs at least two to tell apart")
+            self.camera_probe = torch.nn.Linear(self.net.preset.global_width + 2,
+                                                len(self.camera_families)).to(self.device)
         self.opt_g = torch.optim.Adam(self._param_groups(), lr=cfg.optim.lr, betas=cfg.optim.betas)
         self.opt_d = (torch.optim.Adam(self.disc.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas)
                       if self.disc is not None else None)
@@ -348,6 +364,7 @@ class Trainer:
                 p.requires_grad_(False)
         self.gmodel = d.wrap(_Stages(self.net))
         self.gdisc = d.wrap(self.disc) if self.disc is not None else None
+        self.gprobe = d.wrap(self.camera_probe) if self.camera_probe is not None else None
         self.use_amp = cfg.optim.amp and self.device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
@@ -381,7 +398,10 @@ class Trainer:
             heads.append((self.net.mefm.prior_head, self.cfg.optim.prior_lr_mult))
         extra = [{"params": list(head.parameters()), "lr_mult": mult} for head, mult in heads if mult != 1.0]
         ids = {id(p) for group in extra for p in group["params"]}
-        return [{"params": [p for p in self.net.parameters() if id(p) not in ids], "lr_mult": 1.0}, *extra]
+        groups = [{"params": [p for p in self.net.parameters() if id(p) not in ids], "lr_mult": 1.0}, *extra]
+        if self.camera_probe is not None:  # --camera-aux: the training-only probe, last (at the network's rate)
+            groups.append({"params": list(self.camera_probe.parameters()), "lr_mult": 1.0})
+        return groups
 
     def _restore(self) -> tuple[int, int]:
         """Resume from ``OUT/ckpt`` (its stored config must be of this preset and fusion), or start from
@@ -400,12 +420,15 @@ class Trainer:
         # what the network's shapes and meaning follow, and the optimizer's parameter groups
         for group, key in (("model", "preset"), ("model", "fusion"), ("model", "boost"), ("model", "mefm_context"),
                            ("model", "mefm_global_width"), ("model", "mefm_clip_prior"), ("model", "mefm_shoulder"),
-                           ("optim", "coef_lr_mult"),
-                           ("optim", "prior_lr_mult")):
+                           ("optim", "coef_lr_mult"), ("optim", "prior_lr_mult"), ("loss", "camera_aux")):
             was, now = getattr(getattr(before, group), key), getattr(getattr(cfg, group), key)
             if was != now:
                 raise ValueError(f"{self.run_dir}: the checkpoint's --{key.replace('_', '-')} is {was!r}, not {now!r}")
         self.net.load_state_dict(load_weights(ckpt / "model.safetensors").state_dict())
+        if self.camera_probe is not None:
+            from safetensors.torch import load_file
+
+            self.camera_probe.load_state_dict(load_file(str(ckpt / "camera_probe.safetensors"), device=str(self.device)))
         optim = torch.load(ckpt / "optim.pt", map_location=self.device, weights_only=True)
         self.opt_g.load_state_dict(optim["g"])
         if self.disc is not None and (ckpt / "disc.safetensors").exists():
@@ -437,6 +460,8 @@ class Trainer:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "train_seconds": 0.0,
         }
+        if self.camera_probe is not None:  # the classes of --camera-aux's probe, in its output order
+            card["camera_aux"] = {"families": list(self.camera_families)}
         path = self.run_dir / "card.json"
         if not path.exists():
             return card
@@ -470,15 +495,20 @@ class Trainer:
         ldr, up, down, hdr = (batch[k].to(self.device, non_blocking=True) for k in ("ldr", "up", "down", "hdr"))
         if self.cfg.data.down_label == "input":
             down = input_down_label(ldr, down, batch["ev_down"].to(self.device))
-        return Batch(ldr, up, down, hdr)
+        camera = None
+        if self.camera_probe is not None:
+            index = {kind: i for i, kind in enumerate(self.camera_families)}
+            camera = torch.tensor([index.get(kind, -100) for kind in batch["camera"]], device=self.device)
+        return Batch(ldr, up, down, hdr, camera)
 
     def step(self, batch: Batch) -> dict[str, float]:
         """One step on ``batch``: the generator's loss of the current stage (stage 1: Eq. 12 + the adversarial
         terms on the exposure images; stage 2: Eq. 16) and one update, then one of the discriminator. Returns
         the step's losses (:data:`LOSS_NAMES`)."""
         stage = self.stage
-        for g in self.opt_g.param_groups:
-            g["lr"] = self.cfg.optim.lr_at(self.steps) * g.get("lr_mult", 1.0)
+        for group in self.opt_g.param_groups:
+            group["lr"] = self.cfg.optim.lr_at(self.steps) * group.get("lr_mult", 1.0)
+        camera = None
         pre = ops.pre(batch.ldr, stride=1)
         with self._autocast():
             if stage == 1:  # EAB + AUEM + ADEM on the exposure labels
@@ -492,10 +522,15 @@ class Trainer:
                 hdr = prog.new_zeros(())
                 loss = prog + self.criterion.weights.lambda_gan * gan
             else:  # end to end, Eq. 16
-                out = self.gmodel(2, *pre)
+                out, g = self.gmodel(2, *pre)
                 up, down = out.image_up, out.image_down
                 loss, prog, gan, hdr = self.criterion.generator(out, pre.image, batch.up, batch.down, batch.hdr,
                                                                 self.gdisc, fusion=self.cfg.model.fusion)
+                if self.gprobe is not None:  # the mean over the samples of a known family (0 when none is)
+                    known = (batch.camera >= 0).sum().clamp_min(1)
+                    camera = F.cross_entropy(self.gprobe(g.float()), batch.camera, ignore_index=-100,
+                                             reduction="sum") / known
+                    loss = loss + self.cfg.loss.camera_aux * camera
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt_g)
@@ -509,8 +544,11 @@ class Trainer:
             self.opt_d.step()
             d_loss = float(dl.detach())
         self.steps += 1
-        return {"loss": float(loss.detach()), "prog": float(prog.detach()), "gan": float(gan.detach()),
+        vals = {"loss": float(loss.detach()), "prog": float(prog.detach()), "gan": float(gan.detach()),
                 "hdr": float(hdr.detach()), "d_loss": d_loss}
+        if camera is not None:  # --camera-aux: in the card's losses (the log's columns stay those of LOSS_NAMES)
+            vals["camera"] = float(camera.detach())
+        return vals
 
     def validate(self) -> None:
         """Score ``--val-images`` images of the val split into the card and write their contact sheet (main
@@ -530,6 +568,11 @@ class Trainer:
 
             tensors = {k: v.detach().cpu().contiguous() for k, v in self.disc.state_dict().items()}
             atomic_write(self.ckpt / "disc.safetensors", save(tensors))
+        if self.camera_probe is not None:
+            from safetensors.torch import save
+
+            tensors = {k: v.detach().cpu().contiguous() for k, v in self.camera_probe.state_dict().items()}
+            atomic_write(self.ckpt / "camera_probe.safetensors", save(tensors))
         optim = {"g": self.opt_g.state_dict(), "d": self.opt_d.state_dict() if self.opt_d else None}
         atomic_write(self.ckpt / "optim.pt", lambda f: torch.save(optim, f))
         state = {"step": self.steps, "epoch": self.epoch, "stage": self.cfg.optim.stage(self.steps),

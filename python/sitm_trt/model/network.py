@@ -117,9 +117,13 @@ class SITMNet(nn.Module):
         return self._run(image, image_down, image_up, guide, StatSource(), fusion=False)  # type: ignore[return-value]
 
     def forward_train(
-        self, image: torch.Tensor, image_down: torch.Tensor, image_up: torch.Tensor, guide: torch.Tensor
+        self, image: torch.Tensor, image_down: torch.Tensor, image_up: torch.Tensor, guide: torch.Tensor,
+        stats: StatSource | None = None,
     ) -> SITMTrainOutput:
-        return self._run(image, image_down, image_up, guide, StatSource())  # type: ignore[return-value]
+        """``forward`` plus the Eq. 11 pyramids; ``stats`` (default: a fresh one) records the whole-frame quantities
+        of the pass, with their graphs (the trainer's ``--camera-aux`` reads ``stats.values["mefm_g"]``)."""
+        return self._run(image, image_down, image_up, guide,  # type: ignore[return-value]
+                         StatSource() if stats is None else stats)
 
     def forward(
         self, image: torch.Tensor, image_down: torch.Tensor, image_up: torch.Tensor, guide: torch.Tensor

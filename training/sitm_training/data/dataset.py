@@ -71,6 +71,7 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
 
 def _to_item(
     arrays: dict[str, np.ndarray], ev_up: float | None, ev_down: float | None, source: str, sid: str,
+    camera: str = "",
 ) -> dict[str, Any]:
     item: dict[str, Any] = {k: _tensor(a) for k, a in arrays.items()}
     if ev_up is not None:
@@ -79,6 +80,7 @@ def _to_item(
         item["ev_down"] = torch.tensor(ev_down, dtype=torch.float32)
     item["source"] = source
     item["id"] = sid
+    item["camera"] = camera  # the simulated camera's response family ("" when unknown: pairs, SICE)
     return item
 
 
@@ -106,7 +108,8 @@ class _Augmented(Dataset):
     def _finish(self, index: int, s: Sample, sid: str) -> dict[str, Any]:
         arrays = {"ldr": s.ldr, "up": s.up, "down": s.down, "hdr": s.hdr}
         arrays = augment(arrays, self._rng(index), self.crop, self.augment)
-        return _to_item(arrays, s.ev_up, s.ev_down, s.source, sid)
+        camera = s.meta.get("camera", {}).get("response", {}).get("kind", "")
+        return _to_item(arrays, s.ev_up, s.ev_down, s.source, sid, camera if isinstance(camera, str) else "")
 
 
 class SampleDataset(_Augmented):
