@@ -479,3 +479,5 @@ def test_camera_aux_is_the_probes_cross_entropy_and_travels_with_the_checkpoint(
         train_small(tiny_data, tmp_path / "c", **{**options, "camera_aux": 0.0, "stage2_steps": 4})
     with pytest.raises(ValueError, match="--camera-aux must be >= 0"):
         config(tiny_data, tmp_path / "x", camera_aux=-1.0)
+    _, card = train_small(tiny_data, tmp_path / "p", **{**options, "fusion": "paper", "boost": "down"})
+    assert card["step"] == 2 and card["losses"]["camera"] > 0  # the paper fusion's g has no exposure gains

@@ -342,15 +342,16 @@ class Trainer:
                      .to(self.device) if cfg.loss.gan else None)
         self.perceptual = VGGPerceptual(cfg.loss.vgg).to(self.device)
         self.criterion = SITMLoss(self.perceptual, cfg.loss.weights())
-        # --camera-aux: a linear probe of g (learned entries and the two exposure gains) -> the recipe's families
+        # --camera-aux: a linear probe of g (its learned entries, and the residual fusion's two exposure gains) -> the
+        # recipe's families
         self.camera_families = tuple((manifest.get("recipe") or {}).get("camera", {}).get("responses") or ())
         self.camera_probe = None
         if cfg.loss.camera_aux > 0:
             if len(self.camera_families) < 2:
                 raise ValueError(f"--camera-aux: {cfg.data.root}'s recipe names {len(self.camera_families)} camera "
                                  "response families; the probe needs at least two to tell apart")
-            self.camera_probe = torch.nn.Linear(self.net.preset.global_width + 2,
-                                                len(self.camera_families)).to(self.device)
+            width = self.net.preset.global_width + (2 if self.net.preset.fusion == "residual" else 0)
+            self.camera_probe = torch.nn.Linear(width, len(self.camera_families)).to(self.device)
         self.opt_g = torch.optim.Adam(self._param_groups(), lr=cfg.optim.lr, betas=cfg.optim.betas)
         self.opt_d = (torch.optim.Adam(self.disc.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas)
                       if self.disc is not None else None)
