@@ -464,9 +464,13 @@ def test_camera_aux_is_the_probes_cross_entropy_and_travels_with_the_checkpoint(
         logits = trainer.camera_probe(stats.values["mefm_g"])
         want = F.cross_entropy(logits[:1], want_labels[:1]).item()  # the one known sample's
     probe_before = trainer.camera_probe.weight.detach().clone()
+    fc_before = trainer.net.mefm.glob_fc.weight.detach().clone()
     vals = trainer.step(batch)
     assert vals["camera"] == pytest.approx(want, rel=1e-5) and want > 0
-    assert not torch.equal(trainer.camera_probe.weight, probe_before)  # the probe learns with the network
+    # Adam's first step moves every weight with a gradient by its group's rate: the probe's is 100x the network's
+    probe_step = (trainer.camera_probe.weight - probe_before).abs().max().item()
+    assert probe_step == pytest.approx(100 * 1e-3, rel=1e-3)
+    assert (trainer.net.mefm.glob_fc.weight - fc_before).abs().max().item() == pytest.approx(1e-3, rel=1e-3)
     trainer.batches = iter(trainer.loader)
     trainer.run()
     card = json.loads((tmp_path / "c" / "card.json").read_text())

@@ -186,6 +186,12 @@ def sampling_weights(dataset: SampleDataset, oversample_under: float, oversample
     return weights
 
 
+CAMERA_PROBE_LR_MULT = 100.0
+"""``--camera-aux``: the probe learns at this many times the network's rate. It starts untrained, and a fine-tune's
+rate (5e-5) moves each of its weights by about 0.1 in 2000 steps, so it would stay at chance (cross-entropy ln 5)
+and give ``g`` no target: R33's first 300 steps at the network's rate did (training/LOG.md, "Nineteenth round")."""
+
+
 GLOBAL_BRANCH = ("mefm.glob.", "mefm.glob_fc.", "mefm.shoulder_fc.", "mefm.fuse_global.", "mefm.coef_head.")
 """What ``--mefm-global-width`` widens: the global branch (with the shoulder features' layer into ``g``) and the two
 layers that read ``g``."""
@@ -400,8 +406,8 @@ class Trainer:
         extra = [{"params": list(head.parameters()), "lr_mult": mult} for head, mult in heads if mult != 1.0]
         ids = {id(p) for group in extra for p in group["params"]}
         groups = [{"params": [p for p in self.net.parameters() if id(p) not in ids], "lr_mult": 1.0}, *extra]
-        if self.camera_probe is not None:  # --camera-aux: the training-only probe, last (at the network's rate)
-            groups.append({"params": list(self.camera_probe.parameters()), "lr_mult": 1.0})
+        if self.camera_probe is not None:  # --camera-aux: the training-only probe, last, at its own rate
+            groups.append({"params": list(self.camera_probe.parameters()), "lr_mult": CAMERA_PROBE_LR_MULT})
         return groups
 
     def _restore(self) -> tuple[int, int]:
