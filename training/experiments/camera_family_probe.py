@@ -13,9 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from camera_separability import shoulder  # this folder's probe: the same shoulder features
 from sitm_trt import reference as ops
-from sitm_trt.model.blocks import thumbnail
-from sitm_trt.model.mefm import shoulder_features
 from sitm_trt.model.serialization import load_weights
 from sitm_training.data import load_sample
 
@@ -40,26 +39,38 @@ def fit(x: np.ndarray, y: np.ndarray, test: np.ndarray, classes: int) -> tuple[f
     return ce, float((logits.argmax(1).numpy() == y[test]).mean())
 
 
+def train_samples(root: str, n: int):
+    """``(families, samples)``: the recipe's response families and the first ``n`` train samples of a build (shared
+    with ``camera_local_cues.py``)."""
+    manifest = json.loads((Path(root) / "manifest.json").read_text())
+    records = [r for r in manifest["samples"] if r["split"] == "train"][:n]
+    return manifest["recipe"]["camera"]["responses"], (load_sample(Path(root) / r["file"]) for r in records)
+
+
+def held_out_sources(sources: np.ndarray) -> np.ndarray:
+    """The test mask: the samples of a fixed quarter of the sources (seed 0)."""
+    names = np.unique(sources)
+    held = set(np.random.default_rng(0).choice(names, len(names) // 4, replace=False))
+    return np.array([s in held for s in sources])
+
+
 def main(root: str, weights: str, n: int = 600) -> None:
     torch.set_num_threads(1)
     net = load_weights(weights).eval()
-    manifest = json.loads((Path(root) / "manifest.json").read_text())
-    families = manifest["recipe"]["camera"]["responses"]
+    families, samples = train_samples(root, n)
     g, sh, y, sources = [], [], [], []
-    for r in [r for r in manifest["samples"] if r["split"] == "train"][:n]:
-        s = load_sample(Path(root) / r["file"])
-        x = torch.from_numpy(np.ascontiguousarray(s.ldr))
+    for s in samples:
         with torch.no_grad():
+            x = torch.from_numpy(np.ascontiguousarray(s.ldr))
             g.append(net.global_state(*ops.pre(x, stride=net.stride)).mefm_g[0].numpy())
-            sh.append(shoulder_features(thumbnail(x.permute(2, 0, 1)[None].float() / 255.0, 256))[0].numpy())
+        sh.append(shoulder(s.ldr))
         y.append(families.index(s.meta["camera"]["response"]["kind"]))
         sources.append(s.source)
     g, sh, y, sources = np.array(g), np.array(sh), np.array(y), np.array(sources)
-    names = np.unique(sources)
-    held = set(np.random.default_rng(0).choice(names, len(names) // 4, replace=False))
-    test = np.array([s in held for s in sources])
+    test = held_out_sources(sources)
+    held = np.unique(sources[test])
     print(f"{len(y)} samples ({np.bincount(y, minlength=len(families)).tolist()} per family of {families}), "
-          f"{len(held)} of {len(names)} sources held out ({int(test.sum())} samples); chance: cross-entropy "
+          f"{len(held)} of {len(np.unique(sources))} sources held out ({int(test.sum())} samples); chance: cross-entropy "
           f"{np.log(len(families)):.3f}, the held-out majority family's share {np.bincount(y[test]).max() / test.sum():.3f}")
     for name, feats in (("g", g), ("shoulder features", sh), ("g and shoulder features", np.hstack([g, sh]))):
         ce, acc = fit(feats, y, test, len(families))

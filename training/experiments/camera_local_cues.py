@@ -8,20 +8,14 @@ against ``aces`` on the paired real views, leave one scene out), beside the shou
 round (training/LOG.md).
 
 ``python training/experiments/camera_local_cues.py data/sitm256h data/heldout-aces/val [N]``"""
-import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from camera_family_probe import fit
-from camera_separability import loso_accuracy
-from sitm_trt.model.blocks import thumbnail
-from sitm_trt.model.mefm import shoulder_features
-from sitm_training.data import load_sample
-from sitm_training.diagnose import _scene_and_camera
+from camera_family_probe import fit, held_out_sources, train_samples
+from camera_separability import loso_accuracy, paired_views, shoulder
 
 EDGES = np.linspace(0.0, 0.96, 9)
 
@@ -46,39 +40,26 @@ def local_cues(ldr: np.ndarray) -> np.ndarray:
     return np.concatenate(out)
 
 
-def shoulder(ldr: np.ndarray) -> np.ndarray:
-    x = torch.from_numpy(np.ascontiguousarray(ldr)).permute(2, 0, 1)[None].float() / 255.0
-    return shoulder_features(thumbnail(x, 256))[0].numpy()
-
-
 def main(train_root: str, paired: str, n: int = 600) -> None:
-    manifest = json.loads((Path(train_root) / "manifest.json").read_text())
-    families = manifest["recipe"]["camera"]["responses"]
+    families, samples = train_samples(train_root, n)
     cues, sh, y, sources = [], [], [], []
-    for r in [r for r in manifest["samples"] if r["split"] == "train"][:n]:
-        s = load_sample(Path(train_root) / r["file"])
+    for s in samples:
         cues.append(local_cues(s.ldr))
         sh.append(shoulder(s.ldr))
         y.append(families.index(s.meta["camera"]["response"]["kind"]))
         sources.append(s.source)
     cues, sh, y, sources = np.array(cues), np.array(sh), np.array(y), np.array(sources)
-    names = np.unique(sources)
-    held = set(np.random.default_rng(0).choice(names, len(names) // 4, replace=False))
-    test = np.array([s in held for s in sources])
+    test = held_out_sources(sources)
     print(f"five families ({families}), {len(y)} train samples, {int(test.sum())} of held-out sources; "
           f"chance cross-entropy {np.log(len(families)):.3f}")
     for name, feats in (("local cues", cues), ("shoulder features", sh), ("both", np.hstack([cues, sh]))):
         ce, acc = fit(feats, y, test, len(families))
         print(f"  {name}: cross-entropy {ce:.3f}, accuracy {acc:.3f}")
     pc, ps, py, pscenes = [], [], [], []
-    for f in sorted(Path(paired).glob("*.npz")):
-        s = load_sample(f)
-        cam = _scene_and_camera(s)[1]
-        if cam not in ("srgb", "aces"):
-            continue
+    for s, is_aces in paired_views(paired):
         pc.append(local_cues(s.ldr))
         ps.append(shoulder(s.ldr))
-        py.append(cam == "aces")
+        py.append(is_aces)
         pscenes.append(s.source)
     pc, ps, py, pscenes = np.array(pc), np.array(ps), np.array(py, float), np.array(pscenes)
     print(f"sRGB against aces, {len(py)} paired views, leave one scene out (0.5 is chance):")

@@ -54,20 +54,32 @@ def loso_accuracy(x: np.ndarray, y: np.ndarray, scenes: np.ndarray, l2: float = 
     return float(np.mean(acc))
 
 
+def shoulder(ldr: np.ndarray) -> np.ndarray:
+    """The six shoulder features of ``Preset.mefm_shoulder`` of an 8-bit ``(H, W, 3)`` input, on the model's
+    256x256 thumbnail (shared with the other camera probes)."""
+    x = torch.from_numpy(np.ascontiguousarray(ldr)).permute(2, 0, 1)[None].float() / 255.0
+    return shoulder_features(thumbnail(x, 256))[0].numpy()
+
+
+def paired_views(samples: str):
+    """The views of a ``--holdout-response aces`` val split shot through sRGB or ``aces``: ``(sample, is_aces)``
+    (shared with ``camera_local_cues.py``)."""
+    for f in sorted(Path(samples).glob("*.npz")):
+        s = load_sample(f)
+        cam = _scene_and_camera(s)[1]
+        if cam in ("srgb", "aces"):
+            yield s, cam == "aces"
+
+
 def main(samples: str, weights: str | None = None) -> None:
     net = load_weights(weights).eval() if weights else None
     if net is not None and net.preset.fusion != "residual":
         sys.exit(f"{weights}: needs residual-fusion weights (their g carries the two exposure gains)")
     feats, shoulders, gs, ys, scenes = [], [], [], [], []
-    for f in sorted(Path(samples).glob("*.npz")):
-        s = load_sample(f)
-        cam = _scene_and_camera(s)[1]
-        if cam not in ("srgb", "aces"):
-            continue
+    for s, is_aces in paired_views(samples):
         feats.append(histograms(s.ldr))
-        x = torch.from_numpy(np.ascontiguousarray(s.ldr)).permute(2, 0, 1)[None].float() / 255.0
-        shoulders.append(shoulder_features(thumbnail(x, 256))[0].numpy())
-        ys.append(cam == "aces")
+        shoulders.append(shoulder(s.ldr))
+        ys.append(is_aces)
         scenes.append(s.source)
         if net is not None:
             with torch.no_grad():

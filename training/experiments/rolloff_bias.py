@@ -14,7 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from band_bias import aligned_views  # this folder's probe: the same samples, methods and alignment
+from band_bias import aligned_views  # this folder's probes: the same samples, methods and alignment
+from region_bias import clipped_regions, mean_log2_ratio, table
 
 CLASSES = ((0.0, 0.6), (0.6, 0.75), (0.75, 0.85), (0.85, 0.92), (0.92, 1.01))  # the ring's mean max RGB
 MIN_PIXELS = 16
@@ -26,36 +27,24 @@ def main(samples: Path, specs: list[str]) -> str:
     need: dict[tuple, list[float]] = {}
     bias: dict[tuple, list[float]] = {}
     kernel = np.ones((2 * RING + 1, 2 * RING + 1), np.uint8)
-    for x, camera, yg, ys in views:
-        mx = x.max(axis=2)
-        n_reg, labels = cv2.connectedComponents((mx >= 0.99).astype(np.uint8), connectivity=8)
-        for r in range(1, n_reg):
-            m = labels == r
-            if m.sum() < MIN_PIXELS:
-                continue
-            ring = (cv2.dilate(m.astype(np.uint8), kernel) > 0) & (mx < 0.99)
-            if ring.sum() < MIN_PIXELS:  # a region that fills the frame's edge has no ring to read
-                continue
-            level = float(mx[ring].mean())
-            k = next(i for i, (lo, hi) in enumerate(CLASSES) if lo <= level < hi)
-            truth = np.log2(np.maximum(yg[m], 1e-9))
-            need.setdefault((camera, k), []).append(float(np.mean(truth - np.log2(np.maximum(ys["linear"][m], 1e-9)))))
-            for n in names:
-                bias.setdefault((camera, k, n), []).append(float(np.mean(np.log2(np.maximum(ys[n][m], 1e-9)) - truth)))
+    for camera, m, mx, yg, ys in clipped_regions(views, MIN_PIXELS):
+        ring = (cv2.dilate(m.astype(np.uint8), kernel) > 0) & (mx < 0.99)
+        if ring.sum() < MIN_PIXELS:  # a region that fills the frame's edge has no ring to read
+            continue
+        level = float(mx[ring].mean())
+        k = next(i for i, (lo, hi) in enumerate(CLASSES) if lo <= level < hi)
+        need.setdefault((camera, k), []).append(mean_log2_ratio(yg, ys["linear"], m))
+        for n in names:
+            bias.setdefault((camera, k, n), []).append(mean_log2_ratio(ys[n], yg, m))
     lines = []
     for camera in sorted({c for c, _ in need}):
-        lines += [f"\n{camera}: per clipped region by its ring's mean max RGB: regions, mean log2(truth / linear), "
-                  "and mean log2(result / truth) per method", "",
-                  "| ring level | regions | truth above linear | " + " | ".join(names) + " |",
-                  "| --- | ---: | ---: |" + " ---: |" * len(names)]
-        for k, (lo, hi) in enumerate(CLASSES):
-            if (camera, k) not in need:
-                continue
-            row = [f"{lo:g}-{min(hi, 1):g}", str(len(need[(camera, k)])), f"{np.mean(need[(camera, k)]):+.2f}"]
-            row += [f"{np.mean(bias[(camera, k, n)]):+.2f}" for n in names]
-            lines.append("| " + " | ".join(row) + " |")
+        rows = [[f"{lo:g}-{min(hi, 1):g}", str(len(need[(camera, k)])), f"{np.mean(need[(camera, k)]):+.2f}"]
+                + [f"{np.mean(bias[(camera, k, n)]):+.2f}" for n in names]
+                for k, (lo, hi) in enumerate(CLASSES) if (camera, k) in need]
+        lines += table(f"{camera}: per clipped region by its ring's mean max RGB: regions, mean log2(truth / linear), "
+                       "and mean log2(result / truth) per method", ["ring level", "regions", "truth above linear",
+                                                                    *names], rows)
     return "\n".join(lines)
-
 
 if __name__ == "__main__":
     if len(sys.argv) < 2:
