@@ -19,6 +19,7 @@ from typing import Any
 
 from sitm_trt.model import Preset, get_preset
 
+from .data.camera import RESPONSE_KINDS
 from .losses import CLIP_NORMS, DOWN_LABELS, LossWeights
 
 __all__ = ["DataConfig", "ModelConfig", "OptimConfig", "LossConfig", "RunConfig", "TrainConfig", "REMOVED_OPTIONS",
@@ -103,10 +104,12 @@ class LossConfig:
     hdr_align: bool = False  # the PU21 terms compare after the evaluation's scale alignment (losses.align_scale_torch)
     hdr_clip_norm: str = "l1"  # the --hdr-clip term per image: "l1" or "l2" (losses.pu21_clipped_loss)
     camera_aux: float = 0.0  # weight of the auxiliary loss: a linear probe of the MEFM's g names the camera family
+    hdr_clip_ring: float = 1.0  # the --hdr-clip term's weight on bright-ringed regions of S-curve samples (1: off)
+    hdr_clip_ring_families: tuple = ("filmic", "hable")  # the camera families --hdr-clip-ring treats as S-curves
 
     def weights(self) -> LossWeights:
         return LossWeights(lambda_pu21=self.hdr_pu21, lambda_clip=self.hdr_clip, align=self.hdr_align,
-                           clip_norm=self.hdr_clip_norm)
+                           clip_norm=self.hdr_clip_norm, clip_ring=self.hdr_clip_ring)
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,14 @@ class TrainConfig:
             raise ValueError(f"--coef-lr-mult must be > 0, got {self.optim.coef_lr_mult}")
         if not (self.loss.camera_aux >= 0 and math.isfinite(self.loss.camera_aux)):
             raise ValueError(f"--camera-aux must be >= 0, got {self.loss.camera_aux}")
+        if not (self.loss.hdr_clip_ring >= 0 and math.isfinite(self.loss.hdr_clip_ring)):
+            raise ValueError(f"--hdr-clip-ring must be >= 0, got {self.loss.hdr_clip_ring}")
+        if self.loss.hdr_clip_ring != 1.0 and not self.loss.hdr_clip > 0:
+            raise ValueError("--hdr-clip-ring weighs the --hdr-clip term: set --hdr-clip too")
+        unknown = sorted(set(self.loss.hdr_clip_ring_families) - set(RESPONSE_KINDS))
+        if unknown or not self.loss.hdr_clip_ring_families:
+            raise ValueError(f"--hdr-clip-ring-families must name camera families of {RESPONSE_KINDS}, got "
+                             f"{','.join(self.loss.hdr_clip_ring_families)!r}")
         if not (self.optim.prior_lr_mult > 0 and math.isfinite(self.optim.prior_lr_mult)):
             raise ValueError(f"--prior-lr-mult must be > 0, got {self.optim.prior_lr_mult}")
         if self.run.max_seconds is not None and not self.run.max_seconds > 0:
@@ -227,6 +238,11 @@ def stored_config(options: Mapping[str, Any], where: str) -> TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------- command line
+
+
+def _families(text: str) -> tuple[str, ...]:
+    """``--hdr-clip-ring-families``' comma-separated names (checked by :class:`TrainConfig`)."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def _parser(description: str | None) -> argparse.ArgumentParser:
@@ -286,6 +302,14 @@ def _parser(description: str | None) -> argparse.ArgumentParser:
                         "each training sample's camera response family (from the data's recipe), so that g learns to "
                         "tell the camera and the gains can depend on it; the probe is training-only (saved in the "
                         "checkpoint, not in the weights). Default 0: off")
+    p.add_argument("--hdr-clip-ring", type=float, default=_default("hdr_clip_ring"), metavar="W",
+                   help="the --hdr-clip term counts W times on the clipped regions ringed by nearly clipped pixels "
+                        "(mean max RGB >= 0.85 within 4 pixels: a sky or window that only just clips) of samples whose "
+                        "camera has a shoulder (--hdr-clip-ring-families): there the truth lies far above the input "
+                        "through an S-curve and barely above it through sRGB, and a model that cannot tell the camera "
+                        "learns the mix (training/LOG.md, nineteenth round). Default 1: off")
+    p.add_argument("--hdr-clip-ring-families", type=_families, default=_default("hdr_clip_ring_families"),
+                   metavar="A,B", help="the camera response families --hdr-clip-ring weighs (default filmic,hable)")
     p.add_argument("--hdr-align", action="store_true",
                    help="the PU21 terms (--hdr-pu21/--hdr-clip) compare after scaling H like the evaluation does "
                         "(median log-ratio over well-exposed pixels, no gradient); Eq. 15 stays absolute")

@@ -317,17 +317,95 @@ def _l1_term(e: torch.Tensor) -> torch.Tensor:
 CLIP_NORMS = ("l1", "l2")
 
 
-def _clipped_term(e: torch.Tensor, image: torch.Tensor, norm: str = "l1") -> torch.Tensor:
+def _clipped_term(e: torch.Tensor, image: torch.Tensor, norm: str = "l1",
+                  scale: torch.Tensor | None = None) -> torch.Tensor:
     """Per image the ``over(I)``-weighted mean of ``|e|`` (``"l1"``) or of ``e^2`` (``"l2"``), each first averaged
-    over RGB; then the mean over the images that have any over-exposed pixel."""
+    over RGB; then the mean over the images that have any over-exposed pixel.
+
+    ``scale`` (``(N, 1, H, W)``, optional): each pixel's error counts ``scale`` times, but the per-image mean still
+    divides by the sum of ``over(I)``, so a pixel scaled by 0 leaves the image's other clipped pixels their weight
+    instead of handing its share to them (``--hdr-clip-ring``)."""
     if norm not in CLIP_NORMS:
         raise ValueError(f"clipped-term norm must be one of {CLIP_NORMS}, got {norm!r}")
     w = over_exposure_mask(image)
     per_w = w.sum(dim=(1, 2, 3))
     has = per_w > 0
     err = e.abs() if norm == "l1" else e.square()
+    if scale is not None:
+        w = w * scale
     per_image = (w * err.mean(dim=1, keepdim=True)).sum(dim=(1, 2, 3)) / per_w.clamp_min(1e-12)
     return (per_image * has).sum() / has.sum().clamp_min(1)
+
+
+RING_CLIP = 0.99  # a pixel is clipped from this max RGB up (training/experiments/rolloff_bias.py's regions)
+RING_WIDTH = 4  # a region's ring: its non-clipped pixels at most this many pixels away (Chebyshev distance)
+RING_MIN_PIXELS = 16  # regions, and rings, of fewer pixels are left unclassed (rolloff_bias.py)
+RING_BRIGHT = 0.85  # a region is bright-ringed when its ring's mean max RGB is at least this (LOG, nineteenth round)
+
+
+def bright_ring_regions(image: torch.Tensor, bright: float = RING_BRIGHT) -> torch.Tensor:
+    """``(N, 1, H, W)`` bool: the pixels of each 8-connected region of clipped pixels (max RGB >= :data:`RING_CLIP`)
+    whose ring (its non-clipped pixels within :data:`RING_WIDTH` pixels) has a mean max RGB of at least ``bright``;
+    regions or rings of fewer than :data:`RING_MIN_PIXELS` pixels are never marked. The region classes of
+    ``training/experiments/rolloff_bias.py`` (cv2 there), on the device and without a gradient: a smooth region
+    that only just clips (a sky, a window) is ringed by nearly clipped pixels, a lamp by darker ones.
+
+    Regions are labelled by spreading the largest pixel index through each region (3x3 max-pooling, then pointer
+    jumping: a pixel takes the label of the pixel its label names, which lies in the same region and holds at least
+    that label) until nothing changes. A non-clipped pixel adds its max RGB once to every region in its
+    ``(2 RING_WIDTH + 1)^2`` window: read from the window's largest and smallest labels where those are all it
+    holds, and from its sorted labels in the few windows that reach two regions or more."""
+    _ = over_exposure_mask(image)  # the input checks
+    with torch.no_grad():
+        mx = image.detach().float().amax(dim=1, keepdim=True)
+        n, _, h, w = mx.shape
+        clip = mx >= RING_CLIP
+        dtype = torch.float32 if n * h * w < 2**24 else torch.float64  # pixel indices exactly representable
+        index = torch.arange(1, n * h * w + 1, device=mx.device, dtype=dtype).view(n, 1, h, w)
+        label = torch.where(clip, index, torch.zeros_like(index))
+        for _ in range(h * w):  # a sweep spreads each label by at least a pixel; the jumps make it far faster
+            grown = torch.where(clip, F.max_pool2d(label, 3, stride=1, padding=1), label)
+            for _ in range(2):
+                grown = torch.where(clip, grown.flatten()[(grown.flatten().long() - 1).clamp_min(0)].view_as(grown),
+                                    grown)
+            if torch.equal(grown, label):
+                break
+            label = grown
+        k, r = 2 * RING_WIDTH + 1, RING_WIDTH
+        top = F.max_pool2d(label, k, stride=1, padding=r)
+        low = -F.max_pool2d(torch.where(clip, -label, torch.full_like(label, -float("inf"))), k, stride=1, padding=r)
+        ring = ~clip & (top > 0)
+        size = n * h * w + 1
+        ring_sum = torch.zeros(size, device=mx.device, dtype=torch.float64)
+        ring_n = torch.zeros(size, device=mx.device, dtype=torch.float64)
+
+        def add(slots: torch.Tensor, values: torch.Tensor) -> None:
+            ring_sum.index_add_(0, slots.long(), values.double())
+            ring_n.index_add_(0, slots.long(), torch.ones_like(slots, dtype=torch.float64))
+
+        add(top[ring], mx[ring])
+        two = ring & (low < top)
+        add(low[two], mx[two])
+        many = two[:, 0]  # windows that reach two regions may reach more: read them whole for labels between
+        if many.any():
+            near = F.unfold(label, k, padding=r).view(n, k * k, h, w).permute(0, 2, 3, 1)[many]
+            near = near.sort(dim=1).values
+            inner = torch.ones_like(near, dtype=torch.bool)
+            inner[:, 1:] = near[:, 1:] != near[:, :-1]  # each label once
+            inner &= (near > low[:, 0][many][:, None]) & (near < top[:, 0][many][:, None])
+            add(near[inner], mx[:, 0][many][:, None].expand_as(near)[inner])
+        region_n = torch.zeros(size, device=mx.device, dtype=torch.float64)
+        region_n.index_add_(0, label[clip].long(), torch.ones(int(clip.sum()), device=mx.device, dtype=torch.float64))
+        marked = (ring_n >= RING_MIN_PIXELS) & (region_n >= RING_MIN_PIXELS) & (ring_sum >= bright * ring_n)
+        marked[0] = False
+        return marked[label.long()] & clip
+
+
+def ring_scale(image: torch.Tensor, s_curve: torch.Tensor, weight: float) -> torch.Tensor:
+    """``--hdr-clip-ring W``'s per-pixel scale of the clipped term: ``W`` on the :func:`bright_ring_regions` of
+    the samples whose camera has a shoulder (``s_curve``, ``(N,)`` bool), 1 everywhere else."""
+    marked = bright_ring_regions(image) & s_curve.view(-1, 1, 1, 1).to(image.device)
+    return torch.where(marked, torch.full_like(image[:, :1], weight), torch.ones_like(image[:, :1]))
 
 
 def pu21_hdr_loss(hdr: torch.Tensor, target: torch.Tensor, white: float = 100.0, peak: float = 4000.0) -> torch.Tensor:
@@ -418,6 +496,7 @@ class LossWeights:
     lambda_clip: float = 0.0  # our addition (pu21_clipped_loss); 0 = Eq. 16 as published
     align: bool = False  # the PU21 terms see H scaled by align_scale_torch (the evaluation's alignment); Eq. 15 does not
     clip_norm: str = "l1"  # the lambda_clip term per image: "l1" (mean |e|) or "l2" (mean e^2); _clipped_term
+    clip_ring: float = 1.0  # the lambda_clip term's weight on S-curve samples' bright-ringed regions (ring_scale)
 
 
 class GeneratorLoss(NamedTuple):
@@ -455,10 +534,14 @@ class SITMLoss(nn.Module):
         gt_hdr: torch.Tensor,
         disc: MaskAwareDiscriminator | None = None,
         fusion: str = "paper",
+        s_curve: torch.Tensor | None = None,
     ) -> GeneratorLoss:
         """``out``: a ``SITMTrainOutput``; ``image`` the network's input ``I``; ground truths at its size;
-        ``fusion`` the network's (``ops.post``)."""
+        ``fusion`` the network's (``ops.post``); ``s_curve`` (``(N,)`` bool) which samples' cameras have a shoulder,
+        needed when ``clip_ring`` is not 1."""
         w = self.weights
+        if w.lambda_clip and w.clip_ring != 1.0 and s_curve is None:
+            raise ValueError("SITMLoss: clip_ring needs s_curve, which samples' cameras have a shoulder")
         prog = self.exposure(out.pyramid_up, out.pyramid_down, gt_up, gt_down)
         hdr = ops.post(out.masks, image, out.image_up, out.image_down, out.coef, fusion=fusion)
         l_h = hdr_loss(hdr, gt_hdr, w.mu)
@@ -467,7 +550,8 @@ class SITMLoss(nn.Module):
             if w.lambda_pu21:
                 l_h = l_h + w.lambda_pu21 * _l1_term(e)
             if w.lambda_clip:
-                l_h = l_h + w.lambda_clip * _clipped_term(e, image, w.clip_norm)
+                scale = ring_scale(image, s_curve, w.clip_ring) if w.clip_ring != 1.0 else None
+                l_h = l_h + w.lambda_clip * _clipped_term(e, image, w.clip_norm, scale)
         gan = prog.new_zeros(())
         if disc is not None:
             gan = mask_aware_g_loss(disc, out.image_up, gt_up, under_exposure_mask(image)) + mask_aware_g_loss(

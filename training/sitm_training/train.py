@@ -147,6 +147,7 @@ class Batch(NamedTuple):
     down: torch.Tensor
     hdr: torch.Tensor
     camera: torch.Tensor | None = None  # --camera-aux: the index of each sample's camera family (-100: not one)
+    s_curve: torch.Tensor | None = None  # --hdr-clip-ring: whether each sample's camera has a shoulder
 
 
 def _batches(loader: DataLoader, start_epoch: int) -> Iterator[dict[str, Any]]:
@@ -358,6 +359,10 @@ class Trainer:
                                  "response families; the probe needs at least two to tell apart")
             width = self.net.preset.global_width + (2 if self.net.preset.fusion == "residual" else 0)
             self.camera_probe = torch.nn.Linear(width, len(self.camera_families)).to(self.device)
+        if cfg.loss.hdr_clip_ring != 1.0 and not set(cfg.loss.hdr_clip_ring_families) & set(self.camera_families):
+            raise ValueError(f"--hdr-clip-ring: {cfg.data.root}'s recipe has none of the camera families "
+                             f"{', '.join(cfg.loss.hdr_clip_ring_families)} (it has "
+                             f"{', '.join(self.camera_families) or 'none'}), so the option would change nothing")
         self.opt_g = torch.optim.Adam(self._param_groups(), lr=cfg.optim.lr, betas=cfg.optim.betas)
         self.opt_d = (torch.optim.Adam(self.disc.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas)
                       if self.disc is not None else None)
@@ -506,7 +511,11 @@ class Trainer:
         if self.camera_probe is not None:
             index = {kind: i for i, kind in enumerate(self.camera_families)}
             camera = torch.tensor([index.get(kind, -100) for kind in batch["camera"]], device=self.device)
-        return Batch(ldr, up, down, hdr, camera)
+        s_curve = None
+        if self.cfg.loss.hdr_clip_ring != 1.0:
+            s_curve = torch.tensor([kind in self.cfg.loss.hdr_clip_ring_families for kind in batch["camera"]],
+                                   device=self.device)
+        return Batch(ldr, up, down, hdr, camera, s_curve)
 
     def step(self, batch: Batch) -> dict[str, float]:
         """One step on ``batch``: the generator's loss of the current stage (stage 1: Eq. 12 + the adversarial
@@ -532,7 +541,8 @@ class Trainer:
                 out, g = self.gmodel(2, *pre)
                 up, down = out.image_up, out.image_down
                 loss, prog, gan, hdr = self.criterion.generator(out, pre.image, batch.up, batch.down, batch.hdr,
-                                                                self.gdisc, fusion=self.cfg.model.fusion)
+                                                                self.gdisc, fusion=self.cfg.model.fusion,
+                                                                s_curve=batch.s_curve)
                 if self.gprobe is not None:  # the mean over the samples of a known family (0 when none is)
                     known = (batch.camera >= 0).sum().clamp_min(1)
                     camera = F.cross_entropy(self.gprobe(g.float()), batch.camera, ignore_index=-100,
