@@ -151,7 +151,7 @@ def test_hdr_loss_is_mu_law_l1():
     expected = np.abs(tau(h.double().numpy()) - tau(g.double().numpy())).mean()
     assert hdr_loss(h, g).item() == pytest.approx(expected, rel=1e-5)
     assert LossWeights() == LossWeights(lambda_per=0.5, lambda_gan=0.1, lambda_h=1.0, mu=5000.0, lambda_pu21=0.0,
-                                        lambda_clip=0.0, align=False, clip_norm="l1")
+                                        lambda_clip=0.0, align=False, clip_norm="l1", clip_ring=1.0)
 
 
 def test_pu21_clipped_loss_averages_the_over_exposed_pixels_per_image():
@@ -406,3 +406,117 @@ def test_input_down_label_is_the_input_moved_by_the_ev_below_the_highlights():
     np.testing.assert_array_equal(got[1, :, 3, :], down[1, :, 3, :].numpy())
     np.testing.assert_allclose(got[1, :, 2, 4], 0.5 * want[1, :, 2, 4] + 0.5 * down[1, :, 2, 4].numpy(), atol=2e-6)
     assert got[0, :, 0, 0].tolist() == [0.0, 0.0, 0.0]
+
+
+def _ring_reference(image: np.ndarray, bright: float = 0.85) -> np.ndarray:
+    """rolloff_bias.py's region classes with OpenCV: per image each 8-connected region of pixels with max RGB >= 0.99
+    whose ring (dilated by a 9x9 square, minus clipped pixels) has a mean max RGB >= ``bright``; regions and rings
+    of at least 16 pixels."""
+    import cv2
+
+    out = np.zeros((image.shape[0], *image.shape[2:]), bool)
+    for i, x in enumerate(image):
+        mx = x.max(axis=0)
+        n, labels = cv2.connectedComponents((mx >= 0.99).astype(np.uint8), connectivity=8)
+        for r in range(1, n):
+            m = labels == r
+            ring = (cv2.dilate(m.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0) & (mx < 0.99)
+            if m.sum() >= 16 and ring.sum() >= 16 and mx[ring].mean() >= bright:
+                out[i] |= m
+    return out
+
+
+def test_bright_ring_regions_match_the_probes_opencv_classes():
+    import cv2
+
+    from sitm_training.losses import bright_ring_regions
+
+    rng = np.random.default_rng(5)
+    field = rng.random((64, 96, 6)).astype(np.float32)
+    field = cv2.GaussianBlur(field, (0, 0), 4).transpose(2, 0, 1)  # smooth blobs, some of which clip
+    field = (field - field.min()) / (field.max() - field.min())
+    image = np.clip(field[:, None] * np.array([1.7, 1.65, 1.6])[None, :, None, None]
+                    + rng.normal(0, 0.04, (6, 3, 64, 96)), 0, 1).astype(np.float32)
+    got = bright_ring_regions(torch.from_numpy(image))
+    want = _ring_reference(image)
+    assert got.shape == (6, 1, 64, 96) and got.dtype == torch.bool
+    assert 0 < want.sum() < (image.max(axis=1) >= 0.99).sum()  # some clipped regions marked, not all
+    assert np.array_equal(got[:, 0].numpy(), want)
+    for bright in (0.6, 0.8):  # the threshold moves regions between the classes, as in the reference
+        assert np.array_equal(bright_ring_regions(torch.from_numpy(image), bright)[:, 0].numpy(),
+                              _ring_reference(image, bright))
+
+
+def test_bright_ring_regions_by_hand():
+    from sitm_training.losses import bright_ring_regions
+
+    image = torch.full((1, 3, 40, 40), 0.9)
+    image[..., 2:7, 2:7] = 1.0  # 25 px ringed by 0.9: marked
+    image[..., 2:7, 30:35] = 1.0  # 25 px ringed by 0.3: not marked
+    image[..., 0:11, 26:39] = torch.where(image[..., 0:11, 26:39] == 1.0, 1.0, 0.3)
+    image[..., 20:23, 20:23] = 1.0  # 9 px, too small: never marked
+    # three regions within 4 px of one ring pixel (the window read whole): A and B dark-ringed, C bright
+    image[..., 30:40, 0:12] = 0.2
+    image[..., 30:34, 0:4] = 1.0  # A: 16 px
+    image[..., 30:34, 8:12] = 1.0  # B: 16 px
+    image[..., 36:40, 4:8] = 1.0  # C: 16 px, but its ring is mostly the dark patch
+    got = bright_ring_regions(image)[0, 0]
+    assert got[2:7, 2:7].all() and not got[2:7, 30:35].any() and not got[20:23, 20:23].any()
+    assert not got[30:40, 0:12].any()
+    assert int(got.sum()) == 25
+    assert np.array_equal(got.numpy(), _ring_reference(image.numpy())[0])
+    # three bands whose every ring pixel lies within 4 px of all three: the middle band's label is neither its
+    # windows' largest nor smallest, and its whole ring (24 px at 0.98) is read from the sorted windows
+    bands = torch.full((1, 3, 12, 12), 0.98)
+    bands[..., 0:4, :] = bands[..., 5:7, :] = bands[..., 8:12, :] = 1.0
+    assert bright_ring_regions(bands)[0, 0].sum() == 12 * 10
+    assert np.array_equal(bright_ring_regions(bands)[0, 0].numpy(), _ring_reference(bands.numpy())[0])
+    # a region that fills the frame has no ring: unmarked
+    assert not bright_ring_regions(torch.ones(1, 3, 8, 8)).any()
+    with pytest.raises(ValueError):
+        bright_ring_regions(torch.ones(3, 8, 8))
+
+
+def test_clip_ring_scales_the_clipped_term_of_s_curve_samples_bright_regions_only():
+    from sitm_training.losses import _clipped_term, ring_scale
+
+    image = torch.full((2, 3, 24, 24), 0.9)
+    image[..., 2:8, 2:8] = 1.0  # bright-ringed, 36 px
+    image[..., 14:24, 14:24] = 0.3
+    image[..., 16:22, 16:22] = 1.0  # dark-ringed, 36 px
+    e = torch.zeros(2, 3, 24, 24)
+    e[..., 2:8, 2:8] = 0.4
+    e[..., 16:22, 16:22] = 0.1
+    s_curve = torch.tensor([True, False])
+    scale = ring_scale(image, s_curve, 0.25)
+    assert scale[0, 0, 2:8, 2:8].eq(0.25).all() and scale[0].sum() == 24 * 24 - 36 * 0.75
+    assert scale[1].eq(1).all()  # the other camera: untouched
+    # by hand: each image divides by its 72 fully over-exposed pixels (and the 0.9 ring's none: tau 0.95)
+    first = (36 * 0.25 * 0.4 + 36 * 0.1) / 72
+    second = (36 * 0.4 + 36 * 0.1) / 72
+    assert _clipped_term(e, image, "l1", scale).item() == pytest.approx((first + second) / 2, rel=1e-6)
+    assert _clipped_term(e, image, "l1").item() == pytest.approx(second, rel=1e-6)
+
+
+def test_generator_weighs_the_clipped_term_by_the_ring():
+    torch.manual_seed(0)
+    net = SITMNet(TINY)
+    image = rand(2, 3, 32, 32, seed=11) * 0.2 + 0.75  # bright everywhere: clipped blobs with bright rings
+    image[:, :, 4:12, 4:12] = 1.0
+    out = net.forward_train(*ops.pre(image))
+    gt = [rand(2, 3, 32, 32, seed=s) for s in (12, 13)] + [rand(2, 3, 32, 32, seed=14) * 3]
+    hdr = ops.post(out.masks, image, out.image_up, out.image_down, out.coef)
+    base = SITMLoss(None).generator(out, image, *gt).hdr.item()
+    clipped = pu21_clipped_loss(hdr, gt[2], image).item()
+    from sitm_training.losses import _clipped_term, pu21_error, ring_scale
+
+    s_curve = torch.tensor([True, False])
+    for ring in (0.0, 0.5):
+        got = SITMLoss(None, LossWeights(lambda_clip=2.0, clip_ring=ring)).generator(out, image, *gt, s_curve=s_curve)
+        want = _clipped_term(pu21_error(hdr, gt[2]), image, "l1", ring_scale(image, s_curve, ring)).item()
+        assert want < clipped  # the S-curve sample's bright-ringed block lost weight
+        assert got.hdr.item() == pytest.approx(base + 2.0 * want, rel=1e-5)
+    same = SITMLoss(None, LossWeights(lambda_clip=2.0)).generator(out, image, *gt, s_curve=s_curve).hdr.item()
+    assert same == pytest.approx(base + 2.0 * clipped, rel=1e-5)  # clip_ring 1: s_curve changes nothing
+    with pytest.raises(ValueError, match="clip_ring needs s_curve"):
+        SITMLoss(None, LossWeights(lambda_clip=2.0, clip_ring=0.0)).generator(out, image, *gt)

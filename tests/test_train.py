@@ -285,12 +285,13 @@ def test_stored_configs_of_earlier_trainers():
     assert REMOVED_OPTIONS.keys() <= old.keys()
     cfg = stored_config(old, str(card))
     # the card predates --boost, --oversample-real, --hdr-clip-norm, --mefm-context, --mefm-global-width,
-    # --mefm-clip-prior, --mefm-shoulder and --camera-aux: the config takes their defaults, the meaning those
+    # --mefm-clip-prior, --mefm-shoulder, --camera-aux and --hdr-clip-ring: the config takes their defaults, the meaning those
     # weights have (boost "down", uniform sampling, the L1 clipped term, no context, the MEFM's width for the global
     # branch, no clip prior, no shoulder features, no camera probe)
     assert cfg.to_dict() == {**{k: tuple(v) if k == "betas" else v for k, v in old.items() if k not in REMOVED_OPTIONS},
                              "boost": "down", "oversample_real": 1.0, "hdr_clip_norm": "l1", "mefm_context": 0,
                              "mefm_global_width": 0, "mefm_clip_prior": 0, "mefm_shoulder": False, "camera_aux": 0.0,
+                             "hdr_clip_ring": 1.0, "hdr_clip_ring_families": ("filmic", "hable"),
                              "coef_lr_mult": 1.0,
                              "prior_lr_mult": 1.0}
     assert cfg.model.fusion == "residual" and cfg.model.freeze_exposure and cfg.loss.hdr_clip == 3.0
@@ -485,3 +486,56 @@ def test_camera_aux_is_the_probes_cross_entropy_and_travels_with_the_checkpoint(
         config(tiny_data, tmp_path / "x", camera_aux=-1.0)
     _, card = train_small(tiny_data, tmp_path / "p", **{**options, "fusion": "paper", "boost": "down"})
     assert card["step"] == 2 and card["losses"]["camera"] > 0  # the paper fusion's g has no exposure gains
+
+
+def test_hdr_clip_ring_weighs_the_s_curve_samples_bright_ringed_regions(tiny_data, tmp_path):
+    """``--hdr-clip-ring 0``: the batch marks the samples of the named families; the step's HDR loss is the
+    criterion's with those marks (recomputed here from the same weights before the step), and differs from the
+    unweighted one on a batch with a bright-ringed clipped block; bad values and a recipe without the families
+    are refused before any step."""
+    from sitm_trt import reference as ops
+    from sitm_training.losses import LossWeights, SITMLoss
+    from sitm_training.train import Trainer
+
+    families = json.loads((tiny_data / "manifest.json").read_text())["recipe"]["camera"]["responses"]
+    s_families = [f for f in families if f in ("filmic", "hable")]
+    assert s_families and len(s_families) < len(families)
+    options = dict(fusion="residual", boost="all", hdr_clip=1.0, hdr_clip_ring=0.0, stage1_steps=0, stage2_steps=2,
+                   log_every=1, val_every=100, ckpt_every=100, val_images=1)
+    cfg = config(tiny_data, tmp_path / "r", **{"batch": 2, "crop": 32, "workers": 0, "gan": False, **options})
+    with pytest.warns(UserWarning, match="perceptual loss of Eq. 10 is REPLACED"):
+        trainer = Trainer(cfg)
+    raw = next(iter(trainer.loader))
+    raw["camera"] = [s_families[0], next(f for f in families if f not in s_families)]
+    raw["ldr"][:, :, 8:20, 8:20] = 1.0  # a clipped block in a bright frame: bright-ringed in both samples
+    raw["ldr"][:, :, :8] = raw["ldr"][:, :, 20:] = 0.9
+    raw["ldr"][:, :, :, :8] = raw["ldr"][:, :, :, 20:] = 0.9
+    trainer.batches = iter([raw])
+    batch = trainer.feed()
+    assert batch.s_curve.tolist() == [True, False]
+    with torch.no_grad():
+        out, _ = trainer.gmodel(2, *ops.pre(batch.ldr, stride=1))
+        args = (out, batch.ldr, batch.up, batch.down, batch.hdr)
+        weights = trainer.criterion.weights
+        want = trainer.criterion.generator(*args, fusion="residual", s_curve=batch.s_curve).hdr.item()
+        plain = SITMLoss(None, LossWeights(**{**weights.__dict__, "clip_ring": 1.0})).generator(
+            *args, fusion="residual").hdr.item()
+    assert weights.clip_ring == 0.0 and want < plain
+    assert trainer.step(batch)["hdr"] == pytest.approx(want, rel=1e-5)
+    trainer.batches = iter(trainer.loader)
+    trainer.run()
+    card = json.loads((tmp_path / "r" / "card.json").read_text())
+    assert card["config"]["hdr_clip_ring"] == 0.0 and card["config"]["hdr_clip_ring_families"] == ["filmic", "hable"]
+    with pytest.raises(ValueError, match="recipe has none of the camera families aces"):
+        train_small(tiny_data, tmp_path / "a", **{**options, "hdr_clip_ring_families": ("aces",)})
+    with pytest.raises(ValueError, match="--hdr-clip-ring must be >= 0"):
+        config(tiny_data, tmp_path / "x", hdr_clip=1.0, hdr_clip_ring=-0.5)
+    with pytest.raises(ValueError, match="set --hdr-clip too"):
+        config(tiny_data, tmp_path / "x", hdr_clip_ring=0.5)
+    with pytest.raises(ValueError, match="--hdr-clip-ring-families must name camera families"):
+        config(tiny_data, tmp_path / "x", hdr_clip=1.0, hdr_clip_ring=0.5, hdr_clip_ring_families=("sigmoid",))
+    from sitm_training.config import config_from_args
+
+    parsed = config_from_args(["--data", "d", "--out", "o", "--hdr-clip", "3", "--hdr-clip-ring", "0.25",
+                               "--hdr-clip-ring-families", "hable, emor"])
+    assert parsed.loss.hdr_clip_ring == 0.25 and parsed.loss.hdr_clip_ring_families == ("hable", "emor")
