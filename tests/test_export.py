@@ -112,7 +112,7 @@ def test_tensorrt_rtx_engine_builds_for_256_to_4k(exported, name, fp16):
 def assert_rtx_engine_builds(path: str, fp16: bool) -> None:
     """Parse the ONNX file and build a serialized TensorRT-RTX engine (ahead of time: no GPU needed) for a
     dynamic profile from 256x256 to 3840x2160. FP16 graphs are built as strongly typed networks. (Also used by
-    test_clip_prior.py.)"""
+    test_clip_prior.py and test_ring_maps.py.)"""
     trt = pytest.importorskip(
         "tensorrt_rtx_bindings",
         reason="TensorRT-RTX is not installed (pip install tensorrt-rtx-cu13-bindings tensorrt-rtx-cu13-libs)",

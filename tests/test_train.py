@@ -291,7 +291,7 @@ def test_stored_configs_of_earlier_trainers():
     assert cfg.to_dict() == {**{k: tuple(v) if k == "betas" else v for k, v in old.items() if k not in REMOVED_OPTIONS},
                              "boost": "down", "oversample_real": 1.0, "hdr_clip_norm": "l1", "mefm_context": 0,
                              "mefm_global_width": 0, "mefm_clip_prior": 0, "mefm_shoulder": False, "camera_aux": 0.0,
-                             "hdr_clip_ring": 1.0, "hdr_clip_ring_families": ("filmic", "hable"),
+                             "hdr_clip_ring": 1.0, "hdr_clip_ring_families": ("filmic", "hable"), "mefm_ring": 0,
                              "coef_lr_mult": 1.0,
                              "prior_lr_mult": 1.0}
     assert cfg.model.fusion == "residual" and cfg.model.freeze_exposure and cfg.loss.hdr_clip == 3.0
@@ -386,16 +386,21 @@ def test_mefm_shoulder_trains_travels_in_the_weights_and_must_match_on_resume(ti
         train_small(tiny_data, tmp_path / "s", **{**options, "mefm_shoulder": False, "stage2_steps": 3})
 
 
-def first_step_sizes(data, tmp_path, lr: float, **options) -> tuple[dict[str, float], dict]:
+def first_step_sizes(data, tmp_path, lr: float, mask_head: bool = False, **options) -> tuple[dict[str, float], dict]:
     """One training step at ``lr`` from a fixed residual ``compact`` start (``options`` also name the network's
-    extras): the largest change of every tensor, and the options (to resume with)."""
+    extras; ``mask_head``: its gate convolution drawn at random instead of zero, so the mask features get a
+    gradient): the largest change of every tensor, and the options (to resume with)."""
     import dataclasses
 
     from sitm_trt.model import SITMNet, get_preset, save_weights
 
-    extras = {k: options[k] for k in ("mefm_clip_prior",) if k in options}
+    extras = {k: options[k] for k in ("mefm_clip_prior", "mefm_ring") if k in options}
     torch.manual_seed(0)
     start = SITMNet(dataclasses.replace(get_preset("compact"), fusion="residual", boost="all", **extras))
+    if mask_head:
+        with torch.no_grad():
+            start.mefm.mask_head.weight.normal_(0, 0.1)
+            start.mefm.mask_head.bias.fill_(0.3)  # the gates open: their clamp passes the gradient
     save_weights(start, tmp_path / "start.safetensors")
     options = dict(fusion="residual", boost="all", init=str(tmp_path / "start.safetensors"), stage1_steps=0,
                    stage2_steps=1, log_every=1, val_every=100, ckpt_every=100, val_images=1, lr=lr, **options)
@@ -416,6 +421,19 @@ def test_prior_lr_mult_steps_the_strength_head_faster(tiny_data, tmp_path):
         train_small(tiny_data, tmp_path / "r", **{**options, "prior_lr_mult": 1.0, "stage2_steps": 2})
     with pytest.raises(ValueError, match="--prior-lr-mult must be > 0"):
         config(tmp_path / "data", tmp_path / "x", prior_lr_mult=float("nan"))
+
+
+def test_mefm_ring_trains_at_the_prior_rate_and_travels_with_the_weights(tiny_data, tmp_path):
+    """``--mefm-ring 2 --prior-lr-mult 10``: the ring maps' layer (zero at the start; its bias has a gradient once
+    the mask head is not zero) moves by 10 lr in Adam's first step, everything else by at most lr; the weights carry the
+    preset key, and the value must match on resume."""
+    lr = 1e-4
+    step, options = first_step_sizes(tiny_data, tmp_path, lr, mask_head=True, mefm_ring=2, prior_lr_mult=10.0)
+    assert step["mefm.ring_fc.bias"] == pytest.approx(10 * lr, rel=1e-3)
+    assert max(v for k, v in step.items() if not k.startswith("mefm.ring_fc.")) == pytest.approx(lr, rel=1e-3)
+    assert load_weights(tmp_path / "r" / "ckpt" / "model.safetensors").preset.mefm_ring == 2
+    with pytest.raises(ValueError, match="mefm-ring is 2, not 0"):
+        train_small(tiny_data, tmp_path / "r", **{**options, "mefm_ring": 0, "stage2_steps": 2})
 
 
 def test_coef_lr_mult_steps_the_coefficient_head_faster(tiny_data, tmp_path):

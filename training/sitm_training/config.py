@@ -51,6 +51,7 @@ class ModelConfig:
     mefm_global_width: int = 0  # Preset.mefm_global_width: channels of the MEFM global branch (0: the MEFM's width)
     mefm_clip_prior: int = 0  # Preset.mefm_clip_prior: box half-width of the gain's clipped-region prior (0: none)
     mefm_shoulder: bool = False  # Preset.mefm_shoulder: the input's highlight histogram into the MEFM's global vector
+    mefm_ring: int = 0  # Preset.mefm_ring: half-width of the ring maps added to the mask features (0: none)
     init: str | None = None  # start a new run from these weights (fresh optimizer, step 0): a fine-tune
     freeze_exposure: bool = False  # stage 2 trains the MEFM only (EAB, AUEM, ADEM fixed): a fusion fine-tune
     disc_width: int = 16
@@ -58,10 +59,11 @@ class ModelConfig:
 
     def network_preset(self) -> Preset:
         """The network these options build: the named preset with ``fusion``, ``boost``, ``mefm_context``,
-        ``mefm_global_width``, ``mefm_clip_prior`` and ``mefm_shoulder`` (``Preset`` checks them)."""
+        ``mefm_global_width``, ``mefm_clip_prior``, ``mefm_shoulder`` and ``mefm_ring`` (``Preset`` checks them)."""
         return dataclasses.replace(get_preset(self.preset), fusion=self.fusion, boost=self.boost,
                                    mefm_context=self.mefm_context, mefm_global_width=self.mefm_global_width,
-                                   mefm_clip_prior=self.mefm_clip_prior, mefm_shoulder=self.mefm_shoulder)
+                                   mefm_clip_prior=self.mefm_clip_prior, mefm_shoulder=self.mefm_shoulder,
+                                   mefm_ring=self.mefm_ring)
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ class TrainConfig:
             stride = self.model.network_preset().stride
         except ValueError as err:
             raise ValueError(f"--preset/--fusion/--boost/--mefm-context/--mefm-global-width/--mefm-clip-prior/"
-                             f"--mefm-shoulder: {err}") from err
+                             f"--mefm-shoulder/--mefm-ring: {err}") from err
         if self.data.crop % stride:
             raise ValueError(f"--crop must be a multiple of the network stride {stride}, got {self.data.crop}")
         if self.data.down_label not in DOWN_LABELS:
@@ -276,6 +278,11 @@ def _parser(description: str | None) -> argparse.ArgumentParser:
                         "0.5 ... 0.99), so the whole-frame gains can tell an S-curve camera's shoulder from a hard "
                         "clip; its layer starts at zero, so --init of weights without it keeps their function "
                         "(docs/model.md, \"The shoulder features\")")
+    p.add_argument("--mefm-ring", type=int, default=_default("mefm_ring"), metavar="R",
+                   help="add ring maps to the MEFM's mask features: how bright the non-clipped pixels around nearby "
+                        "clipped ones are, over windows of half-width R and 4R, so the gain can tell a sky that only "
+                        "just clips from a lamp; 0: none. Their layer starts at zero, so --init of weights without them "
+                        "keeps their function (docs/model.md, \"The ring maps\")")
     for name in ("stage1_steps", "stage2_steps", "batch", "crop", "disc_width", "disc_max_width", "workers", "seed",
                  "log_every", "val_every", "ckpt_every", "val_images", "threads"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=_default(name))
@@ -286,8 +293,9 @@ def _parser(description: str | None) -> argparse.ArgumentParser:
                         "gains and curve exponent) learns at --lr times this (default 1); its per-image target varies "
                         "with the camera, so its gradient is noisy and Adam moves it slowly at the network's rate")
     p.add_argument("--prior-lr-mult", type=float, default=_default("prior_lr_mult"),
-                   help="the clip prior's strength head (--mefm-clip-prior; 73 parameters, zero at the start) learns at "
-                        "--lr times this (default 1): a fine-tune's rate moves it by at most about --lr per step")
+                   help="the clip prior's strength head (--mefm-clip-prior; 73 parameters) and the ring maps' layer "
+                        "(--mefm-ring; 48), both zero at the start, learn at --lr times this (default 1): a "
+                        "fine-tune's rate moves them by at most about --lr per step")
     p.add_argument("--hdr-pu21", type=float, default=_default("hdr_pu21"),
                    help="weight of an extra L1 term on PU21-encoded HDR in stage 2 (default 0: Eq. 16 as published)")
     p.add_argument("--hdr-clip", type=float, default=_default("hdr_clip"),

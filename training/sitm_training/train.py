@@ -232,9 +232,9 @@ def load_init(net: SITMNet, init: SITMNet, path: str) -> list[str]:
     heads = ("mefm.mask_head.", "mefm.coef_head.") if init.preset.fusion != net.preset.fusion else ()
     fresh = sorted(k for k in dst if k not in src or src[k].shape != dst[k].shape or k.startswith(heads))
     extra = sorted(k for k in src if k not in dst)
-    # new context layers, a new clip prior's strength and new shoulder features start at zero (identities)
-    added = [k for k in fresh if k.startswith(("mefm.context.", "mefm.prior_head.", "mefm.shoulder_fc."))
-             and k not in src]
+    # new context layers, a new clip prior's strength, new shoulder features and ring maps start at zero (identities)
+    added = [k for k in fresh if k.startswith(("mefm.context.", "mefm.prior_head.", "mefm.shoulder_fc.",
+                                               "mefm.ring_fc.")) and k not in src]
     others = [k for k in fresh if k not in added]
     if init.preset.mefm_context > net.preset.mefm_context:
         raise ValueError(f"--init {path}: the weights have {init.preset.mefm_context} MEFM context convolutions, the "
@@ -245,6 +245,9 @@ def load_init(net: SITMNet, init: SITMNet, path: str) -> list[str]:
     if init.preset.mefm_shoulder and not net.preset.mefm_shoulder:
         raise ValueError(f"--init {path}: the weights read the shoulder features, the network does not: pass "
                          f"--mefm-shoulder")
+    if init.preset.mefm_ring not in (0, net.preset.mefm_ring):
+        raise ValueError(f"--init {path}: the weights' ring maps have half-width {init.preset.mefm_ring}, the "
+                         f"network's {net.preset.mefm_ring}: pass --mefm-ring {init.preset.mefm_ring}")
     if init.preset.fusion == net.preset.fusion and (others or extra):
         raise ValueError(f"--init {path}: the weights do not fit the network ({fresh + extra})")
     net.load_state_dict({k: v for k, v in src.items() if k in dst and k not in fresh}, strict=False)
@@ -258,7 +261,8 @@ def load_init(net: SITMNet, init: SITMNet, path: str) -> list[str]:
     if added:
         print(f"--init {path}: new MEFM layers start at zero (context {init.preset.mefm_context} -> "
               f"{net.preset.mefm_context}, clip prior {init.preset.mefm_clip_prior} -> {net.preset.mefm_clip_prior}, "
-              f"shoulder {init.preset.mefm_shoulder} -> {net.preset.mefm_shoulder}): "
+              f"shoulder {init.preset.mefm_shoulder} -> {net.preset.mefm_shoulder}, ring {init.preset.mefm_ring} -> "
+              f"{net.preset.mefm_ring}): "
               f"{', '.join(added)}", file=sys.stderr)
     if others:
         print(f"--init {path}: {init.preset.fusion} -> {net.preset.fusion} fusion; freshly initialised: "
@@ -402,12 +406,14 @@ class Trainer:
 
     def _param_groups(self) -> list[dict]:
         """One group, or with ``--coef-lr-mult`` / ``--prior-lr-mult`` one more for each: the MEFM's coefficient
-        head, the clip prior's strength head, at ``lr_mult`` times the rate (:meth:`step` sets each group's ``lr``
+        head, the clip prior's strength head and the ring maps' layer, at ``lr_mult`` times the rate (:meth:`step` sets each group's ``lr``
         from the schedule times its ``lr_mult``). Without them one group, as every checkpoint before the options
         has (its optimizer state resumes)."""
         heads = [(self.net.mefm.coef_head, self.cfg.optim.coef_lr_mult)]
         if self.net.preset.mefm_clip_prior:
             heads.append((self.net.mefm.prior_head, self.cfg.optim.prior_lr_mult))
+        if self.net.preset.mefm_ring:  # the ring maps' layer: like the prior's head, it starts at zero
+            heads.append((self.net.mefm.ring_fc, self.cfg.optim.prior_lr_mult))
         extra = [{"params": list(head.parameters()), "lr_mult": mult} for head, mult in heads if mult != 1.0]
         ids = {id(p) for group in extra for p in group["params"]}
         groups = [{"params": [p for p in self.net.parameters() if id(p) not in ids], "lr_mult": 1.0}, *extra]
@@ -432,6 +438,7 @@ class Trainer:
         # what the network's shapes and meaning follow, and the optimizer's parameter groups
         for group, key in (("model", "preset"), ("model", "fusion"), ("model", "boost"), ("model", "mefm_context"),
                            ("model", "mefm_global_width"), ("model", "mefm_clip_prior"), ("model", "mefm_shoulder"),
+                           ("model", "mefm_ring"),
                            ("optim", "coef_lr_mult"), ("optim", "prior_lr_mult"), ("loss", "camera_aux")):
             was, now = getattr(getattr(before, group), key), getattr(getattr(cfg, group), key)
             if was != now:

@@ -23,6 +23,7 @@ MAX_LEVELS = 12  # limits a preset read from a file must respect (Preset._check_
 MAX_WIDTH = 4096
 MAX_CONVS = 16
 MEFM_CONTEXT_DILATIONS = (4, 8, 16, 32)  # Preset.mefm_context: the dilation of each residual context convolution
+MAX_RING = 64  # Preset.mefm_ring: the largest window half-width (its wide scale reaches 4 x 64 + 4 pixels)
 MAX_CLIP_PRIOR = 64  # Preset.mefm_clip_prior: the largest box half-width (three passes reach 3 x 64 pixels)
 SHOULDER_THRESHOLDS = (0.5, 0.7, 0.85, 0.92, 0.97, 0.99)  # Preset.mefm_shoulder: max RGB levels whose shares g sees
 
@@ -89,6 +90,13 @@ class Preset:
     curve rolls into its clip point (an S-curve's shoulder) and ``--init`` of weights without it keeps their
     function (docs/model.md, "The shoulder features"). Written into a preset's JSON only when true, so files
     without the key keep their meaning."""
+    mefm_ring: int = 0
+    """The half-width ``r`` in pixels of the MEFM's ring maps (0: none, in every shipped preset and every file
+    without the key): per pixel, how bright the non-clipped pixels around the nearby clipped ones are, averaged over
+    windows of half-width ``r`` and ``4 r`` (:func:`sitm_trt.model.mefm.ring_maps`), added to the mask features
+    through a zero-initialised 1x1 convolution, so ``--init`` of weights without them keeps their function. A
+    clipped region ringed by nearly clipped pixels (a sky, a window) lies little above its clip level through an
+    sRGB-like camera, a lamp ringed by dark pixels far above it (docs/model.md, "The ring maps")."""
     negative_slope: float = 0.2
     """LeakyReLU slope used everywhere."""
     thumb_size: int = THUMB_SIZE
@@ -166,7 +174,7 @@ class Preset:
                              ("eab_heads", 1, MAX_WIDTH), ("eab_window", 1, 1024), ("mefm_width", 1, MAX_WIDTH),
                              ("mefm_local", 1, MAX_CONVS), ("mefm_dilated", 1, MAX_CONVS), ("mefm_dilation", 1, 64),
                              ("mefm_context", 0, len(MEFM_CONTEXT_DILATIONS)), ("mefm_global_width", 0, MAX_WIDTH),
-                             ("mefm_clip_prior", 0, MAX_CLIP_PRIOR),
+                             ("mefm_clip_prior", 0, MAX_CLIP_PRIOR), ("mefm_ring", 0, MAX_RING),
                              ("thumb_size", 1, 4096)):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
@@ -196,7 +204,7 @@ class Preset:
         d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
         if d["boost"] == "down":  # the meaning of every file written before the field existed
             del d["boost"]
-        for key in ("mefm_context", "mefm_global_width", "mefm_clip_prior", "mefm_shoulder"):  # likewise
+        for key in ("mefm_context", "mefm_global_width", "mefm_clip_prior", "mefm_shoulder", "mefm_ring"):  # likewise
             if not d[key]:
                 del d[key]
         return d

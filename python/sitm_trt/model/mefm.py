@@ -33,6 +33,9 @@ With ``Preset.fusion == "residual"`` (docs/model.md, "The residual fusion") the 
 * with ``Preset.mefm_clip_prior = r`` the gain becomes ``2^(min(BOOST_EV b + clamp(s, -4, 4) P, BOOST_EV))``,
   ``P = clip_prior_map(I, r)`` and ``s`` a zero-initialised 3x3 head of the same features: outside the gate's
   clamp, so the prior has a gradient where the gate is shut (:func:`clip_prior_map`).
+
+With ``Preset.mefm_ring = r`` a zero-initialised 1x1 convolution adds the input's :func:`ring_maps` (how bright the
+pixels around nearby clipped regions are) to the mask features before their activation, in either fusion.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from .blocks import ConvAct, cast, f32, linear32, thumbnail
 from .config import MEFM_CONTEXT_DILATIONS, SHOULDER_THRESHOLDS, Preset
 from .state import StatSource
 
-__all__ = ["MEFM", "COEF_INIT", "exposure_gains", "shoulder_features"]
+__all__ = ["MEFM", "COEF_INIT", "exposure_gains", "ring_maps", "shoulder_features"]
 
 GATE_LEAK = 0.01  # training only: gradient slope of the residual gates outside [0, 1] (the value is unchanged)
 BOOST_EV = 12.0  # the residual fusion's largest per-pixel gain on the exposure-down term, in EV
@@ -57,6 +60,11 @@ CLIP_PRIOR_THRESHOLD = 0.92  # Preset.mefm_clip_prior: max RGB ramps 0 -> 1 from
 CLIP_PRIOR_PASSES = 3  # box passes of the prior's blur: close to a Gaussian of sigma sqrt(r (r + 1))
 CLIP_PRIOR_EV = 4.0  # the prior's largest gain (or loss) in EV: 16x (Rempel's boost of 4 is 2 EV)
 
+RING_CLIP = 0.97  # Preset.mefm_ring: a pixel counts as clipped 0 -> 1 as max RGB goes from here to 0.99
+RING_RAMP = 0.02
+RING_NEAR = 4  # a ring pixel is at most this many pixels (Chebyshev) from a clipped one
+RING_SCALES = (1, 4)  # the maps' window half-widths, in units of Preset.mefm_ring
+RING_CHANNELS = 1 + 2 * len(RING_SCALES)  # the clipped mask, and a level and a density per scale
 SHOULDER_RAMP = 0.02  # Preset.mefm_shoulder: a pixel counts 0 -> 1 as max RGB goes from t - 0.01 to t + 0.01
 SHOULDER_FLOOR = 2.0 ** -10  # ... and a share below about 0.1 % of the frame reads as -10 (log2 of the floor)
 
@@ -126,6 +134,35 @@ def clip_prior_map(image: torch.Tensor, radius: int) -> torch.Tensor:
     return m
 
 
+def _box(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """The mean over the ``(2 radius + 1)^2`` window of the pixels inside the image (separable)."""
+    k = 2 * radius + 1
+    x = F.avg_pool2d(x, (1, k), stride=1, padding=(0, radius), count_include_pad=False)
+    return F.avg_pool2d(x, (k, 1), stride=1, padding=(radius, 0), count_include_pad=False)
+
+
+def ring_maps(image: torch.Tensor, radius: int) -> torch.Tensor:
+    """The ring maps of ``Preset.mefm_ring`` (float32 ``(N, RING_CHANNELS, H, W)``, every value in [0, 1]).
+
+    ``c = clamp((max_c I - 0.97) / 0.02, 0, 1)`` marks the clipped pixels; the ring weight
+    ``n = (1 - c) maxpool_9x9(c)`` the pixels that are not clipped but lie within :data:`RING_NEAR` pixels of a
+    clipped one. For each half-width ``s`` of ``radius`` x :data:`RING_SCALES` the maps are the ring's mean level
+    ``box_s(n max_c I) / box_s(n)`` (0 where the window holds no ring) and its density ``box_s(n)``, ``box_s`` the
+    mean over the ``(2 s + 1)^2`` window's pixels inside the image. Channels: ``c``, then level and density per
+    scale. Inside a clipped region the level says how bright its surroundings are (a sky or window that only just
+    clips is ringed by nearly clipped pixels, a lamp by dark ones), for the pixels whose window reaches the ring;
+    the wide scale carries it into large regions. Every operation is local: it reaches
+    ``RING_NEAR + max(RING_SCALES) radius`` pixels."""
+    m = f32(image).amax(dim=1, keepdim=True)
+    c = ((m - RING_CLIP) / RING_RAMP).clamp(0.0, 1.0)
+    n = (1.0 - c) * F.max_pool2d(c, 2 * RING_NEAR + 1, stride=1, padding=RING_NEAR)
+    maps = [c]
+    for scale in RING_SCALES:
+        density = _box(n, scale * radius)
+        maps += [_box(n * m, scale * radius) / density.clamp_min(1e-6), density]
+    return torch.cat(maps, dim=1)
+
+
 class MEFM(nn.Module):
     def __init__(self, preset: Preset) -> None:
         super().__init__()
@@ -155,6 +192,12 @@ class MEFM(nn.Module):
         self.fuse_local = nn.Conv2d(w, w, 1)
         self.fuse_dilated = nn.Conv2d(w, w, 1, bias=False)
         self.fuse_global = nn.Linear(gw, w, bias=False)
+        self.ring = p.mefm_ring
+        if self.ring:  # Preset.mefm_ring: the ring maps into the mask features, zero at the start
+            self.ring_fc = nn.Conv2d(RING_CHANNELS, w, 1)
+            with torch.no_grad():
+                self.ring_fc.weight.zero_()
+                self.ring_fc.bias.zero_()
         self.act = nn.LeakyReLU(s)
         self.residual = p.fusion == "residual"
         self.boost_all = p.boost == "all"
@@ -241,6 +284,8 @@ class MEFM(nn.Module):
             d = d + layer(d)
         z = self.fuse_local(self.local(x)) + self.fuse_dilated(d)
         z = z + cast(linear32(self.fuse_global, g[:, :self.global_width]), z.dtype)[:, :, None, None]
+        if self.ring:  # + W_r ring_maps(I): zero at initialisation, an exact identity
+            z = z + self.ring_fc(cast(ring_maps(image, self.ring), z.dtype))
         h = self.act(z)
         logits = self.mask_head(h)
         if not self.residual:

@@ -53,7 +53,7 @@ from sitm_trt.model import Preset, SITMNet
 from sitm_trt.model.blocks import CMAB_DILATIONS, cast
 from sitm_trt.model.config import MEFM_CONTEXT_DILATIONS
 from sitm_trt.model.exposure import guide_pyramid
-from sitm_trt.model.mefm import CLIP_PRIOR_PASSES
+from sitm_trt.model.mefm import CLIP_PRIOR_PASSES, RING_NEAR, RING_SCALES
 from sitm_trt.model.state import GlobalState, StatSource
 
 __all__ = [
@@ -168,7 +168,8 @@ def context_radius(preset: Preset, coarse_level: int) -> int:
         r = max(r + 2 ** (k + 1), enc[k]) + 2**k * p.dec_convs[k]
     dilated = p.mefm_dilated * p.mefm_dilation + sum(MEFM_CONTEXT_DILATIONS[: p.mefm_context])
     prior = CLIP_PRIOR_PASSES * p.mefm_clip_prior  # Preset.mefm_clip_prior's blur of the input
-    r += max(p.mefm_local, dilated, prior) + 1  # MEFM local/dilated (+ context) branches, clip prior, mask head
+    ring = RING_NEAR + max(RING_SCALES) * p.mefm_ring if p.mefm_ring else 0  # Preset.mefm_ring's maps
+    r += max(p.mefm_local, dilated, prior, ring) + 1  # MEFM local/dilated (+ context) branches, priors, mask head
     return max(r, enc[-1] + 2 ** (coarse_level - 1))  # also: the stitched input of the coarse levels
 
 
