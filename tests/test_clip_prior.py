@@ -192,7 +192,7 @@ def test_train_option_builds_the_network_and_is_checked():
 
     cfg = TrainConfig.from_dict({"data": "d", "out": "o", "fusion": "residual", "mefm_clip_prior": 8})
     assert cfg.model.network_preset().mefm_clip_prior == 8
-    with pytest.raises(ValueError, match="--mefm-shoulder: .*mefm_clip_prior needs the residual fusion"):
+    with pytest.raises(ValueError, match="--mefm-ring: .*mefm_clip_prior needs the residual fusion"):
         TrainConfig.from_dict({"data": "d", "out": "o", "mefm_clip_prior": 8})
 
 
