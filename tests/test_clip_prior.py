@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from sitm_trt import reference as ops
-from sitm_trt.model import Preset, SITMNet, get_preset, predict_hdr
+from sitm_trt.model import Preset, SITMNet, get_preset
 from sitm_trt.model.config import MAX_CLIP_PRIOR
 from sitm_trt.model.mefm import clip_prior_map
 
-from test_mefm_context import assert_init_is_identity, check_onnx_against_pytorch, trained_like
+from test_mefm_context import (assert_init_is_identity, assert_tiled_equals_whole_frame,
+                               check_fp16_onnx_against_float32, check_onnx_against_pytorch, trained_like)
 
 
 def preset(radius: int = 0, context: int = 0) -> Preset:
@@ -176,11 +176,7 @@ def test_tiled_equals_whole_frame_with_the_prior():
     net = with_prior(6, context=2)
     # the prior reaches 3 x 6 = 18 pixels, past the dilated branch and its context (2 + 4 + 8 = 14)
     assert tiling.context_radius(net.preset, 2) == tiling.context_radius(preset(0, 2), 2) + 18 - 14
-    frame = torch.rand(1, 3, 160, 144) ** 0.3  # bright: many pixels above the prior's threshold
-    with torch.no_grad():
-        whole = predict_hdr(net, frame)
-        tiled = tiling.infer_tiled(net, frame, tile=112)  # the default overlap follows context_radius
-    torch.testing.assert_close(tiled, whole, rtol=1e-4, atol=1e-5)
+    assert_tiled_equals_whole_frame(net, torch.rand(1, 3, 160, 144) ** 0.3)  # bright: many pixels above 0.92
 
 
 def test_onnx_export_with_the_prior(tmp_path):
@@ -198,26 +194,9 @@ def test_train_option_builds_the_network_and_is_checked():
 
 def test_fp16_onnx_with_the_prior_tracks_float32_pytorch(tmp_path):
     """The FP16 graph (the prior's map is computed in float32 in it, as in PyTorch) on ONNX Runtime against the
-    float32 model: within a small multiple of the same model's error run in float16 by PyTorch (test_export's
-    rule), relative to the masks' size (the gain reaches 2^12)."""
-    ort = pytest.importorskip("onnxruntime")
-    from sitm_trt.model import export_onnx
-
-    net = with_prior(4, context=1)
-    path = export_onnx(net, tmp_path / "p16.onnx", fp16=True)
+    float32 model (test_mefm_context.check_fp16_onnx_against_float32)."""
     torch.manual_seed(5)
-    pre = ops.pre(torch.rand(1, 3, 64, 48) ** 0.5, stride=net.stride)
-    with torch.no_grad():
-        ref = net(*pre)
-        net16 = with_prior(4, context=1).half()
-        net16.load_state_dict(net.state_dict())
-        half = net16(*(t.half() for t in pre))
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {i.name: v.half().numpy() for i, v in zip(sess.get_inputs(), pre)})
-    scale = ref.masks.abs().max().item()
-    err = np.abs(got[2].astype(np.float32) - ref.masks.numpy()).max() / scale
-    err_torch = (half.masks.float() - ref.masks).abs().max().item() / scale
-    assert err <= 4 * err_torch + 1e-3, f"masks: onnx fp16 error {err:.2e}, torch fp16 error {err_torch:.2e}"
+    check_fp16_onnx_against_float32(with_prior(4, context=1), tmp_path / "p16.onnx", torch.rand(1, 3, 64, 48) ** 0.5)
 
 
 @pytest.mark.slow

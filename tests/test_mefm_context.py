@@ -102,6 +102,17 @@ def test_context_widens_what_the_masks_see_by_the_hand_computed_radius(context):
     assert torch.equal(masks_at_centre(radius + 1), ref)  # one pixel further does not
 
 
+def assert_tiled_equals_whole_frame(net: SITMNet, frame: torch.Tensor) -> None:
+    """``tiling.infer_tiled`` in 112-pixel tiles, with the default overlap (which follows ``context_radius``),
+    gives the whole frame's HDR up to float rounding (also used by the tests of the other MEFM options)."""
+    from sitm_trt.runtime import tiling
+
+    with torch.no_grad():
+        whole = predict_hdr(net, frame)
+        tiled = tiling.infer_tiled(net, frame, tile=112)
+    torch.testing.assert_close(tiled, whole, rtol=1e-4, atol=1e-5)
+
+
 def test_tiled_equals_whole_frame_with_context():
     from sitm_trt.runtime import tiling
 
@@ -109,11 +120,7 @@ def test_tiled_equals_whole_frame_with_context():
     randomize_context(net)
     p = net.preset
     assert tiling.context_radius(p, 2) == tiling.context_radius(preset(0), 2) + 4 + 8
-    frame = torch.rand(1, 3, 160, 144)
-    with torch.no_grad():
-        whole = predict_hdr(net, frame)
-        tiled = tiling.infer_tiled(net, frame, tile=112)  # the default overlap follows context_radius
-    torch.testing.assert_close(tiled, whole, rtol=1e-4, atol=1e-5)
+    assert_tiled_equals_whole_frame(net, torch.rand(1, 3, 160, 144))
 
 
 def check_onnx_against_pytorch(net: SITMNet, path) -> None:
@@ -135,6 +142,28 @@ def check_onnx_against_pytorch(net: SITMNet, path) -> None:
     excess = np.abs(got[2] - masks) - (1e-5 + 1e-4 * np.abs(masks) + 1e-5 * gain)
     assert excess.max() <= 0, f"masks: {int((excess > 0).sum())} of {masks.size} off by up to {excess.max():.2e} more"
     np.testing.assert_allclose(got[3], want.coef.numpy(), rtol=1e-4, atol=1e-5)  # log2 of thumbnail sums
+
+
+def check_fp16_onnx_against_float32(net: SITMNet, path, image: torch.Tensor) -> None:
+    """``net``'s FP16 graph on ONNX Runtime against ``net`` in float32, on ``image``: the masks within a small
+    multiple of the same model's error run in float16 by PyTorch, relative to the masks' size (the gain reaches
+    2^12; test_export's rule). Used by the tests of the MEFM options that compute maps in float32 in that graph."""
+    ort = pytest.importorskip("onnxruntime")
+    import copy
+
+    from sitm_trt.model import export_onnx
+
+    path = export_onnx(net, path, fp16=True)
+    pre = ops.pre(image, stride=net.stride)
+    with torch.no_grad():
+        ref = net(*pre)
+        half = copy.deepcopy(net).half()(*(t.half() for t in pre))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {i.name: v.half().numpy() for i, v in zip(sess.get_inputs(), pre)})
+    scale = ref.masks.abs().max().item()
+    err = np.abs(got[2].astype(np.float32) - ref.masks.numpy()).max() / scale
+    err_torch = (half.masks.float() - ref.masks).abs().max().item() / scale
+    assert err <= 4 * err_torch + 1e-3, f"masks: onnx fp16 error {err:.2e}, torch fp16 error {err_torch:.2e}"
 
 
 def test_onnx_export_with_context(tmp_path):

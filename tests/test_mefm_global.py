@@ -10,7 +10,7 @@ import torch
 from sitm_trt import reference as ops
 from sitm_trt.model import Preset, SITMNet, get_preset, predict_hdr
 from sitm_trt.model.mefm import exposure_gains
-from test_mefm_context import check_onnx_against_pytorch
+from test_mefm_context import assert_tiled_equals_whole_frame, check_onnx_against_pytorch
 from test_mefm_context import preset as context_preset
 from test_mefm_context import randomize_context
 from test_mefm_context import trained_like as context_trained_like
@@ -91,12 +91,6 @@ def test_widen_rejects_a_smaller_target():
 
 
 def test_tiled_and_onnx_follow_the_width(tmp_path):
-    from sitm_trt.runtime import tiling
-
     net = trained_like(16)
-    frame = torch.rand(1, 3, 160, 144)
-    with torch.no_grad():
-        whole = predict_hdr(net, frame)
-        tiled = tiling.infer_tiled(net, frame, tile=112)
-    torch.testing.assert_close(tiled, whole, rtol=1e-4, atol=1e-5)
+    assert_tiled_equals_whole_frame(net, torch.rand(1, 3, 160, 144))
     check_onnx_against_pytorch(net, tmp_path / "g.onnx")

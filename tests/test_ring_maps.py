@@ -13,12 +13,13 @@ import pytest
 import torch
 
 from sitm_trt import reference as ops
-from sitm_trt.model import Preset, SITMNet, get_preset, predict_hdr
+from sitm_trt.model import Preset, SITMNet, get_preset
 from sitm_trt.model.config import MAX_RING
 from sitm_trt.model.mefm import RING_CHANNELS, ring_maps
 
 from test_clip_prior import box_mean_inside
-from test_mefm_context import assert_init_is_identity, check_onnx_against_pytorch, trained_like
+from test_mefm_context import (assert_init_is_identity, assert_tiled_equals_whole_frame,
+                               check_fp16_onnx_against_float32, check_onnx_against_pytorch, trained_like)
 
 
 def preset(radius: int = 0, context: int = 0) -> Preset:
@@ -135,11 +136,7 @@ def test_tiled_equals_whole_frame_with_the_maps():
     net = with_ring(4, context=2)
     # the maps reach 4 x 4 + 4 = 20 pixels, past the dilated branch and its context (2 + 4 + 8 = 14)
     assert tiling.context_radius(net.preset, 2) == tiling.context_radius(preset(0, 2), 2) + 20 - 14
-    frame = torch.rand(1, 3, 160, 144) ** 0.3
-    with torch.no_grad():
-        whole = predict_hdr(net, frame)
-        tiled = tiling.infer_tiled(net, frame, tile=112)
-    torch.testing.assert_close(tiled, whole, rtol=1e-4, atol=1e-5)
+    assert_tiled_equals_whole_frame(net, torch.rand(1, 3, 160, 144) ** 0.3)
 
 
 def test_onnx_export_with_the_maps(tmp_path):
@@ -158,26 +155,9 @@ def test_train_option_builds_the_network():
 
 def test_fp16_onnx_with_the_maps_tracks_float32_pytorch(tmp_path):
     """The FP16 graph (the maps are computed in float32 in it, as in PyTorch) on ONNX Runtime against the float32
-    model: within a small multiple of the same model's error run in float16 by PyTorch, relative to the masks'
-    size (test_clip_prior's rule)."""
-    ort = pytest.importorskip("onnxruntime")
-    from sitm_trt.model import export_onnx
-
-    net = with_ring(4, context=1)
-    path = export_onnx(net, tmp_path / "r16.onnx", fp16=True)
+    model (test_mefm_context.check_fp16_onnx_against_float32)."""
     torch.manual_seed(5)
-    pre = ops.pre(torch.rand(1, 3, 64, 48) ** 0.3, stride=net.stride)
-    with torch.no_grad():
-        ref = net(*pre)
-        net16 = with_ring(4, context=1).half()
-        net16.load_state_dict(net.state_dict())
-        half = net16(*(t.half() for t in pre))
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {i.name: v.half().numpy() for i, v in zip(sess.get_inputs(), pre)})
-    scale = ref.masks.abs().max().item()
-    err = np.abs(got[2].astype(np.float32) - ref.masks.numpy()).max() / scale
-    err_torch = (half.masks.float() - ref.masks).abs().max().item() / scale
-    assert err <= 4 * err_torch + 1e-3, f"masks: onnx fp16 error {err:.2e}, torch fp16 error {err_torch:.2e}"
+    check_fp16_onnx_against_float32(with_ring(4, context=1), tmp_path / "r16.onnx", torch.rand(1, 3, 64, 48) ** 0.3)
 
 
 @pytest.mark.slow

@@ -18,7 +18,8 @@ from sitm_trt.model import Preset, SITMNet, get_preset, predict_hdr
 from sitm_trt.model.config import SHOULDER_THRESHOLDS
 from sitm_trt.model.mefm import exposure_gains, shoulder_features
 
-from test_mefm_context import assert_init_is_identity, check_onnx_against_pytorch, trained_like
+from test_mefm_context import (assert_init_is_identity, assert_tiled_equals_whole_frame,
+                               check_onnx_against_pytorch, trained_like)
 
 
 def preset(shoulder: bool = False, context: int = 0, global_width: int = 0) -> Preset:
@@ -117,14 +118,7 @@ def test_init_into_a_wider_global_branch_keeps_the_features_function():
 
 
 def test_tiled_equals_whole_frame_with_the_features():
-    from sitm_trt.runtime import tiling
-
-    net = with_shoulder(context=2)
-    frame = torch.rand(1, 3, 160, 144) ** 0.3
-    with torch.no_grad():
-        whole = predict_hdr(net, frame)
-        tiled = tiling.infer_tiled(net, frame, tile=112)
-    torch.testing.assert_close(tiled, whole, rtol=1e-4, atol=1e-5)
+    assert_tiled_equals_whole_frame(with_shoulder(context=2), torch.rand(1, 3, 160, 144) ** 0.3)
 
 
 def test_onnx_export_with_the_features(tmp_path):

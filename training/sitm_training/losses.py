@@ -36,6 +36,7 @@ from torch import nn
 from sitm_trt import reference as ops
 
 from .discriminator import MaskAwareDiscriminator, mix
+from .masks import _check as check_image
 from .masks import over_exposure_mask, under_exposure_mask
 
 __all__ = [
@@ -355,7 +356,7 @@ def bright_ring_regions(image: torch.Tensor, bright: float = RING_BRIGHT) -> tor
     that label) until nothing changes. A non-clipped pixel adds its max RGB once to every region in its
     ``(2 RING_WIDTH + 1)^2`` window: read from the window's largest and smallest labels where those are all it
     holds, and from its sorted labels in the few windows that reach two regions or more."""
-    _ = over_exposure_mask(image)  # the input checks
+    check_image(image)
     with torch.no_grad():
         mx = image.detach().float().amax(dim=1, keepdim=True)
         n, _, h, w = mx.shape
