@@ -292,6 +292,7 @@ def test_stored_configs_of_earlier_trainers():
                              "boost": "down", "oversample_real": 1.0, "hdr_clip_norm": "l1", "mefm_context": 0,
                              "mefm_global_width": 0, "mefm_clip_prior": 0, "mefm_shoulder": False, "camera_aux": 0.0,
                              "hdr_clip_ring": 1.0, "hdr_clip_ring_families": ("filmic", "hable"), "mefm_ring": 0,
+                             "fixed_curve": False,
                              "coef_lr_mult": 1.0,
                              "prior_lr_mult": 1.0}
     assert cfg.model.fusion == "residual" and cfg.model.freeze_exposure and cfg.loss.hdr_clip == 3.0
@@ -434,6 +435,43 @@ def test_mefm_ring_trains_at_the_prior_rate_and_travels_with_the_weights(tiny_da
     assert load_weights(tmp_path / "r" / "ckpt" / "model.safetensors").preset.mefm_ring == 2
     with pytest.raises(ValueError, match="mefm-ring is 2, not 0"):
         train_small(tiny_data, tmp_path / "r", **{**options, "mefm_ring": 0, "stage2_steps": 2})
+
+
+def test_fixed_curve_holds_k2_at_zero_and_the_rest_trains(tiny_data, tmp_path):
+    """``--fixed-curve``: from weights whose curve correction k2 is not zero, two steps save a network whose k2 is
+    exactly 0 for any image (its row zeroed, its gradient masked) while the gains' rows and the rest still train;
+    without the option the same start moves k2 (it has a gradient). It needs the residual fusion and must match on
+    resume."""
+    import dataclasses
+
+    from sitm_trt import reference as ops
+    from sitm_trt.model import SITMNet, get_preset, save_weights
+
+    torch.manual_seed(0)
+    start = SITMNet(dataclasses.replace(get_preset("compact"), fusion="residual", boost="all"))
+    with torch.no_grad():
+        start.mefm.coef_head.weight.normal_(0, 0.1)
+        start.mefm.coef_head.bias.fill_(0.2)
+    save_weights(start, tmp_path / "start.safetensors")
+    options = dict(fusion="residual", boost="all", init=str(tmp_path / "start.safetensors"), stage1_steps=0,
+                   stage2_steps=2, log_every=1, val_every=100, ckpt_every=100, val_images=1, lr=1e-3)
+    frame = torch.rand(2, 3, 48, 64)
+    for fixed in (True, False):
+        train_small(tiny_data, tmp_path / str(fixed), fixed_curve=fixed, **options)
+        net = load_weights(tmp_path / str(fixed) / "ckpt" / "model.safetensors")
+        with torch.no_grad():
+            k2 = net(*ops.pre(frame, stride=net.stride)).coef[:, 2]
+        head, was = net.mefm.coef_head, start.mefm.coef_head
+        assert (head.weight[:2] - was.weight[:2]).abs().max() > 1e-4  # the gains' rows train either way
+        if fixed:
+            assert torch.equal(k2, torch.zeros(2)) and head.weight[2].abs().max() == 0 and head.bias[2] == 0
+        else:
+            assert k2.abs().min() > 0.1 and abs(head.bias[2].item() - 0.2) > 1e-4
+    with pytest.raises(ValueError, match="fixed-curve is True, not False"):
+        train_small(tiny_data, tmp_path / "True", **{**options, "stage2_steps": 3})
+    with pytest.raises(ValueError, match="--fixed-curve holds the residual fusion's curve correction k2 at 0: it "
+                                         "needs --fusion residual, got --fusion paper"):
+        config(tmp_path / "data", tmp_path / "x", fixed_curve=True)
 
 
 def test_coef_lr_mult_steps_the_coefficient_head_faster(tiny_data, tmp_path):

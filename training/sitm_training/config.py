@@ -54,6 +54,7 @@ class ModelConfig:
     mefm_ring: int = 0  # Preset.mefm_ring: half-width of the ring maps added to the mask features (0: none)
     init: str | None = None  # start a new run from these weights (fresh optimizer, step 0): a fine-tune
     freeze_exposure: bool = False  # stage 2 trains the MEFM only (EAB, AUEM, ADEM fixed): a fusion fine-tune
+    fixed_curve: bool = False  # residual fusion: the curve correction k2 = log gamma held at 0 (gamma = 1)
     disc_width: int = 16
     disc_max_width: int = 64
 
@@ -162,6 +163,9 @@ class TrainConfig:
         except ValueError as err:
             raise ValueError(f"--preset/--fusion/--boost/--mefm-context/--mefm-global-width/--mefm-clip-prior/"
                              f"--mefm-shoulder/--mefm-ring: {err}") from err
+        if self.model.fixed_curve and self.model.fusion != "residual":
+            raise ValueError("--fixed-curve holds the residual fusion's curve correction k2 at 0: it needs --fusion "
+                             f"residual, got --fusion {self.model.fusion}")
         if self.data.crop % stride:
             raise ValueError(f"--crop must be a multiple of the network stride {stride}, got {self.data.crop}")
         if self.data.down_label not in DOWN_LABELS:
@@ -339,6 +343,9 @@ def _parser(description: str | None) -> argparse.ArgumentParser:
                         "The lr schedule still follows the step counts")
     p.add_argument("--freeze-exposure", action="store_true",
                    help="stage 2 updates only the MEFM (a fusion fine-tune from a trained checkpoint)")
+    p.add_argument("--fixed-curve", action="store_true",
+                   help="residual fusion: hold the per-image curve correction k2 = log gamma at 0 (gamma = 1, the "
+                        "inverse sRGB curve) from the start; docs/training.md")
     p.add_argument("--no-gan", action="store_true", help="train without the mask-aware discriminator")
     p.add_argument("--vgg", default=None, help="torchvision VGG-16 ImageNet weights (.pth) for the perceptual loss; "
                                                "without it a 1-SSIM substitute is used (and the run card says so)")

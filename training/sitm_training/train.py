@@ -191,6 +191,7 @@ CAMERA_PROBE_LR_MULT = 100.0
 """``--camera-aux``: the probe learns at this many times the network's rate. It starts untrained, and a fine-tune's
 rate (5e-5) moves each of its weights by about 0.1 in 2000 steps, so it would stay at chance (cross-entropy ln 5)
 and give ``g`` no target: R33's first 300 steps at the network's rate did (training/LOG.md, "Nineteenth round")."""
+CURVE_ROW = 2  # the MEFM coefficient head's row that is the residual fusion's k2 = log gamma (--fixed-curve)
 
 
 GLOBAL_BRANCH = ("mefm.glob.", "mefm.glob_fc.", "mefm.shoulder_fc.", "mefm.fuse_global.", "mefm.coef_head.")
@@ -208,6 +209,23 @@ def widen(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     out[:src.shape[0]] = 0
     out[tuple(slice(0, n) for n in src.shape)] = src
     return out
+
+
+def hold_curve_fixed(net: SITMNet) -> None:
+    """``--fixed-curve``: the residual fusion's curve correction ``k2 = log gamma`` is 0 for every image from now on.
+
+    ``k2`` is row 2 of the MEFM's coefficient head (``coef = (gain_up + d0, gain_down + d1, d2, 0)``, ``d =
+    coef_head(g)``): the row is zeroed and its gradient masked, so Adam (whose step is 0 where the gradient always
+    was) leaves it at 0 and the saved weights have ``gamma = 1`` exactly. The trained residual models learned ``k2``
+    of about 0.1 on every image whatever its camera (training/LOG.md, "Twenty-first round")."""
+    head = net.mefm.coef_head
+    keep = torch.ones_like(head.bias)
+    keep[CURVE_ROW] = 0.0
+    with torch.no_grad():
+        head.weight[CURVE_ROW].zero_()
+        head.bias[CURVE_ROW].zero_()
+    head.weight.register_hook(lambda grad: grad * keep[:, None])
+    head.bias.register_hook(lambda grad: grad * keep)
 
 
 def load_init(net: SITMNet, init: SITMNet, path: str) -> list[str]:
@@ -378,6 +396,8 @@ class Trainer:
                                  "models")
             for p in self.net.exposure_parameters():
                 p.requires_grad_(False)
+        if cfg.model.fixed_curve:
+            hold_curve_fixed(self.net)
         self.gmodel = d.wrap(_Stages(self.net))
         self.gdisc = d.wrap(self.disc) if self.disc is not None else None
         self.gprobe = d.wrap(self.camera_probe) if self.camera_probe is not None else None
@@ -438,7 +458,7 @@ class Trainer:
         # what the network's shapes and meaning follow, and the optimizer's parameter groups
         for group, key in (("model", "preset"), ("model", "fusion"), ("model", "boost"), ("model", "mefm_context"),
                            ("model", "mefm_global_width"), ("model", "mefm_clip_prior"), ("model", "mefm_shoulder"),
-                           ("model", "mefm_ring"),
+                           ("model", "mefm_ring"), ("model", "fixed_curve"),
                            ("optim", "coef_lr_mult"), ("optim", "prior_lr_mult"), ("loss", "camera_aux")):
             was, now = getattr(getattr(before, group), key), getattr(getattr(cfg, group), key)
             if was != now:
