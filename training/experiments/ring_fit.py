@@ -1,13 +1,14 @@
 """Can the ring maps carry how far a clipped region's truth lies above a model's result? Over the clip-mode samples
 of a split, the per-pixel error ``log2(Y_truth / Y_model)`` on clipped pixels (``c > 0`` of ``mefm.ring_maps``,
-max RGB >= 0.97; results scale-aligned as the evaluation does) is regressed on the five ring maps (half-width R) by
-least squares, each sample weighted equally and its pixels by ``c``. ``dump`` writes the features and errors of a
-split; ``fit`` fits on one dump (training split), per training camera family and for chosen family sets, and
-reports on other dumps (held-out splits) the mean error on clipped pixels (max RGB >= 0.99) before and after the
-correction ``Y * 2^(c clamp(w . maps + b, -4, 4))``, per camera and per ring class as ``rolloff_bias.py``. It
-also fits one level per sample from the whole frame (the log2 shares of pixels whose max RGB is at least 0.5, 0.7,
-0.85, 0.92, 0.97, 0.99: ``mefm.shoulder_features``' cue) to the sample's mean error, and reports the same way. The
-twenty-first round (training/LOG.md).
+max RGB >= 0.97; results scale-aligned as the evaluation does) is regressed on a constant and the ring maps' four
+level and density channels (half-width ``RADIUS``) by least squares, each sample weighted equally and its pixels by
+``c``. ``dump`` writes the features and errors of a split; ``fit`` fits on one dump (the training split), per
+training camera family and for chosen family sets, and reports on other dumps (held-out splits) the per-sample RMS
+and mean error on clipped pixels (max RGB >= 0.99) before and after the correction
+``Y * 2^(c clamp(w . maps + b, -4, 4))``, per camera and per ring class as ``rolloff_bias.py``. It also fits one
+level per sample from the whole frame (the log2 shares of pixels whose max RGB is at least 0.5, 0.7, 0.85, 0.92,
+0.97, 0.99: ``mefm.shoulder_features``' cue) to the sample's mean error, and reports the same way. The twenty-first
+round (training/LOG.md).
 
 ``python training/experiments/ring_fit.py dump SPLIT NAME=WEIGHTS OUT.npz [--every K]``
 ``python training/experiments/ring_fit.py fit TRAIN.npz HELDOUT.npz ...``"""
@@ -103,7 +104,6 @@ def report(d, coefs: dict[str, np.ndarray]) -> list[str]:
     c = d["feat"][:, 0]
     for camera in sorted(set(d["cam"])):
         on = (d["cam"] == camera) & d["clipped"]
-        head = f"| {camera} | all |"
         cells = {}
         for name, wts in {"base": None, **coefs}.items():
             corr = 0 if wts is None else c * np.clip((XL if name.startswith("level") else X) @ wts, -EV, EV)
