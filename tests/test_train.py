@@ -472,6 +472,8 @@ def test_fixed_curve_holds_k2_at_zero_and_the_rest_trains(tiny_data, tmp_path):
     with pytest.raises(ValueError, match="--fixed-curve holds the residual fusion's curve correction k2 at 0: it "
                                          "needs --fusion residual, got --fusion paper"):
         config(tmp_path / "data", tmp_path / "x", fixed_curve=True)
+    with pytest.raises(ValueError, match="fix_curve: only the residual fusion has the curve correction k2"):
+        SITMNet(get_preset("compact")).mefm.fix_curve(0.0)
 
 
 def test_coef_lr_mult_steps_the_coefficient_head_faster(tiny_data, tmp_path):

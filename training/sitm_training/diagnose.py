@@ -426,9 +426,7 @@ def fixed_curve_variants(weights: list[tuple[str, str]], exponents: list[float],
     folder.mkdir(parents=True, exist_ok=True)
     for name, _, net in nets:
         for k in exponents:  # only the curve's row changes between the copies
-            with torch.no_grad():
-                net.mefm.coef_head.weight[2].zero_()
-                net.mefm.coef_head.bias[2].fill_(k)
+            net.mefm.fix_curve(k)
             out = folder / f"{name}-k2={k:g}.safetensors"
             save_weights(net, out)
             lines.append(f"| {name} | {k:+g} | `{out}` |")

@@ -48,6 +48,7 @@ from sitm_trt import reference as ops
 from sitm_trt.files import atomic_write
 from sitm_trt.media.io import tonemap_preview, write_png
 from sitm_trt.model import SITMNet, save_weights
+from sitm_trt.model.mefm import CURVE_ROW
 from sitm_trt.model.serialization import load_weights
 from sitm_trt.model.state import StatSource
 from sitm_trt.weights import sha256_file
@@ -191,7 +192,6 @@ CAMERA_PROBE_LR_MULT = 100.0
 """``--camera-aux``: the probe learns at this many times the network's rate. It starts untrained, and a fine-tune's
 rate (5e-5) moves each of its weights by about 0.1 in 2000 steps, so it would stay at chance (cross-entropy ln 5)
 and give ``g`` no target: R33's first 300 steps at the network's rate did (training/LOG.md, "Nineteenth round")."""
-CURVE_ROW = 2  # the MEFM coefficient head's row that is the residual fusion's k2 = log gamma (--fixed-curve)
 
 
 GLOBAL_BRANCH = ("mefm.glob.", "mefm.glob_fc.", "mefm.shoulder_fc.", "mefm.fuse_global.", "mefm.coef_head.")
@@ -214,16 +214,14 @@ def widen(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
 def hold_curve_fixed(net: SITMNet) -> None:
     """``--fixed-curve``: the residual fusion's curve correction ``k2 = log gamma`` is 0 for every image from now on.
 
-    ``k2`` is row 2 of the MEFM's coefficient head (``coef = (gain_up + d0, gain_down + d1, d2, 0)``, ``d =
-    coef_head(g)``): the row is zeroed and its gradient masked, so Adam (whose step is 0 where the gradient always
-    was) leaves it at 0 and the saved weights have ``gamma = 1`` exactly. The trained residual models learned ``k2``
-    of about 0.1 on every image whatever its camera (training/LOG.md, "Twenty-first round")."""
+    ``MEFM.fix_curve(0)`` zeroes the coefficient head's row :data:`~sitm_trt.model.mefm.CURVE_ROW`, and its gradient
+    is masked, so Adam (whose step is 0 where the gradient always was) leaves it at 0 and the saved weights have
+    ``gamma = 1`` exactly. The trained residual models learned ``k2`` of about 0.1 on every image whatever its camera
+    (training/LOG.md, "Twenty-first round")."""
+    net.mefm.fix_curve(0.0)
     head = net.mefm.coef_head
     keep = torch.ones_like(head.bias)
     keep[CURVE_ROW] = 0.0
-    with torch.no_grad():
-        head.weight[CURVE_ROW].zero_()
-        head.bias[CURVE_ROW].zero_()
     head.weight.register_hook(lambda grad: grad * keep[:, None])
     head.bias.register_hook(lambda grad: grad * keep)
 

@@ -56,6 +56,7 @@ __all__ = ["MEFM", "COEF_INIT", "exposure_gains", "ring_maps", "shoulder_feature
 
 GATE_LEAK = 0.01  # training only: gradient slope of the residual gates outside [0, 1] (the value is unchanged)
 BOOST_EV = 12.0  # the residual fusion's largest per-pixel gain on the exposure-down term, in EV
+CURVE_ROW = 2  # the residual fusion: the coefficient head's row that is the curve correction k2 = log gamma
 CLIP_PRIOR_THRESHOLD = 0.92  # Preset.mefm_clip_prior: max RGB ramps 0 -> 1 from here to 1 (baselines.rempel's)
 CLIP_PRIOR_PASSES = 3  # box passes of the prior's blur: close to a Gaussian of sigma sqrt(r (r + 1))
 CLIP_PRIOR_EV = 4.0  # the prior's largest gain (or loss) in EV: 16x (Rempel's boost of 4 is 2 EV)
@@ -265,6 +266,15 @@ class MEFM(nn.Module):
             g = torch.cat([g, exposure_gains(thumb)], dim=1)
         return g
 
+    def fix_curve(self, k2: float) -> None:
+        """Residual fusion: make the curve correction ``k2`` the constant ``k2`` for every image (the coefficient
+        head's row :data:`CURVE_ROW`: weights 0, bias ``k2``); everything else is unchanged."""
+        if not self.residual:
+            raise ValueError("fix_curve: only the residual fusion has the curve correction k2")
+        with torch.no_grad():
+            self.coef_head.weight[CURVE_ROW].zero_()
+            self.coef_head.bias[CURVE_ROW].fill_(k2)
+
     def coefficients(self, g: torch.Tensor) -> torch.Tensor:
         """``(N, 4)`` float32 from ``g``: ``softplus(linear(g))`` (a0..a3 of Eq. 8), or for the residual fusion
         ``(gain_up + d0, gain_down + d1, d2, 0)`` with ``d = linear(g)`` (zero at initialisation)."""
@@ -272,7 +282,8 @@ class MEFM(nn.Module):
             return F.softplus(linear32(self.coef_head, g))
         w = self.global_width
         d = linear32(self.coef_head, g[:, :w])
-        return torch.cat([g[:, w:w + 2] + d[:, 0:2], d[:, 2:3], torch.zeros_like(d[:, 0:1])], dim=1)
+        k2 = d[:, CURVE_ROW:CURVE_ROW + 1]
+        return torch.cat([g[:, w:w + 2] + d[:, 0:2], k2, torch.zeros_like(k2)], dim=1)
 
     def masks(self, image: torch.Tensor, image_up: torch.Tensor, image_down: torch.Tensor,
               g: torch.Tensor) -> torch.Tensor:
