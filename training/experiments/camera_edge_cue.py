@@ -34,8 +34,8 @@ def edge_features(ldr: np.ndarray) -> np.ndarray:
         a, c, b = take(x, 0, 2 * GAP), take(x, GAP, GAP), take(x, 2 * GAP, 0)
         ma, mb = take(mx, 0, 2 * GAP), take(mx, 2 * GAP, 0)
         # flatness of the two ends: their own neighbours one pixel further out and in
-        fa = np.abs(take(x, 0, 2 * GAP) - np.roll(take(x, 0, 2 * GAP), 1, axis=axis)).max(-1)
-        fb = np.abs(take(x, 2 * GAP, 0) - np.roll(take(x, 2 * GAP, 0), -1, axis=axis)).max(-1)
+        fa = np.abs(a - np.roll(a, 1, axis=axis)).max(-1)
+        fb = np.abs(b - np.roll(b, -1, axis=axis)).max(-1)
         ab = b - a
         length2 = (ab * ab).sum(-1)
         chroma = lambda p: p / (p.sum(-1, keepdims=True) + 1e-6)  # noqa: E731
