@@ -192,6 +192,42 @@ def test_oversample_real_weights_follow_the_manifest_source(tmp_path):
     assert card["step"] == 1 and card["config"]["oversample_real"] == 2.0
 
 
+def test_families_draw_only_the_named_camera_families(tmp_path):
+    import dataclasses
+
+    from sitm_training.data import SampleDataset
+    from sitm_training.data.camera import CameraConfig
+    from sitm_training.train import sampling_weights
+
+    root = tmp_path / "data"
+    build(root, Recipe(seed=2, n=12, n_test=0, size=64, val_fraction=0.2,
+                       camera=dataclasses.replace(CameraConfig(), responses=("srgb", "filmic"))), progress=False)
+    ds = SampleDataset(root, "train", crop=32)
+    kinds = [json.loads(str(np.load(root / r["file"])["meta"]))["camera"]["response"]["kind"] for r in ds.records]
+    assert set(kinds) == {"srgb", "filmic"}  # this seed gives both
+    assert sampling_weights(ds, 1.0, 1.0, ("filmic",)) == [1.0 if k == "filmic" else 0.0 for k in kinds]
+    assert sampling_weights(ds, 1.0, 1.0, ("filmic", "srgb")) == [1.0] * len(kinds)
+    with pytest.raises(ValueError, match="has no sample of hable"):
+        sampling_weights(ds, 1.0, 1.0, ("filmic", "hable"))
+    with pytest.raises(ValueError, match="--families must name camera families"):
+        config(root, tmp_path / "run", families=("filmc",))
+    import sitm_training.train as T
+
+    drawn = []
+    real = T._batches
+
+    def spy(*args, **kwargs):
+        for batch in real(*args, **kwargs):
+            drawn.extend(batch["camera"])
+            yield batch
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(T, "_batches", spy)
+        _, card = train_small(root, tmp_path / "run", stage1_steps=0, stage2_steps=3, families=("filmic",))
+    assert card["step"] == 3 and list(card["config"]["families"]) == ["filmic"]
+    assert drawn and set(drawn) == {"filmic"}  # every sample the loss saw came from the named family
+
+
 def test_down_label_input_is_what_stage_1_trains_on(tmp_path, tiny_data, monkeypatch):
     import sitm_training.train as T
 
@@ -285,14 +321,14 @@ def test_stored_configs_of_earlier_trainers():
     assert REMOVED_OPTIONS.keys() <= old.keys()
     cfg = stored_config(old, str(card))
     # the card predates --boost, --oversample-real, --hdr-clip-norm, --mefm-context, --mefm-global-width,
-    # --mefm-clip-prior, --mefm-shoulder, --camera-aux and --hdr-clip-ring: the config takes their defaults, the meaning those
-    # weights have (boost "down", uniform sampling, the L1 clipped term, no context, the MEFM's width for the global
-    # branch, no clip prior, no shoulder features, no camera probe)
+    # --mefm-clip-prior, --mefm-shoulder, --camera-aux, --hdr-clip-ring and --families: the config takes their defaults,
+    # the meaning those weights have (boost "down", uniform sampling of every camera family, the L1 clipped term, no
+    # context, the MEFM's width for the global branch, no clip prior, no shoulder features, no camera probe)
     assert cfg.to_dict() == {**{k: tuple(v) if k == "betas" else v for k, v in old.items() if k not in REMOVED_OPTIONS},
                              "boost": "down", "oversample_real": 1.0, "hdr_clip_norm": "l1", "mefm_context": 0,
                              "mefm_global_width": 0, "mefm_clip_prior": 0, "mefm_shoulder": False, "camera_aux": 0.0,
                              "hdr_clip_ring": 1.0, "hdr_clip_ring_families": ("filmic", "hable"), "mefm_ring": 0,
-                             "fixed_curve": False,
+                             "fixed_curve": False, "families": (),
                              "coef_lr_mult": 1.0,
                              "prior_lr_mult": 1.0}
     assert cfg.model.fusion == "residual" and cfg.model.freeze_exposure and cfg.loss.hdr_clip == 3.0

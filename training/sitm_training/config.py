@@ -38,6 +38,7 @@ class DataConfig:
     up_ev_max: float | None = None  # shoot the exposure-up labels of more EV again at this EV (data.relabel_up)
     oversample_under: float = 1.0  # draw under-exposed training samples this many times as often (1 = uniform)
     oversample_real: float = 1.0  # draw training samples of real scenes (not procedural/*) this many times as often
+    families: tuple = ()  # train only on samples shot through these camera response families (empty: every one)
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,10 @@ class TrainConfig:
             raise ValueError(f"--hdr-clip-ring must be >= 0, got {self.loss.hdr_clip_ring}")
         if self.loss.hdr_clip_ring != 1.0 and not self.loss.hdr_clip > 0:
             raise ValueError("--hdr-clip-ring weighs the --hdr-clip term: set --hdr-clip too")
+        unknown = sorted(set(self.data.families) - set(RESPONSE_KINDS))
+        if unknown:
+            raise ValueError(f"--families must name camera families of {RESPONSE_KINDS}, got "
+                             f"{','.join(self.data.families)!r}")
         unknown = sorted(set(self.loss.hdr_clip_ring_families) - set(RESPONSE_KINDS))
         if unknown or not self.loss.hdr_clip_ring_families:
             raise ValueError(f"--hdr-clip-ring-families must name camera families of {RESPONSE_KINDS}, got "
@@ -247,7 +252,7 @@ def stored_config(options: Mapping[str, Any], where: str) -> TrainConfig:
 
 
 def _families(text: str) -> tuple[str, ...]:
-    """``--hdr-clip-ring-families``' comma-separated names (checked by :class:`TrainConfig`)."""
+    """``--families``' and ``--hdr-clip-ring-families``' comma-separated names (checked by :class:`TrainConfig`)."""
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
@@ -336,6 +341,10 @@ def _parser(description: str | None) -> argparse.ArgumentParser:
     p.add_argument("--oversample-real", type=float, default=_default("oversample_real"),
                    help="draw the training samples of real scenes (every source but procedural/*) K times as often "
                         "(default 1: uniform); multiplies with --oversample-under")
+    p.add_argument("--families", type=_families, default=_default("families"), metavar="A,B",
+                   help="train only on the samples shot through these camera response families (each sample's "
+                        "meta records its family), e.g. filmic,hable for a model of S-curve inputs; validation keeps "
+                        "every sample. Default: every family")
     p.add_argument("--init", default=None, help="start a new run from these weights (.safetensors; fresh optimizer)")
     p.add_argument("--max-seconds", type=float, default=None,
                    help="wall-clock budget of this process, counted from the first step and checked before each "

@@ -162,17 +162,21 @@ def _batches(loader: DataLoader, start_epoch: int) -> Iterator[dict[str, Any]]:
         epoch += 1
 
 
-def sampling_weights(dataset: SampleDataset, oversample_under: float, oversample_real: float = 1.0) -> list[float]:
+def sampling_weights(dataset: SampleDataset, oversample_under: float, oversample_real: float = 1.0,
+                     families: tuple[str, ...] = ()) -> list[float]:
     """Sampling weight per training sample: ``oversample_under`` for the under-exposed ones (the camera
     ``meta`` of each sample says ``exposure.mode``), times ``oversample_real`` for the samples of real scenes (the
-    manifest's ``source`` of each is not ``procedural/...``); 1 for the rest."""
+    manifest's ``source`` of each is not ``procedural/...``); 1 for the rest. With ``families``, 0 for every sample
+    whose camera response family (``meta["camera"]["response"]["kind"]``) is not one of them; each named family
+    must have a sample."""
     from sitm_training.data import load_sample_meta, under_exposed
 
-    weights = []
+    weights, seen = [], set()
     for r in dataset.records:
         w = 1.0
+        meta = load_sample_meta(dataset.root / r["file"]) if oversample_under != 1.0 or families else None
         if oversample_under != 1.0:
-            under = under_exposed(load_sample_meta(dataset.root / r["file"]))
+            under = under_exposed(meta)
             if under is None:
                 raise ValueError(f"{dataset.root / r['file']}: the sample's meta records no exposure mode, which "
                                  "--oversample-under needs")
@@ -184,7 +188,19 @@ def sampling_weights(dataset: SampleDataset, oversample_under: float, oversample
                                  "--oversample-real needs")
             if not source.startswith("procedural/"):
                 w *= float(oversample_real)
+        if families:
+            kind = (meta.get("camera") or {}).get("response", {}).get("kind")
+            if not isinstance(kind, str):
+                raise ValueError(f"{dataset.root / r['file']}: the sample's meta records no camera response family, "
+                                 "which --families needs")
+            seen.add(kind)
+            if kind not in families:
+                w = 0.0
         weights.append(w)
+    missing = [f for f in families if f not in seen]
+    if missing:
+        raise ValueError(f"--families {','.join(families)}: {dataset.root}'s train split has no sample of "
+                         f"{', '.join(missing)} (it has {', '.join(sorted(seen)) or 'none'})")
     return weights
 
 
@@ -410,11 +426,12 @@ class Trainer:
 
     def _sampler(self):
         cfg, d = self.cfg, self.dist
-        if cfg.data.oversample_under != 1.0 or cfg.data.oversample_real != 1.0:
+        if cfg.data.oversample_under != 1.0 or cfg.data.oversample_real != 1.0 or cfg.data.families:
             if d.world > 1:
-                raise ValueError("--oversample-under/--oversample-real are not supported with several processes "
-                                 "(torchrun) yet")
-            weights = sampling_weights(self.train_set, cfg.data.oversample_under, cfg.data.oversample_real)
+                raise ValueError("--oversample-under/--oversample-real/--families are not supported with several "
+                                 "processes (torchrun) yet")
+            weights = sampling_weights(self.train_set, cfg.data.oversample_under, cfg.data.oversample_real,
+                                       cfg.data.families)
             return WeightedRandomSampler(weights,
                                          len(self.train_set), replacement=True,
                                          generator=torch.Generator().manual_seed(cfg.run.seed))
