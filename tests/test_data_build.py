@@ -191,6 +191,13 @@ def test_export_subset_real_scenes_per_exposure_mode(tmp_path: Path, built: Path
     assert json.loads((tmp_path / "one" / "pairs.json").read_text())["per_mode"] == 1
     with pytest.raises(ValueError, match="per_mode"):
         export_split(built, tmp_path / "bad", "train", per_mode=0)
+    kinds = {r["id"]: load_sample_meta(built / r["file"])["camera"]["response"]["kind"] for r in train}
+    family = sorted(kinds.values())[0]
+    some = export_split(built, tmp_path / "fam", "train", families=(family,))
+    assert sorted(p["id"] for p in some) == sorted(i for i, k in kinds.items() if k == family)
+    assert len(some) < len(train) and json.loads((tmp_path / "fam" / "pairs.json").read_text())["families"] == [family]
+    with pytest.raises(ValueError, match="no sample of the camera families"):
+        export_split(built, tmp_path / "none", "train", families=("no-such-family",))
 
 
 def test_export_split_as_pairs(tmp_path: Path, built: Path) -> None:

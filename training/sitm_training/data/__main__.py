@@ -139,6 +139,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--per-mode", type=int, default=None,
                    help="at most N samples of each exposure mode (clipping / under-exposed), drawn with --seed")
     e.add_argument("--seed", type=int, default=0, help="with --per-mode: the draw's seed")
+    e.add_argument("--families", default="", metavar="A,B",
+                   help="only the samples shot through these camera response families (e.g. filmic,hable)")
 
     i = sub.add_parser(
         "import-sice", help="convert SICE-style bracketed stacks (Debevec-merged HDR) into a built data set"
@@ -283,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "export":
         try:
             pairs = B.export_split(args.root, args.out, args.split, real_only=args.real_only,
-                                   per_mode=args.per_mode, seed=args.seed)
+                                   per_mode=args.per_mode, seed=args.seed,
+                                   families=tuple(f.strip() for f in args.families.split(",") if f.strip()))
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

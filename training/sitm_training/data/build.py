@@ -311,19 +311,27 @@ def verify(root: str | os.PathLike[str]) -> list[str]:
 
 def export_split(
     root: str | os.PathLike[str], out: str | os.PathLike[str], split: str = "test", *, real_only: bool = False,
-    per_mode: int | None = None, seed: int = 0,
+    per_mode: int | None = None, seed: int = 0, families: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     """Write a split as evaluation pairs: ``out/<id>.png`` (LDR input), ``out/<id>.exr`` (float32 HDR),
     ``out/labels/<id>_up.png`` / ``<id>_down.png``, and ``out/pairs.json`` (ids, files, EVs, sources).
 
     ``real_only`` keeps the samples of real HDR sources (not ``procedural/*``); ``per_mode`` keeps at most that
     many samples of each exposure mode (``meta["exposure"]["mode"]``), the first ones in an order shuffled with
-    ``seed``: e.g. a small real-scene set from the train split for choosing between models.
+    ``seed``: e.g. a small real-scene set from the train split for choosing between models. ``families`` keeps the
+    samples shot through those camera response families (``meta["camera"]["response"]["kind"]``): e.g. the S-curve
+    samples a model for filmic inputs is scored on.
     """
     root, out = Path(root), Path(out)
     manifest = load_manifest(root)
     records = [r for r in manifest["samples"] if r["split"] == split
                and not (real_only and str(r.get("source", "")).startswith("procedural"))]
+    if families:
+        records = [r for r in records
+                   if (load_sample_meta(root / r["file"]).get("camera") or {}).get("response", {}).get("kind")
+                   in families]
+        if not records:
+            raise ValueError(f"{root}: the {split} split has no sample of the camera families {', '.join(families)}")
     if per_mode is not None:
         if per_mode < 1:
             raise ValueError(f"per_mode must be >= 1, got {per_mode}")
@@ -362,7 +370,8 @@ def export_split(
         out / "pairs.json",
         json.dumps(
             {"split": split, "from": str(root), "recipe_hash": manifest["recipe_hash"], "real_only": real_only,
-             "per_mode": per_mode, "seed": seed if per_mode is not None else None, "pairs": pairs}, indent=1
+             "per_mode": per_mode, "seed": seed if per_mode is not None else None,
+             "families": list(families) or None, "pairs": pairs}, indent=1
         ).encode(),
     )
     return pairs
