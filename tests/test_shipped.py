@@ -1,5 +1,5 @@
-"""The shipped default weights: present in the package, checksummed, as good as their card says, and what
-``sitm_trt.infer`` / ``sitm-trt infer`` use on a CPU-only machine."""
+"""The shipped weights (``default`` and ``filmic``): present in the package, checksummed, as good as their cards
+say, and the default is what ``sitm_trt.infer`` / ``sitm-trt infer`` use on a CPU-only machine."""
 
 from __future__ import annotations
 
@@ -15,10 +15,13 @@ import torch
 
 import sitm_trt
 from sitm_trt.model import predict_hdr
-from sitm_trt.weights import WEIGHTS_DIR, load
+from sitm_trt.weights import WEIGHTS_DIR, load, shipped_names
 
-# The default weights ship (docs/training.md, "The shipped default weights"): every test here must run and pass, and a
+# The weights ship (docs/training.md, "The shipped default weights"): every test here must run and pass, and a
 # package without them fails here rather than skipping.
+
+
+SHIPPED = ("default", "filmic")
 
 
 @pytest.fixture(scope="module")
@@ -26,26 +29,35 @@ def default():
     return load("default")
 
 
-def test_shipped_files_match_their_card(default):
-    card = default.card
-    assert default.path == (WEIGHTS_DIR / "default.safetensors").resolve()
-    assert card["sha256"] == hashlib.sha256(default.path.read_bytes()).hexdigest() == default.sha256
-    assert card["preset"]["name"] == default.preset_name == "compact"
+@pytest.fixture(scope="module", params=SHIPPED)
+def shipped(request):
+    return load(request.param)
+
+
+def test_the_shipped_sets_are_these():
+    assert shipped_names() == sorted(SHIPPED)
+
+
+def test_shipped_files_match_their_card(shipped):
+    card, name = shipped.card, shipped.path.stem
+    assert shipped.path == (WEIGHTS_DIR / f"{name}.safetensors").resolve()
+    assert card["sha256"] == hashlib.sha256(shipped.path.read_bytes()).hexdigest() == shipped.sha256
+    assert card["preset"]["name"] == shipped.preset_name == "compact"
     for precision in ("fp32", "fp16"):
-        onnx = WEIGHTS_DIR / f"default-{precision}.onnx"
+        onnx = WEIGHTS_DIR / f"{name}-{precision}.onnx"
         assert hashlib.sha256(onnx.read_bytes()).hexdigest() == card["onnx"][precision], precision
-    total = sum(p.stat().st_size for p in WEIGHTS_DIR.glob("default*"))
+    total = sum(p.stat().st_size for p in WEIGHTS_DIR.glob(f"{name}[.-]*"))
     assert total < 8 * 2**20, f"shipped weights take {total} bytes"
     assert card["data"]["recipe_hash"] and card["training"]["step"] > 0 and card["training"]["train_seconds"] > 0
 
 
-def test_card_lists_every_data_source_with_license_and_checksum(default):
+def test_card_lists_every_data_source_with_license_and_checksum(shipped):
     """Issue 16: the card records every data source with its license and checksum; each real source's checksum is
     the one pinned in the fetch tables (an independent copy: the tables are what `data fetch` verifies against)."""
     from sitm_training.data.source_tables import DEBIAN_FILES, REGISTRY_FILES
 
     pinned = {f.id: f.sha256 for f in DEBIAN_FILES} | {f.id: f.pixels_sha256 for f in REGISTRY_FILES}
-    sources = default.card["data"]["sources"]
+    sources = shipped.card["data"]["sources"]
     real = [s for s in sources if s["id"] != "procedural"]
     assert real and {s["split"] for s in real} >= {"train", "test"}
     for s in sources:
@@ -55,23 +67,28 @@ def test_card_lists_every_data_source_with_license_and_checksum(default):
     assert [s["id"] for s in sources].count("procedural") == 1  # the recipe's real_fraction is 0.5
 
 
-def test_card_evaluation_beats_both_baselines_on_every_metric(default):
+def test_card_evaluation_beats_both_baselines_on_every_metric(shipped):
     """The shipping rule of the training issue, checked on the evaluation the card carries (summary.json of
-    ``python -m sitm_training.evaluate`` on the held-out real test pairs)."""
-    ev = default.card["evaluation"]["summary"]
+    ``python -m sitm_training.evaluate`` on the held-out real test pairs): the whole test split for ``default``,
+    its samples shot through an S-curve (``data export --families filmic,hable``) for ``filmic``."""
+    ev = shipped.card["evaluation"]["summary"]
     methods = ev["methods"]
     models = [m for m, s in methods.items() if s["kind"] == "model"]
     baselines = [m for m, s in methods.items() if s["kind"] == "baseline"]
     assert len(models) == 1 and {"linear", "rempel", "banterle"} <= set(baselines)
-    assert ev["images"] >= 90 and ev["jod"].startswith("ColorVideoVDP")  # JOD was computed, not skipped
+    assert ev["jod"].startswith("ColorVideoVDP")  # JOD was computed, not skipped
+    if shipped.path.stem == "default":
+        assert ev["images"] >= 90 and ev["pairs"] == "data/sitm256-test"
+    else:
+        assert ev["images"] >= 20 and ev["pairs"] == "data/sitm256-test-scurve"
     model = methods[models[0]]
-    assert default.sha256[:12] in model["description"]  # the evaluation scored this very file
+    assert shipped.sha256[:12] in model["description"]  # the evaluation scored this very file
     for metric in ev["metrics"]:
         assert model[metric] is not None and math.isfinite(model[metric]), metric
         for b in baselines:
             assert model[metric] > methods[b][metric], f"{metric}: {models[0]} {model[metric]} <= {b} {methods[b][metric]}"
     # the card's markdown table (the README's) is this evaluation: the model's row, cell by cell, at the table's precision
-    row = next(line for line in default.card["evaluation"]["table"].splitlines() if line.startswith(f"| {models[0]} |"))
+    row = next(line for line in shipped.card["evaluation"]["table"].splitlines() if line.startswith(f"| {models[0]} |"))
     cells = [c.strip() for c in row.strip("|").split("|")][1:1 + len(ev["metrics"])]
     assert len(cells) == len(ev["metrics"])
     for metric, cell in zip(ev["metrics"], cells):
@@ -97,6 +114,39 @@ def test_readme_quality_table_is_the_cards(default):
         for metric, cell in zip(ev["metrics"], cells):
             decimals = len(cell.split(".")[1]) if "." in cell else 0
             assert float(cell) == pytest.approx(ev["methods"][method][metric], abs=0.51 * 10**-decimals), (method, metric)
+
+
+def test_readme_filmic_table_is_its_cards():
+    """The README's table for ``--weights filmic`` holds that card's evaluation, row by row."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Inputs through a filmic curve", 1)[1].split("\n## ", 1)[0]
+    table = section[section.index("\n| method"):].split("\n\n", 1)[0]
+    rows = [r for r in table.splitlines() if r.startswith("| ") and not r.startswith("| method") and "---" not in r]
+    ev = load("filmic").card["evaluation"]["summary"]
+    names = {"linear": "linearized input", "rempel": "Rempel", "banterle": "Banterle", "filmic": "`filmic`"}
+    assert len(rows) == len(names) and set(ev["methods"]) == set(names)
+    for method, label in names.items():
+        row = next(r for r in rows if label in r)
+        cells = [c.strip().strip("*") for c in row.strip("|").split("|")][1:]
+        assert len(cells) == len(ev["metrics"]), row
+        for metric, cell in zip(ev["metrics"], cells):
+            decimals = len(cell.split(".")[1]) if "." in cell else 0
+            assert float(cell) == pytest.approx(ev["methods"][method][metric], abs=0.51 * 10**-decimals), (method, metric)
+
+
+def test_infer_filmic_by_name_is_the_filmic_network():
+    """``weights="filmic"`` reaches the filmic set (not the default) through the public API."""
+    rng = np.random.default_rng(4)
+    frame = rng.integers(0, 256, size=(32, 48, 3), dtype=np.uint8)
+    frame[:8] = 255
+    got = sitm_trt.infer(frame, backend="torch", weights="filmic")
+    with torch.no_grad():
+        want = predict_hdr(load("filmic").model().eval(), torch.from_numpy(frame))
+        other = predict_hdr(load("default").model().eval(), torch.from_numpy(frame))
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)
+    assert float((want - other).abs().max()) > 1e-2  # the two sets differ, so the check above can tell them apart
 
 
 def test_infer_numpy_on_cpu_uses_the_default_weights(default):
@@ -129,19 +179,21 @@ def test_quickstart_main_job(tmp_path):
     assert preview.shape == sample.shape and preview.std() > 10
 
 
-def test_shipped_onnx_graphs_compute_the_shipped_weights(default):
+def test_shipped_onnx_graphs_compute_the_shipped_weights(shipped):
     """The ONNX files TensorRT builds from (no torch at run time) are the shipped weights' network: float32 on
     onnxruntime matches PyTorch, float16 stays within a small multiple of PyTorch's own float16 error."""
     ort = pytest.importorskip("onnxruntime")
     from sitm_trt.model.export import INPUT_NAMES, OUTPUT_NAMES, example_inputs
 
-    net = default.model().eval()
+    net = shipped.model().eval()
     args = example_inputs(1, 96, 160, seed=11)
     with torch.no_grad():
         ref = net(*args)
-        half = default.model().eval().half()(*(t.half() for t in args))
+        half = shipped.model().eval().half()(*(t.half() for t in args))
     for precision, feed in (("fp32", args), ("fp16", tuple(t.half() for t in args))):
-        sess = ort.InferenceSession(str(default.onnx(precision)), providers=["CPUExecutionProvider"])
+        onnx = shipped.onnx(precision)
+        assert onnx.parent == WEIGHTS_DIR, onnx  # the shipped export, not one made now into the cache
+        sess = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
         outs = sess.run(None, {n: t.numpy() for n, t in zip(INPUT_NAMES, feed)})
         for o, r, h, field in zip(outs, ref, half, OUTPUT_NAMES):
             assert o.shape == tuple(r.shape), (precision, field)

@@ -253,7 +253,9 @@ def infer(x: Any, *, out: Any = None, stream: Any = None, backend: str = "auto",
     """LDR frame(s) -> linear HDR with a default, cached :class:`Pipeline` (see the module docstring).
 
     The pipeline for (weights, backend, precision) is made once (the weights' sha256 is verified then) and
-    reused; calls from several threads are serialized on it."""
+    reused; calls from several threads are serialized on it. ``weights``: a :class:`Weights`, a weights file or a
+    shipped name, ``"default"`` (when ``None``; any input) or ``"filmic"`` (frames known to come through a filmic
+    S-curve grade)."""
     key = _pipeline_key(weights, backend, precision)
     with _DEFAULT_LOCK:
         pipe = _DEFAULT.get(key)

@@ -72,7 +72,10 @@ def _positive_int(text: str) -> int:
 
 
 def _runtime_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", default="default", help="weights file or shipped name (default: the shipped default)")
+    p.add_argument("--weights", default="default",
+                   help="a weights file or a shipped name: 'default' (any input; chosen for camera photos through the "
+                        "sRGB curve) or 'filmic' (inputs declared to come through a filmic S-curve grade, e.g. ACES or "
+                        "Hable view transforms; README, 'Quality of the shipped weights')")
     p.add_argument("--backend", choices=["auto", "torch", "tensorrt", "onnxruntime"], default="auto",
                    help="auto: ONNX Runtime on the CPU; TensorRT on a GPU where it can run (docs/runtime.md)")
     p.add_argument("--precision", choices=["fp16", "fp32"], default=None,

@@ -1,8 +1,9 @@
 """Model weights: the shipped defaults and user files, as torch-free handles.
 
-A weights file is safetensors with the preset JSON in its metadata (``sitm_trt.model.save_weights``). The
-shipped default lives beside this module as ``default.safetensors`` with a ``default.json`` card (preset,
-sha256, data recipe, training, evaluation) and its ONNX exports (``default-fp32.onnx``, ``default-fp16.onnx``),
+A weights file is safetensors with the preset JSON in its metadata (``sitm_trt.model.save_weights``). Two sets
+ship beside this module, ``default`` (any input) and ``filmic`` (inputs declared to come through a filmic S-curve),
+each as ``NAME.safetensors`` with a ``NAME.json`` card (preset, sha256, data recipe, training, evaluation) and its
+ONNX exports (``NAME-fp32.onnx``, ``NAME-fp16.onnx``),
 so a TensorRT deployment needs neither torch nor a GPU-side export. :func:`load` verifies the sha256 that the
 card states. Weights without shipped ONNX are exported on first use (needs torch) into the cache.
 """
