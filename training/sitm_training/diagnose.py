@@ -337,8 +337,9 @@ def _sample_files(samples: Path, every: int = 1, limit: int | None = None) -> li
 
 def _scene_and_camera(sample) -> tuple[str, str]:
     """``("procedural" | "real", the camera's response family)`` of a loaded sample."""
-    return ("procedural" if sample.source.startswith("procedural/") else "real",
-            str(sample.meta.get("camera", {}).get("response", {}).get("kind", "?")))
+    from .data import camera_family
+
+    return "procedural" if sample.source.startswith("procedural/") else "real", camera_family(sample.meta) or "?"
 
 
 def clip_bias(samples: Path, weights: list[tuple[str, str]], min_pixels: int, every: int = 1,

@@ -169,7 +169,7 @@ def sampling_weights(dataset: SampleDataset, oversample_under: float, oversample
     manifest's ``source`` of each is not ``procedural/...``); 1 for the rest. With ``families``, 0 for every sample
     whose camera response family (``meta["camera"]["response"]["kind"]``) is not one of them; each named family
     must have a sample."""
-    from sitm_training.data import load_sample_meta, under_exposed
+    from sitm_training.data import camera_family, load_sample_meta, under_exposed
 
     weights, seen = [], set()
     for r in dataset.records:
@@ -189,8 +189,8 @@ def sampling_weights(dataset: SampleDataset, oversample_under: float, oversample
             if not source.startswith("procedural/"):
                 w *= float(oversample_real)
         if families:
-            kind = (meta.get("camera") or {}).get("response", {}).get("kind")
-            if not isinstance(kind, str):
+            kind = camera_family(meta)
+            if kind is None:
                 raise ValueError(f"{dataset.root / r['file']}: the sample's meta records no camera response family, "
                                  "which --families needs")
             seen.add(kind)

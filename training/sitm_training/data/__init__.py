@@ -6,7 +6,8 @@
 
 from .build import build, export_split, load_manifest, verify
 from .recipe import Recipe
-from .samples import Sample, generate_item, load_sample, load_sample_meta, make_sample, relabel_up, under_exposed
+from .samples import (Sample, camera_family, generate_item, load_sample, load_sample_meta, make_sample, relabel_up,
+                      under_exposed)
 from .camera import Camera, CameraConfig, Response
 from .stack import LabelCriterion, choose_labels
 
@@ -32,6 +33,7 @@ __all__ = [
     "make_sample",
     "relabel_up",
     "under_exposed",
+    "camera_family",
     "verify",
 ]
 

@@ -26,7 +26,8 @@ from sitm_trt.files import atomic_write
 from sitm_trt.media.io import ImageReadError, write_exr, write_png
 
 from .recipe import PlanItem, Recipe, make_plan
-from .samples import Sample, SourceCache, generate_item, load_sample, load_sample_meta, npz_bytes, under_exposed
+from .samples import (Sample, SourceCache, camera_family, generate_item, load_sample, load_sample_meta, npz_bytes,
+                      under_exposed)
 from .source_tables import source_split
 from .sources import HDRSource
 
@@ -327,9 +328,7 @@ def export_split(
     records = [r for r in manifest["samples"] if r["split"] == split
                and not (real_only and str(r.get("source", "")).startswith("procedural"))]
     if families:
-        records = [r for r in records
-                   if (load_sample_meta(root / r["file"]).get("camera") or {}).get("response", {}).get("kind")
-                   in families]
+        records = [r for r in records if camera_family(load_sample_meta(root / r["file"])) in families]
         if not records:
             raise ValueError(f"{root}: the {split} split has no sample of the camera families {', '.join(families)}")
     if per_mode is not None:

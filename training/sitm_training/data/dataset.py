@@ -32,7 +32,7 @@ from sitm_trt.media.io import ImageReadError, read_hdr, read_ldr, to_float
 from .build import load_manifest
 from .real import MergedStack, SICEStack, find_pairs, find_sice_stacks, merge_stack, scan_hdr_files, stack_sample
 from .recipe import PlanItem, Recipe
-from .samples import Sample, generate_item, load_sample, load_sample_meta, make_sample, relabel_up
+from .samples import Sample, camera_family, generate_item, load_sample, load_sample_meta, make_sample, relabel_up
 from .sources import validate_radiance
 from .stack import LabelCriterion
 
@@ -108,8 +108,7 @@ class _Augmented(Dataset):
     def _finish(self, index: int, s: Sample, sid: str) -> dict[str, Any]:
         arrays = {"ldr": s.ldr, "up": s.up, "down": s.down, "hdr": s.hdr}
         arrays = augment(arrays, self._rng(index), self.crop, self.augment)
-        camera = s.meta.get("camera", {}).get("response", {}).get("kind", "")
-        return _to_item(arrays, s.ev_up, s.ev_down, s.source, sid, camera if isinstance(camera, str) else "")
+        return _to_item(arrays, s.ev_up, s.ev_down, s.source, sid, camera_family(s.meta) or "")
 
 
 class SampleDataset(_Augmented):

@@ -234,6 +234,15 @@ def under_exposed(meta: dict[str, Any]) -> bool | None:
     return None if mode is None else mode == "under"
 
 
+def camera_family(meta: dict[str, Any]) -> str | None:
+    """The camera response family the simulated camera shot the sample through (``meta["camera"]["response"]
+    ["kind"]``, e.g. ``"srgb"``, ``"filmic"``), or ``None`` when the meta records none (pairs, SICE stacks)."""
+    camera = meta.get("camera")
+    response = camera.get("response") if isinstance(camera, dict) else None
+    kind = response.get("kind") if isinstance(response, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
 def load_sample(path: str | os.PathLike[str]) -> Sample:
     """Read one sample file (raises ``ValueError`` naming the file when it is corrupt or incomplete)."""
     try:
