@@ -136,7 +136,9 @@ def decode_video(path):
 
 
 def side_data(frame) -> dict:
-    return {sd.type.name: bytes(sd) for sd in frame.side_data}
+    # by position: PyAV 18.1.1 made the container a plain Mapping (iterating yields the types, not the entries)
+    entries = [frame.side_data[i] for i in range(len(frame.side_data))]
+    return {sd.type.name: bytes(sd) for sd in entries}
 
 
 def audio_packets(path) -> list[bytes]:
