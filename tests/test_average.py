@@ -52,7 +52,7 @@ def test_average_cli_writes_weights_and_card(tmp_path, capsys):
         c = tmp_path / f"card{i}.json"
         c.write_text(json.dumps({"step": step, "train_seconds": secs, "data": {"recipe_hash": "abc"}, "perceptual": "x"}))
         cards.append(c)
-    out = tmp_path / "soup.safetensors"
+    out = tmp_path / "new" / "folder" / "soup.safetensors"  # a folder that does not exist yet is made
     args = [str(pa), str(pb), "--alpha", "0.1", "--out", str(out)] + [f"--card={c}" for c in cards]
     assert A.main(args) == 0
     soup = load_weights(out)

@@ -67,6 +67,7 @@ def average(a: Path, b: Path, alpha: float, out: Path, cards: list[Path] | None 
     na.load_state_dict(state, strict=True)
     provenance = {"alpha": alpha, "a": {"path": str(a), "sha256": sha256_file(a)}, "b": {"path": str(b), "sha256": sha256_file(b)},
                   "tensors_averaged": changed, "tensors": len(state)}
+    out.parent.mkdir(parents=True, exist_ok=True)  # like train --out and export: the folder asked for is made
     save_weights(na, out, metadata={META_KEY: json.dumps(provenance)})
     card = {"average": provenance, "git_commit": git_commit(), **runs}
     atomic_write(out.with_suffix(".json"), (json.dumps(card, indent=2) + "\n").encode())
