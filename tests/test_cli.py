@@ -504,3 +504,142 @@ def test_video_threads_and_max_memory(tmp_path, weights, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "64x48 needs about" in err and "--max-memory" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "in.mp4"]
+
+
+def test_option_mistakes_are_usage_errors_before_any_folder_is_made(tmp_path, fast, capsys):
+    """Every option a user can get wrong ends in one `sitm-trt: error:` line (exit 2) that names it, before the
+    output folder is made; no traceback."""
+    from sitm_trt.runtime.device import cuda_devices
+    from sitm_trt.runtime.tiling import check_tile
+
+    images(tmp_path / "in")
+    a = str(tmp_path / "in" / "a.png")
+    out = tmp_path / "new" / "out"
+    cases = [(["--device", "gpu"], "--device gpu: expected auto, cpu, cuda or cuda:N"),
+             (["--device", "cpu", "--backend", "tensorrt"], "--backend tensorrt runs on a GPU"),
+             (["--device", "cpu", "--precision", "fp16"], "--precision fp16 needs a GPU"),
+             (["--tile", "16"], r"--tile 16: tiles of the '\w+' network are multiples of \d+ pixels, at least \d+"),
+             (["-f", "hdr", "--float"], "--float: Radiance .hdr is RGBE"),
+             (["--skip-existing", "--overwrite"], "--skip-existing and --overwrite: give one")]
+    if cuda_devices()[0] == 0:
+        cases.append((["--device", "cuda:0"], r"--device cuda:0: no usable CUDA device \(.+\)"))
+    for extra, message in cases:
+        assert cli.main(["infer", a, "-o", str(out), "-q", *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert re.search("sitm-trt: error: " + message, err), (extra, err)
+        assert "Traceback" not in err and not (tmp_path / "new").exists(), extra
+    # the smallest tile the message names is the smallest that works, against the tiling's own check
+    assert cli.main(["infer", a, "-o", str(out), "--tile", "16"]) == 2
+    stride, least = map(int, re.search(r"multiples of (\d+) pixels, at least (\d+)", capsys.readouterr().err).groups())
+    preset = fast.weights.preset()
+    check_tile(preset, least)
+    with pytest.raises(ValueError):
+        check_tile(preset, least - stride)
+    # an image file name as -o: refused, and no folder of that name is made (it was, once)
+    for name in ("out.png", "a.png"):
+        target = tmp_path / "in" / name if name == "a.png" else tmp_path / name
+        before = target.read_bytes() if target.exists() else None
+        assert cli.main(["infer", a, "-o", str(target), "--overwrite", "-q"]) == 2
+        assert "HDR images are written as OpenEXR (.exr) or Radiance (.hdr)" in capsys.readouterr().err
+        assert (target.read_bytes() if target.exists() else None) == before and not target.is_dir()
+    # -o NAME.hdr without -f: a Radiance file, not a refusal
+    assert cli.main(["infer", a, "-o", str(tmp_path / "x.hdr"), "-q"]) == 0
+    assert (tmp_path / "x.hdr").read_bytes().startswith(b"#?RADIANCE")
+
+
+def test_a_run_that_writes_nothing_leaves_no_folder(tmp_path, fast, capsys):
+    io.write_hdr(tmp_path / "h.hdr", np.ones((2, 2, 3), np.float32))
+    assert cli.main(["infer", str(tmp_path / "h.hdr"), "-o", str(tmp_path / "a" / "b"), "-q"]) == 1  # listed failure
+    assert "is already an HDR image" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "kept").mkdir()  # a folder that was there before stays
+    assert cli.main(["infer", str(tmp_path / "h.hdr"), "-o", str(tmp_path / "kept"), "-q"]) == 1
+    assert (tmp_path / "kept").is_dir()
+
+
+def test_skip_existing_adds_missing_previews_and_keeps_what_exists(tmp_path, fast, capsys):
+    images(tmp_path / "in")
+    a, out = str(tmp_path / "in" / "a.png"), tmp_path / "out"
+    assert cli.main(["infer", a, "-o", str(out), "-q"]) == 0
+    exr = out / "a.exr"
+    exr.write_bytes(exr.read_bytes())  # same bytes, new inode: replacing it would show in the inode
+    inode, data = exr.stat().st_ino, exr.read_bytes()
+    assert cli.main(["infer", a, "-o", str(out), "--skip-existing", "--preview"]) == 0
+    std = capsys.readouterr()
+    assert (out / "a.preview.png").exists() and exr.stat().st_ino == inode and exr.read_bytes() == data
+    assert f"{a} -> {out / 'a.preview.png'}" in std.out and "a.exr" not in std.out.split("->")[1]
+    # the preview matches what a fresh run writes for it
+    assert cli.main(["infer", a, "-o", str(tmp_path / "fresh"), "--preview", "-q"]) == 0
+    assert cv2.imread(str(out / "a.preview.png")).tobytes() == cv2.imread(str(tmp_path / "fresh" / "a.preview.png")).tobytes()
+    # everything there: skipped
+    assert cli.main(["infer", a, "-o", str(out), "--skip-existing", "--preview"]) == 0
+    assert f"skipped {a}" in capsys.readouterr().out
+
+
+def test_sample_replaces_its_own_outputs_only(tmp_path, weights, capsys):
+    out = tmp_path / "coffee.exr"
+    args = ["infer", "--sample", "-o", str(out), "--weights", str(weights), "-q"]
+    assert cli.main(args) == 0 and cli.main(args) == 0  # the Quickstart, twice
+    mine = tmp_path / "mine" / "coffee.exr"
+    mine.parent.mkdir()
+    io.write_exr(mine, np.ones((4, 4, 3), np.float32))  # the user's own file at the sample's output name
+    data = mine.read_bytes()
+    assert cli.main(["infer", "--sample", "-o", str(mine.parent), "--weights", str(weights), "-q"]) == 2
+    assert "coffee.exr: exists and is not an output of an earlier --sample run" in capsys.readouterr().err
+    assert mine.read_bytes() == data
+
+
+def test_an_out_of_memory_error_of_the_backend_fails_that_file_only(tmp_path, fast, capsys, monkeypatch):
+    """ONNX Runtime and torch raise RuntimeError when an allocation fails (e.g. under ulimit -v): that image is
+    listed as failed and the others are converted; any other RuntimeError is still a bug and propagates."""
+    images(tmp_path / "in")
+    cv2.imwrite(str(tmp_path / "in" / "big.png"), np.zeros((40, 40, 3), np.uint8))
+    real = cli_infer.run_batch
+
+    def failing(pipe, batch, device):
+        if batch.shape[1:3] == (40, 40):
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for buffer")
+        return real(pipe, batch, device)
+
+    monkeypatch.setattr(cli_infer, "run_batch", failing)
+    assert cli.main(["infer", str(tmp_path / "in" / "big.png"), str(tmp_path / "in" / "a.png"), "-o",
+                     str(tmp_path / "o"), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "big.png: out of memory: [ONNXRuntimeError]" in err and "1 of 2 inputs failed" in err
+    assert (tmp_path / "o" / "a.exr").exists() and not (tmp_path / "o" / "big.exr").exists()
+
+    def broken(pipe, batch, device):
+        raise RuntimeError("shape mismatch in a kernel")
+
+    monkeypatch.setattr(cli_infer, "run_batch", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        cli.main(["infer", str(tmp_path / "in" / "a.png"), "-o", str(tmp_path / "o2"), "-q"])
+
+
+def test_video_option_mistakes(tmp_path, weights, capsys):
+    make_clip(tmp_path / "in.mp4", test_frames(2), audio=False)
+    base = ["video", str(tmp_path / "in.mp4"), str(tmp_path / "out.mp4"), "--weights", str(weights)]
+    for extra, message in ((["--crf", "99"], r"crf must be in \[0, 51\]"),
+                           (["--preset", "bogus"], "preset must be one of libx265's: ultrafast, "),
+                           (["--scene-cut", "-1"], r"scene_cut must be in \(0, 1\]"),
+                           (["--float"], "--float: hdr10 video is 10-bit"),
+                           (["--device", "bogus"], "--device bogus: expected auto, cpu, cuda or cuda:N"),
+                           (["--device", "cpu", "--precision", "fp16"], "--precision fp16 needs a GPU")):
+        assert cli.main([*base, *extra] + (["-f", "hdr10"] if extra == ["--float"] else [])) == 2, extra
+        err = capsys.readouterr().err
+        assert re.search("sitm-trt: error: " + message, err) and "Traceback" not in err, (extra, err)
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_a_weights_card_or_onnx_graph_is_named_for_what_it_is(tmp_path, capsys):
+    from sitm_trt.weights import WEIGHTS_DIR
+
+    images(tmp_path / "in")
+    for path, message in ((WEIGHTS_DIR / "filmic.json", "is a weights card (JSON), not weights; pass the weights "
+                           f"file it describes, {WEIGHTS_DIR / 'filmic.safetensors'}"),
+                          (WEIGHTS_DIR / "default-fp32.onnx", "is an ONNX graph, not weights")):
+        assert cli.main(["infer", str(tmp_path / "in" / "a.png"), "-o", str(tmp_path / "o"), "--weights",
+                         str(path)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "corrupt" not in err
+    assert not (tmp_path / "o").exists()

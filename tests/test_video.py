@@ -265,6 +265,35 @@ def test_exr_sequence(tmp_path):
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["f000.exr", "f001.exr", "sequence.json"]
 
 
+def _zero_video_data(src, dst) -> None:
+    """``src`` (an .mp4) with the payload of its ``mdat`` box zeroed: it opens, declares its frames and size, and
+    no frame decodes."""
+    data = bytearray(src.read_bytes())
+    i = data.find(b"mdat")
+    size = int.from_bytes(data[i - 4:i], "big")
+    data[i + 4:i - 4 + size] = bytes(size - 8)
+    dst.write_bytes(bytes(data))
+
+
+def test_exr_sequence_without_a_decoded_frame_writes_nothing_and_keeps_an_earlier_run(tmp_path):
+    make_clip(tmp_path / "in.mp4", test_frames(3), audio=False)
+    _zero_video_data(tmp_path / "in.mp4", tmp_path / "zero.mp4")
+    run = dict(pipeline=StubPipeline(), device="cpu", progress=False)
+    with pytest.raises(V.VideoError, match="zero.mp4: no frame was converted; nothing was written"):
+        V.convert(tmp_path / "zero.mp4", tmp_path / "a" / "seq", **run)
+    assert not (tmp_path / "a").exists()  # the folders it made are gone again
+    V.convert(tmp_path / "in.mp4", tmp_path / "seq", **run)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "seq").iterdir()}
+    assert len(before) == 4
+    with pytest.raises(V.VideoError, match="no frame was converted"):  # it removed the earlier frames once
+        V.convert(tmp_path / "zero.mp4", tmp_path / "seq", overwrite=True, **run)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "seq").iterdir()} == before
+    (tmp_path / "text.jpg").write_text("not a picture, not a video")  # FFmpeg probes it as a JPEG of no size
+    with pytest.raises(V.VideoError, match=r"text.jpg: (no decodable video|cannot open as a video)"):
+        V.convert(tmp_path / "text.jpg", tmp_path / "t.mp4", **run)
+    assert not (tmp_path / "t.mp4").exists()
+
+
 def test_frame_over_the_memory_budget_is_converted_in_tiles(tmp_path, weights, monkeypatch):
     """A budget that a whole 256x384 frame exceeds but 128-pixel tiles fit: the EXR sequence (lossless float32)
     equals the whole-frame conversion within the seam error of docs/tiling.md (float rounding), with the

@@ -57,6 +57,7 @@ from sitm_trt.model.mefm import CLIP_PRIOR_PASSES, RING_NEAR, RING_SCALES
 from sitm_trt.model.state import GlobalState, StatSource
 
 __all__ = [
+    "check_tile",
     "infer_tiled",
     "network_tiled",
     "global_state_tiled",
@@ -615,6 +616,13 @@ def _run(net_or_weights, frame, tile, overlap, coarse_level, state, layout, dtyp
                 raise ValueError("global_state_tiled: the frame is empty")
             return state, result, f
         return _network(net, f, tile, overlap, level, state, info, write), result, f
+
+
+def check_tile(preset: Preset, tile: int, overlap: int | None = None, coarse_level: int | None = None) -> None:
+    """Raise ValueError (saying the smallest tile that works) when ``tile`` cannot tile frames of ``preset`` with
+    this ``overlap`` and ``coarse_level`` (None: the defaults :func:`infer_tiled` uses); the check
+    :func:`infer_tiled` makes, before any frame is read."""
+    _resolve_geometry(preset, tile, overlap, coarse_level)
 
 
 def _resolve_geometry(preset: Preset, tile: int, overlap: int | None, coarse_level: int | None):

@@ -124,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "outputs replace those of an earlier --sample run")
     inf.add_argument("-o", "--output", help="output folder (default: beside each input), or a file name for one input")
     _image_args(inf, previews=True)
-    inf.add_argument("--skip-existing", action="store_true", help="skip (and list) inputs whose output exists")
+    inf.add_argument("--skip-existing", action="store_true",
+                     help="skip (and list) inputs whose outputs all exist; an input with some of them (a preview asked "
+                          "for later) is converted again for the missing ones, and the existing files are kept")
     _runtime_args(inf)
     _threads_arg(inf)
     _memory_arg(inf)
@@ -138,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     vid.add_argument("input", metavar="IN")
     vid.add_argument("output", metavar="OUT")
     vid.add_argument("-f", "--format", choices=["hdr10", "hlg", "exr"], default=None,
-                     help="default: exr for a folder or *.exr, else hdr10")
+                     help="default: exr for a folder (an existing one, or a name without an extension) or "
+                          "*.exr, else hdr10")
     _video_args(vid)
     vid.add_argument("--float", action="store_true", help="EXR sequence as float32 (default: half)")
     vid.add_argument("--cuda-graphs", action="store_true",
@@ -179,9 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _image_args(p: argparse.ArgumentParser, previews: bool = False) -> None:
     """The image options of ``infer`` and ``batch``; ``previews``: the preview kinds and the side-by-side picture
     (``infer``), else ``--preview`` is a flag for the SDR preview (``batch``)."""
-    p.add_argument("-f", "--format", choices=sorted(HDR_FORMATS), default="exr",
+    p.add_argument("-f", "--format", choices=sorted(HDR_FORMATS), default=None if previews else "exr",
                    help="exr: OpenEXR, linear, half float (--float: float32), alpha kept (default); hdr: Radiance "
-                        "RGBE, no alpha")
+                        "RGBE, no alpha" + ("; -o NAME.hdr implies hdr" if previews else ""))
     p.add_argument("--float", action="store_true", help="EXR as float32 (default: half)")
     if not previews:
         p.add_argument("--preview", action="store_true",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["UsageError", "resolve_device", "say"]
+__all__ = ["UsageError", "check_runtime", "resolve_device", "say"]
 
 
 class UsageError(Exception):
@@ -31,3 +31,30 @@ def resolve_device(name: str) -> str:
     except ImportError:
         return "cpu"
     return "cuda:0" if count else "cpu"
+
+
+def check_runtime(args) -> str:
+    """``--device``, ``--backend`` and ``--precision`` checked together before any output is made (a usage error
+    names the option); returns the device string of :func:`resolve_device`. A GPU device must be one the
+    extension can use; on the CPU, TensorRT and fp16 are refused (the CPU backends run fp32)."""
+    import re
+
+    dev = resolve_device(args.device)
+    if dev != "cpu":
+        m = re.fullmatch(r"cuda:(\d+)", dev)
+        if m is None:
+            raise UsageError(f"--device {args.device}: expected auto, cpu, cuda or cuda:N")
+        from sitm_trt.runtime.device import cuda_devices
+
+        count, why = cuda_devices()
+        if not count:
+            raise UsageError(f"--device {args.device}: no usable CUDA device ({why})")
+        if int(m[1]) >= count:
+            raise UsageError(f"--device {args.device}: no such GPU ({count} visible: cuda:0 to cuda:{count - 1})")
+        return dev
+    if args.backend == "tensorrt":
+        raise UsageError("--backend tensorrt runs on a GPU, and this run is on the CPU (--device cpu, or no GPU "
+                         "here): use --backend auto, onnxruntime or torch")
+    if args.precision == "fp16":
+        raise UsageError("--precision fp16 needs a GPU; on the CPU the network runs in fp32 (leave --precision out)")
+    return dev

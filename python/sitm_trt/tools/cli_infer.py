@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-from sitm_trt.tools.cli_common import UsageError, resolve_device, say
+from sitm_trt.tools.cli_common import UsageError, check_runtime, say
 
 __all__ = ["HDR_FORMATS", "HDR_PREVIEW_FORMATS", "PREVIEW_KINDS", "cmd_infer", "expand_inputs", "input_problem",
            "plan_outputs", "preview_paths", "read_image", "run_batch", "write_image_outputs"]
@@ -96,7 +96,12 @@ def input_problem(path: Path) -> str | None:
 
 def plan_outputs(inputs: list[Path], output: str | None, fmt: str) -> list[Path]:
     """Where each input's HDR goes: beside it, into the folder ``output``, or (one input) the file ``output``."""
+    from sitm_trt.media.io import LDR_EXTENSIONS
+
     suffix = HDR_FORMATS[fmt]
+    if output is not None and Path(output).suffix.lower() in LDR_EXTENSIONS and not Path(output).is_dir():
+        raise UsageError(f"-o {output}: HDR images are written as OpenEXR (.exr) or Radiance (.hdr); give a file "
+                         "name with one of those, or a folder")
     if output is not None and Path(output).suffix.lower() in (".exr", ".hdr") and not Path(output).is_dir():
         if len(inputs) != 1:
             raise UsageError(f"-o {output} is a file name but there are {len(inputs)} inputs: give a folder")
@@ -160,12 +165,13 @@ def preview_paths(dst: Path, preview: str | bool | None, side_by_side: bool = Fa
 
 def write_image_outputs(src: Path, dst: Path, hdr: Any, alpha: Any, gray: bool, *, half: bool,
                         preview: str | bool | None, notice: Any = None, exclusive: bool = False,
-                        side_by_side: Any = None, hdr_format: str = "png") -> None:
+                        side_by_side: Any = None, hdr_format: str = "png", keep: Any = ()) -> None:
     """Write one converted image as ``sitm-trt infer`` does: the HDR file (gray kept gray, alpha kept in EXR and
     dropped in .hdr with a ``notice``) and the previews of :func:`preview_paths` (``preview``; alpha is not
     shown); every file atomically. ``side_by_side``: the input image (RGB ``uint8``/``uint16``), to write it
     next to each preview. ``exclusive`` (``infer`` without ``--overwrite``): a file that appeared meanwhile is
-    not replaced (``FileExistsError``), so two runs writing the same output cannot both succeed."""
+    not replaced (``FileExistsError``), so two runs writing the same output cannot both succeed. ``keep``: files
+    of these not to write (``--skip-existing``: the outputs that exist already)."""
     import numpy as np
 
     from sitm_trt.media import io
@@ -173,13 +179,18 @@ def write_image_outputs(src: Path, dst: Path, hdr: Any, alpha: Any, gray: bool, 
 
     if gray:
         hdr = np.repeat(hdr.mean(axis=2, keepdims=True), 3, axis=2)
-    if alpha is not None and dst.suffix.lower() == ".exr":
+    keep = set(keep)
+    if dst in keep:
+        pass
+    elif alpha is not None and dst.suffix.lower() == ".exr":
         io.write_exr(dst, hdr, half=half, alpha=alpha, exclusive=exclusive)
     else:
         if alpha is not None and notice is not None:
             notice(f"{src}: alpha dropped (Radiance .hdr has no alpha; use --format exr)")
         io.write_hdr_image(dst, hdr, half=half, exclusive=exclusive)
     for kind, path in preview_paths(dst, preview, side_by_side is not None, hdr_format).items():
+        if path in keep:
+            continue
         if kind == "sdr":
             previews.write_sdr_preview(path, hdr, exclusive=exclusive)
         elif kind == "hdr":
@@ -202,7 +213,11 @@ def _make_pipeline(args: argparse.Namespace) -> Any:
     """The pipeline of ``--weights``, ``--backend``, ``--precision`` and ``--threads`` (tests swap in a stand-in)."""
     from sitm_trt.runtime.pipeline import Pipeline
 
-    return Pipeline(args.weights, backend=args.backend, precision=args.precision, threads=getattr(args, "threads", None))
+    try:
+        return Pipeline(args.weights, backend=args.backend, precision=args.precision,
+                        threads=getattr(args, "threads", None))
+    except ValueError as err:  # an option value the pipeline refuses (WeightsError is reported by cli.main)
+        raise UsageError(str(err)) from err
 
 
 def run_batch(pipe: Any, batch: Any, device: str) -> Any:
@@ -249,6 +264,34 @@ def _batches(items: list[tuple[Path, Path]], size: int, max_pixels: int | None =
             yield batch
 
 
+def _allocation_failure(err: RuntimeError) -> bool:
+    """A backend's out-of-memory error (ONNX Runtime and torch raise RuntimeError, not MemoryError): that batch
+    fails, the other inputs go on."""
+    text = str(err).lower()
+    return any(k in text for k in ("alloc", "out of memory", "bad_alloc"))
+
+
+def _sample_output(path: Path, sample: Path) -> bool:
+    """``path`` looks like an output of ``--sample``: an image that reads as the sample's size (the previews beside
+    the side-by-side pictures: its width once or twice). Anything else at that name is the user's, and
+    ``--sample`` does not replace it without ``--overwrite``."""
+    from sitm_trt.media import io
+
+    cv2 = io._cv2()
+    try:
+        if path.suffix.lower() in (".exr", ".hdr"):
+            shape = io.read_hdr(path).shape
+        else:
+            img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if img is None:
+                return False
+            shape = img.shape
+        ref = cv2.imread(str(sample), cv2.IMREAD_UNCHANGED).shape
+    except Exception:  # noqa: BLE001 - unreadable: not ours
+        return False
+    return shape[0] == ref[0] and shape[1] in (ref[1], 2 * ref[1])
+
+
 def _check_preview_format(preview: str | None, fmt: str) -> None:
     """``--hdr-preview-format`` other than png: only with an HDR preview, and with imagecodecs installed."""
     if fmt == "png":
@@ -264,11 +307,10 @@ def _check_preview_format(preview: str | None, fmt: str) -> None:
 def cmd_infer(args: argparse.Namespace) -> int:
     """``sitm-trt infer``: 0 every input converted (or skipped), 1 some failed (listed at the end); bad usage raises
     :class:`~sitm_trt.tools.cli_common.UsageError` before any work."""
-    import numpy as np
-    from tqdm import tqdm
-
     if args.batch < 1:
         raise UsageError(f"--batch must be >= 1, got {args.batch}")
+    if args.skip_existing and args.overwrite:
+        raise UsageError("--skip-existing and --overwrite: give one (keep existing outputs, or replace them)")
     _check_preview_format(args.preview, args.hdr_preview_format)
     sample = None  # the shipped sample: its outputs replace those of an earlier --sample run (the Quickstart)
     if args.sample:
@@ -282,12 +324,65 @@ def cmd_infer(args: argparse.Namespace) -> int:
         raise UsageError("no input images (give files, folders or globs, or --sample)")
     if args.tile is not None and not _have_torch():
         raise UsageError("--tile: tiled inference runs the PyTorch model: pip install 'sitm-trt[torch]'")
+    if args.format is None:  # -o NAME.hdr says the format; else OpenEXR
+        named = Path(args.output) if args.output is not None else None
+        args.format = "hdr" if named is not None and named.suffix.lower() == ".hdr" and not named.is_dir() else "exr"
+    if args.float and args.format == "hdr":
+        raise UsageError("--float: Radiance .hdr is RGBE (a shared exponent), with no float option; --float is for EXR")
     inputs = expand_inputs(args.inputs)
+    device = check_runtime(args)  # the options, the weights and the tile size before any folder is made
+    pipe = _make_pipeline(args)
+    if args.tile is not None:
+        from sitm_trt.runtime.tiling import check_tile
+
+        preset = pipe.weights.preset()
+
+        def fits(tile: int) -> bool:
+            try:
+                check_tile(preset, tile)
+            except ValueError:
+                return False
+            return True
+
+        if not fits(args.tile):
+            least = next(t for t in range(preset.stride, 1 << 16, preset.stride) if fits(t))
+            raise UsageError(f"--tile {args.tile}: tiles of the {preset.name!r} network are multiples of "
+                             f"{preset.stride} pixels, at least {least}")
+    made = _missing_folders(args.output)  # removed again when the run writes nothing
     outputs = plan_outputs(inputs, args.output, args.format)
+    try:
+        return _convert_all(args, inputs, outputs, pipe, device, sample)
+    finally:
+        for folder in made:  # deepest first; only while empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def _missing_folders(output: str | None) -> list[Path]:
+    """The folders ``-o`` names that do not exist yet (the output folder and its missing parents, deepest first);
+    none for a file name."""
+    if output is None or Path(output).suffix.lower() in (".exr", ".hdr"):
+        return []
+    out, p = [], Path(output)
+    while not p.exists() and p != p.parent:
+        out.append(p)
+        p = p.parent
+    return out
+
+
+def _convert_all(args: argparse.Namespace, inputs: list[Path], outputs: list[Path], pipe: Any, device: str,
+                 sample: Path | None) -> int:
+    """The conversion of :func:`cmd_infer` once the inputs, outputs and pipeline are checked."""
+    import numpy as np
+    from tqdm import tqdm
+
     sources = {os.path.realpath(p): p for p in inputs}
     failed = {p: m for p in inputs if (m := input_problem(p))}  # messages naming the file; listed once, at the end
     written: dict[Path, list[Path]] = {}  # each input's output files, announced once they are written
     skipped = 0
+    keep: dict[Path, list[Path]] = {}  # --skip-existing: outputs of an input that exist already and stay
     todo = []
     for src, dst in zip(inputs, outputs):
         if src in failed:
@@ -299,15 +394,22 @@ def cmd_infer(args: argparse.Namespace) -> int:
             if t.is_dir():
                 raise UsageError(f"{t}: is a folder")
         existing = [t for t in targets if t.exists()]
+        if existing and not args.overwrite and src == sample:  # replaced only when an earlier --sample wrote it
+            foreign = [t for t in existing if not _sample_output(t, sample)]
+            if foreign:
+                raise UsageError(f"{foreign[0]}: exists and is not an output of an earlier --sample run "
+                                 "(--overwrite to replace)")
         if existing and not args.overwrite and src != sample:
-            if args.skip_existing:
+            if not args.skip_existing:
+                raise UsageError(f"{existing[0]}: exists (--overwrite to replace, --skip-existing to skip)")
+            if len(existing) == len(targets):
                 skipped += 1
                 if not args.quiet:
                     print(f"skipped {src}: {existing[0]} exists", flush=True)
                 continue
-            raise UsageError(f"{existing[0]}: exists (--overwrite to replace, --skip-existing to skip)")
+            keep[src] = existing  # converted again for the outputs it lacks (a preview asked for later)
         todo.append((src, dst))
-        written[src] = targets
+        written[src] = [t for t in targets if t not in keep.get(src, ())]
     for folder in sorted({os.path.realpath(dst.parent) for _, dst in todo}):  # before any network work
         if not os.path.isdir(folder):
             raise UsageError(f"{folder}: no such folder for the outputs")
@@ -318,9 +420,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
     limit = memory.budget()
     max_pixels = None if limit is None else limit // memory.DECODED_BYTES_PER_PIXEL
-    pipe = _make_pipeline(args)
     tiled: dict[int, Any] = {}  # tiled pipelines by tile size: --tile, or made when an image does not fit untiled
-    device = resolve_device(args.device)
     half = not args.float
     io._cv2().utils.logging.setLogLevel(0)  # OpenCV's decoder log (LOG_LEVEL_SILENT): each failure is listed
     bar = tqdm(total=len(todo), unit="img", disable=args.quiet or not todo, dynamic_ncols=True)
@@ -360,7 +460,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
                                 notice=lambda m: tqdm.write(f"sitm-trt: {m}", file=sys.stderr),
                                 exclusive=not (args.overwrite or src == sample),
                                 side_by_side=rgb if args.side_by_side else None,
-                                hdr_format=args.hdr_preview_format)
+                                hdr_format=args.hdr_preview_format, keep=keep.get(src, ()))
 
         def fail(src: Path, err: BaseException) -> None:
             msg = str(err) if str(err).startswith(str(src)) else f"{src}: {err}"
@@ -388,7 +488,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
                 continue
             try:
                 hdr = run(batch)
-            except MemoryError as err:
+            except (MemoryError, RuntimeError) as err:
+                if isinstance(err, RuntimeError) and not _allocation_failure(err):
+                    raise
+                err = err if isinstance(err, MemoryError) else MemoryError(f"out of memory: {err}")
                 for b in batch:
                     fail(b[0], err)
                     del written[b[0]]

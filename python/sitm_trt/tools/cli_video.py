@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Any
 
-from sitm_trt.tools.cli_common import UsageError, resolve_device, say
+from sitm_trt.tools.cli_common import UsageError, check_runtime, say
 
 __all__ = ["cmd_video", "significant", "video_options"]
 
@@ -36,6 +36,9 @@ def cmd_video(args: argparse.Namespace) -> int:
     from sitm_trt.media import video
 
     opts = video_options(args, args.format)
+    if args.float and args.format in ("hdr10", "hlg"):
+        raise UsageError(f"--float: {args.format} video is 10-bit; --float is for an EXR sequence (-f exr)")
+    device = check_runtime(args)
     pipeline = None
     if args.threads is not None:  # else convert() makes the pipeline, with the backend's default threads
         from sitm_trt.runtime.pipeline import Pipeline
@@ -43,7 +46,7 @@ def cmd_video(args: argparse.Namespace) -> int:
         pipeline = Pipeline(args.weights, backend=args.backend, precision=args.precision, threads=args.threads,
                             cuda_graphs=args.cuda_graphs)
     res = video.convert(args.input, args.output, weights=args.weights, pipeline=pipeline, backend=args.backend,
-                        precision=args.precision, options=opts, device=resolve_device(args.device),
+                        precision=args.precision, options=opts, device=device,
                         progress=not args.quiet, overwrite=args.overwrite, log=say, cuda_graphs=args.cuda_graphs)
     if not args.quiet:
         meta = f", MaxCLL {res.max_cll} / MaxFALL {res.max_fall} cd/m2" if res.format == "hdr10" else ""

@@ -201,6 +201,11 @@ def resolve_path(path_or_name: str | os.PathLike) -> Path:
             )
     if not p.is_file():
         raise WeightsError(f"weights file not found: {p}")
+    if p.suffix.lower() == ".json":  # its card, not the weights: the sha256 check would call the card corrupt
+        raise WeightsError(f"{p}: is a weights card (JSON), not weights; pass the weights file it describes, "
+                           f"{p.with_suffix('.safetensors')}")
+    if p.suffix.lower() == ".onnx":
+        raise WeightsError(f"{p}: is an ONNX graph, not weights; pass the .safetensors file it was exported from")
     return p.resolve()
 
 

@@ -126,7 +126,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, weights: Any = "d
         raise VideoError(f"{src}: no such file")
     fmt = _output_kind(dst, opts.format)
     temp = None  # (file, path) of the exclusively created temporary the video is written to
-    if fmt != "exr":
+    if fmt != "exr":  # (the EXR sequence's folder is prepared below)
         _check_encoder()
         if dst.exists() and not overwrite:
             raise VideoError(f"{dst}: exists (pass overwrite=True / --overwrite to replace it)")
@@ -141,11 +141,16 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, weights: Any = "d
             temp = _claim_temp(dst, "partial")
         except OSError as err:
             raise VideoError(f"{dst}: cannot write into {dst.parent} ({err.strerror or err})") from err
-    else:
+    made: list[Path] = []  # the folders this call creates, deepest first: removed again if it writes nothing
+    if fmt == "exr":
         pattern = _exr_pattern(dst)
         folder = Path(pattern).parent
         if folder.is_dir() and any(folder.iterdir()) and not overwrite:
             raise VideoError(f"{folder}: is not empty (pass overwrite=True / --overwrite to write into it)")
+        up = folder
+        while not up.exists() and up != up.parent:
+            made.append(up)
+            up = up.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
             fd, probe = tempfile.mkstemp(prefix=".sitm-write-check.", dir=folder)
@@ -157,6 +162,13 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, weights: Any = "d
         with _SigtermAsInterrupt():
             return _convert(src, dst, fmt, opts, temp, pattern if fmt == "exr" else "", weights, pipeline, device,
                             backend, precision, progress, on_frame, say, cuda_graphs)
+    except BaseException:
+        for d in made:  # only while empty: a folder that holds frames of this run keeps them
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
     finally:
         if temp is not None:
             temp[0].close()
@@ -422,6 +434,10 @@ def _run(container: Any, proc: FrameProcessor, sink: Any, opts: VideoOptions, fm
     failure = interrupted or (errors[0] if errors else None)
     written = getattr(sink, "frames", None)
     written = len(sink.meta["frames"]) if fmt == "exr" else written
+    if fmt == "exr" and not written:  # no sequence.json and no stale-frame removal: an earlier run's frames stay
+        if failure is not None:
+            raise failure
+        raise VideoError(f"{src}: no frame was converted; nothing was written")
     try:
         sink.close()
     except BaseException as err:

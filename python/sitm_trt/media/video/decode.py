@@ -47,6 +47,9 @@ def _open_input(path: str | os.PathLike) -> Any:
     if stream.codec_context is None:
         container.close()
         raise VideoError(f"{p}: no decoder for its video codec in this FFmpeg build")
+    if not (stream.codec_context.width and stream.codec_context.height):  # e.g. a text file FFmpeg probed as JPEG
+        container.close()
+        raise VideoError(f"{p}: no decodable video (its video stream declares no frame size)")
     trc = int(stream.codec_context.color_trc or 2)
     if trc in (16, 18):  # SMPTE ST 2084, ARIB STD-B67
         container.close()

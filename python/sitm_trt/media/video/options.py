@@ -14,6 +14,9 @@ from typing import Any
 from sitm_trt.media import transfer as T
 
 FORMATS = ("hdr10", "hlg", "exr")
+X265_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")
+"""libx265's ``preset`` names (x265 --help)."""
 CONTAINERS = (".mp4", ".mov", ".mkv")
 # Mastering display primaries for the SEI (xy of R, G, B) and D65; the content itself is BT.709 gamut.
 MASTERING_PRIMARIES = {
@@ -65,6 +68,12 @@ class VideoOptions:
             raise ValueError(f"smoothing must be >= 0 seconds, got {self.smoothing}")
         if self.mastering_primaries not in MASTERING_PRIMARIES:
             raise ValueError(f"mastering_primaries must be one of {tuple(MASTERING_PRIMARIES)}")
+        if not (0 <= self.crf <= 51):  # libx265's range for 8 to 10-bit output
+            raise ValueError(f"crf must be in [0, 51], got {self.crf}")
+        if self.preset not in X265_PRESETS:
+            raise ValueError(f"preset must be one of libx265's: {', '.join(X265_PRESETS)}; got {self.preset!r}")
+        if not (0 < self.scene_cut <= 1) or not math.isfinite(self.scene_cut):  # a luma change in [0, 1]
+            raise ValueError(f"scene_cut must be in (0, 1] (a mean luma change), got {self.scene_cut}")
         if self.max_frames is not None and self.max_frames < 1:
             raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
 
