@@ -97,6 +97,15 @@ def read_ldr(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> 
     return read_ldr_image(path, max_pixels=max_pixels).rgb
 
 
+def _mp(pixels: int) -> str:
+    """A pixel count for a message: ``400 MP``, ``0.24 MP``, ``1500 pixels``."""
+    if pixels >= 10e6:
+        return f"{pixels / 1e6:.0f} MP"
+    if pixels >= 10e3:
+        return f"{pixels / 1e6:.2g} MP"
+    return f"{pixels} pixels"
+
+
 def read_ldr_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> LdrImage:
     """Read an LDR file: the upright RGB, the alpha channel, whether it is gray, and notes (:class:`LdrImage`).
 
@@ -124,8 +133,8 @@ def read_ldr_image(path: str | os.PathLike[str], *, max_pixels: int | None = Non
             limit = memory.budget()
             max_pixels = None if limit is None else limit // 16
         if max_pixels is not None and h * w > max_pixels:
-            raise MemoryError(f"{path}: declares {w}x{h} pixels ({h * w / 1e6:.0f} MP), more than the "
-                              f"{max_pixels / 1e6:.0f} MP that fit the memory budget; not decoded")
+            raise MemoryError(f"{path}: declares {w}x{h} pixels ({_mp(h * w)}), more than the "
+                              f"{_mp(max_pixels)} that fit the memory budget; not decoded")
     buf = np.frombuffer(data, np.uint8)
     upright = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH  # what OpenCV turns by the EXIF orientation
     jpeg = data[:2] == b"\xff\xd8"  # no alpha: one decode, upright
