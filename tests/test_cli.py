@@ -552,6 +552,11 @@ def test_a_run_that_writes_nothing_leaves_no_folder(tmp_path, fast, capsys):
     assert cli.main(["infer", str(tmp_path / "h.hdr"), "-o", str(tmp_path / "a" / "b"), "-q"]) == 1  # listed failure
     assert "is already an HDR image" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
+    images(tmp_path / "in1")
+    images(tmp_path / "in2")  # two a.png: refused after the folder was planned, which goes again
+    assert cli.main(["infer", str(tmp_path / "in1" / "a.png"), str(tmp_path / "in2" / "a.png"), "-o",
+                     str(tmp_path / "c" / "d")]) == 2
+    assert "would both be written to" in capsys.readouterr().err and not (tmp_path / "c").exists()
     (tmp_path / "kept").mkdir()  # a folder that was there before stays
     assert cli.main(["infer", str(tmp_path / "h.hdr"), "-o", str(tmp_path / "kept"), "-q"]) == 1
     assert (tmp_path / "kept").is_dir()

@@ -349,8 +349,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
             raise UsageError(f"--tile {args.tile}: tiles of the {preset.name!r} network are multiples of "
                              f"{preset.stride} pixels, at least {least}")
     made = _missing_folders(args.output)  # removed again when the run writes nothing
-    outputs = plan_outputs(inputs, args.output, args.format)
     try:
+        outputs = plan_outputs(inputs, args.output, args.format)
         return _convert_all(args, inputs, outputs, pipe, device, sample)
     finally:
         for folder in made:  # deepest first; only while empty
