@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 
 import pytest
@@ -141,3 +142,45 @@ def test_export_takes_a_chain_of_fine_tune_cards(tmp_path, capsys):
     assert card["training"]["runs"][1]["exported_as"] == "default"
     assert [(s["id"], s["split"]) for s in card["data"]["sources"]] == [("a", "train"), ("r", "train"), ("b", "test")]
     assert card["data"]["recipe_hash"] == "xyz" and card["data"]["lineage_recipe_hashes"] == ["xyz", "abc"]
+
+
+def test_export_checks_everything_before_writing_and_names_files_by_one_stem(tmp_path, capsys):
+    """A wrong --eval folder or a card of another network fails before any file is written, so an earlier export
+    there stays consistent (its weights still match its card); NAME keeps a dot and NAME.safetensors is NAME."""
+    from sitm_training import export as E
+    from sitm_trt.weights import load
+
+    _, b, _, pb = _pair(tmp_path)
+    out = tmp_path / "pkg" / "v1.2"
+    assert E.main(["--weights", str(pb), "--out", str(out)]) == 0
+    names = sorted(p.name for p in out.parent.iterdir())
+    assert names == ["v1.2-fp16.onnx", "v1.2-fp32.onnx", "v1.2.json", "v1.2.safetensors"]
+    before = {p.name: p.read_bytes() for p in out.parent.iterdir()}
+    assert json.loads((out.parent / "v1.2.json").read_text())["name"] == "v1.2"
+    assert E.main(["--weights", str(pb), "--out", str(out), "--eval", str(tmp_path / "eval-typo")]) == 2
+    assert "no table.md there" in capsys.readouterr().err
+    other = tmp_path / "other.json"
+    fusion = "paper" if b.preset.fusion == "residual" else "residual"
+    other.write_text(json.dumps({"step": 1, "config": {"preset": b.preset.name, "fusion": fusion}}))
+    assert E.main(["--weights", str(pb), "--card", str(other), "--out", str(out)]) == 2
+    assert f"trained --fusion '{fusion}'" in capsys.readouterr().err
+    garbage = tmp_path / "garbage.json"
+    garbage.write_bytes(b"\x00not json")
+    assert E.main(["--weights", str(pb), "--card", str(garbage), "--out", str(out)]) == 2
+    assert f"{garbage}: not a JSON card" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.parent.iterdir()} == before
+    load(out.parent / "v1.2.safetensors")  # its card's sha256 still matches
+    # DIR/NAME.safetensors is DIR/NAME
+    assert E.main(["--weights", str(pb), "--out", str(tmp_path / "pkg2" / "mine.safetensors")]) == 0
+    assert sorted(p.name for p in (tmp_path / "pkg2").iterdir()) == [
+        "mine-fp16.onnx", "mine-fp32.onnx", "mine.json", "mine.safetensors"]
+
+
+def test_average_names_what_differs_between_two_networks(tmp_path, capsys):
+    from sitm_trt.weights import load
+
+    shipped = load("default")  # compact with the residual fusion
+    plain = tmp_path / "plain.safetensors"
+    save_weights(SITMNet("compact").eval(), plain)  # compact as published: the paper's fusion
+    assert A.main([str(plain), str(shipped.path), "--alpha", "0.5", "--out", str(tmp_path / "s.safetensors")]) == 2
+    assert re.search(r"are different networks \(.*fusion 'paper' vs 'residual'", capsys.readouterr().err)

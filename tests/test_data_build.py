@@ -212,6 +212,16 @@ def test_export_split_as_pairs(tmp_path: Path, built: Path) -> None:
         np.testing.assert_array_equal(io.read_hdr(out / p["hdr"]), s.hdr)
         np.testing.assert_array_equal(io.read_ldr(out / p["up"]), s.up)
         assert p["ev_up"] == s.ev_up and p["source"].startswith("test/")
+    # the same export again into its folder: the same pairs; another export there would mix two sets: refused
+    assert export_split(built, out, "test") == pairs
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(ValueError, match="is not empty and holds no export of these pairs"):
+        export_split(built, out, "val")
+    assert sorted(p.name for p in out.iterdir()) == before
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is not empty"):
+        export_split(built, tmp_path / "other", "test")
 
 
 # ------------------------------------------------------------------------- held-out response families

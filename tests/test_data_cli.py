@@ -52,7 +52,14 @@ def test_build_verify_export(
     manifest = json.loads((out / "manifest.json").read_text())
     assert {r["source"] for r in manifest["samples"] if r["split"] == "train"} & {"user/mine/ok.exr"}
     assert main(["build", *args[1:]]) == 0  # resuming a finished build generates nothing
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["generated"] == 0
+    resumed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # strict JSON: no NaN rate
+    assert resumed["generated"] == 0 and resumed["samples_per_s"] is None
+    for cmd in (["verify", "--root", str(tmp_path / "missing")],
+                ["export", "--root", str(tmp_path / "missing"), "--out", str(tmp_path / "p0")]):
+        assert main(cmd) == 2, cmd
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "manifest.json not found" in err, err
+    assert not (tmp_path / "p0").exists()
 
     assert main(["verify", "--root", str(out)]) == 0
     assert capsys.readouterr().out.strip().endswith("ok")

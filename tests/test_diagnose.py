@@ -83,7 +83,7 @@ def test_cli_groups_images_by_the_samples_exposure_mode(tmp_path, tiny_weights_p
     assert "001.npz" in capsys.readouterr().err
 
 
-def test_by_camera_groups_differences_to_the_baseline(tmp_path):
+def test_by_camera_groups_differences_to_the_baseline(tmp_path, capsys):
     import csv
     import json
 
@@ -113,6 +113,11 @@ def test_by_camera_groups_differences_to_the_baseline(tmp_path):
     assert cell("scene/real/s1", 0) == "+0.000" and cell("scene/real/s2", 0) == "-1.000"  # by whole scene
     assert rows["all"].split("|")[3].strip() == "3" and "broken" not in D.by_camera(per_image, samples)
     assert D.main(["--per-image", str(per_image)]) == 2  # --samples missing
+    other = tmp_path / "train"  # another split's folder: the evaluated ids are not there
+    other.mkdir()
+    np.savez(other / "a.npz", meta=np.array(json.dumps({"exposure": {"mode": "clip"}})), source=np.array("x"))
+    assert D.main(["--per-image", str(per_image), "--samples", str(other)]) == 2
+    assert "has no sample b.npz (2 of the 3 ids" in capsys.readouterr().err
 
 
 def test_by_camera_means_per_camera_family_marking_the_held_out_one(tmp_path, capsys):

@@ -60,6 +60,7 @@ def test_two_stages_checkpoint_and_resume(tiny_data, tmp_path):
     assert [r["stage"] for r in rows] == ["1", "1", "1", "2", "2"]
     assert all(float(r["hdr"]) == 0 for r in rows[:3]) and all(float(r["hdr"]) > 0 for r in rows[3:])
     assert (tmp_path / "val" / "step0000003.png").exists()
+    assert card["validation"]["step"] == 5  # the last step, which --val-every 3 skips: validated at the end
     state = json.loads((tmp_path / "ckpt" / "state.json").read_text())
     assert state["step"] == 5 and state["stage"] == 2
     first = load_weights(tmp_path / "ckpt" / "model.safetensors").state_dict()
@@ -633,3 +634,33 @@ def test_hdr_clip_ring_weighs_the_s_curve_samples_bright_ringed_regions(tiny_dat
     parsed = config_from_args(["--data", "d", "--out", "o", "--hdr-clip", "3", "--hdr-clip-ring", "0.25",
                                "--hdr-clip-ring-families", "hable, emor"])
     assert parsed.loss.hdr_clip_ring == 0.25 and parsed.loss.hdr_clip_ring_families == ("hable", "emor")
+
+
+@pytest.mark.filterwarnings("ignore:VGGPerceptual")  # the cases past the data checks make the loss first
+def test_command_line_mistakes_are_one_error_line_and_write_nothing(tiny_data, tmp_path, capsys):
+    """`python -m sitm_training.train` with a mistake: exit 2, one `error:` line naming it, no traceback and no run
+    folder. A batch larger than the train split once looped forever (drop_last left every epoch empty)."""
+    from sitm_training.train import main
+
+    n_train = sum(1 for _ in (tiny_data / "train").glob("*.npz"))
+    base = ["--data", str(tiny_data), "--crop", "32", "--workers", "0", "--no-gan", "--stage1-steps", "1",
+            "--stage2-steps", "1"]
+    out = tmp_path / "run"
+    cases = [(["--batch", str(n_train + 1)], f"--batch {n_train + 1} is more than the {n_train} training samples"),
+             (["--stage2-steps", "-5"], "--stage2-steps must be >= 0, got -5"),
+             (["--batch", "0"], "--batch must be >= 1, got 0"),
+             (["--device", "gpu"], "--device gpu: expected cpu, cuda or cuda:N"),
+             (["--init", str(tmp_path / "missing.safetensors")], "missing.safetensors"),
+             (["--data", str(tmp_path / "no-data")], "no-data")]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "--device cuda: this PyTorch sees no CUDA device"))
+    for extra, message in cases:
+        assert main([*base, "--out", str(out), *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and "Traceback" not in err, (extra, err)
+        assert not out.exists(), extra
+    # the data set itself as the run folder
+    before = sorted(p.name for p in tiny_data.iterdir())
+    assert main([*base, "--out", str(tiny_data)]) == 2
+    assert "is a data set; give a run folder of its own" in capsys.readouterr().err
+    assert sorted(p.name for p in tiny_data.iterdir()) == before

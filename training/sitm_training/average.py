@@ -60,7 +60,9 @@ def average(a: Path, b: Path, alpha: float, out: Path, cards: list[Path] | None 
     runs = combine_cards([json.loads(Path(c).read_text()) for c in (cards or [])])
     na, nb = load_weights(a), load_weights(b)
     if na.preset != nb.preset:
-        raise ValueError(f"{a} and {b} have different presets ({na.preset.name} vs {nb.preset.name})")
+        da, db = na.preset.to_dict(), nb.preset.to_dict()
+        diff = ", ".join(f"{k} {da.get(k)!r} vs {db.get(k)!r}" for k in sorted(set(da) | set(db)) if da.get(k) != db.get(k))
+        raise ValueError(f"{a} and {b} are different networks ({diff or 'presets differ'})")
     sa, sb = na.state_dict(), nb.state_dict()
     state = average_state(sa, sb, alpha)
     changed = sum(1 for k, v in sa.items() if v.is_floating_point() and not torch.equal(v, sb[k]))

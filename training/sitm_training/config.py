@@ -199,6 +199,13 @@ class TrainConfig:
             raise ValueError(f"--prior-lr-mult must be > 0, got {self.optim.prior_lr_mult}")
         if self.run.max_seconds is not None and not self.run.max_seconds > 0:
             raise ValueError(f"--max-seconds must be > 0, got {self.run.max_seconds}")
+        for option, value, least in (("stage1-steps", self.optim.stage1_steps, 0),
+                                     ("stage2-steps", self.optim.stage2_steps, 0), ("batch", self.data.batch, 1),
+                                     ("crop", self.data.crop, 1), ("workers", self.data.workers, 0)):
+            if value < least:
+                raise ValueError(f"--{option} must be >= {least}, got {value}")
+        if self.optim.stage1_steps + self.optim.stage2_steps < 1:
+            raise ValueError("--stage1-steps and --stage2-steps are both 0: nothing to train")
 
     def to_dict(self) -> dict[str, Any]:
         """The options as one flat mapping keyed by option name: what the run card and ``ckpt/state.json`` store."""

@@ -187,6 +187,10 @@ def by_camera(per_image: Path, samples: Path, baseline: str = "linear") -> str:
     methods = sorted({m for r in rows.values() for m in r} - {baseline})
     groups: dict[tuple, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
     held = _held_out_families(samples)
+    missing = [sid for sid in rows if not (samples / f"{sid}.npz").is_file()]
+    if missing:
+        raise ValueError(f"{samples}: has no sample {missing[0]}.npz ({len(missing)} of the {len(rows)} ids of "
+                         f"{per_image} are not there): is this the split that was evaluated?")
 
     for sid, by_method in rows.items():
         if baseline not in by_method:
@@ -523,7 +527,10 @@ def _run(args: argparse.Namespace) -> str:
     if args.per_image is not None:
         if args.samples is None or not args.samples.is_dir() or not args.per_image.is_file():
             raise _UsageError("--per-image needs an existing per_image.csv and --samples DIR")
-        return by_camera(args.per_image, args.samples, args.baseline)
+        try:
+            return by_camera(args.per_image, args.samples, args.baseline)
+        except ValueError as err:
+            raise _UsageError(str(err)) from err
     if args.images is None or not args.weights:
         raise _UsageError("give --images DIR and --weights, or --per-image CSV --samples DIR")
     if not args.images.is_dir():

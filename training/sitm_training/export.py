@@ -5,8 +5,9 @@ Writes ``NAME.safetensors`` (float32, preset in the metadata), ``NAME-fp32.onnx`
 network graph for TensorRT; see ``sitm_trt.model.export_onnx``) and ``NAME.json``, the card: preset, the
 sha256 of every file (``sitm_trt.load`` verifies the weights' one), the data recipe, the training run (steps,
 seconds, losses, perceptual loss kind, git commit) and, with ``--eval DIR``, the evaluation table written by
-``python -m sitm_training.evaluate``. Both graphs are made before anything is written, and every file is
-written atomically (``sitm_trt.files.atomic_write``).
+``python -m sitm_training.evaluate``. The weights, the card's match with them (the same preset, fusion, boost and
+MEFM context), the evaluation folder and both graphs are checked and made before anything is written, and every
+file is written atomically (``sitm_trt.files.atomic_write``). ``--out DIR/NAME.safetensors`` is ``DIR/NAME``.
 
 Weights that more than one run made (a fine-tune started with ``--init`` from another run's weights, and that
 one from a third) take every run's card, the one that wrote the weights first: ``--weights W --card
@@ -29,6 +30,7 @@ from sitm_trt.files import atomic_write
 from sitm_trt.model import save_weights
 from sitm_trt.model.export import onnx_bytes
 from sitm_trt.model.serialization import load_weights
+from sitm_trt.errors import WeightsError
 from sitm_trt.weights import sha256_file
 
 log = logging.getLogger(__name__)
@@ -78,22 +80,59 @@ def lineage_card(cards: list[dict]) -> dict:
     return {**_as_run_card(cards[0]), **{k: combined[k] for k in ("runs", "step", "train_seconds", "data")}}
 
 
+CONFIG_PRESET_KEYS = {"preset": "name", "fusion": "fusion", "boost": "boost", "mefm_context": "mefm_context"}
+"""A run card's ``config`` option -> the ``Preset`` field it sets: what a card and the weights must agree on."""
+
+
+def check_card_matches(net: Any, run_card: dict | None) -> None:
+    """Raise ValueError when ``run_card`` (the newest run's ``config``) describes another network than ``net``'s
+    preset (another preset, fusion, boost or MEFM context): its provenance would not be these weights'."""
+    config = (run_card or {}).get("config") or {}
+    have = net.preset.to_dict()
+    for option, field in CONFIG_PRESET_KEYS.items():
+        if option in config and field in have and config[option] != have[field]:
+            raise ValueError(f"the card's run trained --{option.replace('_', '-')} {config[option]!r}, and these "
+                             f"weights have {field} {have[field]!r}: the card is not this network's")
+
+
+def export_names(out: Path) -> dict[str, Path]:
+    """The files ``export`` writes for ``--out DIR/NAME`` (``DIR/NAME.safetensors`` is taken as NAME too; a dot
+    inside NAME stays, ``v1.2`` gives ``v1.2.safetensors``)."""
+    name = out.name[: -len(".safetensors")] if out.name.endswith(".safetensors") else out.name
+    if not name or name in (".", ".."):
+        raise ValueError(f"--out {out}: give DIR/NAME")
+    return {"weights": out.parent / f"{name}.safetensors", "card": out.parent / f"{name}.json",
+            "fp32": out.parent / f"{name}-fp32.onnx", "fp16": out.parent / f"{name}-fp16.onnx"}
+
+
 def export(weights: Path, out: Path, run_card: dict | None = None, eval_dir: Path | None = None) -> dict:
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``out``'s weights, card and two ONNX graphs (:func:`export_names`). Everything that can fail on the
+    inputs (the weights, the card's match, the evaluation folder, the graphs) is done before the first file is
+    written, so a mistake never leaves new weights beside an old card."""
+    files = export_names(out)
     net = load_weights(weights)
-    files = {"weights": out.with_suffix(".safetensors"), "fp32": out.parent / f"{out.name}-fp32.onnx",
-             "fp16": out.parent / f"{out.name}-fp16.onnx"}
+    check_card_matches(net, run_card)
+    evaluation = None
+    if eval_dir is not None:
+        table = eval_dir / "table.md"
+        if not table.is_file():
+            raise ValueError(f"--eval {eval_dir}: no table.md there (the output folder of python -m "
+                             "sitm_training.evaluate)")
+        summary = eval_dir / "summary.json"
+        evaluation = {"table": table.read_text(),
+                      "summary": json.loads(summary.read_text()) if summary.exists() else None}
     graphs = {k: onnx_bytes(net, fp16=k == "fp16") for k in ("fp32", "fp16")}  # a failed export writes nothing
+    out.parent.mkdir(parents=True, exist_ok=True)
     save_weights(net, files["weights"], metadata={"step": str((run_card or {}).get("step", ""))})
     for k, data in graphs.items():
         atomic_write(files[k], data)
     card = {
-        "name": out.name,
+        "name": files["weights"].stem,
         "preset": net.preset.to_dict(),
         "sha256": sha256_file(files["weights"]),
         "onnx": {"fp32": sha256_file(files["fp32"]), "fp16": sha256_file(files["fp16"])},
         "parameters": sum(p.numel() for p in net.parameters()),
-        "bytes": {k: p.stat().st_size for k, p in files.items()},
+        "bytes": {k: files[k].stat().st_size for k in ("weights", "fp32", "fp16")},
     }
     if run_card:
         card["training"] = {k: run_card.get(k) for k in ("step", "train_seconds", "losses", "validation", "perceptual",
@@ -103,11 +142,9 @@ def export(weights: Path, out: Path, run_card: dict | None = None, eval_dir: Pat
         if "runs" in run_card:  # an average's or a chain of fine-tunes' cards
             card["training"]["runs"] = run_card["runs"]
         card["data"] = _data_with_sources(run_card.get("data"))
-    if eval_dir is not None:
-        card["evaluation"] = {"table": (eval_dir / "table.md").read_text(),
-                              "summary": json.loads((eval_dir / "summary.json").read_text())
-                              if (eval_dir / "summary.json").exists() else None}
-    atomic_write(out.with_suffix(".json"), (json.dumps(card, indent=2) + "\n").encode())
+    if evaluation is not None:
+        card["evaluation"] = evaluation
+    atomic_write(files["card"], (json.dumps(card, indent=2) + "\n").encode())
     return card
 
 
@@ -147,12 +184,19 @@ def main(argv: list[str] | None = None) -> int:
         if not f.is_file():
             print(f"error: {f}: no such file", file=sys.stderr)
             return 2
+    cards = []
+    for f in card_files:
+        try:
+            cards.append(json.loads(f.read_text()))
+        except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+            print(f"error: {f}: not a JSON card ({err})", file=sys.stderr)
+            return 2
     try:
-        run_card = lineage_card([json.loads(f.read_text()) for f in card_files]) if card_files else None
-    except ValueError as err:  # JSONDecodeError is a ValueError
+        run_card = lineage_card(cards) if cards else None
+        card = export(weights, args.out, run_card, args.eval)
+    except (ValueError, WeightsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    card = export(weights, args.out, run_card, args.eval)
     print(json.dumps({k: card[k] for k in ("name", "sha256", "parameters", "bytes")}, indent=2))
     return 0
 

@@ -93,7 +93,14 @@ class _Dist:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = torch.device(device)
+        try:
+            self.device = torch.device(device)
+        except RuntimeError as err:
+            raise ValueError(f"--device {device}: expected cpu, cuda or cuda:N") from err
+        if self.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"--device {device}: expected cpu, cuda or cuda:N")
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: this PyTorch sees no CUDA device (torch {torch.__version__})")
         if self.world > 1:
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             dist.init_process_group(backend)
@@ -363,9 +370,8 @@ class Trainer:
         torch.manual_seed(cfg.run.seed + d.rank)
         self.run_dir = Path(cfg.run.out)
         self.ckpt = self.run_dir / "ckpt"
-        if d.main:
-            self.ckpt.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "val").mkdir(exist_ok=True)
+        if self.run_dir.resolve() == Path(cfg.data.root).resolve() or (self.run_dir / "manifest.json").exists():
+            raise ValueError(f"--out {cfg.run.out}: is a data set; give a run folder of its own")
 
         # data
         manifest = load_manifest(cfg.data.root)
@@ -378,6 +384,11 @@ class Trainer:
         self.loader = DataLoader(self.train_set, batch_size=cfg.data.batch, shuffle=sampler is None, sampler=sampler,
                                  num_workers=cfg.data.workers, drop_last=True, persistent_workers=cfg.data.workers > 0,
                                  generator=torch.Generator().manual_seed(cfg.run.seed))
+        if len(self.loader) == 0:  # drop_last: no full batch, and _batches would look for one forever
+            per = len(sampler) if sampler is not None else len(self.train_set)
+            raise ValueError(f"--batch {cfg.data.batch} is more than the {per} training samples "
+                             f"{'each process draws per epoch' if d.world > 1 else 'of ' + str(cfg.data.root)}: "
+                             "lower --batch")
 
         # model, losses, optimisers
         self.net = SITMNet(cfg.model.network_preset()).to(self.device)
@@ -412,6 +423,9 @@ class Trainer:
                 p.requires_grad_(False)
         if cfg.model.fixed_curve:
             hold_curve_fixed(self.net)
+        if d.main:  # everything above is checked: only now is the run folder made
+            self.ckpt.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "val").mkdir(exist_ok=True)
         self.gmodel = d.wrap(_Stages(self.net))
         self.gdisc = d.wrap(self.disc) if self.disc is not None else None
         self.gprobe = d.wrap(self.camera_probe) if self.camera_probe is not None else None
@@ -661,6 +675,7 @@ class Trainer:
         t_start = t_last = time.perf_counter()
         n_last = 0
         avg: dict[str, float] = {}
+        first = self.steps
         try:
             while self.steps < cfg.optim.total_steps and not self.stop_requested:
                 if cfg.run.max_seconds is not None and time.perf_counter() - t_start >= cfg.run.max_seconds:
@@ -691,6 +706,9 @@ class Trainer:
                     self.save()
                 if self.steps % len(self.loader) == 0:
                     self.epoch += 1
+            if (self.steps > first and self.steps >= cfg.optim.total_steps and self.steps % cfg.run.val_every
+                    and not self.stop_requested):
+                self.validate()  # the last step, when --val-every skipped it: the card's validation is these weights'
         finally:
             bar.close()
             if d.main:
@@ -710,7 +728,19 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    card = train(config_from_args(argv, description=__doc__))
+    """``python -m sitm_training.train``: 0 trained (or stopped by --max-seconds with a checkpoint); a mistake in
+    the options, the data or the files they name is one ``error:`` line and exit status 2, with nothing written."""
+    from safetensors import SafetensorError
+
+    from sitm_trt.errors import WeightsError
+
+    try:
+        cfg = config_from_args(argv, description=__doc__)
+        trainer = Trainer(cfg)
+    except (ValueError, OSError, WeightsError, SafetensorError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    card = trainer.run()
     print(json.dumps({k: card.get(k) for k in ("step", "losses", "validation", "train_seconds", "perceptual")}, indent=2))
     return 0
 

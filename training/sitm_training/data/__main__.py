@@ -258,12 +258,12 @@ def main(argv: list[str] | None = None) -> int:
                 camera=CameraConfig(jpeg_prob=args.jpeg_prob, responses=tuple(dict.fromkeys(args.responses))),
             )
             manifest = B.build(args.out, recipe, sources, workers=args.workers, progress=not args.no_progress)
-        except (B.BuildError, ValueError) as err:
+        except (B.BuildError, ValueError, OSError) as err:
             log.error("%s", err)
             return 1
         n = len(manifest["samples"])
         info = manifest["build"]
-        rate = info["generated"] / info["seconds"] if info["seconds"] > 0 else float("nan")
+        rate = info["generated"] / info["seconds"] if info["seconds"] > 0 and info["generated"] else None
         print(
             json.dumps(
                 {
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                     "KiB_per_sample": round(manifest["bytes"] / max(n, 1) / 1024, 1),
                     "generated": info["generated"],
                     "seconds": info["seconds"],
-                    "samples_per_s": round(rate, 2),
+                    "samples_per_s": round(rate, 2) if rate is not None else None,  # JSON has no NaN
                     "test_is_real": manifest["test_is_real"],
                     "val_has_real": manifest["val_has_real"],
                     "holdout_responses": list(recipe.holdout_responses),
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             pairs = B.export_split(args.root, args.out, args.split, real_only=args.real_only,
                                    per_mode=args.per_mode, seed=args.seed,
                                    families=tuple(f.strip() for f in args.families.split(",") if f.strip()))
-        except ValueError as err:
+        except (ValueError, OSError) as err:  # a missing --root is a FileNotFoundError
             print(f"error: {err}", file=sys.stderr)
             return 2
         print(f"{len(pairs)} {args.split} pairs written to {args.out}")
@@ -322,7 +322,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "verify":
-        problems = B.verify(args.root)
+        try:
+            problems = B.verify(args.root)
+        except (ValueError, OSError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         for p in problems:
             print(p)
         print("ok" if not problems else f"{len(problems)} problems")

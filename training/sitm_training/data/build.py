@@ -343,6 +343,16 @@ def export_split(
                 taken[mode] = taken.get(mode, 0) + 1
                 chosen.append(rec)
         records = chosen
+    what = {"split": split, "from": str(root), "recipe_hash": manifest["recipe_hash"], "real_only": real_only,
+            "per_mode": per_mode, "seed": seed if per_mode is not None else None, "families": list(families) or None}
+    if out.is_dir() and any(out.iterdir()):  # pairs of another export would stay beside these and be scored too
+        try:
+            earlier = json.loads((out / "pairs.json").read_text())
+        except (OSError, ValueError):
+            earlier = None
+        if not isinstance(earlier, dict) or {k: earlier.get(k) for k in what} != what:
+            raise ValueError(f"{out}: is not empty and holds no export of these pairs; give a new folder (the pairs "
+                             "already there would be evaluated with these)")
     out.mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(exist_ok=True)
     pairs = []
@@ -365,12 +375,5 @@ def export_split(
                 "source": s.source,
             }
         )
-    atomic_write(
-        out / "pairs.json",
-        json.dumps(
-            {"split": split, "from": str(root), "recipe_hash": manifest["recipe_hash"], "real_only": real_only,
-             "per_mode": per_mode, "seed": seed if per_mode is not None else None,
-             "families": list(families) or None, "pairs": pairs}, indent=1
-        ).encode(),
-    )
+    atomic_write(out / "pairs.json", json.dumps({**what, "pairs": pairs}, indent=1).encode())
     return pairs
