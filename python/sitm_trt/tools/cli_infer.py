@@ -180,14 +180,13 @@ def write_image_outputs(src: Path, dst: Path, hdr: Any, alpha: Any, gray: bool, 
     if gray:
         hdr = np.repeat(hdr.mean(axis=2, keepdims=True), 3, axis=2)
     keep = set(keep)
-    if dst in keep:
-        pass
-    elif alpha is not None and dst.suffix.lower() == ".exr":
-        io.write_exr(dst, hdr, half=half, alpha=alpha, exclusive=exclusive)
-    else:
-        if alpha is not None and notice is not None:
-            notice(f"{src}: alpha dropped (Radiance .hdr has no alpha; use --format exr)")
-        io.write_hdr_image(dst, hdr, half=half, exclusive=exclusive)
+    if dst not in keep:
+        if alpha is not None and dst.suffix.lower() == ".exr":
+            io.write_exr(dst, hdr, half=half, alpha=alpha, exclusive=exclusive)
+        else:
+            if alpha is not None and notice is not None:
+                notice(f"{src}: alpha dropped (Radiance .hdr has no alpha; use --format exr)")
+            io.write_hdr_image(dst, hdr, half=half, exclusive=exclusive)
     for kind, path in preview_paths(dst, preview, side_by_side is not None, hdr_format).items():
         if path in keep:
             continue
@@ -272,9 +271,9 @@ def _allocation_failure(err: RuntimeError) -> bool:
 
 
 def _sample_output(path: Path, sample: Path) -> bool:
-    """``path`` looks like an output of ``--sample``: an image that reads as the sample's size (the previews beside
-    the side-by-side pictures: its width once or twice). Anything else at that name is the user's, and
-    ``--sample`` does not replace it without ``--overwrite``."""
+    """``path`` looks like an output of ``--sample``: an image that reads as the sample's size (its width, or
+    twice it for the side-by-side pictures). Anything else at that name is the user's, and ``--sample`` does not
+    replace it without ``--overwrite``."""
     from sitm_trt.media import io
 
     cv2 = io._cv2()
