@@ -69,6 +69,8 @@ def test_two_stages_checkpoint_and_resume(tiny_data, tmp_path):
     assert card2["step"] == 7
     rows = read_log(tmp_path / "log.csv")
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6, 7]
+    elapsed = [float(r["elapsed_s"]) for r in rows]
+    assert elapsed == sorted(elapsed)  # the run's training seconds, not restarted by the resume
     second = load_weights(tmp_path / "ckpt" / "model.safetensors").state_dict()
     assert any(not torch.equal(first[k], second[k]) for k in first)  # training went on from the checkpoint
     assert card2["train_seconds"] > card["train_seconds"]

@@ -696,7 +696,8 @@ class Trainer:
                     t_last, n_last = now, 0
                     bar.set_postfix(stage=stage, loss=f"{avg['loss']:.4f}", hdr=f"{avg['hdr']:.4f}", sps=f"{sps:.1f}")
                     writer.writerow([self.steps, stage, f"{cfg.optim.lr_at(self.steps):.3g}"]
-                                    + [f"{vals[k]:.6g}" for k in LOSS_NAMES] + [f"{sps:.2f}", f"{now - t_start:.1f}"])
+                                    + [f"{vals[k]:.6g}" for k in LOSS_NAMES]
+                                    + [f"{sps:.2f}", f"{self.card['train_seconds']:.1f}"])  # over resumes too
                     log_file.flush()
                     self.card["losses"] = {k: round(v, 6) for k, v in avg.items()}
                     self.card["step"] = self.steps
