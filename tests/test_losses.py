@@ -309,6 +309,12 @@ def test_vgg_loads_torchvision_layout_and_computes_pool3_to_5(tmp_path, fmt):
     torch.save({"conv.weight": torch.zeros(1)}, bad)
     with pytest.raises(ValueError, match="features"):
         VGGPerceptual(bad)
+    garbage = tmp_path / f"garbage.{fmt}"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="garbage.* cannot read as a state_dict"):
+        VGGPerceptual(garbage)
+    with pytest.raises(ValueError, match="missing.pth: no such file"):
+        VGGPerceptual(tmp_path / "missing.pth")
 
 
 def _ssim_reference(a: np.ndarray, b: np.ndarray, window: int = 7, sigma: float = 1.5) -> float:

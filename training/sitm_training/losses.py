@@ -114,12 +114,17 @@ class VGG16Features(nn.Module):
         ``weights_only=True``, no arbitrary pickle). ``classifier.*`` keys are ignored; every ``features.*``
         key must be there with the right shape."""
         path = os.fspath(path)
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
+        if not os.path.isfile(path):
+            raise ValueError(f"{path}: no such file (--vgg: torchvision's vgg16 ImageNet state_dict)")
+        try:
+            if path.endswith(".safetensors"):
+                from safetensors.torch import load_file
 
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+                state = load_file(path)
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - torch.load's unpickling errors have many types
+            raise ValueError(f"{path}: cannot read as a state_dict ({type(err).__name__}: {err})") from err
         if not isinstance(state, dict):
             raise ValueError(f"{path}: expected a state_dict (a mapping of tensors), got {type(state).__name__}")
         feats = {k: v for k, v in state.items() if k.startswith("features.")}
