@@ -14,10 +14,16 @@ from sitm_trt.media import transfer as T
 
 from conftest import cpu_and_cuda
 
-with warnings.catch_warnings():  # colour warns at import about optional packages (SciPy, Matplotlib)
-    warnings.simplefilter("ignore")
-    import colour
-    import colour.models
+
+def _colour():
+    """colour-science, imported by the tests that compare with it: the GPU machine runs this module's gpu tests
+    (the kernels against sitm_trt.media.transfer) without it (docs/gpu.md: no room to carry its wheel)."""
+    with warnings.catch_warnings():  # colour warns at import about optional packages (SciPy, Matplotlib)
+        warnings.simplefilter("ignore")
+        colour = pytest.importorskip("colour")
+        import colour.models  # noqa: F401
+    return colour
+
 
 GAMUT_NAMES = {"bt709": "ITU-R BT.709", "bt2020": "ITU-R BT.2020"}
 
@@ -34,6 +40,7 @@ def quiet():
 
 @pytest.mark.parametrize("src,dst", [("bt709", "bt2020"), ("bt2020", "bt709"), ("bt709", "bt709")])
 def test_gamut_matrix_matches_colour(src, dst):
+    colour = _colour()
     want = colour.matrix_RGB_to_RGB(GAMUT_NAMES[src], GAMUT_NAMES[dst], chromatic_adaptation_transform=None)
     np.testing.assert_allclose(T.gamut_matrix(src, dst), want, atol=1e-9)
     np.testing.assert_allclose(T.gamut_matrix(src, dst).sum(axis=1), 1.0, atol=1e-12)  # white stays white
@@ -41,6 +48,7 @@ def test_gamut_matrix_matches_colour(src, dst):
 
 @pytest.mark.parametrize("gamut", ["bt709", "bt2020"])
 def test_luma_coefficients_are_the_y_row_rounded(gamut):
+    colour = _colour()
     y_row = T.rgb_to_xyz_matrix(gamut)[1]
     np.testing.assert_allclose(T.luma_coefficients(gamut), y_row, atol=5e-5)
     want = colour.RGB_COLOURSPACES[GAMUT_NAMES[gamut]].matrix_RGB_to_XYZ
@@ -50,6 +58,7 @@ def test_luma_coefficients_are_the_y_row_rounded(gamut):
 
 
 def test_pq_matches_colour_and_st2084():
+    colour = _colour()
     nits = np.concatenate([[0.0], np.geomspace(1e-4, 10000, 200)])
     sig = np.linspace(0, 1, 101)
     with quiet():
@@ -65,6 +74,7 @@ def test_pq_matches_colour_and_st2084():
 
 @pytest.mark.parametrize("peak", [400.0, 1000.0, 2000.0])
 def test_hlg_matches_colour(peak):
+    colour = _colour()
     e = np.linspace(0, 1, 257)
     with quiet():
         np.testing.assert_allclose(T.hlg_oetf(e), colour.models.oetf_BT2100_HLG(e), atol=1e-12)
@@ -94,6 +104,7 @@ def test_bt2408_reference_white():
 @pytest.mark.parametrize("legal", [True, False])
 @pytest.mark.parametrize("bits", [10, 12])
 def test_ycbcr_codes_match_colour(gamut, legal, bits):
+    colour = _colour()
     rgb = np.random.default_rng(bits).random((1000, 3))
     code_range = "limited" if legal else "full"
     ycc = T.rgb_to_ycbcr(rgb, gamut)

@@ -186,7 +186,8 @@ stage_build() {
   # AUTO, would follow nvidia-smi too); one architecture costs about a fifth of the CUDA compile of every
   # supported one (README, "Building with or without CUDA").
   SITM_WITH_CUDA=ON CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=${arch}-real" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
-    "$PY" -m pip install --no-build-isolation --no-deps -e "$REPO" || { note "pip install -e . failed"; return 1; }
+    "$PY" -m pip install --no-index --disable-pip-version-check --no-build-isolation --no-deps -e "$REPO" \
+    || { note "pip install -e . failed"; return 1; }  # --no-index: no network there; a retry would eat the cap
   "$PY" - "$arch" <<'EOF' || return 1
 import json, sys
 import sitm_trt

@@ -66,7 +66,9 @@ fresh_dir() { rm -rf "$1"; mkdir -p "$1"; }
 fresh_dir .gpu-carry/wheels-core
 download .gpu-carry/wheels-core "openexr==$(version openexr)"
 fresh_dir .gpu-carry/wheels-test
-download .gpu-carry/wheels-test "av==$(version av)" "colour-science==$(version colour-science)"
+download .gpu-carry/wheels-test "av==$(version av)"
+fresh_dir .gpu-carry/wheels-colour  # carried only when it fits (section 5): tests/test_transfer.py imports it
+download .gpu-carry/wheels-colour "colour-science==$(version colour-science)"
 
 # 3. the working tree that travels with every call: tracked and untracked-not-ignored files
 tree_bytes=$( { git ls-files -z; git ls-files -z --others --exclude-standard; } | sort -zu \
@@ -119,6 +121,11 @@ check() {  # label, carried paths...
 echo "working tree that travels: $(mib "$tree_bytes") MiB"
 echo "per call (working tree + carry):"
 for s in "${STAGING[@]}"; do check "TensorRT-RTX staging $s" "$s"; done
+if [ $((tree_bytes + $(bytes $CHECK_CARRY .gpu-carry/wheels-colour))) -le "$TARGET" ]; then
+  CHECK_CARRY="$CHECK_CARRY .gpu-carry/wheels-colour"
+else
+  echo "colour-science left out of the check call (no room): tests/test_transfer.py will fail at collection"
+fi
 # shellcheck disable=SC2086
 check "gpu_check.sh" $CHECK_CARRY
 check "gpu_train.sh" .gpu-carry/hdr .gpu-carry/wheels-core
