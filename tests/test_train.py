@@ -324,7 +324,7 @@ def test_stored_configs_of_earlier_trainers():
     assert REMOVED_OPTIONS.keys() <= old.keys()
     cfg = stored_config(old, str(card))
     # the card predates --boost, --oversample-real, --hdr-clip-norm, --mefm-context, --mefm-global-width,
-    # --mefm-clip-prior, --mefm-shoulder, --camera-aux, --hdr-clip-ring and --families: the config takes their defaults,
+    # --mefm-clip-prior, --mefm-shoulder, --camera-aux, --hdr-clip-ring, --families and --grad-clip: the config takes their defaults,
     # the meaning those weights have (boost "down", uniform sampling of every camera family, the L1 clipped term, no
     # context, the MEFM's width for the global branch, no clip prior, no shoulder features, no camera probe)
     assert cfg.to_dict() == {**{k: tuple(v) if k == "betas" else v for k, v in old.items() if k not in REMOVED_OPTIONS},
@@ -333,7 +333,7 @@ def test_stored_configs_of_earlier_trainers():
                              "hdr_clip_ring": 1.0, "hdr_clip_ring_families": ("filmic", "hable"), "mefm_ring": 0,
                              "fixed_curve": False, "families": (),
                              "coef_lr_mult": 1.0,
-                             "prior_lr_mult": 1.0}
+                             "prior_lr_mult": 1.0, "grad_clip": 0.0}
     assert cfg.model.fusion == "residual" and cfg.model.freeze_exposure and cfg.loss.hdr_clip == 3.0
     for key, value in (("mask_prior", 1.0), ("mask_prior_scope", "under"), ("hdr_grad", 3.0), ("hdr_psnr", 0.02)):
         with pytest.raises(ValueError, match=f"card.json: the run was trained with {key}={value!r}, an option this "
@@ -666,3 +666,27 @@ def test_command_line_mistakes_are_one_error_line_and_write_nothing(tiny_data, t
     assert main([*base, "--out", str(tiny_data)]) == 2
     assert "is a data set; give a run folder of its own" in capsys.readouterr().err
     assert sorted(p.name for p in tiny_data.iterdir()) == before
+
+
+@pytest.mark.filterwarnings("ignore:VGGPerceptual")
+def test_grad_clip_bounds_the_gradient_adam_steps_with_and_the_log_shows_the_norm(tiny_data, tmp_path):
+    """--grad-clip: the gradient the optimizer steps with has at most that global norm; grad_norm (logged and in the
+    card) is the norm before clipping. Off (0), the step's gradient is the loss's own."""
+    from sitm_training.train import Trainer
+
+    def grads_after_one_step(clip, out):
+        trainer = Trainer(config(tiny_data, out, batch=2, crop=32, workers=0, gan=False, stage1_steps=0,
+                                 stage2_steps=1, grad_clip=clip))
+        vals = trainer.step(trainer.feed())
+        params = [p for g in trainer.opt_g.param_groups for p in g["params"] if p.grad is not None]
+        return vals["grad_norm"], float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+
+    before, after = grads_after_one_step(0.0, tmp_path / "off")
+    assert before > 0 and after == pytest.approx(before, rel=1e-5)
+    before, after = grads_after_one_step(before / 10, tmp_path / "on")
+    assert after == pytest.approx(before / 10, rel=1e-4)
+    with pytest.raises(ValueError, match="--grad-clip must be >= 0"):
+        config(tiny_data, tmp_path / "bad", grad_clip=-1.0)
+    _, card = train_small(tiny_data, tmp_path / "log", stage1_steps=0, stage2_steps=2, log_every=1, grad_clip=1.0)
+    rows = read_log(tmp_path / "log" / "log.csv")
+    assert all(float(r["grad_norm"]) > 0 for r in rows) and card["losses"]["grad_norm"] > 0

@@ -80,6 +80,7 @@ class OptimConfig:
     prior_lr_mult: float = 1.0  # the clip prior's strength head (--mefm-clip-prior) learns at lr times this
     betas: tuple[float, float] = (0.9, 0.999)
     amp: bool = True  # bf16/fp16 autocast on CUDA only
+    grad_clip: float = 0.0  # the network's gradient clipped to this global L2 norm before each step; 0: off
 
     @property
     def total_steps(self) -> int:
@@ -199,6 +200,8 @@ class TrainConfig:
             raise ValueError(f"--prior-lr-mult must be > 0, got {self.optim.prior_lr_mult}")
         if self.run.max_seconds is not None and not self.run.max_seconds > 0:
             raise ValueError(f"--max-seconds must be > 0, got {self.run.max_seconds}")
+        if not (self.optim.grad_clip >= 0 and math.isfinite(self.optim.grad_clip)):
+            raise ValueError(f"--grad-clip must be >= 0 (0: off), got {self.optim.grad_clip}")
         for option, value, least in (("stage1-steps", self.optim.stage1_steps, 0),
                                      ("stage2-steps", self.optim.stage2_steps, 0), ("batch", self.data.batch, 1),
                                      ("crop", self.data.crop, 1), ("workers", self.data.workers, 0)):
@@ -304,6 +307,9 @@ def _parser(description: str | None) -> argparse.ArgumentParser:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=_default(name))
     p.add_argument("--lr", type=float, default=_default("lr"))
     p.add_argument("--lr-min", type=float, default=_default("lr_min"))
+    p.add_argument("--grad-clip", type=float, default=_default("grad_clip"), metavar="NORM",
+                   help="clip the network's gradient to this global L2 norm before each Adam step (default 0: off); "
+                        "the card's log column grad_norm shows the norms to choose it from (training/LOG.md, R44)")
     p.add_argument("--coef-lr-mult", type=float, default=_default("coef_lr_mult"),
                    help="the MEFM's coefficient head (one small linear layer: the residual fusion's per-image exposure "
                         "gains and curve exponent) learns at --lr times this (default 1); its per-image target varies "

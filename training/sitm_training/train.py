@@ -348,8 +348,8 @@ def validate(net: SITMNet, dataset, device: torch.device, n: int, sheet: Path | 
 
 # ---------------------------------------------------------------------------------------------- the trainer
 
-LOG_COLUMNS = ("step", "stage", "lr", "loss", "prog", "gan", "hdr", "d_loss", "samples_per_s", "elapsed_s")
-LOSS_NAMES = ("loss", "prog", "gan", "hdr", "d_loss")
+LOG_COLUMNS = ("step", "stage", "lr", "loss", "prog", "gan", "hdr", "d_loss", "grad_norm", "samples_per_s", "elapsed_s")
+LOSS_NAMES = ("loss", "prog", "gan", "hdr", "d_loss", "grad_norm")  # grad_norm: before --grad-clip
 
 
 class Trainer:
@@ -606,6 +606,10 @@ class Trainer:
                     loss = loss + self.cfg.loss.camera_aux * camera
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt_g)  # the true gradient (a no-op without fp16 scaling), for its norm and the clip
+        params = [p for group in self.opt_g.param_groups for p in group["params"] if p.grad is not None]
+        clip = self.cfg.optim.grad_clip
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf")))
         self.scaler.step(self.opt_g)
         self.scaler.update()
         d_loss = 0.0
@@ -618,7 +622,7 @@ class Trainer:
             d_loss = float(dl.detach())
         self.steps += 1
         vals = {"loss": float(loss.detach()), "prog": float(prog.detach()), "gan": float(gan.detach()),
-                "hdr": float(hdr.detach()), "d_loss": d_loss}
+                "hdr": float(hdr.detach()), "d_loss": d_loss, "grad_norm": grad_norm}
         if camera is not None:  # --camera-aux: in the card's losses (the log's columns stay those of LOSS_NAMES)
             vals["camera"] = float(camera.detach())
         return vals
@@ -664,6 +668,10 @@ class Trainer:
         cfg, d = self.cfg, self.dist
         handlers = ({s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
                     if d.main else {})
+        columns = LOG_COLUMNS  # a run resumed from an earlier trainer's log keeps that log's columns
+        if d.main and (self.run_dir / "log.csv").is_file():
+            with open(self.run_dir / "log.csv", newline="") as f:
+                columns = tuple(next(csv.reader(f), None) or LOG_COLUMNS)
         log_file = open(self.run_dir / "log.csv", "a", newline="") if d.main else None
         writer = csv.writer(log_file) if log_file else None
         if log_file and log_file.tell() == 0:
@@ -695,9 +703,10 @@ class Trainer:
                     self.card["train_seconds"] += now - t_last
                     t_last, n_last = now, 0
                     bar.set_postfix(stage=stage, loss=f"{avg['loss']:.4f}", hdr=f"{avg['hdr']:.4f}", sps=f"{sps:.1f}")
-                    writer.writerow([self.steps, stage, f"{cfg.optim.lr_at(self.steps):.3g}"]
-                                    + [f"{vals[k]:.6g}" for k in LOSS_NAMES]
-                                    + [f"{sps:.2f}", f"{self.card['train_seconds']:.1f}"])  # over resumes too
+                    row = {"step": self.steps, "stage": stage, "lr": f"{cfg.optim.lr_at(self.steps):.3g}",
+                           **{k: f"{vals[k]:.6g}" for k in LOSS_NAMES}, "samples_per_s": f"{sps:.2f}",
+                           "elapsed_s": f"{self.card['train_seconds']:.1f}"}  # training seconds, over resumes too
+                    writer.writerow([row.get(c, "") for c in columns])
                     log_file.flush()
                     self.card["losses"] = {k: round(v, 6) for k, v in avg.items()}
                     self.card["step"] = self.steps
