@@ -608,8 +608,11 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.opt_g)  # the true gradient (a no-op without fp16 scaling), for its norm and the clip
         params = [p for group in self.opt_g.param_groups for p in group["params"] if p.grad is not None]
-        clip = self.cfg.optim.grad_clip
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf")))
+        if self.cfg.optim.grad_clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip))
+        else:  # only measured: the gradient is left exactly as it is
+            grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.float())
+                                                                    for p in params]))) if params else 0.0
         self.scaler.step(self.opt_g)
         self.scaler.update()
         d_loss = 0.0
