@@ -214,7 +214,7 @@ def _video_args(vid: argparse.ArgumentParser) -> None:
     vid.add_argument("--preset", default="medium", help="libx265 preset (default medium)")
     vid.add_argument("--lossless", action="store_true", help="libx265 lossless")
     vid.add_argument("--x265-params", default="", help="extra libx265 parameters, key=value:key=value")
-    vid.add_argument("--mastering-primaries", choices=["bt709", "p3", "bt2020"], default="bt709",
+    vid.add_argument("--mastering-primaries", choices=["bt709", "p3", "bt2020"], default=None,
                      help="mastering display primaries in the HDR10 metadata (default bt709, the content gamut)")
     vid.add_argument("--smoothing", type=float, default=0.25,
                      help="time constant (s) of the curve-coefficient smoothing against flicker; 0 = off "

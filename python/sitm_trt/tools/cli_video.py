@@ -21,7 +21,7 @@ def video_options(args: argparse.Namespace, fmt: str | None) -> Any:
 
     opts = video.VideoOptions(
         format=fmt, peak_nits=args.peak_nits, ref_white=args.ref_white, crf=args.crf, preset=args.preset,
-        lossless=args.lossless, x265_params=args.x265_params, mastering_primaries=args.mastering_primaries,
+        lossless=args.lossless, x265_params=args.x265_params, mastering_primaries=args.mastering_primaries or "bt709",
         smoothing=args.smoothing, scene_cut=args.scene_cut, audio=not args.no_audio, max_frames=args.max_frames,
         exr_half=not args.float)
     try:
@@ -38,6 +38,15 @@ def cmd_video(args: argparse.Namespace) -> int:
     opts = video_options(args, args.format)
     if args.float and args.format in ("hdr10", "hlg"):
         raise UsageError(f"--float: {args.format} video is 10-bit; --float is for an EXR sequence (-f exr)")
+    if args.mastering_primaries is not None:
+        from pathlib import Path
+
+        from sitm_trt.media.video.conversion import _output_kind
+
+        kind = _output_kind(Path(args.output), args.format)  # VideoError for a name no format fits: reported
+        if kind != "hdr10":
+            raise UsageError(f"--mastering-primaries: only HDR10 video carries mastering display metadata; this "
+                             f"output is {kind}")
     device = check_runtime(args)
     pipeline = None
     if args.threads is not None:  # else convert() makes the pipeline, with the backend's default threads
