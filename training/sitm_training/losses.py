@@ -185,8 +185,7 @@ class VGGPerceptual(nn.Module):
                 "1 - SSIM (substitute, kind='ssim-substitute'). Pass weights_path= torchvision's vgg16 ImageNet "
                 "state_dict (e.g. vgg16-397923af.pth) to train as in the paper."
             )
-            log.warning(msg)
-            warnings.warn(msg, UserWarning, stacklevel=2)
+            warnings.warn(msg, UserWarning, stacklevel=2)  # once (a log line too printed it twice on the console)
         else:
             self.vgg = VGG16Features()
             self.vgg.load_torchvision_state(weights_path)
