@@ -73,3 +73,23 @@ def atomic_write(path: str | os.PathLike[str], data_or_writer: Content, *, exclu
         except FileNotFoundError:
             pass
         raise
+
+
+def missing_folders(folder: str | os.PathLike[str]) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first: what a ``mkdir(parents=True)``
+    is about to create, for :func:`remove_empty` to take back when nothing was written into them."""
+    out, p = [], Path(folder)
+    while not p.exists() and p != p.parent:
+        out.append(p)
+        p = p.parent
+    return out
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first, as :func:`missing_folders` lists them) while they are empty; the first
+    that holds anything, or is gone, stops it."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break

@@ -347,28 +347,15 @@ def cmd_infer(args: argparse.Namespace) -> int:
             least = next(t for t in range(preset.stride, 1 << 16, preset.stride) if fits(t))
             raise UsageError(f"--tile {args.tile}: tiles of the {preset.name!r} network are multiples of "
                              f"{preset.stride} pixels, at least {least}")
-    made = _missing_folders(args.output)  # removed again when the run writes nothing
+    from sitm_trt.files import missing_folders, remove_empty
+
+    named_file = args.output is None or Path(args.output).suffix.lower() in (".exr", ".hdr")
+    made = [] if named_file else missing_folders(args.output)  # removed again when the run writes nothing
     try:
         outputs = plan_outputs(inputs, args.output, args.format)
         return _convert_all(args, inputs, outputs, pipe, device, sample)
     finally:
-        for folder in made:  # deepest first; only while empty
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-
-
-def _missing_folders(output: str | None) -> list[Path]:
-    """The folders ``-o`` names that do not exist yet (the output folder and its missing parents, deepest first);
-    none for a file name."""
-    if output is None or Path(output).suffix.lower() in (".exr", ".hdr"):
-        return []
-    out, p = [], Path(output)
-    while not p.exists() and p != p.parent:
-        out.append(p)
-        p = p.parent
-    return out
+        remove_empty(made)
 
 
 def _convert_all(args: argparse.Namespace, inputs: list[Path], outputs: list[Path], pipe: Any, device: str,

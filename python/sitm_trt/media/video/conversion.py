@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
+from sitm_trt.files import missing_folders, remove_empty
 from sitm_trt.media import transfer as T
 from sitm_trt.media.video.decode import _estimate_frames, _frame_time, _open_input, _peek, _rgb
 from sitm_trt.media.video.frames import FrameProcessor, _Done
@@ -147,10 +148,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, weights: Any = "d
         folder = Path(pattern).parent
         if folder.is_dir() and any(folder.iterdir()) and not overwrite:
             raise VideoError(f"{folder}: is not empty (pass overwrite=True / --overwrite to write into it)")
-        up = folder
-        while not up.exists() and up != up.parent:
-            made.append(up)
-            up = up.parent
+        made = missing_folders(folder)
         try:
             folder.mkdir(parents=True, exist_ok=True)
             fd, probe = tempfile.mkstemp(prefix=".sitm-write-check.", dir=folder)
@@ -163,11 +161,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, weights: Any = "d
             return _convert(src, dst, fmt, opts, temp, pattern if fmt == "exr" else "", weights, pipeline, device,
                             backend, precision, progress, on_frame, say, cuda_graphs)
     except BaseException:
-        for d in made:  # only while empty: a folder that holds frames of this run keeps them
-            try:
-                d.rmdir()
-            except OSError:
-                break
+        remove_empty(made)  # only while empty: a folder that holds frames of this run keeps them
         raise
     finally:
         if temp is not None:
