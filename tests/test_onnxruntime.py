@@ -79,11 +79,13 @@ def test_threads_option():
 
 
 def test_onnxruntime_rejects_what_it_cannot_run(tmp_path):
-    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+    with pytest.raises(ValueError, match="precision='fp16' runs on CUDA devices only"):
         P.Pipeline("default", backend="onnxruntime", precision="fp16")(_frame(16, 16))
     from sitm_trt.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     w = P.load("default")
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):  # the backend's own check, used alone
+        OnnxRuntimeBackend(w, device="cpu", precision="fp16")
     with pytest.raises(ValueError, match="not a sitm-trt network export"):
         OnnxRuntimeBackend(w, onnx_path=_tiny_other_onnx(tmp_path))
 
@@ -132,14 +134,22 @@ _NO_TORCH_CHILD = textwrap.dedent(
     frame = np.load(sys.argv[1])
     hdr = sitm_trt.infer(frame)
     np.save(sys.argv[2], hdr)
-    pipe = next(iter(pipeline._DEFAULT.values()))
+    pipe = next(iter(pipeline._DEFAULT.values()))[1]
     rc = cli.main(["infer", sys.argv[3], "-o", sys.argv[4], "-q"])
     try:  # weights that ship no ONNX export, with an empty cache: a clear error instead of a torch traceback
         sitm_trt.Pipeline(sys.argv[5])(frame)
         export_error = ""
     except ImportError as err:
         export_error = str(err)
+    missing = {}  # what needs torch says so, instead of a bare ModuleNotFoundError from a constructor
+    for what, kwargs in (("torch", {"backend": "torch"}), ("tile", {"tile": 96})):
+        try:
+            sitm_trt.Pipeline("default", **kwargs)(frame)
+            missing[what] = ""
+        except ImportError as err:
+            missing[what] = f"{type(err).__name__}: {err}"
     print(json.dumps({"backend": pipe.backend_for("cpu").describe(), "rc": rc, "export_error": export_error,
+                      "missing": missing,
                       "torch_modules": sorted(m for m, mod in sys.modules.items()
                                             if mod is not None and (m == "torch" or m.startswith("torch.")))}))
     """
@@ -166,6 +176,9 @@ def test_infer_and_cli_run_without_torch(tmp_path, pipes, tiny_weights_path):
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["backend"].startswith("onnxruntime") and report["torch_modules"] == [] and report["rc"] == 0
     assert "ships no fp32 ONNX export" in report["export_error"] and "sitm-trt[torch]" in report["export_error"]
+    hint = "needs PyTorch: pip install 'sitm-trt[torch]'"
+    assert report["missing"]["torch"] == f"ImportError: the torch backend {hint}"
+    assert report["missing"]["tile"] == f"ImportError: tiling (tile=) {hint}"
     got = np.load(tmp_path / "out.npy")
     np.testing.assert_allclose(got, pipes[1](frame), rtol=RTOL, atol=ATOL)
     exr = io.read_image(tmp_path / "out.exr")  # the CLI wrote the same HDR, as half floats
@@ -230,3 +243,16 @@ def test_cuda_execution_provider_matches_torch_on_the_gpu():
     want = P.Pipeline("default", backend="torch")(x)
     assert got.device.type == "cuda"
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_an_unwritable_onnx_cache_is_named(tiny_weights_path, tmp_path):
+    """A cache path that cannot hold the export (here: below a file) raises EngineError naming the folder and
+    SITM_TRT_CACHE, as the engine cache does (it was a bare NotADirectoryError from pathlib)."""
+    from sitm_trt.errors import EngineError
+    from sitm_trt.weights import load
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(EngineError, match=r"into the cache .*a-file/onnx: .*set SITM_TRT_CACHE"):
+        load(tiny_weights_path).onnx("fp32", cache_dir=blocker / "onnx")
+    assert blocker.read_text() == "x"

@@ -138,8 +138,9 @@ def test_bad_options(weights):
         P.Pipeline(w, precision="int8")
     with pytest.raises(ValueError, match="needs the input on a CUDA device"):
         P.Pipeline(w, backend="tensorrt")(torch.rand(1, 3, 8, 8))
-    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
-        P.Pipeline(w, precision="fp16")(torch.rand(1, 3, 8, 8))
+    for backend in ("auto", "torch", "onnxruntime"):  # one message naming the option, whichever backend
+        with pytest.raises(ValueError, match="precision='fp16' runs on CUDA devices only"):
+            P.Pipeline(w, precision="fp16", backend=backend)(torch.rand(1, 3, 8, 8))
     with pytest.raises(ValueError, match="layout must be"):
         P.Pipeline(w)(torch.rand(1, 3, 8, 8), layout="chw")
 
@@ -222,3 +223,89 @@ def test_tiled_pipeline_matches_the_whole_frame(weights):
                                rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="tile must be a positive"):
         P.Pipeline(w, tile=0)
+
+
+def test_a_local_file_or_folder_does_not_shadow_a_shipped_name(tmp_path, monkeypatch):
+    """An output folder called "default" (or a file "filmic") in the working directory used to break
+    infer(x) and load("filmic"); "./NAME" still names the local file."""
+    from sitm_trt.weights import WEIGHTS_DIR
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "default").mkdir()
+    (tmp_path / "filmic").write_text("abc")
+    assert load("default").path == (WEIGHTS_DIR / "default.safetensors").resolve()
+    assert load("filmic").path == (WEIGHTS_DIR / "filmic.safetensors").resolve()
+    assert P.Pipeline(None).weights.path == load("default").path  # None means "default", as in infer
+    with pytest.raises(WeightsError, match="not a safetensors file"):
+        load("./filmic")
+    for bad in (None, 123):
+        with pytest.raises(TypeError, match="weights must be a shipped name"):
+            load(bad)
+    with pytest.raises(TypeError, match="tile must be an integer"):
+        P.Pipeline(tile="512")
+
+
+def test_infer_replaces_a_rewritten_file_and_keeps_few_pipelines(weights, tmp_path, monkeypatch):
+    """infer() kept every pipeline it made (about 28 MiB each with ONNX Runtime), also one per rewrite of a file."""
+    w, net = weights
+    monkeypatch.setattr(P, "_DEFAULT", type(P._DEFAULT)())
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(w.path.read_bytes())
+    x = torch.rand(1, 3, 16, 16)
+    a = sitm_trt.infer(x, weights=path, backend="torch")
+    first = next(iter(P._DEFAULT.values()))[1]
+    torch.manual_seed(1)
+    other = SITMNet("compact").eval()
+    save_weights(other, path)  # rewritten in place: a new pipeline for the new weights, the old one dropped
+    b = sitm_trt.infer(x, weights=path, backend="torch")
+    assert len(P._DEFAULT) == 1 and next(iter(P._DEFAULT.values()))[1] is not first
+    torch.testing.assert_close(a, reference(net, x), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b, reference(other, x), rtol=1e-5, atol=1e-6)
+    for i in range(P._DEFAULT_MAX + 2):  # many checkpoints: only the last few pipelines stay
+        copy = tmp_path / f"c{i}.safetensors"
+        copy.write_bytes(w.path.read_bytes())
+        sitm_trt.infer(x, weights=copy, backend="torch")
+    assert len(P._DEFAULT) == P._DEFAULT_MAX
+    assert str((tmp_path / f"c{P._DEFAULT_MAX + 1}.safetensors").resolve()) in {k[1] for k in P._DEFAULT}
+
+
+class _DLPackOnly:
+    """A producer that speaks DLPack and nothing else (no shape, no dtype)."""
+
+    def __init__(self, a):
+        self._a = a
+
+    def __dlpack__(self, **kwargs):
+        return self._a.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self._a.__dlpack_device__()
+
+
+def test_inputs_that_needed_a_conversion(weights):
+    """A DLPack-only producer, big-endian uint16 and a tensor that requires grad give the plain input's result."""
+    w, net = weights
+    pipe = P.Pipeline(w)
+    u8 = np.random.default_rng(3).integers(0, 256, size=(19, 26, 3), dtype=np.uint8)
+    want = pipe(u8)
+    want_hwc = pipe(u8, layout="hwc")
+    got = pipe(_DLPackOnly(u8))
+    np.testing.assert_array_equal(np.from_dlpack(got), want)
+    got = pipe(_DLPackOnly(u8), layout="hwc")  # the unbatched (H, W, 3) result of a Buffer (was `[0]` on it)
+    assert tuple(got.shape) == (19, 26, 3)
+    np.testing.assert_array_equal(np.from_dlpack(got), want_hwc)
+    np.testing.assert_array_equal(pipe((u8.astype(np.uint16) * 257).astype(">u2")), pipe(u8.astype(np.uint16) * 257))
+    f = torch.from_numpy(u8).permute(2, 0, 1)[None].float().div(255).requires_grad_()
+    torch.testing.assert_close(pipe(f), reference(net, f.detach()), rtol=1e-5, atol=1e-6)
+
+
+def test_empty_frames_check_out(weights):
+    w, _ = weights
+    empty = np.zeros((0, 32, 3), np.uint8)
+    for out, exc, match in ((np.full((5, 5), 7.0), ValueError, r"out must be float32 \(1, 3, 0, 32\)"),
+                            ([1, 2], TypeError, "out must be an array"),
+                            (np.zeros((1, 3, 0, 32), np.float16), ValueError, "out must be float32")):
+        with pytest.raises(exc, match=match):
+            P.Pipeline(w)(empty, out=out)
+    ok = np.zeros((0, 32, 3), np.float32)
+    assert P.Pipeline(w)(empty, out=ok, layout="hwc") is ok

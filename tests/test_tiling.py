@@ -353,14 +353,18 @@ def test_bad_arguments_are_reported(net):
         (dict(layout="chw"), ValueError, "layout must be 'nchw' or 'hwc'"),
         (dict(dtype="float64"), ValueError, "dtype must be 'float32' or 'float16'"),
         (dict(state="x"), TypeError, "state must be a GlobalState"),
-        (dict(out=torch.zeros(1, 3, 40, 41)), ValueError, r"out must be float32/float16 \(1, 3, 40, 40\)"),
+        (dict(out=torch.zeros(1, 3, 40, 41)), ValueError, r"out must be float32 \(1, 3, 40, 40\)"),
+        # out= must hold the dtype asked for, as the untiled path requires (it wrote float16 for dtype="float32")
+        (dict(out=torch.zeros(1, 3, 40, 40, dtype=torch.float16)), ValueError, r"out must be float32 \(1, 3, 40, 40\)"),
+        (dict(out=torch.zeros(1, 3, 40, 40), dtype="float16"), ValueError, r"out must be float16 \(1, 3, 40, 40\)"),
     ]
     for kwargs, exc, msg in cases:
         args = {"tile": 32, "overlap": 0, **kwargs}
         with pytest.raises(exc, match=msg):
             tiling.infer_tiled(net, frame, **args)
     for bad, msg in (
-        (torch.rand(1, 4, 40, 40), r"float \(N, 3, H, W\) or uint8/uint16"),
+        (torch.rand(1, 4, 40, 40), r"float32/float16 \(N, 3, H, W\) or uint8/uint16"),
+        (torch.rand(1, 3, 40, 40, dtype=torch.float64), r"got float64"),  # refused untiled too (the pre kernel)
         (torch.zeros(40, 40, 3, dtype=torch.int32), "got int32"),
         (torch.rand(40, 40, 3), r"got float32 \(40, 40, 3\)"),
     ):
@@ -368,6 +372,9 @@ def test_bad_arguments_are_reported(net):
             tiling.infer_tiled(net, bad, tile=32, overlap=0)
     with pytest.raises(TypeError, match="frame must be a torch.Tensor"):
         tiling.infer_tiled(net, [[0.5]], tile=32, overlap=0)
+    # A tensor that requires grad is read as inference input (detached), tiled or not
+    want = tiling.infer_tiled(net, frame, tile=32, overlap=0)
+    assert torch.equal(tiling.infer_tiled(net, frame.clone().requires_grad_(), tile=32, overlap=0), want)
     with pytest.raises(TypeError, match="net_or_weights must be an SITMNet"):
         tiling.infer_tiled(42, frame)
     with torch.inference_mode():

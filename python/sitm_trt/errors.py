@@ -4,7 +4,8 @@
   that is not a safetensors header, metadata that is not a string map, a preset that is not valid JSON or
   misses keys, tensor offsets outside the file, a truncated file) or that fails its checksum.
 * :class:`EngineError` (a ``RuntimeError``): a TensorRT engine that cannot be built, stored, loaded or
-  copied (a read-only or full cache, an output path that is a folder, a tampered engine).
+  copied (a read-only or full cache, an output path that is a folder, a tampered engine), or an ONNX export that
+  cannot be written into the cache.
 
 The command line reports both as ``sitm-trt: error: MESSAGE`` with exit status 2.
 """
@@ -19,7 +20,7 @@ class WeightsError(ValueError):
 
 
 class EngineError(RuntimeError):
-    """A TensorRT engine that cannot be built, cached, loaded or copied."""
+    """A TensorRT engine that cannot be built, cached, loaded or copied; an ONNX export the cache cannot hold."""
 
 
 class Terminated(KeyboardInterrupt):

@@ -109,11 +109,12 @@ def scope(device: str, caller: int) -> Iterator[int]:
 
 
 def contiguous(x: Any, stream: int = 0) -> Any:
-    """``x`` as a C-contiguous array of the same type: ``x`` itself when it is one, else one copy (a CUDA
-    tensor is copied on ``stream``, the caller's). Arrays of other types are returned as they are (the
-    extension then says what it needs)."""
+    """``x`` as a C-contiguous array of the same type in native byte order (a tensor detached from autograd):
+    ``x`` itself when it is one, else one copy (a CUDA tensor is copied on ``stream``, the caller's). Arrays of
+    other types are returned as they are (the extension then says what it needs)."""
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(x, torch.Tensor):
+        x = x.detach()  # inference reads a tensor that requires grad (DLPack refuses to export one)
         if x.is_contiguous():
             return x
         if x.is_cuda and stream:
@@ -122,6 +123,8 @@ def contiguous(x: Any, stream: int = 0) -> Any:
         return x.contiguous()
     np = sys.modules.get("numpy")
     if np is not None and isinstance(x, np.ndarray):
+        if not x.dtype.isnative:  # big-endian data from some TIFF / FITS readers: DLPack carries native order only
+            return np.ascontiguousarray(x.astype(x.dtype.newbyteorder("=")))
         return x if x.flags.c_contiguous else np.ascontiguousarray(x)
     cupy = sys.modules.get("cupy")
     if cupy is not None and isinstance(x, cupy.ndarray) and not x.flags.c_contiguous:

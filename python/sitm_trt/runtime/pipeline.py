@@ -17,6 +17,10 @@ kernel sanitizes; documented, not an error). Output: linear HDR (1.0 = the input
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import numbers
+import sys
 import threading
 import warnings
 from typing import Any
@@ -58,7 +62,7 @@ class Pipeline:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
         if precision not in (None, "fp16", "fp32"):
             raise ValueError(f"precision must be 'fp16', 'fp32' or None, got {precision!r}")
-        self.weights = load(weights)
+        self.weights = load("default" if weights is None else weights)  # None as in infer(weights=None)
         self.backend_choice = backend
         self.precision = precision
         self.profile = profile or Profile()
@@ -70,6 +74,9 @@ class Pipeline:
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
         self.threads = threads
+        for name, v in (("tile", tile), ("overlap", overlap)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
+                raise TypeError(f"{name} must be an integer number of pixels or None, got {type(v).__name__} {v!r}")
         if tile is not None and tile < 1:
             raise ValueError(f"tile must be a positive number of pixels or None, got {tile}")
         self.tile, self.overlap = tile, overlap
@@ -91,6 +98,9 @@ class Pipeline:
     def _make_backend(self, device: str):
         choice = self.backend_choice
         if device == "cpu":
+            if self.precision == "fp16":
+                raise ValueError("precision='fp16' runs on CUDA devices only; this input is on the CPU "
+                                 "(precision=None or 'fp32' runs it there)")
             if choice == "tensorrt":
                 raise ValueError("backend='tensorrt' needs the input on a CUDA device; this input is on the CPU "
                                  "(move it to the GPU, or use backend='onnxruntime' / 'torch' / 'auto')")
@@ -151,12 +161,11 @@ class Pipeline:
             return self._fallbacks[device]
 
     def _torch(self, device: str):
-        try:
+        with _needs_torch("the torch backend"):
             from sitm_trt.runtime.backends.torch_backend import TorchBackend
-        except ImportError as err:
-            raise ImportError("the torch backend needs PyTorch: pip install 'sitm-trt[torch]'") from err
-        backend = TorchBackend(self.weights, device=device, precision=self.precision or "fp32", compile=self.compile,
-                               channels_last=self.channels_last)
+
+            backend = TorchBackend(self.weights, device=device, precision=self.precision or "fp32",
+                                   compile=self.compile, channels_last=self.channels_last)
         if self.threads is not None and device == "cpu":
             backend._torch.set_num_threads(self.threads)
         return backend
@@ -173,18 +182,23 @@ class Pipeline:
             raise ValueError(f"infer: dtype must be 'float32' or 'float16', got {dtype!r}")
         dev = kernels._device(x, "infer", "x")
         device = kernels._device_name(dev)
-        shape = tuple(int(s) for s in getattr(x, "shape", ()))
-        n, h, w, unbatched = _frame_geometry(shape, getattr(x, "dtype", None))
         handle = kernels._stream_handle(x, dev, stream)
-        x = runtime_device.contiguous(x, handle)  # any strides: one copy (on the caller's stream) when not compact
+        # any strides, a foreign byte order, a tensor that requires grad: one copy (on the caller's stream)
+        x = runtime_device.contiguous(x, handle)
+        shape, dtype_in = _shape_and_dtype(x, handle)
+        n, h, w, unbatched = _frame_geometry(shape, dtype_in)
         hwc = layout != "nchw"
+        # The result's shape: an unbatched (H, W, 3) frame in HWC layout gets an (H, W, 3) result.
+        rshape = [h, w, 3] if (hwc and unbatched) else ([n, h, w, 3] if hwc else [n, 3, h, w])
         if n == 0 or h == 0 or w == 0:  # nothing to compute: an empty result of the right shape
             kernels.pre(x)  # still validates dtype, channels and layout
-            empty = kernels._wrap(kernels.extension().empty([n, h, w, 3] if hwc else [n, 3, h, w], dtype, device,
-                                                            handle), x)
-            return out if out is not None else (empty[0] if (hwc and unbatched) else empty)
+            if out is not None:
+                _check_empty_out(out, rshape, [n, h, w, 3] if hwc else None, dtype, device)
+                return out
+            return kernels._wrap(kernels.extension().empty(rshape, dtype, device, handle), x)
         if self.tile is not None:
-            from sitm_trt.runtime.tiling import infer_tiled
+            with _needs_torch("tiling (tile=)"):
+                from sitm_trt.runtime.tiling import infer_tiled
 
             return infer_tiled(self._torch_for(device).model, x, tile=self.tile, overlap=self.overlap,
                                layout=layout, dtype=dtype, out=out)
@@ -215,17 +229,58 @@ class Pipeline:
         if out is not None:
             return out
         # The caller's stream is now the result's last use: its free is ordered after the caller's work on it.
-        result = kernels._wrap(result.view(oshape, None, handle), x)
-        return result[0] if (hwc and unbatched) else result
+        return kernels._wrap(result.view(rshape, None, handle), x)
 
     def describe(self) -> dict:
         return {"weights": str(self.weights.path), "preset": self.weights.preset_name,
                 "backends": {d: b.describe() for d, b in self._backends.items()}, "auto_reason": self.auto_reason}
 
 
+@contextlib.contextmanager
+def _needs_torch(what: str):
+    """Turns PyTorch missing (at an import or inside a constructor) into an ImportError that says what to install."""
+    try:
+        yield
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] != "torch":
+            raise
+        raise ImportError(f"{what} needs PyTorch: pip install 'sitm-trt[torch]'") from err
+
+
+def _shape_and_dtype(x: Any, stream: int) -> tuple[tuple[int, ...], Any]:
+    """The frame's shape and dtype: its own ``shape`` / ``dtype`` attributes, else (a producer that only speaks
+    DLPack) read from a DLPack capsule of it."""
+    shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)
+    if shape is not None and dtype is not None:
+        return tuple(int(v) for v in shape), dtype
+    desc = kernels.extension().view_info(kernels._capsule(x, "infer", "x", stream))
+    return tuple(int(v) for v in desc["shape"]), desc["dtype"]
+
+
+def _check_empty_out(out: Any, shape: list[int], batched_hwc: list[int] | None, dtype: str, device: str) -> None:
+    """``out=`` for an empty frame, checked as a non-empty one's is (shape, dtype, device, writable)."""
+    if not hasattr(out, "__dlpack__") or not hasattr(out, "shape"):
+        raise TypeError(f"infer: out must be an array that supports DLPack, got {type(out).__name__}")
+    got = tuple(int(v) for v in out.shape)
+    name = str(getattr(out, "dtype", "")).replace("torch.", "")
+    if got not in (tuple(shape), tuple(batched_hwc or shape)) or name != dtype:
+        raise ValueError(f"infer: out must be {dtype} {tuple(shape)}, got {name} {got}")
+    if kernels._device_name(kernels._device(out, "infer", "out")) != device:
+        raise ValueError(f"infer: out must be on {device}, like x")
+    flags = getattr(out, "flags", None)
+    if flags is not None and not getattr(flags, "writeable", True):
+        raise ValueError("infer: out is read-only")
+
+
 def _frame_geometry(shape: tuple[int, ...], dtype: Any) -> tuple[int, int, int, bool]:
     """(N, H, W, unbatched) of a frame; the pre kernel then checks dtype, channels and layout in detail."""
     name = str(dtype).replace("torch.", "")
+    np = sys.modules.get("numpy")
+    if np is not None and not name.isidentifier():  # a NumPy dtype such as ">u2": its name ("uint16")
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            pass
     if name in ("uint8", "uint16") and len(shape) == 3:
         return 1, shape[0], shape[1], True
     if name in ("uint8", "uint16") and len(shape) == 4:
@@ -235,17 +290,19 @@ def _frame_geometry(shape: tuple[int, ...], dtype: Any) -> tuple[int, int, int, 
     raise ValueError(f"infer: x must be float (N, 3, H, W) or uint8/uint16 (H, W, 3) or (N, H, W, 3), got {name} {shape}")
 
 
-_DEFAULT: dict[tuple, Pipeline] = {}
+_DEFAULT: "collections.OrderedDict[tuple, tuple[tuple, Pipeline]]" = collections.OrderedDict()
 _DEFAULT_LOCK = threading.Lock()
+_DEFAULT_MAX = 4  # pipelines infer() keeps (least recently used dropped): each holds a session or a network
 
 
-def _pipeline_key(weights: str | Weights | None, backend: str, precision: str | None) -> tuple:
-    """A cache key that does not hash the weights file on every call: its path, size and mtime."""
+def _pipeline_key(weights: str | Weights | None, backend: str, precision: str | None) -> tuple[tuple, tuple]:
+    """``(key, stamp)`` of the cached pipeline for these arguments, without hashing the weights file on every
+    call: the key names the file, the stamp (size, mtime) tells a rewritten file, whose pipeline is then replaced."""
     if isinstance(weights, Weights):
-        return ("handle", weights.sha256, str(weights.path), backend, precision)
+        return ("handle", weights.sha256, str(weights.path), backend, precision), ()
     path = resolve_path(weights if weights is not None else "default")
     st = path.stat()
-    return ("file", str(path), st.st_size, st.st_mtime_ns, backend, precision)
+    return ("file", str(path), backend, precision), (st.st_size, st.st_mtime_ns)
 
 
 def infer(x: Any, *, out: Any = None, stream: Any = None, backend: str = "auto", precision: str | None = None,
@@ -253,15 +310,22 @@ def infer(x: Any, *, out: Any = None, stream: Any = None, backend: str = "auto",
     """LDR frame(s) -> linear HDR with a default, cached :class:`Pipeline` (see the module docstring).
 
     The pipeline for (weights, backend, precision) is made once (the weights' sha256 is verified then) and
-    reused; calls from several threads are serialized on it. ``weights``: a :class:`Weights`, a weights file or a
-    shipped name, ``"default"`` (when ``None``; any input) or ``"filmic"`` (frames known to come through a filmic
-    S-curve grade)."""
-    key = _pipeline_key(weights, backend, precision)
+    reused; calls from several threads are serialized on it. A weights file rewritten since gets a new pipeline,
+    and only the last few pipelines are kept (``_DEFAULT_MAX``), so scoring many checkpoints does not grow memory.
+    ``weights``: a :class:`Weights`, a weights file or a shipped name, ``"default"`` (when ``None``; any input) or
+    ``"filmic"`` (frames known to come through a filmic S-curve grade)."""
+    key, stamp = _pipeline_key(weights, backend, precision)
     with _DEFAULT_LOCK:
-        pipe = _DEFAULT.get(key)
-        if pipe is None:
-            pipe = _DEFAULT[key] = Pipeline(load(weights if weights is not None else "default"), backend=backend,
-                                            precision=precision)
+        entry = _DEFAULT.get(key)
+        if entry is None or entry[0] != stamp:
+            _DEFAULT.pop(key, None)
+            entry = (stamp, Pipeline(load(weights if weights is not None else "default"), backend=backend,
+                                     precision=precision))
+            _DEFAULT[key] = entry
+            while len(_DEFAULT) > _DEFAULT_MAX:
+                _DEFAULT.popitem(last=False)
+        _DEFAULT.move_to_end(key)
+        pipe = entry[1]
     return pipe(x, out=out, stream=stream, layout=layout, dtype=dtype)
 
 

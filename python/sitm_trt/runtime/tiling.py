@@ -221,6 +221,7 @@ class _Frame:
                 "infer_tiled: frame must be a torch.Tensor, a numpy.ndarray or a DLPack array, "
                 f"got {type(frame).__name__}"
             )
+        x = x.detach()  # inference: a tensor that requires grad is read, never differentiated
         shape, name = tuple(x.shape), str(x.dtype).replace("torch.", "")
         self.unbatched = False
         if x.dtype in (torch.uint8, torch.uint16) and len(shape) in (3, 4) and shape[-1] == 3:
@@ -228,12 +229,12 @@ class _Frame:
             if len(shape) == 3:
                 x, self.unbatched = x.unsqueeze(0), True
             self.n, self.h, self.w = x.shape[0], x.shape[1], x.shape[2]
-        elif x.dtype.is_floating_point and len(shape) == 4 and shape[1] == 3:
+        elif x.dtype in (torch.float32, torch.float16) and len(shape) == 4 and shape[1] == 3:  # as the pre kernel
             self.hwc = False
             self.n, self.h, self.w = x.shape[0], x.shape[2], x.shape[3]
         else:
             raise ValueError(
-                "infer_tiled: frame must be float (N, 3, H, W) or uint8/uint16 (H, W, 3) or (N, H, W, 3), "
+                "infer_tiled: frame must be float32/float16 (N, 3, H, W) or uint8/uint16 (H, W, 3) or (N, H, W, 3), "
                 f"got {name} {shape}"
             )
         self.x = x
@@ -597,7 +598,8 @@ def _run(net_or_weights, frame, tile, overlap, coarse_level, state, layout, dtyp
     oshape = (f.n, f.h, f.w, 3) if hwc else (f.n, 3, f.h, f.w)
     result = write = None
     if produce:
-        result = torch.empty(oshape, dtype=names[dtype], device=f.device) if out is None else _out_view(out, oshape, f)
+        result = (torch.empty(oshape, dtype=names[dtype], device=f.device) if out is None
+                  else _out_view(out, oshape, f, names[dtype]))
 
         def write(top: int, left: int, masks, image, image_up, image_down, coef) -> None:
             h, w = min(masks.shape[-2], f.h - top), min(masks.shape[-1], f.w - left)
@@ -645,8 +647,9 @@ def _resolve_geometry(preset: Preset, tile: int, overlap: int | None, coarse_lev
     return tile, overlap, coarse_level
 
 
-def _out_view(out: Any, shape: tuple[int, ...], f: _Frame) -> torch.Tensor:
-    """``out=`` as a writable torch view (torch, NumPy or DLPack), checked against the result's shape."""
+def _out_view(out: Any, shape: tuple[int, ...], f: _Frame, dtype: torch.dtype) -> torch.Tensor:
+    """``out=`` as a writable torch view (torch, NumPy or DLPack), checked against the result's shape and the
+    requested ``dtype`` (as the untiled path checks it)."""
     np = sys.modules.get("numpy")
     if isinstance(out, torch.Tensor):
         t = out
@@ -670,9 +673,9 @@ def _out_view(out: Any, shape: tuple[int, ...], f: _Frame) -> torch.Tensor:
         )
     if f.unbatched and len(shape) == 4 and shape[-1] == 3 and t.dim() == 3:
         t = t.unsqueeze(0)
-    if tuple(t.shape) != shape or t.dtype not in (torch.float32, torch.float16) or t.device != f.device:
+    if tuple(t.shape) != shape or t.dtype != dtype or t.device != f.device:
         raise ValueError(
-            f"infer_tiled: out must be float32/float16 {shape} on {f.device}, "
+            f"infer_tiled: out must be {str(dtype).replace('torch.', '')} {shape} on {f.device} (dtype=), "
             f"got {t.dtype} {tuple(t.shape)} on {t.device}"
         )
     return t

@@ -23,7 +23,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent
 PRESET_KEY = "sitm_trt.preset"
 
 
-from sitm_trt.errors import WeightsError  # noqa: E402 - defined once for weights and engines
+from sitm_trt.errors import EngineError, WeightsError  # noqa: E402 - defined once for weights and engines
 
 
 ONNX_EXPORT_VERSION = 1
@@ -175,12 +175,18 @@ class Weights:
         from sitm_trt.runtime.backends.trt_engine import cache_root
 
         root = Path(cache_dir) if cache_dir is not None else cache_root() / "onnx"
-        root.mkdir(parents=True, exist_ok=True)
         target = root / f"{self.sha256[:32]}-{precision}-v{ONNX_EXPORT_VERSION}.onnx"
-        if not target.exists():
-            from sitm_trt.model import export_onnx
+        if target.is_file():
+            return target
+        from sitm_trt.model import export_onnx
 
-            export_onnx(self.model(), target, fp16=precision == "fp16")  # atomic: never a partial file in the cache
+        model = self.model()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            export_onnx(model, target, fp16=precision == "fp16")  # atomic: never a partial file in the cache
+        except OSError as err:
+            raise EngineError(f"cannot write the ONNX export of {self.path.name} into the cache {root}: "
+                              f"{err.strerror or err}; set SITM_TRT_CACHE to a writable folder") from err
         return target
 
 
@@ -190,8 +196,16 @@ def shipped_names() -> list[str]:
 
 def resolve_path(path_or_name: str | os.PathLike) -> Path:
     """The weights file a shipped name (``"default"``) or a path stands for; raises WeightsError if missing."""
+    if path_or_name is None or not isinstance(path_or_name, (str, os.PathLike)):
+        raise TypeError(f"weights must be a shipped name ({', '.join(shipped_names())}) or the path of a "
+                        f".safetensors file, got {type(path_or_name).__name__} {path_or_name!r}")
     p = Path(path_or_name)
-    if not p.suffix and not p.exists():
+    # A bare name ("default", no folder, no suffix) is a shipped name even when the working directory holds a file
+    # or folder of that name (an output folder called "default" is common); "./default" names the local file.
+    bare = isinstance(path_or_name, str) and p.name == path_or_name and not p.suffix
+    if bare and (WEIGHTS_DIR / f"{path_or_name}.safetensors").is_file():
+        p = WEIGHTS_DIR / f"{path_or_name}.safetensors"
+    elif not p.suffix and not p.exists():
         p = WEIGHTS_DIR / f"{path_or_name}.safetensors"
         if not p.exists():
             names = shipped_names()
