@@ -36,14 +36,17 @@ def cmd_video(args: argparse.Namespace) -> int:
     from sitm_trt.media import video
 
     opts = video_options(args, args.format)
-    if args.float and args.format in ("hdr10", "hlg"):
-        raise UsageError(f"--float: {args.format} video is 10-bit; --float is for an EXR sequence (-f exr)")
-    if args.mastering_primaries is not None:
+    if args.float or args.mastering_primaries is not None:
         from pathlib import Path
 
         from sitm_trt.media.video.conversion import _output_kind
 
-        kind = _output_kind(Path(args.output), args.format)  # VideoError for a name no format fits: reported
+        # the format -f names, else the one the output's name implies (out.mp4: hdr10); VideoError for a name
+        # no format fits is reported as such
+        kind = _output_kind(Path(args.output), args.format)
+    if args.float and kind in ("hdr10", "hlg"):
+        raise UsageError(f"--float: {kind} video is 10-bit; --float is for an EXR sequence (-f exr)")
+    if args.mastering_primaries is not None:
         if kind != "hdr10":
             raise UsageError(f"--mastering-primaries: only HDR10 video carries mastering display metadata; this "
                              f"output is {kind}")
