@@ -395,6 +395,7 @@ def test_ema_hand_computed_and_errors():
 def test_cuda_runs_on_the_callers_stream():
     s = torch.cuda.Stream()
     frame = torch.randint(0, 256, (1, 1080, 1920, 3), dtype=torch.uint8, device="cuda")
+    s.wait_stream(torch.cuda.current_stream())  # the frame was made on the default stream
     with torch.cuda.stream(s):
         out = K.pre(frame, stride=16)
         want = ops.pre(frame, stride=16)

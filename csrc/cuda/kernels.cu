@@ -13,6 +13,11 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// The runtime keeps the last error of a failed call until cudaGetLastError() reads it. A failure elsewhere that
+// was thrown and caught (an out-of-memory cudaMallocAsync, one input of a batch) would otherwise be reported by
+// the next, successful launch's check: each entry point clears it before launching.
+void clear_stale_error() { (void)cudaGetLastError(); }
+
 void check_launch(const char* op) {
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) throw std::runtime_error(std::string(op) + ": CUDA launch failed: " + cudaGetErrorString(err));
@@ -168,7 +173,8 @@ __device__ __forceinline__ void reduce_stats(float mx, float sum, float* stats, 
       sum += __shfl_down_sync(0xffffffffu, sum, o);
     }
     if (lane == 0) {
-      atomicMax(reinterpret_cast<unsigned int*>(stats), __float_as_uint(mx));
+      // + 0.0f turns -0.0 (whose sign bit would out-order every positive value) into +0.0
+      atomicMax(reinterpret_cast<unsigned int*>(stats), __float_as_uint(mx + 0.0f));
       atomicAdd(stats + 1, sum * inv_count);
     }
   }
@@ -302,6 +308,7 @@ void with_float(DType t, const char* op, F&& f) {
 bool cuda_compiled() { return true; }
 
 void pre_cuda(const PreArgs& a, uintptr_t stream) {
+  clear_stale_error();
   const int64_t total = a.n * a.hp * a.wp;
   if (total == 0) return;
   with_float(a.out_type, "pre", [&](auto to) {
@@ -323,6 +330,7 @@ void pre_cuda(const PreArgs& a, uintptr_t stream) {
 }
 
 void fuse_cuda(const FuseArgs& a, uintptr_t stream) {
+  clear_stale_error();
   const int64_t plane = a.h * a.w;
   if (a.n * plane == 0) return;
   with_float(a.in_type, "fuse", [&](auto ti) {
@@ -338,6 +346,7 @@ void fuse_cuda(const FuseArgs& a, uintptr_t stream) {
 }
 
 void ema_cuda(const EmaArgs& a, uintptr_t stream) {
+  clear_stale_error();
   if (a.count == 0) return;
   with_float(a.x_type, "ema", [&](auto tx) {
     using TX = typename decltype(tx)::type;
@@ -348,6 +357,7 @@ void ema_cuda(const EmaArgs& a, uintptr_t stream) {
 }
 
 void curve_cuda(const CurveArgs& a, uintptr_t stream) {
+  clear_stale_error();
   const int64_t plane = a.h * a.w;
   if (a.n * plane == 0) return;
   with_float(a.coef_type, "curve", [&](auto tc) {
@@ -368,10 +378,14 @@ void curve_cuda(const CurveArgs& a, uintptr_t stream) {
 namespace {
 
 void post_encode_cuda(const PostArgs& a, uintptr_t stream) {
+  clear_stale_error();
   const cudaStream_t s = as_stream(stream);
   if (a.stats != nullptr) {
     const cudaError_t err = cudaMemsetAsync(a.stats, 0, static_cast<size_t>(a.n) * 2 * sizeof(float), s);
-    if (err != cudaSuccess) throw std::runtime_error(std::string("post: clearing stats failed: ") + cudaGetErrorString(err));
+    if (err != cudaSuccess) {
+      clear_stale_error();
+      throw std::runtime_error(std::string("post: clearing stats failed: ") + cudaGetErrorString(err));
+    }
   }
   const int64_t work = a.out_yuv420 ? ((a.h + 1) / 2) * ((a.w + 1) / 2) : a.h * a.w;
   if (a.n == 0 || work == 0) return;
@@ -414,6 +428,7 @@ void post_encode_cuda(const PostArgs& a, uintptr_t stream) {
 }  // namespace
 
 void post_cuda(const PostArgs& a, uintptr_t stream) {
+  clear_stale_error();
   if (a.encode) return post_encode_cuda(a, stream);
   const int64_t total = a.n * a.h * a.w;
   if (total == 0) return;

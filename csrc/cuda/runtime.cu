@@ -9,8 +9,12 @@
 namespace sitm {
 namespace {
 
+// Throws for a failed call, after reading the error back so that it is not reported again by the next launch's
+// check (a caught out-of-memory must not fail the next batch; kernels.cu clears it too).
 void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
+  if (err == cudaSuccess) return;
+  (void)cudaGetLastError();
+  throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
 }
 
 // Makes `device` current for the scope and restores the caller's device afterwards.

@@ -19,8 +19,9 @@ busy 2-core machine 1 thread was as fast as or faster than 2 (BENCHMARKS.md, "ON
 ``threads=1`` on a shared machine.
 
 Streams (CUDA execution provider): ONNX Runtime runs on its own CUDA stream. The backend waits for the
-caller's stream (the pre kernel) before the run, and ``run_with_iobinding`` returns once the outputs are
-written, so results are correct on any stream; unlike TensorRT, the host waits for the frame.
+caller's stream (the pre kernel) before the run and synchronizes the outputs after it
+(``IOBinding.synchronize_outputs``), so results are correct on any stream; unlike TensorRT, the host waits for the
+frame.
 """
 
 from __future__ import annotations
@@ -174,4 +175,8 @@ class OnnxRuntimeBackend:
             # ONNX Runtime runs on its own stream: the pre kernel (on the caller's stream) must be done first.
             self._C.synchronize(stream, self._device_index)
         self.session.run_with_iobinding(b)
+        if self._ort_device == "cuda":
+            # The post kernel reads the outputs on another stream: wait for ONNX Runtime's stream explicitly rather
+            # than rely on run_with_iobinding synchronizing it (its default, not a documented promise).
+            b.synchronize_outputs()
         return tuple(outs)
