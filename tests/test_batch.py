@@ -93,6 +93,74 @@ def test_plan_errors_before_ray_starts(tmp_path):
         ("x.png", "x.exr"), ("y.jpg", os.path.join("sub", "y.exr"))]
 
 
+def test_plan_refuses_outputs_that_replace_or_sweep_away_others(tmp_path):
+    """Found by a review (2026-12-07): -o = the input folder overwrote its videos; a video's EXR sequence folder
+    deleted the image outputs written into it; globs dropped sub-folders and took in earlier outputs."""
+    lib = tmp_path / "lib"
+    (lib / "shot").mkdir(parents=True)
+    for rel in ("other.png", "shot/frame.png"):
+        cv2.imwrite(str(lib / rel), np.zeros((4, 4, 3), np.uint8))
+    (lib / "shot.mov").write_bytes(b"")
+    (lib / "clip.mp4").write_bytes(b"")
+    with pytest.raises(batch.BatchError, match="is the output folder"):
+        batch.plan([str(lib)], lib)
+    with pytest.raises(batch.BatchError, match=r"its output .*clip\.mp4 would replace the input"):
+        batch.plan([str(lib / "clip.mp4")], lib)  # an SDR .mp4 would become its own HDR10 output
+    with pytest.raises(batch.BatchError, match="inside the EXR sequence folder of"):
+        batch.plan([str(lib)], tmp_path / "out", video_format="exr")
+    assert len(batch.plan([str(lib)], tmp_path / "out", video_format="hdr10")) == 4  # shot.mp4 beside shot/
+    # a glob keeps the folders below its fixed part, and skips what lies in the output folder
+    (lib / "a").mkdir()
+    (lib / "b").mkdir()
+    for d in ("a", "b"):
+        cv2.imwrite(str(lib / d / "x.png"), np.zeros((4, 4, 3), np.uint8))
+    (lib / "hdr").mkdir()
+    cv2.imwrite(str(lib / "hdr" / "x.preview.png"), np.zeros((4, 4, 3), np.uint8))
+    items = batch.plan([str(lib / "**" / "x*.png")], lib / "hdr")
+    assert sorted(os.path.relpath(i.output, lib / "hdr") for i in items) == [os.path.join("a", "x.exr"),
+                                                                             os.path.join("b", "x.exr")]
+    items = batch.plan([(lib / "hdr").parent.as_uri()], lib / "hdr", video_format="hdr10")  # file:// walk too
+    assert not any("x.preview" in i.input for i in items)
+    # a linked sub-folder is walked (once, even when a link loops back)
+    real = tmp_path / "real"
+    real.mkdir()
+    cv2.imwrite(str(real / "r.png"), np.zeros((4, 4, 3), np.uint8))
+    (real / "loop").symlink_to(real)
+    col = tmp_path / "col"
+    col.mkdir()
+    (col / "linked").symlink_to(real)
+    items = batch.plan([str(col)], tmp_path / "out2")
+    assert [os.path.relpath(i.output, tmp_path / "out2") for i in items] == [os.path.join("linked", "r.exr")]
+
+
+def test_usage_errors_before_ray_starts(tmp_path, capsys):
+    """Options that cannot run are one error line (exit 2), as for infer and video, not a failure per item."""
+    pytest.importorskip("ray")
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "file").write_text("x")
+    for extra, message in ((["--backend", "tensorrt", "--device", "cpu"], "--backend tensorrt runs on a GPU"),
+                           (["--precision", "fp16", "--device", "cpu"], "--precision fp16 needs a GPU"),
+                           (["-f", "hdr", "--float"], "--float: Radiance .hdr is RGBE"),
+                           (["--video-format", "hlg", "--mastering-primaries", "p3"],
+                            "--mastering-primaries: only HDR10 video")):
+        assert cli.main(["batch", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), *extra]) == 2, extra
+        assert "sitm-trt: error: " + message in capsys.readouterr().err, extra
+    assert cli.main(["batch", str(tmp_path / "a.png"), "-o", str(tmp_path / "file")]) == 2
+    assert "is a file; batch writes into a folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_worker_the_local_ray_cannot_place_is_refused():
+    """It waited for ever (a Ray of 2 CPUs, --cpus-per-worker 4)."""
+    class FakeRay:
+        def cluster_resources(self):
+            return {"CPU": 2.0}
+
+    config = {"device": "auto", "batch": 4}
+    with pytest.raises(batch.BatchError, match="asks for 4 CPUs and 0 GPUs, and this machine's Ray has 2 CPUs"):
+        batch._execute(FakeRay(), [], config, None, None, 4.0, None, 0, False, started=True)
+
+
 def test_help_and_bounded_retries_and_leftover_names(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["batch", "-h"])
@@ -142,8 +210,10 @@ def cluster(tmp_path_factory, references):
     # workers inherit the environment of this process at start: engines/exports go to a temporary cache
     os.environ["SITM_TRT_CACHE"] = str(tmp_path_factory.mktemp("ray-cache"))
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=128 * 2**20, _node_ip_address="127.0.0.1",
-             configure_logging=False)
+    # One GPU declared (none is used: the workers' device "auto" resolves to the CPU here), so that the job takes
+    # the GPU cluster's path, which Ray refused before (map_batches with num_gpus needs a batch size).
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, object_store_memory=128 * 2**20,
+             _node_ip_address="127.0.0.1", configure_logging=False)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
@@ -241,7 +311,8 @@ def test_object_store_uri_and_exr_sequence(cluster, library, tmp_path):
     shutil.copy(library["src"] / "clip.mp4", src / "clip.mp4")
     out = tmp_path / "out"
     r = batch.convert([src.as_uri()], out, video_options=VideoOptions(format="exr", preset="ultrafast"),
-                      backend="torch", batch_size=1, weights=library["weights"][1], preview=True, progress=False)
+                      backend="torch", batch_size=1, weights=library["weights"][1], preview=True, progress=False,
+                      gpus_per_worker=0)  # CPU workers (the other tests take the module's GPU)
     assert (r.done, r.skipped, r.failed) == (2, 0, 0)
     assert (out / "a.exr").read_bytes() == (library["ref"] / "a.exr").read_bytes()
     frames = sorted(p.name for p in library["frames"].iterdir())
@@ -312,3 +383,22 @@ def check_interrupted_then_rerun(proc, err, out, src, n, library) -> None:
                       progress=False)
     assert (r.done, r.skipped, r.failed) == (n - len(existing), len(existing), 0)
     assert leftovers(out) == []
+
+
+def test_an_unusable_output_place_fails_its_item_only(tmp_path, tiny_weights_path):
+    """A file where an output's folder should be failed every image of the block ("no result from the worker")."""
+    from sitm_trt.runtime.pipeline import Pipeline
+
+    for name in ("a.png", "c.png"):
+        cv2.imwrite(str(tmp_path / name), np.random.default_rng(0).integers(0, 256, (8, 8, 3), np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub").write_text("a file, not a folder")
+    worker = object.__new__(batch.Worker)
+    worker.config = {"retries": 0, "batch": 4, "half": True, "preview": False}
+    worker.pipe, worker.device = Pipeline(tiny_weights_path, backend="torch"), "cpu"
+    rows = [{"input": str(tmp_path / "a.png"), "output": str(out / "a.exr"), "kind": "image"},
+            {"input": str(tmp_path / "c.png"), "output": str(out / "sub" / "c.exr"), "kind": "image"}]
+    a, c = worker.images(rows)
+    assert a["status"] == "done" and (out / "a.exr").is_file()
+    assert c["status"] == "failed" and c["attempts"] == 1 and "NotADirectoryError" in c["error"]

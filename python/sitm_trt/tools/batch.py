@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -157,14 +156,17 @@ def _ray_session(address: str | None, num_cpus: int | None, object_store_memory:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         address = address or os.environ.get("RAY_ADDRESS") or None
         if address:
-            ray.init(address=address, log_to_driver=True)
+            try:
+                ray.init(address=address, log_to_driver=True)
+            except ConnectionError as err:
+                raise BatchError(f"cannot reach the Ray cluster at {address}: {err}") from err
         else:
             ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
                      object_store_memory=object_store_memory or _OBJECT_STORE_BYTES, _node_ip_address="127.0.0.1",
                      configure_logging=False)
         started = True
     try:
-        yield ray
+        yield ray, started
     finally:
         if started:
             ray.shutdown()
@@ -214,7 +216,7 @@ def convert(inputs: str | os.PathLike | Iterable[str | os.PathLike], output_dir:
     items = plan(inputs, output_dir, format=format, video_format=vopts.format, video_container=video_container)
     w = load(weights)  # fails here, before Ray starts, for a bad weights file
     config = {"weights": str(w.path), "backend": backend, "precision": precision, "device": device,
-              "retries": retries, "half": half, "preview": preview, "batch": batch_size,
+              "retries": retries, "half": half, "preview": preview, "batch": batch_size, "overwrite": overwrite,
               "cpus_per_worker": cpus_per_worker,
               "video": dataclasses.asdict(vopts)}
     manifest_path = Path(manifest).absolute() if manifest is not None else output_dir / "manifest.jsonl"
@@ -236,8 +238,13 @@ def convert(inputs: str | os.PathLike | Iterable[str | os.PathLike], output_dir:
                 log(f"{other_weights} existing outputs were made with other weights and are kept "
                     "(--overwrite to convert them again)")
             if todo:
-                with _ray_session(address, num_cpus, object_store_memory) as ray:
-                    _execute(ray, todo, config, book, workers, cpus_per_worker, gpus_per_worker, retries, progress)
+                from sitm_trt.media.video.conversion import _SigtermAsInterrupt
+
+                # SIGTERM (how cluster schedulers stop a job) ends the run as Ctrl-C does: the manifest is flushed
+                # and the workers stopped, then sitm_trt.errors.Terminated is raised (exit 143 on the command line)
+                with _ray_session(address, num_cpus, object_store_memory) as (ray, started), _SigtermAsInterrupt():
+                    _execute(ray, todo, config, book, workers, cpus_per_worker, gpus_per_worker, retries, progress,
+                             started)
         finally:
             book.close()
     recs = book.records
@@ -248,7 +255,7 @@ def convert(inputs: str | os.PathLike | Iterable[str | os.PathLike], output_dir:
 
 
 def _execute(ray: Any, todo: list[Item], config: dict, book: _Manifest, workers: int | None, cpus_per_worker: float,
-             gpus_per_worker: float | None, retries: int, progress: bool) -> None:
+             gpus_per_worker: float | None, retries: int, progress: bool, started: bool = False) -> None:
     from ray.data import ActorPoolStrategy, DataContext
 
     ctx = DataContext.get_current()
@@ -262,6 +269,12 @@ def _execute(ray: Any, todo: list[Item], config: dict, book: _Manifest, workers:
     gpus = float(resources.get("GPU", 0))
     if gpus_per_worker is None:
         gpus_per_worker = 1.0 if gpus else 0.0
+    cpus = float(resources.get("CPU", 0))
+    if started and (cpus_per_worker > cpus or gpus_per_worker > gpus):
+        # a worker this Ray cannot place would wait for ever (a cluster's autoscaler may add nodes: not refused)
+        raise BatchError(f"a worker asks for {cpus_per_worker:g} CPUs and {gpus_per_worker:g} GPUs, and this "
+                         f"machine's Ray has {cpus:g} CPUs and {gpus:g} GPUs: lower --cpus-per-worker / "
+                         "--num-gpus-per-worker")
     if not gpus_per_worker and config["device"] == "auto":
         config = {**config, "device": "cpu"}  # a CPU worker on a GPU node must not take a GPU it was not given
     if workers is None:
@@ -287,20 +300,15 @@ def _execute(ray: Any, todo: list[Item], config: dict, book: _Manifest, workers:
                     raise
                 return method(*args, **kwargs)
     pending = {it.output: it for it in todo}
-    # One dataset: the images in blocks of at most --batch rows, then each video in a block of its own; each
-    # block is one call of a worker (batch_size=None), so a video is one task, and one pool of workers (one
-    # pipeline each) serves both.
+    # One dataset of blocks: the images in groups of at most --batch, then each video alone. A row is one block
+    # (its items as JSON) and each call of a worker takes one row (batch_size=1: Ray needs a batch size when the
+    # workers ask for GPUs), so a video is one task, and one pool of workers (one pipeline each) serves both.
     images = [dataclasses.asdict(it) for it in todo if it.kind == "image"]
     videos = [dataclasses.asdict(it) for it in todo if it.kind == "video"]
-    parts = []
-    if images:
-        parts.append(ray.data.from_items(images, override_num_blocks=math.ceil(len(images) / config["batch"])))
-    if videos:
-        parts.append(ray.data.from_items(videos, override_num_blocks=len(videos)))
-    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    blocks = math.ceil(len(images) / config["batch"]) + len(videos)
-    ds = mapped(ds.map_batches, Worker, fn_constructor_kwargs={"config": config}, batch_size=None,
-                batch_format="numpy", compute=ActorPoolStrategy(size=min(workers, blocks)), **remote)
+    blocks = [images[i:i + config["batch"]] for i in range(0, len(images), config["batch"])] + [[v] for v in videos]
+    ds = ray.data.from_items([{"block": json.dumps(b)} for b in blocks], override_num_blocks=len(blocks))
+    ds = mapped(ds.map_batches, Worker, fn_constructor_kwargs={"config": config}, batch_size=1,
+                batch_format="numpy", compute=ActorPoolStrategy(size=min(workers, len(blocks))), **remote)
     for rec in ds.iter_rows():
         pending.pop(rec["output"], None)
         book.write(rec)
@@ -316,11 +324,20 @@ def summary(result: BatchResult) -> str:
 
 def run_cli(args: Any) -> int:
     """``sitm-trt batch`` (parsed by :func:`sitm_trt.tools.cli.build_parser`)."""
-    from sitm_trt.tools.cli_common import UsageError, say
+    from sitm_trt.tools.cli_common import UsageError, check_runtime, say
     from sitm_trt.tools.cli_video import video_options
 
     _ray()  # say what to install before anything else
     vopts = video_options(args, args.video_format)
+    check_runtime(args)  # --device / --backend / --precision: refused here, not per item on every worker
+    if args.float and args.format == "hdr":
+        raise UsageError("--float: Radiance .hdr is RGBE (8-bit mantissas); --float is for EXR (-f exr)")
+    if getattr(args, "mastering_primaries", None) is not None and args.video_format not in (None, "hdr10"):
+        raise UsageError(f"--mastering-primaries: only HDR10 video carries mastering display metadata; "
+                         f"--video-format is {args.video_format}")
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"-o {args.output}: is a file; batch writes into a folder")
     try:
         result = convert(args.inputs, args.output, format=args.format, half=not args.float, preview=args.preview,
                          batch_size=args.batch, video_options=vopts, video_container=args.video_container,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import os
 import re
 import shutil
@@ -58,6 +59,10 @@ def _expand(patterns: Sequence[str], output_dir: Path) -> list[tuple[str, str, s
     found: list[tuple[str, str, str]] = []
     out_real = os.path.realpath(output_dir)
 
+    def in_output(local: str) -> bool:
+        """A file under the output folder: this or an earlier run's output, never an input of a walk or a glob."""
+        return (os.path.realpath(local) + os.sep).startswith(out_real + os.sep)
+
     def add(src: str, rel: str, explicit: bool) -> None:
         kind = _kind(src)
         if kind is None:
@@ -81,7 +86,8 @@ def _expand(patterns: Sequence[str], output_dir: Path) -> list[tuple[str, str, s
                 infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
                 for f in sorted((f for f in infos if f.type == pafs.FileType.File), key=lambda f: f.path):
                     rel = os.path.relpath(f.path, root)
-                    if not any(part.startswith(".") for part in Path(rel).parts):
+                    local = scheme == "file" and in_output(_uri(scheme, f.path)[len("file://"):])
+                    if not local and not any(part.startswith(".") for part in Path(rel).parts):
                         add(_uri(scheme, f.path), rel, False)
             elif info.type == pafs.FileType.File:
                 add(pat, os.path.basename(root), True)
@@ -89,9 +95,17 @@ def _expand(patterns: Sequence[str], output_dir: Path) -> list[tuple[str, str, s
                 raise BatchError(f"{pat}: no such file or folder")
         elif Path(pat).is_dir():
             root = Path(pat)
-            for dirpath, dirnames, filenames in os.walk(root):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                                     and os.path.realpath(os.path.join(dirpath, d)) != out_real)
+            if os.path.realpath(root) == out_real:
+                raise BatchError(f"{pat}: is the output folder; pick an -o outside it or below it (e.g. {pat}/hdr)")
+            seen_dirs = {os.path.realpath(root)}
+            for dirpath, dirnames, filenames in os.walk(root, followlinks=True):  # linked sub-folders too
+                kept = []
+                for d in sorted(dirnames):
+                    real = os.path.realpath(os.path.join(dirpath, d))
+                    if not d.startswith(".") and real != out_real and real not in seen_dirs:  # no loops
+                        seen_dirs.add(real)
+                        kept.append(d)
+                dirnames[:] = kept
                 for name in sorted(filenames):
                     if not name.startswith("."):
                         path = os.path.join(dirpath, name)
@@ -102,8 +116,15 @@ def _expand(patterns: Sequence[str], output_dir: Path) -> list[tuple[str, str, s
             except UsageError as err:
                 raise BatchError(str(err)) from err
             explicit = not any(c in pat for c in "*?[")
+            # a glob keeps the sub-folders below its last folder without a wildcard ('scans/**/*.tif': the
+            # folders below scans/), so that files of one name in two folders do not collide
+            base = Path(*[p for p in itertools.takewhile(lambda p: not any(c in p for c in "*?["),
+                                                            Path(pat).parent.parts)] or ["."])
             for f in files:
-                add(os.path.abspath(f), f.name, explicit)
+                if not explicit and in_output(str(f)):
+                    continue
+                rel = f.name if explicit else os.path.relpath(os.path.abspath(f), os.path.abspath(base))
+                add(os.path.abspath(f), rel, explicit)
     return found
 
 
@@ -129,11 +150,17 @@ def plan(inputs: Sequence[str], output_dir: str | os.PathLike, *, format: str = 
     out_dir = Path(output_dir).absolute()
     items: list[Item] = []
     seen: dict[str, str] = {}
-    for src, rel, kind in _expand(inputs, out_dir):
+    found = _expand(inputs, out_dir)
+    local_inputs = {os.path.realpath(src): src for src, _, _ in found if not is_uri(src)}
+    for src, rel, kind in found:
         if kind == "image":
             dst = out_dir / (rel + "." + format)
         else:
             dst = out_dir / (rel if video_format == "exr" else rel + "." + video_container)
+        for target in (dst, dst.with_suffix(".preview.png")) if kind == "image" else (dst,):
+            if os.path.realpath(target) in local_inputs:  # as `sitm-trt infer`: an output never replaces an input
+                raise BatchError(f"{src}: its output {target} would replace the input "
+                                 f"{local_inputs[os.path.realpath(target)]}; pick another -o")
         key = os.path.realpath(dst)
         if key in seen:
             if seen[key] == src:
@@ -143,6 +170,14 @@ def plan(inputs: Sequence[str], output_dir: str | os.PathLike, *, format: str = 
         items.append(Item(src, str(dst), kind))
     if not items:
         raise BatchError("no image or video among the inputs")
+    # An EXR sequence's folder is the video's alone: another output inside it would be swept away when the
+    # sequence is written (or mixed into it)
+    folders = {os.path.realpath(it.output): it for it in items if it.kind == "video" and video_format == "exr"}
+    for it in items:
+        for parent in Path(os.path.realpath(it.output)).parents:
+            if str(parent) in folders:
+                raise BatchError(f"{it.input}: its output {it.output} would lie inside the EXR sequence folder of "
+                                 f"{folders[str(parent)].input}; rename one of them or pick another -o layout")
     return items
 
 

@@ -97,14 +97,13 @@ def _records(rows: list[dict]) -> dict[str, list]:
 
 
 def _rows(batch: dict) -> list[dict]:
-    keys = list(batch)
-    n = len(batch[keys[0]]) if keys else 0
-    return [{k: (batch[k][i].item() if hasattr(batch[k][i], "item") else batch[k][i]) for k in keys} for i in range(n)]
+    """The items of a batch: each row's ``block`` is a JSON list of items (input, output, kind)."""
+    return [item for block in batch["block"] for item in json.loads(str(block))]
 
 
 class Worker(_Worker):
-    """Ray Data class UDF (one per actor, holding one pipeline): a batch of rows (input, output, kind) -> their
-    manifest records. A batch is either images (up to ``--batch`` of them) or one video."""
+    """Ray Data class UDF (one per actor, holding one pipeline): a block of items (input, output, kind) -> their
+    manifest records. A block is either images (up to ``--batch`` of them) or one video."""
 
     def __call__(self, batch: dict) -> dict:
         rows = _rows(batch)
@@ -131,10 +130,13 @@ class Worker(_Worker):
         read: list[tuple[int, Any, Any, bool, float]] = []  # (row, rgb, alpha, gray, seconds so far)
         for i, row in enumerate(rows):
             t0 = time.perf_counter()
-            for t in temporaries(Path(row["output"])) + temporaries(Path(row["output"]).with_suffix(".preview.png")):
-                remove(t)
 
-            def load(src: str = row["input"]) -> Any:
+            def load(src: str = row["input"], dst: Path = Path(row["output"])) -> Any:
+                # the leftovers of an interrupted run first; an output place that cannot be used (a file where
+                # its folder should be) fails this item only, not its block
+                for t in temporaries(dst) + temporaries(dst.with_suffix(".preview.png")):
+                    remove(t)
+                dst.parent.mkdir(parents=True, exist_ok=True)
                 with self.local(src) as path:
                     return cli_infer.read_image(path)
 
@@ -163,7 +165,6 @@ class Worker(_Worker):
                     results[i] = {**row, "status": "failed", "error": err, "attempts": n, "seconds": sec + share}
                     continue
                 t1 = time.perf_counter()
-                Path(row["output"]).parent.mkdir(parents=True, exist_ok=True)
                 _, werr, wn = self.attempt(lambda h=np.ascontiguousarray(hdr[k]), row=row, alpha=alpha, gray=gray:
                                            cli_infer.write_image_outputs(Path(row["input"]), Path(row["output"]), h,
                                                                          alpha, gray, half=cfg["half"],
@@ -176,12 +177,19 @@ class Worker(_Worker):
         """One video, whole (never split: the smoothing runs across its frames)."""
         t0 = time.perf_counter()
         dst = Path(row["output"])
-        for t in temporaries(dst):
-            remove(t)
 
         def run() -> None:
+            for t in temporaries(dst):
+                remove(t)
             with self.local(row["input"]) as src:
-                self._convert(src, dst, row["input"])
+                try:
+                    self._convert(src, dst, row["input"])
+                except Exception as err:
+                    from sitm_trt.media.video import VideoError
+
+                    if isinstance(err, VideoError) and str(src) != row["input"] and str(src) in str(err):
+                        raise VideoError(str(err).replace(str(src), row["input"])) from err  # name the URI
+                    raise
 
         _, err, n = self.attempt(run)
         return {**row, "status": "failed" if err else "done", "error": err, "attempts": n,
@@ -209,6 +217,10 @@ class Worker(_Worker):
                     meta["source"] = name
                     atomic_write(tmp / "sequence.json", json.dumps(meta, indent=1).encode())
                 os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a folder made by mkdir would not be
+                if dst.exists() and not self.config.get("overwrite"):
+                    # not this job's to replace: the plan skips finished sequences, so this is something else
+                    raise video.VideoError(f"{dst} exists and is not a finished sequence of this job "
+                                           "(--overwrite replaces it)")
                 if dst.exists():  # --overwrite: move the old sequence out of the way, then drop it
                     old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
                     os.replace(dst, old / dst.name)
