@@ -41,3 +41,24 @@ def test_pipeline_benchmark_stages_add_up(tmp_path):
     (r,) = rows
     assert r.pre_ms > 0 and r.net_ms > 0 and r.post_ms > 0
     assert abs(r.pre_ms + r.net_ms + r.post_ms - r.total_ms) < 1e-6 * r.total_ms + 1e-9
+
+
+def test_option_mistakes_are_usage_errors(capsys):
+    """They were tracebacks (exit 1) from the middle of a run, or a misleading error (--frames 0)."""
+    import pytest
+
+    from sitm_trt.runtime.device import cuda_devices
+
+    cases = [(["kernels", "--repeats", "0"], "--repeats must be >= 1"),
+             (["pipeline", "--warmup", "-1"], "--warmup >= 0"),
+             (["video", "--frames", "0"], "--frames must be >= 1"),
+             (["video", "--weights", "/nope.safetensors"], "--weights: weights file not found"),
+             (["batch", "--weights", "/nope.onnx"], "--weights: weights file not found")]
+    if not cuda_devices()[0]:
+        cases += [(["video", "--device", "cuda"], "--device cuda: no usable CUDA device"),
+                  (["batch", "--backend", "tensorrt"], "--backend tensorrt runs on a GPU")]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as e:
+            bench.main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and message in err and "Traceback" not in err, (argv, err)

@@ -75,8 +75,37 @@ def main(argv: list[str] | None = None) -> int:
     bb.add_argument("--images", type=int, default=64, help="generated PNGs (default 64)")
     bb.add_argument("--size", default="256x256", help="WIDTHxHEIGHT of the images (default 256x256)")
     bb.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    bb.add_argument("--backend", choices=["auto", "torch", "tensorrt"], default="auto")
+    bb.add_argument("--backend", choices=["auto", "torch", "tensorrt", "onnxruntime"], default="auto")
     args = parser.parse_args(argv)
+    # mistakes are one usage line (exit 2), not a traceback from the middle of a run
+    if getattr(args, "repeats", 1) < 1 or getattr(args, "warmup", 0) < 0:
+        parser.error("--repeats must be >= 1 and --warmup >= 0")
+    if args.what in ("video", "batch"):
+        from sitm_trt.weights import load
+
+        try:
+            load(args.weights)
+        except (ValueError, TypeError) as err:  # WeightsError is a ValueError
+            parser.error(f"--weights: {err}")
+    if args.what == "video":
+        if args.frames < 1:
+            parser.error("--frames must be >= 1")
+        if args.device is not None:
+            from sitm_trt.tools.cli_common import UsageError, check_runtime
+
+            try:
+                check_runtime(argparse.Namespace(device=args.device, backend="auto", precision=None))
+            except UsageError as err:
+                parser.error(str(err))
+    if args.what == "batch":
+        from sitm_trt.runtime.device import cuda_devices
+
+        if args.backend == "tensorrt" and not cuda_devices()[0]:
+            parser.error("--backend tensorrt runs on a GPU, and this machine has none usable")
+        try:
+            import ray.data  # noqa: F401
+        except ImportError:
+            parser.error('bench batch needs Ray: pip install "sitm-trt[ray]"')
 
     if args.what == "batch":
         try:
