@@ -133,9 +133,11 @@ def test_plan_refuses_outputs_that_replace_or_sweep_away_others(tmp_path):
     assert [os.path.relpath(i.output, tmp_path / "out2") for i in items] == [os.path.join("linked", "r.exr")]
 
 
-def test_usage_errors_before_ray_starts(tmp_path, capsys):
-    """Options that cannot run are one error line (exit 2), as for infer and video, not a failure per item."""
+def test_usage_errors_before_ray_starts(tmp_path, capsys, monkeypatch):
+    """Options that cannot run are one error line (exit 2), as for infer and video, not a failure per item (for a
+    local job: on a cluster the workers judge the device)."""
     pytest.importorskip("ray")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((4, 4, 3), np.uint8))
     (tmp_path / "file").write_text("x")
     for extra, message in ((["--backend", "tensorrt", "--device", "cpu"], "--backend tensorrt runs on a GPU"),

@@ -329,7 +329,10 @@ def run_cli(args: Any) -> int:
 
     _ray()  # say what to install before anything else
     vopts = video_options(args, args.video_format)
-    check_runtime(args)  # --device / --backend / --precision: refused here, not per item on every worker
+    if not (args.address or os.environ.get("RAY_ADDRESS")):
+        # a local job runs on this machine: --device / --backend / --precision are refused here, not per item on
+        # every worker (a cluster's driver may have no GPU while its workers do: there the workers judge them)
+        check_runtime(args)
     if args.float and args.format == "hdr":
         raise UsageError("--float: Radiance .hdr is RGBE (8-bit mantissas); --float is for EXR (-f exr)")
     if getattr(args, "mastering_primaries", None) is not None and args.video_format not in (None, "hdr10"):
