@@ -302,7 +302,10 @@ def test_inputs_that_needed_a_conversion(weights):
 def test_empty_frames_check_out(weights):
     w, _ = weights
     empty = np.zeros((0, 32, 3), np.uint8)
-    for out, exc, match in ((np.full((5, 5), 7.0), ValueError, r"out must be float32 \(1, 3, 0, 32\)"),
+    read_only = np.zeros((1, 3, 0, 32), np.float32)
+    read_only.flags.writeable = False
+    for out, exc, match in ((read_only, ValueError, "out is read-only"),
+                            (np.full((5, 5), 7.0), ValueError, r"out must be float32 \(1, 3, 0, 32\)"),
                             ([1, 2], TypeError, "out must be an array"),
                             (np.zeros((1, 3, 0, 32), np.float16), ValueError, "out must be float32")):
         with pytest.raises(exc, match=match):

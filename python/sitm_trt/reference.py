@@ -59,8 +59,9 @@ def normalize_frame(frame: torch.Tensor) -> torch.Tensor:
         scale = 255.0 if frame.dtype == torch.uint8 else 65535.0
         x = frame if frame.dim() == 4 else frame.unsqueeze(0)
         # divided by a tensor on the frame's device: with a Python scalar, CUDA torch multiplies by its reciprocal
-        # (1 ulp off true division for 126 of the 256 uint8 codes), while the kernels and the CPU divide
-        x = x.permute(0, 3, 1, 2).to(torch.float32) / torch.tensor(scale, dtype=torch.float32, device=x.device)
+        # (1 ulp off true division for 126 of the 256 uint8 codes), while the kernels and the CPU divide. torch.full
+        # fills it on the device (no host-to-device copy per frame, as torch.tensor would make).
+        x = x.permute(0, 3, 1, 2).to(torch.float32) / torch.full((), scale, dtype=torch.float32, device=x.device)
     else:
         x = frame.to(torch.float32)
     return torch.nan_to_num(x, nan=0.0).clamp(0.0, 1.0)

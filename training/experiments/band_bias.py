@@ -19,16 +19,22 @@ BANDS = ((0.0, 0.5), (0.5, 0.7), (0.7, 0.85), (0.85, 0.95), (0.95, 1.01))  # max
 MIN_PIXELS = 50
 
 
-def aligned_views(samples: Path, specs: list[str]):
-    """``(names, views)``: the methods (the linearized input, the Rempel-style expansion, each ``NAME=WEIGHTS``)
-    and, per clip-mode sample, ``(x, camera, y_truth, {name: y})``, ``x`` the input in [0, 1] and ``y`` the
-    luminance of each result scale-aligned as the evaluation does. Shared with ``region_bias.py``."""
+def pipelines(specs: list[str]) -> dict:
+    """``{NAME: Pipeline}`` (torch, fp32) for each ``NAME=WEIGHTS``. Shared with ``clipped_colour.py``."""
     pipes = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep:
             raise SystemExit(f"expected NAME=WEIGHTS, got {spec!r}")
         pipes[name] = sitm_trt.Pipeline(sitm_trt.load(path), backend="torch", precision="fp32")
+    return pipes
+
+
+def aligned_views(samples: Path, specs: list[str]):
+    """``(names, views)``: the methods (the linearized input, the Rempel-style expansion, each ``NAME=WEIGHTS``)
+    and, per clip-mode sample, ``(x, camera, y_truth, {name: y})``, ``x`` the input in [0, 1] and ``y`` the
+    luminance of each result scale-aligned as the evaluation does. Shared with ``region_bias.py``."""
+    pipes = pipelines(specs)
     names = ["linear", "rempel", *pipes]
 
     def views():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-import sitm_trt
+from band_bias import pipelines  # this folder's probes: the same NAME=WEIGHTS pipelines
 from sitm_training.baselines import BASELINES, _ldr01
 from sitm_training.data import load_sample
 from sitm_training.diagnose import _scene_and_camera
@@ -27,12 +27,7 @@ def tints(rgb: np.ndarray, m: np.ndarray) -> tuple[float, float]:
 
 
 def main(samples: Path, specs: list[str]) -> str:
-    pipes = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep:
-            raise SystemExit(f"expected NAME=WEIGHTS, got {spec!r}")
-        pipes[name] = sitm_trt.Pipeline(sitm_trt.load(path), backend="torch", precision="fp32")
+    pipes = pipelines(specs)
     names = ["linear", *pipes]
     acc: dict[tuple, list[tuple[float, float]]] = {}
     for f in sorted(samples.glob("*.npz")):

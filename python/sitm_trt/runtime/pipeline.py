@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import numbers
-import sys
 import threading
 import warnings
 from typing import Any
@@ -74,11 +72,11 @@ class Pipeline:
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
         self.threads = threads
-        for name, v in (("tile", tile), ("overlap", overlap)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
-                raise TypeError(f"{name} must be an integer number of pixels or None, got {type(v).__name__} {v!r}")
-        if tile is not None and tile < 1:
-            raise ValueError(f"tile must be a positive number of pixels or None, got {tile}")
+        if tile is not None:  # checked now by the tiling's own rules, not at the first frame
+            with _needs_torch("tiling (tile=)"):
+                from sitm_trt.runtime.tiling import _resolve_geometry
+
+                _resolve_geometry(self.weights.preset(), tile, overlap, None)
         self.tile, self.overlap = tile, overlap
         self._tile_models: dict[str, Any] = {}
         self._fallbacks: dict[str, Any] = {}
@@ -193,7 +191,7 @@ class Pipeline:
         if n == 0 or h == 0 or w == 0:  # nothing to compute: an empty result of the right shape
             kernels.pre(x)  # still validates dtype, channels and layout
             if out is not None:
-                _check_empty_out(out, rshape, [n, h, w, 3] if hwc else None, dtype, device)
+                _check_empty_out(out, [rshape, [n, h, w, 3]] if hwc else [rshape], dtype, device, handle)
                 return out
             return kernels._wrap(kernels.extension().empty(rshape, dtype, device, handle), x)
         if self.tile is not None:
@@ -257,30 +255,24 @@ def _shape_and_dtype(x: Any, stream: int) -> tuple[tuple[int, ...], Any]:
     return tuple(int(v) for v in desc["shape"]), desc["dtype"]
 
 
-def _check_empty_out(out: Any, shape: list[int], batched_hwc: list[int] | None, dtype: str, device: str) -> None:
-    """``out=`` for an empty frame, checked as a non-empty one's is (shape, dtype, device, writable)."""
-    if not hasattr(out, "__dlpack__") or not hasattr(out, "shape"):
-        raise TypeError(f"infer: out must be an array that supports DLPack, got {type(out).__name__}")
-    got = tuple(int(v) for v in out.shape)
-    name = str(getattr(out, "dtype", "")).replace("torch.", "")
-    if got not in (tuple(shape), tuple(batched_hwc or shape)) or name != dtype:
-        raise ValueError(f"infer: out must be {dtype} {tuple(shape)}, got {name} {got}")
-    if kernels._device_name(kernels._device(out, "infer", "out")) != device:
-        raise ValueError(f"infer: out must be on {device}, like x")
-    flags = getattr(out, "flags", None)
-    if flags is not None and not getattr(flags, "writeable", True):
+def _check_empty_out(out: Any, shapes: list[list[int]], dtype: str, device: str, stream: int) -> None:
+    """``out=`` for an empty frame, checked as the post kernel checks a non-empty one's (shape, dtype, device,
+    writable), from the extension's own reading of its DLPack view."""
+    try:
+        v = kernels.extension().view_info(kernels._capsule(out, "infer", "out", stream))
+    except ValueError as err:  # a dtype no kernel takes (float64, ...)
+        raise ValueError(f"infer: out must be {dtype} {tuple(shapes[0])} ({err})") from err
+    if list(v["shape"]) not in shapes or v["dtype"] != dtype:
+        raise ValueError(f"infer: out must be {dtype} {tuple(shapes[0])}, got {v['dtype']} {tuple(v['shape'])}")
+    if v["device"] != device:
+        raise ValueError(f"infer: out must be on {device}, like x, got {v['device']}")
+    if v["read_only"]:
         raise ValueError("infer: out is read-only")
 
 
 def _frame_geometry(shape: tuple[int, ...], dtype: Any) -> tuple[int, int, int, bool]:
     """(N, H, W, unbatched) of a frame; the pre kernel then checks dtype, channels and layout in detail."""
-    name = str(dtype).replace("torch.", "")
-    np = sys.modules.get("numpy")
-    if np is not None and not name.isidentifier():  # a NumPy dtype such as ">u2": its name ("uint16")
-        try:
-            name = np.dtype(dtype).name
-        except TypeError:
-            pass
+    name = str(dtype).replace("torch.", "")  # (a foreign byte order was made native by runtime_device.contiguous)
     if name in ("uint8", "uint16") and len(shape) == 3:
         return 1, shape[0], shape[1], True
     if name in ("uint8", "uint16") and len(shape) == 4:

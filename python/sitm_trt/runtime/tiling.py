@@ -96,7 +96,7 @@ class Tile:
 def _check_tiling(tile: int, overlap: int, stride: int) -> None:
     for name, v in (("tile", tile), ("overlap", overlap)):
         if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"infer_tiled: {name} must be an int, got {type(v).__name__}")
+            raise TypeError(f"infer_tiled: {name} must be an integer number of pixels, got {type(v).__name__} {v!r}")
     if tile < stride or tile % stride:
         raise ValueError(f"infer_tiled: tile must be a positive multiple of the network stride {stride}, got {tile}")
     if overlap < 0 or overlap % stride:

@@ -324,7 +324,7 @@ def summary(result: BatchResult) -> str:
 
 def run_cli(args: Any) -> int:
     """``sitm-trt batch`` (parsed by :func:`sitm_trt.tools.cli.build_parser`)."""
-    from sitm_trt.tools.cli_common import UsageError, check_runtime, say
+    from sitm_trt.tools.cli_common import UsageError, check_outputs, check_runtime, say
     from sitm_trt.tools.cli_video import video_options
 
     _ray()  # say what to install before anything else
@@ -333,11 +333,8 @@ def run_cli(args: Any) -> int:
         # a local job runs on this machine: --device / --backend / --precision are refused here, not per item on
         # every worker (a cluster's driver may have no GPU while its workers do: there the workers judge them)
         check_runtime(args)
-    if args.float and args.format == "hdr":
-        raise UsageError("--float: Radiance .hdr is RGBE (8-bit mantissas); --float is for EXR (-f exr)")
-    if getattr(args, "mastering_primaries", None) is not None and args.video_format not in (None, "hdr10"):
-        raise UsageError(f"--mastering-primaries: only HDR10 video carries mastering display metadata; "
-                         f"--video-format is {args.video_format}")
+    check_outputs(image_format=args.format, want_float=args.float)  # --float: the images' (and an EXR video's)
+    check_outputs(video_kind=args.video_format, mastering_primaries=args.mastering_primaries)
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise UsageError(f"-o {args.output}: is a file; batch writes into a folder")

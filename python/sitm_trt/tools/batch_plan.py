@@ -86,8 +86,8 @@ def _expand(patterns: Sequence[str], output_dir: Path) -> list[tuple[str, str, s
                 infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
                 for f in sorted((f for f in infos if f.type == pafs.FileType.File), key=lambda f: f.path):
                     rel = os.path.relpath(f.path, root)
-                    local = scheme == "file" and in_output(_uri(scheme, f.path)[len("file://"):])
-                    if not local and not any(part.startswith(".") for part in Path(rel).parts):
+                    ours = scheme == "file" and in_output("/" + f.path.lstrip("/"))  # a file:// walk is local
+                    if not ours and not any(part.startswith(".") for part in Path(rel).parts):
                         add(_uri(scheme, f.path), rel, False)
             elif info.type == pafs.FileType.File:
                 add(pat, os.path.basename(root), True)

@@ -58,3 +58,16 @@ def check_runtime(args) -> str:
     if args.precision == "fp16":
         raise UsageError("--precision fp16 needs a GPU; on the CPU the network runs in fp32 (leave --precision out)")
     return dev
+
+
+def check_outputs(*, image_format: str | None = None, video_kind: str | None = None, want_float: bool = False,
+                  mastering_primaries: str | None = None) -> None:
+    """Output options that cannot apply, one usage error each (``infer``, ``video`` and ``batch`` alike):
+    ``--float`` with Radiance .hdr images or a 10-bit video, ``--mastering-primaries`` with anything but HDR10."""
+    if want_float and image_format == "hdr":
+        raise UsageError("--float: Radiance .hdr is RGBE (a shared exponent), with no float option; --float is for EXR")
+    if want_float and video_kind in ("hdr10", "hlg"):
+        raise UsageError(f"--float: {video_kind} video is 10-bit; --float is for an EXR sequence (-f exr)")
+    if mastering_primaries is not None and video_kind is not None and video_kind != "hdr10":
+        raise UsageError(f"--mastering-primaries: only HDR10 video carries mastering display metadata; this output "
+                         f"is {video_kind}")

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-from sitm_trt.tools.cli_common import UsageError, check_runtime, say
+from sitm_trt.tools.cli_common import UsageError, check_outputs, check_runtime, say
 
 __all__ = ["HDR_FORMATS", "HDR_PREVIEW_FORMATS", "PREVIEW_KINDS", "cmd_infer", "expand_inputs", "input_problem",
            "plan_outputs", "preview_paths", "read_image", "run_batch", "write_image_outputs"]
@@ -326,8 +326,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     if args.format is None:  # -o NAME.hdr says the format; else OpenEXR
         named = Path(args.output) if args.output is not None else None
         args.format = "hdr" if named is not None and named.suffix.lower() == ".hdr" and not named.is_dir() else "exr"
-    if args.float and args.format == "hdr":
-        raise UsageError("--float: Radiance .hdr is RGBE (a shared exponent), with no float option; --float is for EXR")
+    check_outputs(image_format=args.format, want_float=args.float)
     inputs = expand_inputs(args.inputs)
     device = check_runtime(args)  # the options, the weights and the tile size before any folder is made
     pipe = _make_pipeline(args)

@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Any
 
-from sitm_trt.tools.cli_common import UsageError, check_runtime, say
+from sitm_trt.tools.cli_common import UsageError, check_outputs, check_runtime, say
 
 __all__ = ["cmd_video", "significant", "video_options"]
 
@@ -44,12 +44,7 @@ def cmd_video(args: argparse.Namespace) -> int:
         # the format -f names, else the one the output's name implies (out.mp4: hdr10); VideoError for a name
         # no format fits is reported as such
         kind = _output_kind(Path(args.output), args.format)
-    if args.float and kind in ("hdr10", "hlg"):
-        raise UsageError(f"--float: {kind} video is 10-bit; --float is for an EXR sequence (-f exr)")
-    if args.mastering_primaries is not None:
-        if kind != "hdr10":
-            raise UsageError(f"--mastering-primaries: only HDR10 video carries mastering display metadata; this "
-                             f"output is {kind}")
+        check_outputs(video_kind=kind, want_float=args.float, mastering_primaries=args.mastering_primaries)
     device = check_runtime(args)
     pipeline = None
     if args.threads is not None:  # else convert() makes the pipeline, with the backend's default threads
