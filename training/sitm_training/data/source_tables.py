@@ -2,10 +2,11 @@
 split each scene feeds.
 
 :data:`DEBIAN_FILES` are files shipped inside Debian packages (SHA-256 observed on Debian 12 "bookworm").
-:data:`REGISTRY_ARTEFACTS` are two registry packages, the npm tarball ``@pmndrs/assets`` (Poly Haven HDRIs stored as
-base64 EXR inside JS modules) and the PyPI wheel ``open3d`` (KTX1 cubemaps in packed R11G11B10F), each pinned by the
-artefact's SHA-256; :data:`REGISTRY_FILES` are the radiance maps inside them, pinned by each member's SHA-256 and the
-decoded pixels' SHA-256. :mod:`.fetch` fetches and finds them, :func:`card_sources` lists a built data set's
+:data:`REGISTRY_ARTEFACTS` are packages whose members are decoded: the npm tarball ``@pmndrs/assets`` (Poly Haven
+HDRIs stored as base64 EXR inside JS modules), and the open3d skyboxes (KTX1 cubemaps in packed R11G11B10F) in
+Debian's ``open3d-gui-data`` (18 MB) and, byte for byte, in the PyPI wheel ``open3d`` (400 MB), the fallback where
+the Debian package cannot be fetched; each is pinned by the artefact's SHA-256. :data:`REGISTRY_FILES` are the
+radiance maps inside them, pinned by each member's SHA-256 and the decoded pixels' SHA-256. :mod:`.fetch` fetches and finds them, :func:`card_sources` lists a built data set's
 sources for a weights card. Splits are by source (whole scenes, never crops): :data:`TEST_SOURCE_IDS` feed only the
 test split, :data:`VAL_SOURCE_IDS` only the validation split; the train split sees neither (:func:`source_split`).
 """
@@ -29,6 +30,7 @@ __all__ = [
     "SKIPPED_SCENES",
     "source_split",
     "card_sources",
+    "registry_origin",
 ]
 
 
@@ -165,7 +167,7 @@ VAL_SOURCE_IDS = frozenset({
 class RegistryArtefact:
     """One package file fetched with its registry's own client, pinned by SHA-256."""
 
-    registry: str  # "npm" | "pypi"
+    registry: str  # "npm" | "pypi" | "debian"
     package: str
     version: str
     filename: str  # what the client writes
@@ -173,12 +175,20 @@ class RegistryArtefact:
 
     @property
     def spec(self) -> str:
-        return f"{self.package}@{self.version}" if self.registry == "npm" else f"{self.package}=={self.version}"
+        sep = {"npm": "@", "debian": "="}.get(self.registry, "==")
+        return f"{self.package}{sep}{self.version}"
+
+    @property
+    def tools(self) -> tuple[str, ...]:
+        """The programs the download and the reading need on ``PATH`` (pip runs as ``sys.executable -m pip``)."""
+        return {"npm": ("npm",), "debian": ("apt-get", "dpkg-deb")}.get(self.registry, ())
 
     def command(self, dest: Path) -> list[str]:
         """The download command (run in ``dest``)."""
         if self.registry == "npm":  # `npm pack` writes the registry tarball; nothing is installed or run
             return ["npm", "pack", "--silent", "--ignore-scripts", "--cache", str(dest / ".npm"), self.spec]
+        if self.registry == "debian":  # the .deb of this exact version; nothing is installed
+            return ["apt-get", "download", self.spec]
         # the same wheel on every platform (its resources are platform-independent): pinned tags
         return [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-cache-dir",
                 "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
@@ -198,6 +208,9 @@ class RegistryFile:
     license: str
     license_known: bool = True
     weight: float = 1.0
+    # (artefact key, member) holding the same member bytes, fetched when ``artefact`` cannot be (its tools are
+    # missing, or its download fails): the member and pixel checksums above hold for both
+    alternative: tuple[str, str] | None = None
 
     @property
     def suffix(self) -> str:
@@ -209,14 +222,20 @@ REGISTRY_ARTEFACTS: dict[str, RegistryArtefact] = {
         "npm", "@pmndrs/assets", "1.7.0", "pmndrs-assets-1.7.0.tgz",
         "152bd218a3390703f184f0c6ce16e73c8f0a87f32d38530d418a09d33d8208dc",
     ),
-    "pypi:open3d": RegistryArtefact(
+    "debian:open3d-gui-data": RegistryArtefact(
+        "debian", "open3d-gui-data", "0.16.1+ds-2", "open3d-gui-data_0.16.1+ds-2_all.deb",
+        "6f3d99cc3747d46eb98ac49b353b5b09712f50b28b5d50d904a79226ff928483",
+    ),
+    "pypi:open3d": RegistryArtefact(  # the same skyboxes; fetched only where the Debian package cannot be
         "pypi", "open3d", "0.20.0", "open3d-0.20.0-cp311-cp311-manylinux_2_35_x86_64.whl",
         "18ae25cbc9f8fcabc06bad71e00cca3cd0ff0a762ce0fbec093f2e2a4d05eddf",
     ),
 }
 
 _PMNDRS_LICENSE = "CC0-1.0 (@pmndrs/assets 1.7.0: package.json and LICENSE; Poly Haven HDRIs)"
-_OPEN3D_LICENSE = "unknown (the open3d 0.20.0 wheel names no licence or author for its skyboxes; docs/data.md)"
+_OPEN3D_LICENSE = ("unknown (no author or source is recorded for the skyboxes: the open3d 0.20.0 wheel has only "
+                   "Open3D's MIT file, and Debian's open3d-gui-data copyright covers them only by its blanket "
+                   "`Files: *` Expat paragraph; docs/data.md)")
 # name: (member sha256, pixels sha256); names as in the packages
 _PMNDRS = {
     "apartment": (
@@ -324,8 +343,9 @@ REGISTRY_FILES: tuple[RegistryFile, ...] = tuple(
                  _PMNDRS_LICENSE, weight=0.5)  # 512x256: half the pixel density of the Blender panoramas
     for name, (m, px) in _PMNDRS.items()
 ) + tuple(
-    RegistryFile(f"open3d/{name}", "pypi:open3d", f"open3d/resources/{name}_skybox.ktx", m, px, "cubemap",
-                 _OPEN3D_LICENSE, license_known=False)
+    RegistryFile(f"open3d/{name}", "debian:open3d-gui-data", f"./usr/share/open3d-gui/resources/{name}_skybox.ktx",
+                 m, px, "cubemap", _OPEN3D_LICENSE, license_known=False,
+                 alternative=("pypi:open3d", f"open3d/resources/{name}_skybox.ktx"))
     for name, (m, px) in _OPEN3D.items()
 )
 
@@ -337,6 +357,21 @@ SKIPPED_SCENES = {
     "another spot): kept out so that nothing like a test scene is trained on",
     "open3d/default": "synthetic gradient, not a photograph",
 }
+
+
+def registry_origin(f: RegistryFile, artefacts: dict[str, RegistryArtefact] | None = None) -> str:
+    """Where a registry file's pixels come from: the artefact and member with their checksums (and the
+    alternative artefact holding the same member bytes), then the decoded pixels' checksum. ``artefacts``:
+    the table to read (default :data:`REGISTRY_ARTEFACTS`)."""
+    table = REGISTRY_ARTEFACTS if artefacts is None else artefacts
+
+    def where(key: str, member: str) -> str:
+        art = table[key]
+        return f"{art.registry} {art.spec} ({art.filename}, sha256 {art.sha256}): {member}"
+
+    also = f"; the same file in {where(*f.alternative)}" if f.alternative else ""
+    return (f"{where(f.artefact, f.member)} (sha256 {f.member_sha256}){also}; decoded pixels sha256 "
+            f"{f.pixels_sha256}")
 
 
 def source_split(source_id: str) -> str:
@@ -368,9 +403,7 @@ def card_sources(manifest: dict[str, Any]) -> list[dict[str, Any]]:
             rec["license_known"] = True if rec["license_known"] is None else rec["license_known"]
         elif sid in registry:
             f = registry[sid]
-            art = REGISTRY_ARTEFACTS[f.artefact]
-            rec["origin"] = rec["origin"] or (f"{art.registry} {art.spec} ({art.filename}, sha256 {art.sha256}): "
-                                              f"{f.member} (sha256 {f.member_sha256})")
+            rec["origin"] = rec["origin"] or registry_origin(f)
             rec["license_known"] = f.license_known if rec["license_known"] is None else rec["license_known"]
         elif rec["license_known"] is None:
             rec["license_known"] = False  # a user folder: its license is whatever the user knows
