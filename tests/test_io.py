@@ -547,3 +547,25 @@ def test_declared_size_is_checked_before_decoding(tmp_path: Path, ext: str) -> N
     (tmp_path / f"a{ext}").write_bytes(data)
     with pytest.raises(MemoryError, match=r"declares 91x37 pixels \(3367 pixels\), more than the 1000 pixels that"):
         io.read_ldr(tmp_path / f"a{ext}", max_pixels=1000)  # small budgets in pixels, not "0 MP"
+
+
+def test_an_animated_png_or_webp_converts_its_first_frame_with_a_notice(tmp_path):
+    """Like a multi-page TIFF: an animated PNG or WebP is read as its first frame, and the CLI says so (it was
+    silent); a still image of the same formats gets no notice."""
+    cv2 = pytest.importorskip("cv2")
+    if not hasattr(cv2, "imwriteanimation"):
+        pytest.skip("this OpenCV cannot write animations")
+    from sitm_trt.tools import cli_infer
+
+    frames = [np.full((16, 16, 3), v, np.uint8) for v in (40, 120, 200)]
+    anim = cv2.Animation()
+    anim.frames, anim.durations = frames, [100] * 3
+    notes: list[str] = []
+    for ext in (".png", ".webp"):
+        assert cv2.imwriteanimation(str(tmp_path / f"anim{ext}"), anim)
+        assert cv2.imwrite(str(tmp_path / f"still{ext}"), frames[1])
+        rgb, _, _ = cli_infer.read_image(tmp_path / f"anim{ext}", notice=notes.append)
+        assert abs(int(rgb.mean()) - 40) <= 2  # the first frame
+        cli_infer.read_image(tmp_path / f"still{ext}", notice=notes.append)
+    assert notes == [f"{tmp_path / 'anim.png'}: has 3 frames (an animation); converting the first only",
+                     f"{tmp_path / 'anim.webp'}: has 3 frames (an animation); converting the first only"]

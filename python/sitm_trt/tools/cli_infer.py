@@ -123,9 +123,13 @@ def plan_outputs(inputs: list[Path], output: str | None, fmt: str) -> list[Path]
     return outs
 
 
+_MULTI_IMAGE = (".tif", ".tiff", ".png", ".apng", ".webp", ".gif")  # formats that can hold several images
+
+
 def read_image(path: Path, max_pixels: int | None = None, notice: Any = None) -> tuple[Any, Any, bool]:
     """(RGB uint8/uint16 (H, W, 3), alpha in [0, 1] float32 (H, W) or None, grayscale?) of an LDR file, upright
-    (:func:`sitm_trt.media.io.read_ldr_image`). Its notes (colours not sRGB, pages after the first of a TIFF)
+    (:func:`sitm_trt.media.io.read_ldr_image`). Its notes (colours not sRGB, pages after the first of a TIFF,
+    frames after the first of an animated PNG, WebP or GIF)
     go to ``notice`` (default: a ``sitm-trt:`` line on stderr)."""
     from sitm_trt.media import io
 
@@ -133,14 +137,15 @@ def read_image(path: Path, max_pixels: int | None = None, notice: Any = None) ->
     img = io.read_ldr_image(path, max_pixels=max_pixels)  # ImageReadError, or MemoryError from the declared size
     for note in img.notes:
         notice(note)
-    if path.suffix.lower() in (".tif", ".tiff"):
+    if path.suffix.lower() in _MULTI_IMAGE:
         cv2 = io._cv2()
         try:
             pages = cv2.imcount(str(path))
         except cv2.error:
             pages = 1
         if pages > 1:
-            notice(f"{path}: has {pages} pages (images); converting the first only")
+            what = "pages (images)" if path.suffix.lower() in (".tif", ".tiff") else "frames (an animation)"
+            notice(f"{path}: has {pages} {what}; converting the first only")
     return img.rgb, img.alpha, img.gray
 
 

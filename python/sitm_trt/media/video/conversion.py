@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import queue
+import re
 import signal
 import tempfile
 import threading
@@ -22,7 +23,8 @@ from typing import Any, Callable, NoReturn
 
 from sitm_trt.files import missing_folders, remove_empty
 from sitm_trt.media import transfer as T
-from sitm_trt.media.video.decode import _estimate_frames, _frame_time, _open_input, _peek, _rgb
+from sitm_trt.media.video.decode import (_estimate_frames, _frame_pts, _frame_time, _nominal_rate, _open_input, _peek,
+                                         _rgb)
 from sitm_trt.media.video.frames import FrameProcessor, _Done
 from sitm_trt.media.video.hevc_sei import _sei_nal, content_light_level_sei, mastering_display_sei
 from sitm_trt.media.video.options import (CONTAINERS, MASTERING_PRIMARIES, VideoError, VideoOptions, VideoResult,
@@ -34,6 +36,12 @@ _END = object()  # end of a queue
 _MAX_DAMAGED_RUN = 64  # damaged video packets in a row before the input counts as unreadable
 _QUEUED = 8  # decoded frames waiting for the network
 _SLOTS = 4  # output buffers of frames in flight (FrameProcessor)
+_MIN_VIDEO_SIDE = 16  # libx265 refuses smaller frames
+# colour primaries (H.273) that the conversion treats as BT.709 without a word: BT.709, unspecified, and the SD
+# ones (BT.470 M/BG, SMPTE 170M/240M), a few hundredths off in chromaticity; any other (BT.2020, P3, ...) is noted
+_BT709_LIKE_PRIMARIES = {1, 2, 4, 5, 6, 7}
+_PRIMARY_NAMES = {8: "generic film", 9: "BT.2020", 10: "SMPTE ST 428 (XYZ)", 11: "DCI-P3", 12: "Display P3",
+                  22: "EBU 3213"}
 
 
 class _SigtermAsInterrupt:
@@ -72,10 +80,17 @@ def _output_kind(dst: Path, fmt: str | None) -> str:
 
 def _exr_pattern(dst: Path) -> str:
     if "%" in dst.name:
-        try:
-            dst.name % 0
-        except (TypeError, ValueError) as err:
-            raise VideoError(f"{dst}: the frame pattern must hold one integer field like %06d") from err
+        fields = re.findall(r"%.", dst.name.replace("%%", ""))
+        ok = len(fields) == 1 and re.search(r"%0?\d*d", dst.name) is not None
+        if ok:
+            try:
+                dst.name % 0
+            except (TypeError, ValueError):
+                ok = False
+        if not ok:
+            raise VideoError(f"{dst}: the frame pattern must hold one integer field like %06d")
+        if not dst.name.lower().endswith(".exr"):
+            raise VideoError(f"{dst}: the frame pattern must end in .exr, like frames/%06d.exr")
         return str(dst)
     return str(dst / "frame_%06d.exr")
 
@@ -194,12 +209,25 @@ def _convert(src: Path, dst: Path, fmt: str, opts: VideoOptions, temp: Any, patt
                               scene_cut=opts.scene_cut, slots=_SLOTS, tile=tile,
                               overlap=getattr(pipeline, "overlap", None) if tile else None)
         ow, oh = (w - w % 2, h - h % 2) if fmt != "exr" else (w, h)
+        if fmt != "exr" and min(ow, oh) < _MIN_VIDEO_SIDE:
+            raise VideoError(f"{src}: {w}x{h} is too small for HEVC video (libx265 needs {_MIN_VIDEO_SIDE}x"
+                             f"{_MIN_VIDEO_SIDE} at least); write an EXR sequence instead (-f exr)")
+        prim = int(vin.codec_context.color_primaries or 2)
+        if prim not in _BT709_LIKE_PRIMARIES:
+            log(f"{src.name}: its colour primaries are {_PRIMARY_NAMES.get(prim, f'code {prim}')}, not BT.709: "
+                "converted as BT.709, so its colours will be off (convert it to BT.709 first, e.g. ffmpeg -i IN "
+                "-vf colorspace=all=bt709 OUT)")
+        rate = _nominal_rate(container)
         if fmt == "exr":
-            sink: Any = _ExrSink(pattern, container, opts.exr_half, opts.ref_white)
+            sink: Any = _ExrSink(pattern, container, opts.exr_half, opts.ref_white, rate=rate)
             partial = None
+            if opts.audio and container.streams.audio:
+                log(f"{src.name}: its audio is not kept (an EXR sequence holds frames only)")
         else:
             partial = temp[1]
-            sink = _VideoSink(partial, container, opts, fmt, ow, oh, file=temp[0], rotation=rotation)
+            sink = _VideoSink(partial, container, opts, fmt, ow, oh, file=temp[0], rotation=rotation, rate=rate)
+            for what in sink.transcoded:
+                log(f"{src.name}: audio {what} transcoded to AAC for the {dst.suffix} output")
         if rotation:
             log(f"{src.name}: display rotation {rotation} degrees (counter-clockwise) "
                 + ("carried to the output" if fmt != "exr" else "recorded in sequence.json; the EXR frames are "
@@ -280,7 +308,7 @@ def _run(container: Any, proc: FrameProcessor, sink: Any, opts: VideoOptions, fm
     decoded: dict[str, int | None] = {"frames": None}  # set when the input was read to its end
 
     pending = {"count": 0}  # damaged video packets whose frames are not yet filled in
-    rate = vin.average_rate or vin.guessed_rate
+    rate = _nominal_rate(container)
     period = 1 / (rate * vin.time_base) if rate and vin.time_base else 0  # one frame, in pts (a Fraction)
 
     def emit_pending(before: int | None) -> bool:
@@ -308,11 +336,11 @@ def _run(container: Any, proc: FrameProcessor, sink: Any, opts: VideoOptions, fm
             index, last = 0, None
             for packet in container.demux(vin, *audio):
                 if stop_decode.is_set():
-                    break
+                    return  # stopped, not the end of the input
                 if packet.stream.index != vin.index:
                     if packet.dts is not None and packet.size:
                         if not _put(q_in, ("audio", packet), stop_decode):
-                            break
+                            return
                     continue
                 try:
                     frames = packet.decode()
@@ -328,14 +356,18 @@ def _run(container: Any, proc: FrameProcessor, sink: Any, opts: VideoOptions, fm
                     continue
                 damaged["run"] = 0
                 for frame in frames:
-                    if frame.pts is not None and pending["count"] and not emit_pending(frame.pts):
+                    pts = _frame_pts(frame, index, period)  # a raw stream's frames: their place at the rate
+                    if pts is not None and pending["count"] and not emit_pending(pts):
                         return
-                    last = _frame_time(frame, index, vin.average_rate, last)
+                    if frame.pts is None and pts is not None:
+                        last = float(pts * vin.time_base)
+                    else:
+                        last = _frame_time(frame, index, rate, last)
                     rgb = _rgb(frame)
-                    held.update(rgb=rgb, pts=frame.pts)
+                    held.update(rgb=rgb, pts=pts)
                     if held["origin"] is None:
-                        held["origin"] = frame.pts
-                    if not _put(q_in, ("video", rgb, frame.pts, last), stop_decode):
+                        held["origin"] = pts
+                    if not _put(q_in, ("video", rgb, pts, last), stop_decode):
                         return
                     index += 1
             if pending["count"] and not emit_pending(None):
@@ -373,7 +405,11 @@ def _run(container: Any, proc: FrameProcessor, sink: Any, opts: VideoOptions, fm
                     bar.update(1)
                 proc.release(done)
         except BaseException as err:  # noqa: BLE001 - handed to the caller
-            errors.append(err)
+            failure = err
+            if isinstance(err, (OSError, av.error.FFmpegError)):  # the encoder or the muxer refused something
+                failure = VideoError(f"{dst}: encoding failed: {err}")
+                failure.__cause__ = err
+            errors.append(failure)
             stop.set()
             while True:  # keep draining so the producer never blocks on a full queue
                 item = q_out.get()

@@ -80,6 +80,27 @@ def _rgb(frame: Any) -> np.ndarray:
                             interpolation=interp.BILINEAR | interp.FULL_CHR_H_INT | interp.ACCURATE_RND)
 
 
+_NOTIMESTAMPS = 0x80  # AVFMT_NOTIMESTAMPS: a raw elementary stream (.h264, .hevc, ...), whose frames carry no pts
+
+
+def _nominal_rate(container: Any) -> fractions.Fraction | None:
+    """The frame rate of the input's video stream: the container's average rate, except for a raw elementary
+    stream, whose demuxer reports a default 25 fps and whose frames carry no timestamps: there the bitstream's own
+    rate (the SPS/VUI timing) comes first."""
+    s = container.streams.video[0]
+    if int(getattr(container.format, "flags", 0) or 0) & _NOTIMESTAMPS:
+        return s.codec_context.framerate or s.guessed_rate or s.average_rate
+    return s.average_rate or s.guessed_rate
+
+
+def _frame_pts(frame: Any, index: int, period: fractions.Fraction | float) -> int | None:
+    """The frame's pts, or, for a frame without one (raw streams), frame ``index``'s place at the nominal rate
+    (``period``: one frame in the stream's time base); None when the rate is unknown."""
+    if frame.pts is not None:
+        return int(frame.pts)
+    return int(round(index * period)) if period else None
+
+
 def _frame_time(frame: Any, index: int, rate: fractions.Fraction | None, last: float | None) -> float:
     if frame.pts is not None and frame.time_base is not None:
         return float(frame.pts * frame.time_base)
@@ -93,12 +114,18 @@ def read_frames(path: str | os.PathLike,
     container = _open_input(path)
     try:
         stream = container.streams.video[0]
+        rate = _nominal_rate(container)
+        period = 1 / (rate * stream.time_base) if rate and stream.time_base else 0
         last = None
         for i, frame in enumerate(container.decode(stream)):
             if max_frames is not None and i >= max_frames:
                 break
-            last = _frame_time(frame, i, stream.average_rate, last)
-            yield _rgb(frame), frame.pts, last
+            pts = _frame_pts(frame, i, period)
+            if frame.pts is None and pts is not None:  # made up: its time follows from it
+                last = float(pts * stream.time_base)
+            else:
+                last = _frame_time(frame, i, rate, last)
+            yield _rgb(frame), pts, last
     finally:
         container.close()
 
@@ -109,7 +136,7 @@ def _estimate_frames(container: Any) -> int | None:
     s = container.streams.video[0]
     if s.frames:
         return int(s.frames)
-    rate = s.average_rate or s.guessed_rate
+    rate = _nominal_rate(container)
     if s.duration and s.time_base:
         dur = s.duration * s.time_base
     else:

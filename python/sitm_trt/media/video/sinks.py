@@ -39,10 +39,13 @@ def _check_encoder(name: str = "libx265") -> None:
 class _VideoSink:
     """libx265 HEVC Main 10 + copied audio into a temporary file beside the output."""
 
-    _MP4_AUDIO = {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}
+    # audio codecs each muxer takes as they are; the rest is transcoded to AAC (MKV takes them all)
+    _COPY_AUDIO = {".mp4": {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"},
+                   ".mov": {"aac", "mp3", "ac3", "eac3", "alac", "pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_s24be",
+                            "pcm_s32le", "pcm_s32be", "pcm_f32le", "pcm_f32be", "pcm_u8"}}
 
     def __init__(self, tmp: Path, source: Any, opts: VideoOptions, fmt: str, width: int, height: int,
-                 file: Any = None, rotation: int = 0):
+                 file: Any = None, rotation: int = 0, rate: fractions.Fraction | None = None):
         av = _av()
         self.av, self.path, self.opts, self.fmt = av, tmp, opts, fmt
         ext = tmp.suffix.lower()
@@ -50,7 +53,7 @@ class _VideoSink:
         self.file = file
         self.container = av.open(file if file is not None else str(tmp), "w", format=_MUXERS[ext])
         vin = source.streams.video[0]
-        rate = vin.average_rate or vin.guessed_rate or fractions.Fraction(25)
+        rate = rate or vin.average_rate or vin.guessed_rate or fractions.Fraction(25)
         s = self.container.add_stream("libx265", rate=rate)
         s.width, s.height, s.pix_fmt = width, height, "yuv420p10le"
         s.time_base = vin.time_base or fractions.Fraction(1, 1000)
@@ -79,20 +82,25 @@ class _VideoSink:
         self.time_base = s.time_base
         self.audio: dict[int, Any] = {}
         self.transcode: dict[int, tuple[Any, Any]] = {}
+        self.transcoded: list[str] = []  # "pcm_s16le (5.1)" per stream transcoded to AAC, for the caller's notice
+        self._timed: set[int] = set()  # transcoded streams whose first frame has set their start time
         if opts.audio:
             for a in source.streams.audio:
-                name = a.codec_context.name if a.codec_context is not None else ""
-                if ext == ".mkv" or name in self._MP4_AUDIO:
+                cc = a.codec_context
+                name = cc.name if cc is not None else ""
+                if ext == ".mkv" or name in self._COPY_AUDIO[ext]:
                     self.audio[a.index] = self.container.add_stream_from_template(a)
-                elif a.codec_context is not None:  # e.g. PCM in MP4: transcode to AAC
-                    out = self.container.add_stream("aac", rate=a.codec_context.sample_rate or 48000)
+                elif cc is not None:  # e.g. PCM in MP4, Opus in MOV: transcode to AAC, same rate and channels
+                    layout = cc.layout.name if cc.layout is not None and cc.channels else "stereo"
+                    out = self.container.add_stream("aac", rate=cc.sample_rate or 48000, layout=layout)
                     self.transcode[a.index] = (a, out)
+                    self.transcoded.append(f"{name} ({layout})")
         self.frames = 0
 
     def write_video(self, codes: np.ndarray, pts: int | None, index: int) -> None:
         h, w = self.stream.height, self.stream.width
         frame = self.av.VideoFrame.from_ndarray(codes.reshape(h * 3 // 2, w), format="yuv420p10le")
-        frame.pts = pts if pts is not None else index
+        frame.pts = pts if pts is not None else index  # (the decoder gives every frame a pts, made up if need be)
         frame.time_base = self.time_base
         frame.color_primaries, frame.color_trc, frame.colorspace, frame.color_range = (
             9, 16 if self.fmt == "hdr10" else 18, 9, 1)
@@ -108,7 +116,13 @@ class _VideoSink:
         elif idx in self.transcode:
             src, out = self.transcode[idx]
             for frame in src.codec_context.decode(packet):
-                frame.pts = None
+                # the first frame's timestamp sets where the audio starts (an audio track that starts late stays in
+                # sync); the encoder counts samples from there, so later frames need none (and a decoder's jitter
+                # in them would stop the encoder's sample queue)
+                if idx in self._timed or frame.pts is None:
+                    frame.pts = None
+                else:
+                    self._timed.add(idx)
                 for p in out.encode(frame):
                     self.container.mux(p)
 
@@ -171,7 +185,8 @@ def _finalize_hdr10(partial: Path, target: Path, sei: bytes) -> None:
 class _ExrSink:
     """An OpenEXR sequence, each frame written atomically, and ``sequence.json`` (timestamps) at the end."""
 
-    def __init__(self, pattern: str, source: Any, half: bool, ref_white: float):
+    def __init__(self, pattern: str, source: Any, half: bool, ref_white: float,
+                 rate: fractions.Fraction | None = None):
         from sitm_trt.media import io as sio
 
         self.io, self.pattern, self.half = sio, pattern, half
@@ -181,7 +196,7 @@ class _ExrSink:
         self.meta: dict[str, Any] = {
             "source": str(source.name), "pattern": Path(pattern).name, "colour": "linear BT.709 (Rec.709 primaries, "
             f"D65), 1.0 = the SDR reference white ({ref_white:g} cd/m2)", "half": half,
-            "time_base": str(vin.time_base), "rate": str(vin.average_rate or vin.guessed_rate), "frames": [],
+            "time_base": str(vin.time_base), "rate": str(rate or vin.average_rate or vin.guessed_rate), "frames": [],
         }
 
     def path(self, index: int) -> Path:
