@@ -297,3 +297,19 @@ def test_post_encoding_empty_inputs():
     stats = torch.full((1, 2), 7.0)
     y = K.post(*outs, layout="yuv420p", dtype="uint16", transfer="pq", stats=stats)
     assert y.shape == (1, 0) and stats.tolist() == [[0.0, 0.0]]
+
+
+@pytest.mark.parametrize("peak", [1000.0, 10000.0])
+def test_hlg_keeps_a_subnormal_light_black(peak):
+    """A linear light so small that y / peak rounds to 0 in float32 (a subnormal channel next to zeros): the
+    kernel made it peak white (code 940) through powf(0, negative) = inf; the float64 reference says black."""
+    from sitm_trt import kernels as K
+
+    z = np.zeros((1, 3, 1, 1), np.float32)
+    for light in ([0, 0, 1e-44], [1e-43, 0, 0], [1e-42, 1e-42, 1e-42]):
+        coef = np.zeros((1, 3, 4), np.float32)
+        coef[0, :, 0] = light  # the paper fusion's a0: the pixel's linear value
+        got = np.asarray(K.post(z, z, z, z, coef, layout="nhwc", dtype="uint16", transfer="hlg", peak_nits=peak))
+        want = T.quantize(T.encode(np.array([light], np.float64), "hlg", "bt2020", peak=peak))
+        np.testing.assert_array_equal(got.reshape(-1), np.asarray(want).reshape(-1))
+        assert got.max() == 64  # narrow-range black

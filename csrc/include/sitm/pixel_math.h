@@ -458,7 +458,10 @@ SITM_HD void encode_rgb(const EncodeParams& e, float& r, float& g, float& b, flo
   // HLG: the inverse OOTF of a display with nominal peak `peak` and black 0 (BT.2100 Table 5),
   // E = F_D / peak * (Y_D / peak)^((1 - gamma) / gamma), then the OETF.
   const float y = e.luma[0] * R + e.luma[1] * G + e.luma[2] * B;
-  const float k = y > 0.0f ? powf(y / e.peak, (1.0f - e.hlg_gamma) / e.hlg_gamma) / e.peak : 0.0f;
+  // y / peak can round to 0 for a y > 0 (a subnormal light): powf(0, negative) is inf and 0 * inf NaN, which
+  // fminf(., 1) turned into peak white; such a pixel is black, as in the float64 reference
+  const float ratio = y / e.peak;
+  const float k = ratio > 0.0f ? powf(ratio, (1.0f - e.hlg_gamma) / e.hlg_gamma) / e.peak : 0.0f;
   r = hlg_oetf(fminf(R * k, 1.0f));
   g = hlg_oetf(fminf(G * k, 1.0f));
   b = hlg_oetf(fminf(B * k, 1.0f));
