@@ -394,9 +394,10 @@ def test_fetch_from_a_deb_and_fall_back_to_the_alternative(
     _wheel(whl, {"fake/resources/x_skybox.ktx": ktx})
     arts = {"debian:fake-data": T.RegistryArtefact("debian", "fake-data", "1.0", deb.name,
                                                    hashlib.sha256(deb.read_bytes()).hexdigest()),
-            "pypi:fake": T.RegistryArtefact("pypi", "fake", "1.0", whl.name, hashlib.sha256(whl.read_bytes()).hexdigest())}
-    f = T.RegistryFile("fakedeb/x", "debian:fake-data", "./usr/share/fake/x_skybox.ktx", hashlib.sha256(ktx).hexdigest(),
-                       pixel_sha256(strip), "cubemap", "unknown (test)", license_known=False,
+            "pypi:fake": T.RegistryArtefact("pypi", "fake", "1.0", whl.name,
+                                            hashlib.sha256(whl.read_bytes()).hexdigest())}
+    f = T.RegistryFile("fakedeb/x", "debian:fake-data", "./usr/share/fake/x_skybox.ktx",
+                       hashlib.sha256(ktx).hexdigest(), pixel_sha256(strip), "cubemap", "unknown (test)", license_known=False,
                        alternative=("pypi:fake", "fake/resources/x_skybox.ktx"))
     monkeypatch.setattr(F, "REGISTRY_ARTEFACTS", arts)
     monkeypatch.setattr(F, "REGISTRY_FILES", (f,))

@@ -2,7 +2,8 @@
 raised by a fixed number of stops, ``result * 2**(d * t)``, where ``t`` ramps from 0 to 1 as the input's max RGB
 goes from LO to HI (default 0.90 to 0.97, the splice probe's ramp; ``--ramp LO HI``), for each ``d`` given, beside
 the result itself, with the evaluation's metrics (JOD on). The scale alignment uses the well-exposed pixels, which
-the ramp leaves alone, so each column moves only where the camera clipped or nearly clipped. The twenty-fifth round (training/LOG.md).
+the ramp leaves alone, so each column moves only where the camera clipped or nearly clipped. The twenty-fifth
+round (training/LOG.md).
 
 With ``--dark-ring`` the raise skips the clipped regions whose ring is bright (``losses.bright_ring_regions``: a sky
 or a window that only just clips), so only regions ringed by darker pixels (lamps, the sun in a darker sky,

@@ -89,7 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--cache", type=Path, default=None, help="where `fetch` put the sources")
     b.add_argument("--no-debian", action="store_true", help="do not use the fetched Debian sources")
-    b.add_argument("--no-registry", action="store_true", help="do not use the decoded sources (npm @pmndrs/assets, the open3d skyboxes)")
+    b.add_argument("--no-registry", action="store_true",
+                   help="do not use the decoded sources (npm @pmndrs/assets, the open3d skyboxes)")
     b.add_argument(
         "--exclude-unknown-license",
         action="store_true",

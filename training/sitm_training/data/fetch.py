@@ -137,32 +137,41 @@ def _extract(
     deb: Path, wanted: dict[str, DebianFile], cache: Path, allow_unverified: bool, mismatched: list[str]
 ) -> dict[str, Path]:
     out: dict[str, Path] = {}
-    with subprocess.Popen(
-        ["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    ) as proc:
+    for name, data in _deb_members(deb, set(wanted)).items():
+        f = wanted[name]
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != f.sha256:
+            log.warning("%s: sha256 %s differs from the recorded %s", f.id, digest, f.sha256)
+            if not allow_unverified:
+                mismatched.append(f.id)
+                continue
+        target = _cached(cache, f)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, data)
+        out[f.id] = target
+    return out
+
+
+def _deb_members(path: Path, wanted: set[str]) -> dict[str, bytes]:
+    """The wanted members of a .deb's data archive, read in memory from ``dpkg-deb --fsys-tarfile``."""
+    out: dict[str, bytes] = {}
+    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(path)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as proc:
         assert proc.stdout is not None and proc.stderr is not None
-        with tarfile.open(fileobj=proc.stdout, mode="r|*") as tar:
-            for member in tar:
-                f = wanted.get(member.name)
-                if f is None or not member.isfile():
-                    continue
-                fh = tar.extractfile(member)
-                assert fh is not None
-                data = fh.read()
-                digest = hashlib.sha256(data).hexdigest()
-                if digest != f.sha256:
-                    log.warning("%s: sha256 %s differs from the recorded %s", f.id, digest, f.sha256)
-                    if not allow_unverified:
-                        mismatched.append(f.id)
-                        continue
-                target = _cached(cache, f)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write(target, data)
-                out[f.id] = target
+        try:
+            with tarfile.open(fileobj=proc.stdout, mode="r|*") as tar:
+                for member in tar:
+                    if member.name in wanted and member.isfile():
+                        fh = tar.extractfile(member)
+                        assert fh is not None
+                        out[member.name] = fh.read()
+        except (tarfile.TarError, OSError, EOFError) as err:
+            proc.kill()
+            raise FetchError(f"{path.name}: cannot read the package ({type(err).__name__}: {err})") from err
         proc.stdout.read()  # drain, so dpkg-deb can exit
         errors = proc.stderr.read().decode(errors="replace")
         if proc.wait() != 0:
-            raise FetchError(f"dpkg-deb --fsys-tarfile {deb} failed: {errors[-500:]}")
+            raise FetchError(f"{path.name}: cannot read the package (dpkg-deb --fsys-tarfile: {errors.strip()[-500:]})")
     return out
 
 
@@ -213,9 +222,9 @@ def _download(art: RegistryArtefact, dest: Path) -> Path:
 
 def _members(art: RegistryArtefact, path: Path, wanted: set[str]) -> dict[str, bytes]:
     """The wanted members' bytes, read in memory (nothing is extracted to disk)."""
-    out: dict[str, bytes] = {}
     if art.registry == "debian":
         return _deb_members(path, wanted)
+    out: dict[str, bytes] = {}
     try:
         if art.registry == "npm":
             with tarfile.open(path, "r:gz") as tar:
@@ -230,29 +239,6 @@ def _members(art: RegistryArtefact, path: Path, wanted: set[str]) -> dict[str, b
                 out = {n: zf.read(n) for n in sorted(wanted & names)}
     except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as err:
         raise FetchError(f"{path.name}: cannot read the package ({type(err).__name__}: {err})") from err
-    return out
-
-
-def _deb_members(path: Path, wanted: set[str]) -> dict[str, bytes]:
-    """The wanted members of a .deb's data archive, streamed through ``dpkg-deb --fsys-tarfile``."""
-    out: dict[str, bytes] = {}
-    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(path)], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE) as proc:
-        assert proc.stdout is not None and proc.stderr is not None
-        try:
-            with tarfile.open(fileobj=proc.stdout, mode="r|*") as tar:
-                for member in tar:
-                    if member.name in wanted and member.isfile():
-                        fh = tar.extractfile(member)
-                        assert fh is not None
-                        out[member.name] = fh.read()
-        except (tarfile.TarError, OSError, EOFError) as err:
-            proc.kill()
-            raise FetchError(f"{path.name}: cannot read the package ({type(err).__name__}: {err})") from err
-        proc.stdout.read()  # drain, so dpkg-deb can exit
-        errors = proc.stderr.read().decode(errors="replace")
-        if proc.wait() != 0:
-            raise FetchError(f"{path.name}: cannot read the package (dpkg-deb --fsys-tarfile: {errors.strip()[-500:]})")
     return out
 
 

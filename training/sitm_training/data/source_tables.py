@@ -6,9 +6,10 @@ split each scene feeds.
 HDRIs stored as base64 EXR inside JS modules), and the open3d skyboxes (KTX1 cubemaps in packed R11G11B10F) in
 Debian's ``open3d-gui-data`` (18 MB) and, byte for byte, in the PyPI wheel ``open3d`` (400 MB), the fallback where
 the Debian package cannot be fetched; each is pinned by the artefact's SHA-256. :data:`REGISTRY_FILES` are the
-radiance maps inside them, pinned by each member's SHA-256 and the decoded pixels' SHA-256. :mod:`.fetch` fetches and finds them, :func:`card_sources` lists a built data set's
-sources for a weights card. Splits are by source (whole scenes, never crops): :data:`TEST_SOURCE_IDS` feed only the
-test split, :data:`VAL_SOURCE_IDS` only the validation split; the train split sees neither (:func:`source_split`).
+radiance maps inside them, pinned by each member's SHA-256 and the decoded pixels' SHA-256. :mod:`.fetch` fetches
+and finds them, :func:`card_sources` lists a built data set's sources for a weights card. Splits are by source
+(whole scenes, never crops): :data:`TEST_SOURCE_IDS` feed only the test split, :data:`VAL_SOURCE_IDS` only the
+validation split; the train split sees neither (:func:`source_split`).
 """
 
 from __future__ import annotations

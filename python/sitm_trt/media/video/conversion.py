@@ -23,8 +23,7 @@ from typing import Any, Callable, NoReturn
 
 from sitm_trt.files import missing_folders, remove_empty
 from sitm_trt.media import transfer as T
-from sitm_trt.media.video.decode import (_estimate_frames, _frame_pts, _frame_time, _nominal_rate, _open_input, _peek,
-                                         _rgb)
+from sitm_trt.media.video.decode import _estimate_frames, _nominal_rate, _open_input, _peek, _rgb, _timing
 from sitm_trt.media.video.frames import FrameProcessor, _Done
 from sitm_trt.media.video.hevc_sei import _sei_nal, content_light_level_sei, mastering_display_sei
 from sitm_trt.media.video.options import (CONTAINERS, MASTERING_PRIMARIES, VideoError, VideoOptions, VideoResult,
@@ -80,14 +79,8 @@ def _output_kind(dst: Path, fmt: str | None) -> str:
 
 def _exr_pattern(dst: Path) -> str:
     if "%" in dst.name:
-        fields = re.findall(r"%.", dst.name.replace("%%", ""))
-        ok = len(fields) == 1 and re.search(r"%0?\d*d", dst.name) is not None
-        if ok:
-            try:
-                dst.name % 0
-            except (TypeError, ValueError):
-                ok = False
-        if not ok:
+        fields = dst.name.replace("%%", "")
+        if fields.count("%") != 1 or not re.search(r"%0?\d*d", fields):
             raise VideoError(f"{dst}: the frame pattern must hold one integer field like %06d")
         if not dst.name.lower().endswith(".exr"):
             raise VideoError(f"{dst}: the frame pattern must end in .exr, like frames/%06d.exr")
@@ -217,15 +210,14 @@ def _convert(src: Path, dst: Path, fmt: str, opts: VideoOptions, temp: Any, patt
             log(f"{src.name}: its colour primaries are {_PRIMARY_NAMES.get(prim, f'code {prim}')}, not BT.709: "
                 "converted as BT.709, so its colours will be off (convert it to BT.709 first, e.g. ffmpeg -i IN "
                 "-vf colorspace=all=bt709 OUT)")
-        rate = _nominal_rate(container)
         if fmt == "exr":
-            sink: Any = _ExrSink(pattern, container, opts.exr_half, opts.ref_white, rate=rate)
+            sink: Any = _ExrSink(pattern, container, opts.exr_half, opts.ref_white)
             partial = None
             if opts.audio and container.streams.audio:
                 log(f"{src.name}: its audio is not kept (an EXR sequence holds frames only)")
         else:
             partial = temp[1]
-            sink = _VideoSink(partial, container, opts, fmt, ow, oh, file=temp[0], rotation=rotation, rate=rate)
+            sink = _VideoSink(partial, container, opts, fmt, ow, oh, file=temp[0], rotation=rotation)
             for what in sink.transcoded:
                 log(f"{src.name}: audio {what} transcoded to AAC for the {dst.suffix} output")
         if rotation:
@@ -356,13 +348,9 @@ def _run(container: Any, proc: FrameProcessor, sink: Any, opts: VideoOptions, fm
                     continue
                 damaged["run"] = 0
                 for frame in frames:
-                    pts = _frame_pts(frame, index, period)  # a raw stream's frames: their place at the rate
+                    pts, last = _timing(frame, index, rate, period, vin.time_base, last)  # raw streams: made up
                     if pts is not None and pending["count"] and not emit_pending(pts):
                         return
-                    if frame.pts is None and pts is not None:
-                        last = float(pts * vin.time_base)
-                    else:
-                        last = _frame_time(frame, index, rate, last)
                     rgb = _rgb(frame)
                     held.update(rgb=rgb, pts=pts)
                     if held["origin"] is None:

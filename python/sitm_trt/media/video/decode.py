@@ -93,19 +93,21 @@ def _nominal_rate(container: Any) -> fractions.Fraction | None:
     return s.average_rate or s.guessed_rate
 
 
-def _frame_pts(frame: Any, index: int, period: fractions.Fraction | float) -> int | None:
-    """The frame's pts, or, for a frame without one (raw streams), frame ``index``'s place at the nominal rate
-    (``period``: one frame in the stream's time base); None when the rate is unknown."""
-    if frame.pts is not None:
-        return int(frame.pts)
-    return int(round(index * period)) if period else None
-
-
 def _frame_time(frame: Any, index: int, rate: fractions.Fraction | None, last: float | None) -> float:
     if frame.pts is not None and frame.time_base is not None:
         return float(frame.pts * frame.time_base)
     step = float(1 / rate) if rate else 1 / 25
     return (last + step) if last is not None else index * step
+
+
+def _timing(frame: Any, index: int, rate: fractions.Fraction | None, period: fractions.Fraction | int,
+            time_base: fractions.Fraction | None, last: float | None) -> tuple[int | None, float]:
+    """(pts, seconds) of decoded frame ``index``: its own, or for a frame without a pts (a raw stream) its place
+    at the nominal ``rate`` (``period``: one frame in ``time_base``, 0 when unknown), in pts and in seconds."""
+    if frame.pts is None and period and time_base:
+        pts = int(round(index * period))
+        return pts, float(pts * time_base)
+    return frame.pts, _frame_time(frame, index, rate, last)
 
 
 def read_frames(path: str | os.PathLike,
@@ -120,11 +122,7 @@ def read_frames(path: str | os.PathLike,
         for i, frame in enumerate(container.decode(stream)):
             if max_frames is not None and i >= max_frames:
                 break
-            pts = _frame_pts(frame, i, period)
-            if frame.pts is None and pts is not None:  # made up: its time follows from it
-                last = float(pts * stream.time_base)
-            else:
-                last = _frame_time(frame, i, rate, last)
+            pts, last = _timing(frame, i, rate, period, stream.time_base, last)
             yield _rgb(frame), pts, last
     finally:
         container.close()

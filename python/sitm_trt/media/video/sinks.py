@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from sitm_trt.files import atomic_write
+from sitm_trt.media.video.decode import _nominal_rate
 from sitm_trt.media.video.hevc_sei import _insert_before_vcl
 from sitm_trt.media.video.options import VideoError, VideoOptions, _av
 from sitm_trt.media.video.temporaries import _claim_temp
@@ -45,7 +46,7 @@ class _VideoSink:
                             "pcm_s32le", "pcm_s32be", "pcm_f32le", "pcm_f32be", "pcm_u8"}}
 
     def __init__(self, tmp: Path, source: Any, opts: VideoOptions, fmt: str, width: int, height: int,
-                 file: Any = None, rotation: int = 0, rate: fractions.Fraction | None = None):
+                 file: Any = None, rotation: int = 0):
         av = _av()
         self.av, self.path, self.opts, self.fmt = av, tmp, opts, fmt
         ext = tmp.suffix.lower()
@@ -53,7 +54,7 @@ class _VideoSink:
         self.file = file
         self.container = av.open(file if file is not None else str(tmp), "w", format=_MUXERS[ext])
         vin = source.streams.video[0]
-        rate = rate or vin.average_rate or vin.guessed_rate or fractions.Fraction(25)
+        rate = _nominal_rate(source) or fractions.Fraction(25)
         s = self.container.add_stream("libx265", rate=rate)
         s.width, s.height, s.pix_fmt = width, height, "yuv420p10le"
         s.time_base = vin.time_base or fractions.Fraction(1, 1000)
@@ -185,8 +186,7 @@ def _finalize_hdr10(partial: Path, target: Path, sei: bytes) -> None:
 class _ExrSink:
     """An OpenEXR sequence, each frame written atomically, and ``sequence.json`` (timestamps) at the end."""
 
-    def __init__(self, pattern: str, source: Any, half: bool, ref_white: float,
-                 rate: fractions.Fraction | None = None):
+    def __init__(self, pattern: str, source: Any, half: bool, ref_white: float):
         from sitm_trt.media import io as sio
 
         self.io, self.pattern, self.half = sio, pattern, half
@@ -196,7 +196,7 @@ class _ExrSink:
         self.meta: dict[str, Any] = {
             "source": str(source.name), "pattern": Path(pattern).name, "colour": "linear BT.709 (Rec.709 primaries, "
             f"D65), 1.0 = the SDR reference white ({ref_white:g} cd/m2)", "half": half,
-            "time_base": str(vin.time_base), "rate": str(rate or vin.average_rate or vin.guessed_rate), "frames": [],
+            "time_base": str(vin.time_base), "rate": str(_nominal_rate(source)), "frames": [],
         }
 
     def path(self, index: int) -> Path:
